@@ -1,0 +1,65 @@
+"""``python -m studio <command>``. Exit 0 on success, 2 on bad input with one line on stderr, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from .errors import StudioError
+
+# command → (module exposing add_arguments(parser) and run(args) -> int, help line)
+COMMANDS = {
+    "merge": ("studio.commands.merge", "run a mergekit-style YAML recipe into an output folder or .safetensors file"),
+    "inspect": ("studio.commands.inspect", "describe models from their headers; compare several"),
+    "lora": ("studio.lora.cli", "bake, combine, extract and inspect LoRAs"),
+    "analyze": ("studio.analysis.cli", "sign conflicts, similarity and norms per layer/block; HTML report"),
+    "learn": ("studio.learn.cli", "learn merge coefficients or weights from unlabeled data"),
+    "zoo": ("studio.zoo.cli", "build, list and report on the built-in demo zoo"),
+    "methods": ("studio.commands.methods", "list merge methods and their parameters"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m studio", description="Merge Studio: model merging for LLMs, "
+                                     "diffusion checkpoints and LoRAs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_line) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_line, add_help=False)
+            continue
+        p = sub.add_parser(name, help=help_line, description=help_line)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            p.set_defaults(_missing=module)
+            continue
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first if first in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", None):
+        print(f"error: the {args.command} command is not available in this installation", file=sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except StudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))

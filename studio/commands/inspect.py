@@ -1,0 +1,42 @@
+"""python -m studio inspect SOURCE [SOURCE ...] — headers only."""
+
+from __future__ import annotations
+
+from ..inspect import compare, describe, human_bytes, human_count
+
+
+def add_arguments(p):
+    p.add_argument("sources", nargs="+", help="files, folders or hub ids (org/name[@revision])")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    from ..cli import print_json
+    from ..sources import open_source
+
+    sources = [open_source(s) for s in args.sources]
+    infos = [describe(s) for s in sources]
+    cmp = compare(sources) if len(sources) > 1 else None
+    if args.json:
+        print_json({"models": infos, "comparison": cmp})
+        return 0
+    for i in infos:
+        print(f"{i['ref']}")
+        print(f"  kind {i['kind']} · architecture {i['architecture']} · {human_count(i['parameters'])} parameters · "
+              f"{i['tensors']} tensors · {human_bytes(i['bytes'])}")
+        print(f"  dtypes {', '.join(f'{k}×{v}' for k, v in i['dtypes'].items())} · layout {i['layout']} "
+              f"({i['groups']} groups)" + (f" · vocab {i['vocab_size']}" if "vocab_size" in i else ""))
+        if "lora" in i:
+            print(f"  lora {i['lora']}")
+    if cmp:
+        for e in cmp["against"]:
+            verdict = "compatible" if e["compatible"] else "NOT compatible"
+            print(f"{e['ref']} vs {cmp['reference']}: {verdict}")
+            for label in ("missing", "extra"):
+                if e[label]:
+                    print(f"  {len(e[label])} {label} key(s), e.g. {', '.join(e[label][:3])}")
+            for m in e["shape_mismatches"][:10]:
+                print(f"  shape {m['key']}: expected {m['expected']}, got {m['got']}")
+            if "vocab_size" in e:
+                print(f"  vocab_size {e['vocab_size']['got']} vs {e['vocab_size']['expected']}")
+    return 0

@@ -1,0 +1,71 @@
+"""python -m studio merge RECIPE.yaml OUT_DIR [--device auto|cpu|cuda] [--seed N] [--overwrite] [--dry-run]"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ..inspect import human_bytes, human_count
+
+
+def add_arguments(p):
+    p.add_argument("recipe", help="mergekit-style YAML recipe")
+    p.add_argument("out", help="output folder (or a .safetensors file for single-file checkpoints)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--seed", type=int, default=None, help="seed for random methods (DARE, DELLA)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
+    p.add_argument("--dry-run", action="store_true", help="read headers only and report what the merge would do")
+    p.add_argument("--shard-size", default="5G", help="maximum shard size, e.g. 2G or 500M (default 5G)")
+    p.add_argument("--json", action="store_true", help="print the plan summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_size(text: str) -> int:
+    from ..errors import StudioError
+
+    text = text.strip().upper().rstrip("B")
+    mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+    try:
+        if text and text[-1] in mult:
+            return int(float(text[:-1]) * mult[text[-1]])
+        return int(text)
+    except ValueError:
+        raise StudioError(f"bad size {text!r}", hint="use e.g. 2G, 500M or a number of bytes") from None
+
+
+def print_summary(summary: dict, out=sys.stdout) -> None:
+    print(f"method {summary['method']} · layout {summary['layout']} · {summary['tensors']} tensors "
+          f"({summary['merged']} merged, {summary['tensors'] - summary['merged']} copied) · "
+          f"output {human_bytes(summary['output_bytes'])}", file=out)
+    if summary.get("num_layers") is not None:
+        print(f"output layers: {summary['num_layers']}", file=out)
+    for g, v in summary["groups"].items():
+        print(f"  {g:>8}: {v['tensors']:5d} tensors  {human_count(v['parameters']):>9} params", file=out)
+    for w in summary["warnings"]:
+        print(f"warning: {w}", file=out)
+
+
+def run(args) -> int:
+    from ..cli import print_json
+    from ..engine import build_plan, merge_to_disk
+    from ..engine.output import check_target
+    from ..recipe import Recipe
+    from pathlib import Path
+
+    recipe = Recipe.load(args.recipe)
+    if args.dry_run:
+        plan = build_plan(recipe)
+        check_target(Path(args.out), args.overwrite, [Path(s.folder or s.path) for s in plan.sources])
+        summary = plan.summary()
+        print_json(summary) if args.json else (print("dry run: headers only, nothing written"), print_summary(summary))
+        return 0
+    t0 = time.perf_counter()
+    summary = merge_to_disk(recipe, args.out, device=args.device, seed=args.seed, overwrite=args.overwrite,
+                            progress=not args.quiet, shard_bytes=parse_size(args.shard_size))
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    if args.json:
+        print_json(summary)
+    else:
+        print_summary(summary)
+        print(f"wrote {args.out} in {summary['seconds']:.1f} s")
+    return 0

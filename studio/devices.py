@@ -1,0 +1,38 @@
+"""Choosing the compute device: `auto` means CUDA when available."""
+
+import torch
+
+from .errors import StudioError
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise StudioError("CUDA was requested but no CUDA device is available", hint="use --device cpu or auto")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise StudioError(f"unknown device {name!r}", hint="use auto, cpu or cuda")
+
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    try:
+        return DTYPES[str(name).lower()]
+    except KeyError:
+        raise StudioError(f"unknown dtype {name!r}", hint="use float32, float16 or bfloat16") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dtype, str(dtype).replace("torch.", ""))

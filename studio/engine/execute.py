@@ -1,0 +1,106 @@
+"""Executing a plan: read → float32 on the device → method → cast once → hand to a sink, in plan order.
+
+Reading and computing run in a small thread pool (torch and file reads release the GIL), bounded so that only a few
+tensors are in flight; results are consumed in plan order so a streaming writer can append them sequentially.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+import torch
+
+from ..errors import StudioError
+from .plan import Plan, TensorTask
+
+
+def _load(plan: Plan, inp, device) -> torch.Tensor:
+    idx, key = inp
+    # copy=True: the method owns its inputs (it may work in place) and never sees a view of a mapped file
+    return plan.sources[idx].get(key).to(device=device, dtype=torch.float32, copy=True)
+
+
+def _kwargs(plan: Plan, task: TensorTask, device, seed: int | None, context) -> dict:
+    kw = {p.py_name: task.params[p.name] for p in plan.spec.params}
+    if plan.spec.random:
+        g = torch.Generator(device=device)
+        g.manual_seed(((seed if seed is not None else 0) * 1_000_003 + task.seed_key) % (2 ** 63))
+        kw["generator"] = g
+    if plan.spec.global_stats:
+        kw["context"] = context
+    return kw
+
+
+def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int | None = None,
+                 context=None) -> torch.Tensor:
+    """The output tensor of one task, on ``device``, in its output dtype."""
+    if task.op == "copy":
+        t = plan.sources[task.inputs[0][0]].get(task.inputs[0][1])
+        if task.out_dtype is not None and t.dtype.is_floating_point:
+            t = t.to(task.out_dtype)
+        return t.to(device)
+    base = _load(plan, task.base, device) if task.base is not None else None
+    models = [_load(plan, i, device) for i in task.inputs]
+    try:
+        out = plan.spec.fn(base, models, **_kwargs(plan, task, device, seed, context))
+    except StudioError:
+        raise
+    except (RuntimeError, ValueError) as e:
+        raise StudioError(f"{plan.spec.name} failed: {e}", where=task.out_key) from None
+    if tuple(out.shape) != tuple(task.info.shape):
+        raise StudioError(f"{plan.spec.name} returned shape {list(out.shape)}, expected {list(task.info.shape)}",
+                          where=task.out_key)
+    return out.to(task.out_dtype or task.info.dtype)
+
+
+def collect_context(plan: Plan, device, progress: Callable | None = None):
+    """First pass for methods needing whole-model statistics (e.g. global top-k)."""
+    spec = plan.spec
+    if not spec.global_stats:
+        return None
+    partials = []
+    for task in plan.tasks:
+        if task.op != "merge":
+            continue
+        base = _load(plan, task.base, device) if task.base is not None else None
+        models = [_load(plan, i, device) for i in task.inputs]
+        kw = {p.py_name: task.params[p.name] for p in spec.params}
+        partials.append(spec.collect(base, models, **kw))
+        if progress:
+            progress(task)
+    return spec.combine(partials)
+
+
+def run_tasks(plan: Plan, device: torch.device, seed: int | None = None, workers: int = 2, in_flight: int = 4,
+              progress: Callable | None = None) -> Iterator[tuple[TensorTask, torch.Tensor]]:
+    """Yield (task, output tensor on the CPU) in plan order."""
+    context = collect_context(plan, device)
+
+    def job(task):
+        out = compute_task(plan, task, device, seed, context)
+        return out.to("cpu") if out.device.type != "cpu" else out
+
+    if workers <= 1:
+        for task in plan.tasks:
+            yield task, job(task)
+            if progress:
+                progress(task)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge") as pool:
+        queue: deque = deque()
+        it = iter(plan.tasks)
+        for task in it:
+            queue.append((task, pool.submit(job, task)))
+            if len(queue) >= in_flight:
+                break
+        while queue:
+            task, fut = queue.popleft()
+            result = fut.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(job, nxt)))
+            yield task, result
+            if progress:
+                progress(task)

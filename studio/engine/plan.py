@@ -1,0 +1,243 @@
+"""The plan: one task per output tensor — which inputs, which method, which resolved parameters.
+
+Built from headers only, so it doubles as the dry run: a missing tensor, a shape mismatch or a bad parameter is
+reported before any tensor data is read.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import RecipeError, StudioError
+from ..layout import Layout, detect_layout, is_mergeable
+from ..methods import MethodSpec
+from ..recipe import Recipe
+from ..recipe.resolve import resolve_param
+from ..sources import TensorInfo, TensorSource, open_source
+
+Input = tuple[int, str]  # (source index, tensor name in that source)
+
+
+@dataclass
+class TensorTask:
+    out_key: str
+    op: str                      # "merge" or "copy"
+    inputs: list[Input]          # merge: the method's `models`; copy: [the one source]
+    base: Input | None = None
+    params: dict = field(default_factory=dict)
+    group: str = ""
+    info: TensorInfo | None = None   # shape and stored dtype of the output
+    out_dtype: torch.dtype | None = None
+
+    @property
+    def seed_key(self) -> int:
+        return zlib.crc32(self.out_key.encode())
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    spec: MethodSpec
+    sources: list[TensorSource]          # index → source; 0 is the reference model (base, or first model)
+    layout: Layout
+    tasks: list[TensorTask]
+    num_layers: int | None = None        # output layer count when slices changed it
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def reference(self) -> TensorSource:
+        return self.sources[0]
+
+    def output_bytes(self) -> int:
+        return sum(t.info.numel * (t.out_dtype or t.info.dtype).itemsize for t in self.tasks)
+
+    def summary(self) -> dict:
+        groups: dict[str, dict] = {g: {"tensors": 0, "parameters": 0, "merged": 0} for g in self.layout.groups}
+        for t in self.tasks:
+            g = groups.setdefault(t.group, {"tensors": 0, "parameters": 0, "merged": 0})
+            g["tensors"] += 1
+            g["parameters"] += t.info.numel
+            g["merged"] += t.op == "merge"
+        return {"method": self.spec.name, "layout": self.layout.name, "tensors": len(self.tasks),
+                "merged": sum(t.op == "merge" for t in self.tasks), "output_bytes": self.output_bytes(),
+                "num_layers": self.num_layers, "groups": {g: v for g, v in groups.items() if v["tensors"]}, "warnings": list(self.warnings),
+                "models": [s.ref for s in self.sources]}
+
+
+# hooks that may adjust a finished plan (e.g. SD: bake a chosen VAE); each takes (plan) and edits it in place
+PLAN_HOOKS: list[Callable[[Plan], None]] = []
+
+
+class _Sources:
+    def __init__(self, opener):
+        self.opener = opener
+        self.refs: list[str] = []
+        self.items: list[TensorSource] = []
+
+    def index(self, ref: str) -> int:
+        if ref not in self.refs:
+            self.refs.append(ref)
+            self.items.append(self.opener(ref))
+        return self.refs.index(ref)
+
+
+def _out_dtype(recipe: Recipe, info: TensorInfo) -> torch.dtype | None:
+    from ..devices import parse_dtype
+
+    if not info.dtype.is_floating_point:
+        return None
+    return parse_dtype(recipe.out_dtype) or parse_dtype(recipe.dtype)
+
+
+def _check_inputs(key: str, infos: list[tuple[TensorSource, str]], ref_info: TensorInfo) -> None:
+    for src, k in infos:
+        if k not in src:
+            raise StudioError(f"tensor {k!r} is missing", where=src.ref,
+                              hint="all merged models must share the architecture; run `python -m studio inspect` "
+                                   "on them to list the differences")
+        shape = src.info(k).shape
+        if shape != ref_info.shape:
+            vocab = any(w in key for w in ("embed", "lm_head", "wte"))
+            raise StudioError(f"tensor {k!r} has shape {list(shape)}, expected {list(ref_info.shape)}", where=src.ref,
+                              hint="vocabulary sizes differ; merge models sharing a tokenizer" if vocab
+                              else "the models do not share an architecture")
+
+
+def build_plan(recipe: Recipe, opener: Callable[[str], TensorSource] = open_source) -> Plan:
+    spec = recipe.spec
+    pool = _Sources(opener)
+    slices = recipe.slices
+    if slices is None:
+        plan = _plan_models(recipe, spec, pool)
+    else:
+        plan = _plan_slices(recipe, spec, pool)
+    for hook in PLAN_HOOKS:
+        hook(plan)
+    return plan
+
+
+def _params_for(recipe, spec, task_key, layout, t, group, global_scopes, model_scopes, where):
+    num_groups = len(layout.groups)
+    params = {}
+    for p in spec.global_params():
+        params[p.name] = resolve_param(p, global_scopes, task_key, t, group, num_groups, where)
+    for p in spec.per_model_params():
+        params[p.name] = [resolve_param(p, scopes, task_key, t, group, num_groups, f"{where} ({ref})")
+                          for ref, scopes in model_scopes]
+    return params
+
+
+def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
+    base = recipe.base_model
+    entries = list(recipe.models)
+    if base is not None and not any(m.model == base for m in entries):
+        from ..recipe import InputModel
+        entries.append(InputModel(base, {}))  # mergekit: the base joins the inputs when not listed
+    ref_model = base or entries[0].model
+    ref_idx = pool.index(ref_model)
+    for m in entries:
+        pool.index(m.model)
+    reference = pool.items[ref_idx]
+    layout = detect_layout(reference)
+    method_inputs = [m for m in entries if spec.includes_base or m.model != base]
+    base_in = base is not None and (spec.needs_base or not spec.includes_base)
+    tasks = []
+    for key in reference.keys():
+        info = reference.info(key)
+        group = layout.group_of(key)
+        if not is_mergeable(key, info.dtype):
+            tasks.append(TensorTask(key, "copy", [(ref_idx, key)], group=group, info=info))
+            continue
+        srcs = [(pool.items[pool.index(m.model)], key) for m in method_inputs]
+        _check_inputs(key, srcs, info)
+        t = layout.position(key)
+        model_scopes = [(m.model, [m.parameters, recipe.parameters]) for m in method_inputs]
+        params = _params_for(recipe, spec, key, layout, t, group, [recipe.parameters], model_scopes, key)
+        tasks.append(TensorTask(
+            key, "merge", [(pool.index(m.model), key) for m in method_inputs],
+            base=(ref_idx, key) if base_in else None, params=params, group=group, info=info,
+            out_dtype=_out_dtype(recipe, info)))
+    warnings = []
+    for i, src in enumerate(pool.items):
+        extra = [k for k in src.keys() if k not in reference]
+        if extra:
+            warnings.append(f"{src.ref}: {len(extra)} tensor(s) absent from {reference.ref} are not in the output "
+                            f"(e.g. {extra[0]})")
+    return Plan(recipe, spec, pool.items, layout, tasks, warnings=warnings)
+
+
+def _plan_slices(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
+    first_src = recipe.slices[0].sources[0].model
+    ref_idx = pool.index(recipe.base_model or first_src)
+    for sl in recipe.slices:
+        for s in sl.sources:
+            pool.index(s.model)
+    reference = pool.items[ref_idx]
+    layout = detect_layout(reference)
+    if layout.layer_index is None or not hasattr(layout, "num_layers"):
+        raise RecipeError("slices need a layer-stacked model (transformers LLM)", where=reference.ref)
+
+    def layer_keys(src: TensorSource, idx: int) -> list[str]:
+        return [k for k in src.keys() if layout.layer_index(k) == idx]
+
+    def outside_keys(src: TensorSource, group: str) -> list[str]:
+        return [k for k in src.keys() if layout.layer_index(k) is None and layout.group_of(k) == group]
+
+    tasks: list[TensorTask] = []
+
+    def plan_tensor(out_key, group, t, sl, pairs, ref_key_info):
+        # pairs: [(InputModel, key in that model)]
+        base = sl.base_model or recipe.base_model
+        if spec.needs_base and base not in [m.model for m, _ in pairs]:
+            raise RecipeError(f"the base model {base!r} must be one of the sources of every slice for "
+                              f"{spec.name!r}", where=out_key)
+        src0, key0 = pairs[0]
+        info = ref_key_info
+        if not is_mergeable(key0, info.dtype):
+            tasks.append(TensorTask(out_key, "copy", [(pool.index(src0.model), key0)], group=group, info=info))
+            return
+        method_pairs = [(m, k) for m, k in pairs if spec.includes_base or m.model != base]
+        _check_inputs(out_key, [(pool.items[pool.index(m.model)], k) for m, k in method_pairs], info)
+        base_pair = next(((m, k) for m, k in pairs if m.model == base), None)
+        model_scopes = [(m.model, [m.parameters, sl.parameters, recipe.parameters]) for m, _ in method_pairs]
+        params = _params_for(recipe, spec, out_key, layout, t, group, [sl.parameters, recipe.parameters],
+                             model_scopes, out_key)
+        tasks.append(TensorTask(
+            out_key, "merge", [(pool.index(m.model), k) for m, k in method_pairs],
+            base=(pool.index(base_pair[0].model), base_pair[1]) if base_pair and spec.needs_base else None,
+            params=params, group=group, info=info, out_dtype=_out_dtype(recipe, info)))
+
+    def plan_outside(group, sl):
+        src0 = pool.items[pool.index(sl.sources[0].model)]
+        for key in outside_keys(src0, group):
+            plan_tensor(key, group, 0.0, sl, [(s, key) for s in sl.sources], src0.info(key))
+
+    plan_outside("EMB", recipe.slices[0])
+    out_layer = 0
+    for sl in recipe.slices:
+        a, b = sl.sources[0].layer_range
+        n = b - a
+        src0 = pool.items[pool.index(sl.sources[0].model)]
+        for s in sl.sources:
+            have = getattr(detect_layout(pool.items[pool.index(s.model)]), "num_layers", 0)
+            if s.layer_range[1] > have:
+                raise RecipeError(f"layer_range {list(s.layer_range)} exceeds the model's {have} layers", where=s.model)
+        for i in range(n):
+            t = i / (n - 1) if n > 1 else 1.0
+            for key in layer_keys(src0, a + i):
+                out_key = layout.rename_layer(key, out_layer)
+                pairs = [(s, layout.rename_layer(key, s.layer_range[0] + i)) for s in sl.sources]
+                plan_tensor(out_key, f"L{out_layer:02d}", t, sl, pairs, src0.info(key))
+            out_layer += 1
+    plan_outside("HEAD", recipe.slices[-1])
+    plan = Plan(recipe, spec, pool.items, layout, tasks, num_layers=out_layer)
+    # the output has a different number of layers: use a layout that matches it for reporting
+    from ..layout import LayerStackLayout
+    plan.layout = LayerStackLayout(out_layer, stack_prefix=getattr(layout, "stack_prefix", None))
+    for t in tasks:
+        t.group = plan.layout.group_of(t.out_key)
+    return plan

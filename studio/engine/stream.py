@@ -1,0 +1,197 @@
+"""The streaming engine: disk → device → disk, tensor by tensor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import __version__
+from ..devices import dtype_name, parse_dtype, resolve_device
+from ..errors import StudioError
+from ..recipe import Recipe
+from ..sources import TensorSource, open_source
+from .execute import run_tasks
+from .output import AtomicTarget, check_target, copy_side_files, model_card, write_json
+from .plan import Plan, build_plan
+from .writer import ShardWriter, plan_shards, write_index
+
+DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
+RECIPE_FILE = "mergekit_config.yml"
+RECIPE_KEY = "merge_studio_recipe"
+
+
+def _progress_bar(plan: Plan, enabled: bool):
+    if not enabled:
+        return None, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=plan.output_bytes(), unit="B", unit_scale=True, unit_divisor=1024, desc="merging", leave=False)
+
+    def step(task):
+        bar.update(task.info.numel * (task.out_dtype or task.info.dtype).itemsize)
+
+    return bar, step
+
+
+def _metadata(plan: Plan) -> dict[str, str]:
+    meta = {"format": "pt", "merge_studio_version": __version__,
+            RECIPE_KEY: json.dumps(plan.recipe.to_dict(), ensure_ascii=False)}
+    return meta
+
+
+def _sd_metadata(plan: Plan) -> dict[str, str]:
+    try:
+        from ..sd.metadata import sd_output_metadata
+        from ..layout.sd import detect_family
+    except ImportError:
+        return {}
+    try:
+        family = detect_family(plan.reference)
+    except StudioError:
+        return {}
+    return sd_output_metadata(plan.recipe.to_dict(), plan.sources, family)
+
+
+def _input_paths(plan: Plan) -> list[Path]:
+    return [Path(s.folder or s.path) for s in plan.sources]
+
+
+def _components(plan: Plan) -> dict[str, list]:
+    """Diffusers pipelines: tasks grouped by component (``unet.`` → ``unet``)."""
+    out: dict[str, list] = {}
+    for t in plan.tasks:
+        comp, _, _ = t.out_key.partition(".")
+        out.setdefault(comp, []).append(t)
+    return out
+
+
+def _entries(tasks, strip: str = ""):
+    return [(t.out_key[len(strip):], tuple(t.info.shape), t.out_dtype or t.info.dtype) for t in tasks]
+
+
+def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: int, single_file: Path | None):
+    """Stream every task's output into safetensors files under ``tmp``; returns nothing, raises on failure."""
+    meta = _metadata(plan)
+    ref = plan.reference
+    writers: dict[str, tuple[ShardWriter, str]] = {}  # task-key prefix → (writer, prefix to strip)
+    if single_file is not None:
+        meta.update(_sd_metadata(plan))
+        shards = plan_shards(_entries(plan.tasks), 1 << 62, single_name=single_file.name)
+        writers[""] = (ShardWriter(single_file.parent, shards, meta), "")
+    elif ref.kind == "diffusers":
+        for comp, tasks in _components(plan).items():
+            part = ref.parts[comp]
+            stem = Path(getattr(part, "files", [part])[0].path).name.split(".")[0].split("-0")[0]
+            stem = stem if stem in ("model", "diffusion_pytorch_model") else "diffusion_pytorch_model"
+            (tmp / comp).mkdir(exist_ok=True)
+            shards = plan_shards(_entries(tasks, comp + "."), shard_bytes, prefix=stem,
+                                 single_name=f"{stem}.safetensors")
+            writers[comp + "."] = (ShardWriter(tmp / comp, shards, meta), comp + ".")
+    else:
+        single = "model.safetensors" if ref.folder is None else None
+        shards = plan_shards(_entries(plan.tasks), shard_bytes, single_name=single)
+        writers[""] = (ShardWriter(tmp, shards, meta), "")
+
+    def writer_for(key):
+        if "" in writers:
+            return writers[""]
+        return writers[key.partition(".")[0] + "."]
+
+    bar, step = _progress_bar(plan, progress)
+    try:
+        for task, tensor in run_tasks(plan, device, seed, progress=step):
+            w, strip = writer_for(task.out_key)
+            w.write(task.out_key[len(strip):], tensor)
+    finally:
+        if bar is not None:
+            bar.close()
+    for prefix, (w, _) in writers.items():
+        w.close()
+        if single_file is None and len(w.shards) > 1:
+            stem = w.shards[0].filename.split("-0")[0]
+            write_index(w.folder, w, f"{stem}.safetensors.index.json",
+                        {"merge_studio_version": __version__})
+
+
+def _write_side_files(plan: Plan, tmp: Path) -> None:
+    recipe, ref = plan.recipe, plan.reference
+    if ref.kind == "diffusers":
+        import shutil
+
+        for item in Path(ref.path).iterdir():
+            dst = tmp / item.name
+            if item.is_file():
+                shutil.copy2(item, dst)
+            elif item.is_dir():
+                dst.mkdir(exist_ok=True)
+                for f in item.iterdir():
+                    if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and not f.name.endswith(
+                            ".index.json"):
+                        shutil.copy2(f, dst / f.name)
+                        if f.name == "config.json" and (recipe.out_dtype or recipe.dtype):
+                            pass
+        return
+    if ref.config is not None and ref.kind in ("transformers", "diffusers-component"):
+        config = dict(ref.config)
+        if plan.num_layers is not None:
+            for field in ("num_hidden_layers", "n_layer", "num_layers"):
+                if field in config:
+                    config[field] = plan.num_layers
+        out_dtype = parse_dtype(recipe.out_dtype) or parse_dtype(recipe.dtype)
+        if out_dtype is not None:
+            key = "dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"
+            config[key] = dtype_name(out_dtype)
+        write_json(tmp / "config.json", config)
+    tok_src = ref
+    ts = recipe.tokenizer_source
+    if ts not in (None, "base"):
+        if ts == "union":
+            raise StudioError("tokenizer_source: union is not supported", hint="use base or a model reference")
+        tok_src = open_source(ts)
+    copy_side_files(tok_src.folder, tmp)
+    if tok_src is not ref:
+        copy_side_files(ref.folder, tmp, ["generation_config.json"])
+
+
+def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed: int | None = None,
+                  overwrite: bool = False, progress: bool = True, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                  opener: Callable[[str], TensorSource] = open_source) -> dict:
+    """Run a recipe to an output folder (or a single ``.safetensors`` file). Returns the plan summary."""
+    out = Path(out)
+    seed = recipe.seed if seed is None else seed
+    plan = build_plan(recipe, opener)
+    check_target(out, overwrite, _input_paths(plan))
+    dev = resolve_device(device)
+    recipe_yaml = recipe.to_yaml() if seed is None or recipe.seed == seed else _with_seed(recipe, seed).to_yaml()
+    if out.suffix == ".safetensors":
+        with AtomicTarget(out, is_file=True) as tmp_file:
+            _write_weights(plan, tmp_file.parent, dev, seed, progress, shard_bytes, single_file=tmp_file)
+    else:
+        with AtomicTarget(out) as tmp:
+            _write_weights(plan, tmp, dev, seed, progress, shard_bytes, single_file=None)
+            _write_side_files(plan, tmp)
+            (tmp / RECIPE_FILE).write_text(recipe_yaml)
+            base = recipe.base_model
+            (tmp / "README.md").write_text(model_card(recipe_yaml, plan.spec.label or plan.spec.name,
+                                                      recipe.referenced_models(), base))
+    return plan.summary()
+
+
+def _with_seed(recipe: Recipe, seed: int) -> Recipe:
+    r = recipe.copy()
+    r.seed = seed
+    return r
+
+
+def merge_in_memory(recipe: Recipe, device: str = "cpu", seed: int | None = None,
+                    opener: Callable[[str], TensorSource] = open_source) -> dict[str, torch.Tensor]:
+    """Run a recipe and return the output state dict (CPU tensors owning their memory)."""
+    plan = build_plan(recipe, opener)
+    seed = recipe.seed if seed is None else seed
+    out = {}
+    for task, tensor in run_tasks(plan, resolve_device(device), seed):
+        out[task.out_key] = tensor.clone() if task.op == "copy" else tensor
+    return out

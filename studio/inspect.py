@@ -1,0 +1,81 @@
+"""Header-only reports: what a model is, and what does not line up between several."""
+
+from __future__ import annotations
+
+from .layout import detect_layout
+from .sources import TensorSource
+
+
+def describe(src: TensorSource) -> dict:
+    """Kind, architecture, parameter count, dtypes and tensor count, from headers and config files only."""
+    cfg = src.config or {}
+    arch = None
+    family = None
+    if src.kind == "peft-lora":
+        arch = f"PEFT {cfg.get('peft_type', 'LORA')} adapter (r={cfg.get('r')}, alpha={cfg.get('lora_alpha')})"
+    elif cfg.get("architectures"):
+        arch = cfg["architectures"][0]
+    elif cfg.get("_class_name"):
+        arch = cfg["_class_name"]
+    try:
+        from .layout.sd import detect_family
+
+        family = detect_family(src)
+    except Exception:  # not a diffusion model, or the SD module is absent
+        family = None
+    if family and not arch:
+        arch = family
+    layout = detect_layout(src)
+    info = {
+        "ref": src.ref, "kind": src.kind, "architecture": arch or "unknown", "family": family,
+        "parameters": src.num_parameters, "tensors": len(src), "bytes": src.total_bytes,
+        "dtypes": src.dtype_counts(), "layout": layout.name, "groups": len(layout.groups),
+    }
+    for field in ("vocab_size", "num_hidden_layers", "hidden_size", "model_type"):
+        if field in cfg:
+            info[field] = cfg[field]
+    try:
+        from .lora import describe_lora
+
+        lora = describe_lora(src)
+        if lora:
+            info["lora"] = lora
+    except ImportError:
+        pass
+    return info
+
+
+def compare(sources: list[TensorSource]) -> dict:
+    """What does not line up against the first source: missing / extra keys, shape mismatches, vocab sizes."""
+    ref = sources[0]
+    ref_keys = set(ref.keys())
+    report = []
+    for src in sources[1:]:
+        keys = set(src.keys())
+        shapes = [
+            {"key": k, "expected": list(ref.info(k).shape), "got": list(src.info(k).shape)}
+            for k in sorted(ref_keys & keys) if ref.info(k).shape != src.info(k).shape
+        ]
+        entry = {"ref": src.ref, "missing": sorted(ref_keys - keys), "extra": sorted(keys - ref_keys),
+                 "shape_mismatches": shapes}
+        v0, v1 = (ref.config or {}).get("vocab_size"), (src.config or {}).get("vocab_size")
+        if v0 is not None and v1 is not None and v0 != v1:
+            entry["vocab_size"] = {"expected": v0, "got": v1}
+        entry["compatible"] = not (entry["missing"] or shapes)
+        report.append(entry)
+    return {"reference": ref.ref, "against": report}
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def human_count(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)

@@ -1,0 +1,95 @@
+"""The first methods: linear, task arithmetic, SLERP (mergekit 0.1.5 names, defaults and semantics)."""
+
+from __future__ import annotations
+
+import torch
+
+from .registry import Param, method
+
+WEIGHT = Param("weight", per_model=True, range=(-1.0, 2.0), doc="this model's coefficient")
+
+
+def weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    out = torch.zeros_like(tensors[0])
+    for x, w in zip(tensors, weights):
+        out.add_(x, alpha=float(w))
+    return out
+
+
+@method(
+    "linear",
+    params=[WEIGHT, Param("normalize", default=True, kind=bool, doc="divide by the sum of the weights")],
+    includes_base=True,
+    ref="Wortsman et al. 2022, Model Soups (arXiv 2203.05482); mergekit linear",
+    formula="θ = Σᵢ wᵢ·θᵢ / Σᵢ wᵢ  (without normalize: Σᵢ wᵢ·θᵢ)",
+    label="Linear (weighted average)",
+)
+def linear(base, models, *, weight, normalize):
+    """θ = Σᵢ wᵢ θᵢ, divided by Σᵢ wᵢ when ``normalize`` (the default). The base counts as a model when listed."""
+    out = weighted_sum(models, weight)
+    if normalize:
+        total = float(sum(weight))
+        if abs(total) > 1e-8:  # mergekit leaves a zero total undivided rather than dividing by zero
+            out.div_(total)
+    return out
+
+
+TASK_ARITHMETIC_PARAMS = [
+    WEIGHT,
+    Param("normalize", default=False, kind=bool, doc="divide the summed delta by Σ weights"),
+    Param("lambda", default=1.0, range=(0.0, 3.0), doc="scale of the merged delta"),
+    Param("density", per_model=True, default=1.0, range=(0.0, 1.0),
+          doc="accepted for mergekit compatibility; task arithmetic keeps the whole delta"),
+    Param("rescale", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here"),
+    Param("int8_mask", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here"),
+]
+
+
+@method(
+    "task_arithmetic",
+    params=TASK_ARITHMETIC_PARAMS,
+    needs_base=True,
+    ref="Ilharco et al. 2023, Editing Models with Task Arithmetic (arXiv 2212.04089); mergekit task_arithmetic",
+    formula="θ = θ₀ + λ·Σᵢ wᵢ·(θᵢ − θ₀)  (normalize: ÷ Σᵢ wᵢ)",
+    label="Task arithmetic",
+)
+def task_arithmetic(base, models, *, weight, normalize, lambda_, density=None, rescale=None, int8_mask=None):
+    """τᵢ = θᵢ − θ₀;  θ = θ₀ + λ·Σᵢ wᵢ τᵢ (divided by Σᵢ wᵢ when ``normalize``)."""
+    delta = weighted_sum([m - base for m in models], weight)
+    if normalize:
+        total = float(sum(weight))
+        if abs(total) >= 1e-8:
+            delta.div_(total)
+    if lambda_ != 1:
+        delta.mul_(lambda_)
+    return base + delta
+
+
+def slerp_tensors(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: float = 0.9995,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """Spherical interpolation of two whole tensors (t = fraction toward ``b``); lerp when nearly collinear."""
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    na, nb = torch.linalg.vector_norm(fa), torch.linalg.vector_norm(fb)
+    na = na if na > eps else torch.ones_like(na)
+    nb = nb if nb > eps else torch.ones_like(nb)
+    dot = torch.dot(fa / na, fb / nb).clamp(-1, 1)
+    if dot.abs() > dot_threshold:
+        return torch.lerp(a, b, t)
+    theta = torch.acos(dot)
+    s = torch.sin(theta)
+    return (torch.sin((1 - t) * theta) / s) * a + (torch.sin(t * theta) / s) * b
+
+
+@method(
+    "slerp",
+    params=[Param("t", range=(0.0, 1.0), doc="fraction of the way from the base to the other model")],
+    needs_base=True,
+    min_models=1,
+    max_models=1,
+    ref="Shoemake 1985; mergekit slerp",
+    formula="Ω = arccos⟨θ₀/‖θ₀‖, θ₁/‖θ₁‖⟩;  θ = sin((1−t)Ω)/sin Ω·θ₀ + sin(tΩ)/sin Ω·θ₁  (lerp if |cos Ω| > 0.9995)",
+    label="SLERP (two models)",
+)
+def slerp(base, models, *, t):
+    """Spherical linear interpolation between the base (t = 0) and the one other model (t = 1), per tensor."""
+    return slerp_tensors(float(t), base, models[0])

@@ -1,0 +1,175 @@
+"""Merge methods as pure tensor functions with declared parameters.
+
+A method never opens files or parses config. The engine hands it float32 tensors already on the compute device
+and the parameters resolved for this tensor; it returns one tensor. The declaration (``Param`` list and flags)
+drives recipe validation, CLI help, the studio's sliders and the docs table.
+
+Calling convention::
+
+    fn(base, models, *, <declared params>, [generator], [context]) -> Tensor
+
+* ``base``: the base model's tensor, or ``None`` when the recipe has no base.
+* ``models``: the input tensors. With ``includes_base=False`` (task-vector methods) the base is *not* among them;
+  with ``includes_base=True`` (linear, karcher, ...) it is one of them, in recipe order (appended last when the
+  recipe names a base that is not listed, as mergekit does).
+* the method owns ``base`` and ``models`` (fresh float32 copies): it may modify them in place.
+* per-model parameters arrive as lists aligned with ``models``; global ones as scalars.
+* ``generator`` (methods declared ``random=True``): a ``torch.Generator`` on the compute device, seeded from the
+  recipe seed and the tensor name, so results do not depend on execution order.
+* ``context`` (methods that declare ``global_stats``): whatever ``combine`` returned after a first pass of
+  ``collect`` over every tensor; used by methods that need whole-model statistics (e.g. global top-k).
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import RecipeError
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any = REQUIRED
+    per_model: bool = False
+    range: tuple[float, float] | None = None
+    kind: type = float
+    choices: tuple | None = None
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def py_name(self) -> str:
+        return self.name + "_" if keyword.iskeyword(self.name) else self.name
+
+    def coerce(self, value: Any, where: str = "") -> Any:
+        """Validate one resolved scalar value."""
+        try:
+            if self.kind is bool:
+                if isinstance(value, str):
+                    low = value.strip().lower()
+                    if low in ("true", "yes", "1", "on"):
+                        return True
+                    if low in ("false", "no", "0", "off"):
+                        return False
+                    raise ValueError
+                return bool(value)
+            if self.kind is int:
+                if isinstance(value, bool) or float(value) != int(float(value)):
+                    raise ValueError
+                value = int(float(value))
+            elif self.kind is float:
+                if isinstance(value, bool):
+                    raise ValueError
+                value = float(value)
+            else:
+                value = self.kind(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"parameter {self.name!r} must be {self.kind.__name__}, got {value!r}", where) from None
+        if self.choices is not None and value not in self.choices:
+            raise RecipeError(f"parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}", where)
+        return value
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "default": None if self.required else self.default,
+            "required": self.required,
+            "per_model": self.per_model,
+            "range": list(self.range) if self.range else None,
+            "kind": self.kind.__name__,
+            "choices": list(self.choices) if self.choices else None,
+            "doc": self.doc,
+        }
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    fn: Callable
+    params: list[Param]
+    needs_base: bool = False
+    includes_base: bool = False
+    random: bool = False
+    min_models: int = 1
+    max_models: int | None = None
+    ref: str = ""
+    category: str = "mergekit"
+    collect: Callable | None = None
+    combine: Callable | None = None
+    formula: str = ""
+    label: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.fn.__doc__ or "")
+
+    @property
+    def global_stats(self) -> bool:
+        return self.collect is not None
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise RecipeError(f"method {self.name!r} has no parameter {name!r}",
+                          hint=f"its parameters are: {', '.join(p.name for p in self.params) or 'none'}")
+
+    def per_model_params(self) -> list[Param]:
+        return [p for p in self.params if p.per_model]
+
+    def global_params(self) -> list[Param]:
+        return [p for p in self.params if not p.per_model]
+
+    def __call__(self, base, models, **kwargs):
+        return self.fn(base, models, **kwargs)
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def method(name: str, params: list[Param] | None = None, **flags) -> Callable:
+    """Register a merge method. See the module docstring for the calling convention."""
+
+    def wrap(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"merge method {name!r} registered twice")
+        spec = MethodSpec(name=name, fn=fn, params=list(params or []), **flags)
+        accepted = set(inspect.signature(fn).parameters)
+        missing = [p.py_name for p in spec.params if p.py_name not in accepted]
+        if missing:
+            raise TypeError(f"method {name}: function lacks declared parameters {missing}")
+        _REGISTRY[name] = spec
+        fn.spec = spec
+        return fn
+
+    return wrap
+
+
+def _load_all() -> None:
+    # Importing the package registers every method module listed in studio/methods/__init__.py.
+    from . import _modules  # noqa: F401
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = [n for n in _REGISTRY if n.replace("_", "") == str(name).replace("_", "").replace("-", "")]
+        hint = f"did you mean {close[0]!r}?" if close else f"known methods: {', '.join(sorted(_REGISTRY))}"
+        raise RecipeError(f"unknown merge method {name!r}", hint=hint) from None
+
+
+def list_methods() -> list[MethodSpec]:
+    _load_all()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]

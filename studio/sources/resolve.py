@@ -1,0 +1,146 @@
+"""Turn what a user wrote (path, folder, hub id, ``base+lora``) into a TensorSource."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SourceError
+from .base import PrefixedSource, TensorSource
+from .pickle_file import PickleFile
+from .safetensors_file import MultiFileSource, SafetensorsFile
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+# weight files, in order of preference, inside a transformers/diffusers model folder
+WEIGHT_INDEXES = ["model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json",
+                  "pytorch_model.bin.index.json", "diffusion_pytorch_model.bin.index.json"]
+WEIGHT_FILES = ["model.safetensors", "diffusion_pytorch_model.safetensors", "adapter_model.safetensors",
+                "pytorch_lora_weights.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.bin",
+                "adapter_model.bin", "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model reference as written in a recipe: ``path``, ``org/name[@rev]``, optionally ``+lora[:strength]``."""
+
+    model: str
+    lora: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelRef":
+        text = str(text).strip()
+        if not text:
+            raise SourceError("empty model reference")
+        if "+" in text and not Path(text).exists():
+            base, lora = text.rsplit("+", 1)
+            return cls(base, lora)
+        return cls(text)
+
+    def __str__(self):
+        return self.model if self.lora is None else f"{self.model}+{self.lora}"
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SourceError(f"cannot read {path.name} ({e})", where=str(path.parent)) from None
+
+
+def open_file(path: Path, ref: str | None = None, **kw) -> TensorSource:
+    if path.suffix == ".safetensors":
+        return SafetensorsFile(path, ref=ref, **kw)
+    if path.suffix in PICKLE_SUFFIXES:
+        return PickleFile(path, ref=ref, **kw)
+    raise SourceError(f"unsupported file type {path.suffix or '(none)'!r}", where=str(path),
+                      hint="expected .safetensors, or .bin/.pt/.pth/.ckpt")
+
+
+def open_folder(path: Path, ref: str | None = None) -> TensorSource:
+    ref = ref or str(path)
+    if (path / "model_index.json").is_file():
+        index = _load_json(path / "model_index.json")
+        parts = {}
+        for name, value in index.items():
+            if name.startswith("_") or not (path / name).is_dir():
+                continue
+            try:
+                parts[name] = open_folder(path / name, ref=f"{ref}/{name}")
+            except SourceError:
+                continue  # tokenizers, schedulers and feature extractors hold no weights
+        if not parts:
+            raise SourceError("diffusers pipeline folder holds no weights", where=ref)
+        return PrefixedSource(parts, ref=ref, path=path, kind="diffusers", config=index)
+    config = _load_json(path / "config.json") if (path / "config.json").is_file() else None
+    kind = "transformers"
+    if (path / "adapter_config.json").is_file():
+        kind, config = "peft-lora", _load_json(path / "adapter_config.json")
+    elif config and "_class_name" in config:
+        kind = "diffusers-component"
+    for name in WEIGHT_INDEXES:
+        if (path / name).is_file():
+            weight_map = _load_json(path / name).get("weight_map") or {}
+            shards = sorted(set(weight_map.values()))
+            missing = [s for s in shards if not (path / s).is_file()]
+            if missing:
+                raise SourceError(f"shard {missing[0]} listed in {name} is missing", where=ref)
+            files = [open_file(path / s) for s in shards]
+            return MultiFileSource(files, ref=ref, path=path, kind=kind, config=config, folder=path)
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return open_file(path / name, ref=ref, kind=kind, config=config, folder=path)
+    singles = sorted(path.glob("*.safetensors"))
+    if len(singles) == 1:
+        return open_file(singles[0], ref=ref, kind=kind, config=config, folder=path)
+    raise SourceError("no model weights found in folder", where=ref,
+                      hint="expected model.safetensors, a sharded index, diffusion_pytorch_model.safetensors or a single .safetensors")
+
+
+def hub_snapshot(repo: str, revision: str | None) -> Path:
+    """Resolve a hub id through huggingface_hub's cache; download only when online and not cached."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover
+        raise SourceError("huggingface_hub is not installed", where=repo) from None
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.py"]
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise SourceError("not in the local Hugging Face cache and HF_HUB_OFFLINE is set", where=repo,
+                          hint="download it once with network access, or give a local path")
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SourceError(f"not in the local Hugging Face cache and could not be downloaded ({msg})", where=repo,
+                          hint="check the id and your network, or give a local path") from None
+
+
+def resolve_path(ref: str) -> Path:
+    p = Path(os.path.expanduser(ref))
+    if p.exists():
+        return p
+    if HUB_ID.match(ref) and not ref.startswith((".", "/")):
+        repo, _, rev = ref.partition("@")
+        return hub_snapshot(repo, rev or None)
+    raise SourceError("no such file or folder, and not a hub id (org/name[@revision])", where=ref)
+
+
+def open_source(ref: str | ModelRef) -> TensorSource:
+    """Open a model reference lazily: only headers are read here."""
+    mref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+    path = resolve_path(mref.model)
+    src = open_folder(path, ref=mref.model) if path.is_dir() else open_file(path, ref=mref.model, folder=None)
+    if mref.lora is not None:
+        from ..lora import apply_lora_source  # LoRA algebra lives in studio.lora
+
+        lora_text, _, strength = mref.lora.rpartition(":") if re.search(r":-?[\d.]+$", mref.lora) else (mref.lora, "", "")
+        lora_src = open_source(lora_text)
+        src = apply_lora_source(src, lora_src, float(strength) if strength else 1.0, ref=str(mref))
+    return src
