@@ -91,8 +91,8 @@ def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: i
                                  single_name=f"{stem}.safetensors")
             writers[comp + "."] = (ShardWriter(tmp / comp, shards, meta), comp + ".")
     else:
-        single = "model.safetensors" if ref.folder is None else None
-        shards = plan_shards(_entries(plan.tasks), shard_bytes, single_name=single)
+        # one shard is named model.safetensors (what loaders look for without an index); more get an index
+        shards = plan_shards(_entries(plan.tasks), shard_bytes, single_name="model.safetensors")
         writers[""] = (ShardWriter(tmp, shards, meta), "")
 
     def writer_for(key):

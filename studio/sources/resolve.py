@@ -106,16 +106,19 @@ def hub_snapshot(repo: str, revision: str | None) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover
         raise SourceError("huggingface_hub is not installed", where=repo) from None
+    # read the cache location now (huggingface_hub fixes its constants at import time)
+    cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
     patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.py"]
     try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True,
+                                          cache_dir=cache))
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise SourceError("not in the local Hugging Face cache and HF_HUB_OFFLINE is set", where=repo,
                           hint="download it once with network access, or give a local path")
     try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, cache_dir=cache))
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise SourceError(f"not in the local Hugging Face cache and could not be downloaded ({msg})", where=repo,
