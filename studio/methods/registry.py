@@ -18,6 +18,9 @@ Calling convention::
   recipe seed and the tensor name, so results do not depend on execution order.
 * ``context`` (methods that declare ``global_stats``): whatever ``combine`` returned after a first pass of
   ``collect`` over every tensor; used by methods that need whole-model statistics (e.g. global top-k).
+  A spec with ``rounds = r > 1`` needs r passes: round j ≥ 2 calls ``collect(..., context=<combine of round
+  j−1>)`` on every tensor, and the method receives the last round's combine (see
+  ``studio.methods.global_stats.gather_context``, the reference driver).
 """
 
 from __future__ import annotations
@@ -105,8 +108,12 @@ class MethodSpec:
     category: str = "mergekit"
     collect: Callable | None = None
     combine: Callable | None = None
+    rounds: int = 1
     formula: str = ""
     label: str = ""
+    # True when the function never writes into base/models: the live engine may then pass its resident tensors
+    # without copying them (a slider release costs one merge, not a copy of every input)
+    pure_inputs: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
