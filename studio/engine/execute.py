@@ -18,8 +18,11 @@ from .plan import Plan, TensorTask
 
 def _load(plan: Plan, inp, device) -> torch.Tensor:
     idx, key = inp
+    src = plan.sources[idx]
     # copy=True: the method owns its inputs (it may work in place) and never sees a view of a mapped file
-    return plan.sources[idx].get(key).to(device=device, dtype=torch.float32, copy=True)
+    out = src.get(key).to(device=device, dtype=torch.float32, copy=True)
+    src.release(key)
+    return out
 
 
 def _kwargs(plan: Plan, task: TensorTask, device, seed: int | None, context) -> dict:

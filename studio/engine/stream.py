@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -100,11 +102,25 @@ def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: i
             return writers[""]
         return writers[key.partition(".")[0] + "."]
 
+    def write(task, tensor):
+        w, strip = writer_for(task.out_key)
+        w.write(task.out_key[len(strip):], tensor)
+        if task.op == "copy":
+            plan.sources[task.inputs[0][0]].release(task.inputs[0][1])
+        if step:
+            step(task)
+
     bar, step = _progress_bar(plan, progress)
+    # Writing overlaps computing: one writer thread keeps plan order; at most two results wait for it.
+    pending: deque = deque()
     try:
-        for task, tensor in run_tasks(plan, device, seed, progress=step):
-            w, strip = writer_for(task.out_key)
-            w.write(task.out_key[len(strip):], tensor)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer_pool:
+            for task, tensor in run_tasks(plan, device, seed):
+                pending.append(writer_pool.submit(write, task, tensor))
+                while len(pending) > 2:
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
     finally:
         if bar is not None:
             bar.close()

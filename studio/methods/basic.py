@@ -23,6 +23,7 @@ def weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Ten
     ref="Wortsman et al. 2022, Model Soups (arXiv 2203.05482); mergekit linear",
     formula="θ = Σᵢ wᵢ·θᵢ / Σᵢ wᵢ  (without normalize: Σᵢ wᵢ·θᵢ)",
     label="Linear (weighted average)",
+    pure_inputs=True,
 )
 def linear(base, models, *, weight, normalize):
     """θ = Σᵢ wᵢ θᵢ, divided by Σᵢ wᵢ when ``normalize`` (the default). The base counts as a model when listed."""
@@ -52,17 +53,18 @@ TASK_ARITHMETIC_PARAMS = [
     ref="Ilharco et al. 2023, Editing Models with Task Arithmetic (arXiv 2212.04089); mergekit task_arithmetic",
     formula="θ = θ₀ + λ·Σᵢ wᵢ·(θᵢ − θ₀)  (normalize: ÷ Σᵢ wᵢ)",
     label="Task arithmetic",
+    pure_inputs=True,
 )
 def task_arithmetic(base, models, *, weight, normalize, lambda_, density=None, rescale=None, int8_mask=None):
     """τᵢ = θᵢ − θ₀;  θ = θ₀ + λ·Σᵢ wᵢ τᵢ (divided by Σᵢ wᵢ when ``normalize``)."""
-    delta = weighted_sum([m - base for m in models], weight)
-    if normalize:
-        total = float(sum(weight))
-        if abs(total) >= 1e-8:
-            delta.div_(total)
-    if lambda_ != 1:
-        delta.mul_(lambda_)
-    return base + delta
+    total = float(sum(weight))
+    scale = lambda_ / total if normalize and abs(total) >= 1e-8 else lambda_
+    coeffs = [scale * float(w) for w in weight]
+    # θ₀ + Σ cᵢ(θᵢ − θ₀) = (1 − Σcᵢ)·θ₀ + Σ cᵢθᵢ: n + 1 passes over memory and no temporaries per model
+    out = base * (1.0 - sum(coeffs))
+    for m, c in zip(models, coeffs):
+        out.add_(m, alpha=c)
+    return out
 
 
 def slerp_tensors(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: float = 0.9995,
@@ -89,6 +91,7 @@ def slerp_tensors(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: flo
     ref="Shoemake 1985; mergekit slerp",
     formula="Ω = arccos⟨θ₀/‖θ₀‖, θ₁/‖θ₁‖⟩;  θ = sin((1−t)Ω)/sin Ω·θ₀ + sin(tΩ)/sin Ω·θ₁  (lerp if |cos Ω| > 0.9995)",
     label="SLERP (two models)",
+    pure_inputs=True,
 )
 def slerp(base, models, *, t):
     """Spherical linear interpolation between the base (t = 0) and the one other model (t = 1), per tensor."""

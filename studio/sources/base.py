@@ -65,6 +65,9 @@ class TensorSource:
         self.info(key)
         return self._read(key)
 
+    def release(self, key: str) -> None:
+        """Hint that ``key`` was consumed and its backing memory may be dropped (no-op unless memory-mapped)."""
+
     def _read(self, key: str) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -127,6 +130,10 @@ class PrefixedSource(TensorSource):
     def _read(self, key):
         src, k = self._route[key]
         return src.get(k)
+
+    def release(self, key):
+        src, k = self._route[key]
+        src.release(k)
 
     def close(self):
         for s in self.parts.values():

@@ -85,6 +85,20 @@ class SafetensorsFile(TensorSource):
             return torch.frombuffer(buf, dtype=info.dtype, count=count).reshape(info.shape)
         return torch.frombuffer(mm, dtype=info.dtype, count=count, offset=offset).reshape(info.shape)
 
+    def release(self, key: str) -> None:
+        """Drop the mapped pages of a tensor already consumed, so a streaming merge's resident memory stays at the
+        tensors in flight instead of growing to the size of every input (the page cache keeps the data)."""
+        if self._mm is None or key not in self._entries:
+            return
+        start, end = self._entries[key]
+        lo = (self._data_start + start) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = self._data_start + end
+        if hi > lo:
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError, AttributeError):  # platforms without madvise: memory is merely higher
+                pass
+
     def close(self):
         # Tensors handed out may still view the mapping; dropping our reference lets it close when they are gone.
         self._mm = None
@@ -111,6 +125,9 @@ class MultiFileSource(TensorSource):
 
     def _read(self, key):
         return self._owner[key].get(key)
+
+    def release(self, key):
+        self._owner[key].release(key)
 
     def close(self):
         for f in self.files:
