@@ -25,6 +25,17 @@ def _load(plan: Plan, inp, device) -> torch.Tensor:
     return out
 
 
+def _view(plan: Plan, inp, device) -> torch.Tensor:
+    """The stored tensor as it is (possibly a read-only view of a mapped file), for methods that upcast inside."""
+    idx, key = inp
+    return plan.sources[idx].get(key)
+
+
+def _shares_input(out: torch.Tensor, base, models) -> bool:
+    ptr = out.untyped_storage().data_ptr()
+    return any(t is not None and t.untyped_storage().data_ptr() == ptr for t in [base, *models])
+
+
 def _kwargs(plan: Plan, task: TensorTask, device, seed: int | None, context) -> dict:
     kw = {p.py_name: task.params[p.name] for p in plan.spec.params}
     if plan.spec.random:
@@ -44,14 +55,20 @@ def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int |
         if task.out_dtype is not None and t.dtype.is_floating_point:
             t = t.to(task.out_dtype)
         return t.to(device)
-    base = _load(plan, task.base, device) if task.base is not None else None
-    models = [_load(plan, i, device) for i in task.inputs]
+    stored = plan.spec.stored_dtype_inputs and device.type == "cpu"
+    load = _view if stored else _load
+    base = load(plan, task.base, device) if task.base is not None else None
+    models = [load(plan, i, device) for i in task.inputs]
     try:
         out = plan.spec.fn(base, models, **_kwargs(plan, task, device, seed, context))
     except StudioError:
         raise
     except (RuntimeError, ValueError) as e:
         raise StudioError(f"{plan.spec.name} failed: {e}", where=task.out_key) from None
+    if stored:
+        out = out.clone() if _shares_input(out, base, models) else out
+        for idx, key in task.inputs + ([task.base] if task.base is not None else []):
+            plan.sources[idx].release(key)
     if tuple(out.shape) != tuple(task.info.shape):
         raise StudioError(f"{plan.spec.name} returned shape {list(out.shape)}, expected {list(task.info.shape)}",
                           where=task.out_key)

@@ -10,7 +10,8 @@ WEIGHT = Param("weight", per_model=True, range=(-1.0, 2.0), doc="this model's co
 
 
 def weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    out = torch.zeros_like(tensors[0])
+    """Σ wᵢ·xᵢ in float32 (inputs may be fp16/bf16: the in-place adds upcast them on the fly)."""
+    out = torch.zeros(tensors[0].shape, dtype=torch.float32, device=tensors[0].device)
     for x, w in zip(tensors, weights):
         out.add_(x, alpha=float(w))
     return out
@@ -24,6 +25,7 @@ def weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Ten
     formula="θ = Σᵢ wᵢ·θᵢ / Σᵢ wᵢ  (without normalize: Σᵢ wᵢ·θᵢ)",
     label="Linear (weighted average)",
     pure_inputs=True,
+    stored_dtype_inputs=True,
 )
 def linear(base, models, *, weight, normalize):
     """θ = Σᵢ wᵢ θᵢ, divided by Σᵢ wᵢ when ``normalize`` (the default). The base counts as a model when listed."""
@@ -54,6 +56,7 @@ TASK_ARITHMETIC_PARAMS = [
     formula="θ = θ₀ + λ·Σᵢ wᵢ·(θᵢ − θ₀)  (normalize: ÷ Σᵢ wᵢ)",
     label="Task arithmetic",
     pure_inputs=True,
+    stored_dtype_inputs=True,
 )
 def task_arithmetic(base, models, *, weight, normalize, lambda_, density=None, rescale=None, int8_mask=None):
     """τᵢ = θᵢ − θ₀;  θ = θ₀ + λ·Σᵢ wᵢ τᵢ (divided by Σᵢ wᵢ when ``normalize``)."""
@@ -61,7 +64,7 @@ def task_arithmetic(base, models, *, weight, normalize, lambda_, density=None, r
     scale = lambda_ / total if normalize and abs(total) >= 1e-8 else lambda_
     coeffs = [scale * float(w) for w in weight]
     # θ₀ + Σ cᵢ(θᵢ − θ₀) = (1 − Σcᵢ)·θ₀ + Σ cᵢθᵢ: n + 1 passes over memory and no temporaries per model
-    out = base * (1.0 - sum(coeffs))
+    out = base.to(torch.float32, copy=True).mul_(1.0 - sum(coeffs))
     for m, c in zip(models, coeffs):
         out.add_(m, alpha=c)
     return out

@@ -114,6 +114,10 @@ class MethodSpec:
     # True when the function never writes into base/models: the live engine may then pass its resident tensors
     # without copying them (a slider release costs one merge, not a copy of every input)
     pure_inputs: bool = False
+    # True when the function accepts inputs in their stored dtype (fp16/bf16 views of mapped files, read-only) and
+    # does its arithmetic in float32 itself; the streaming engine then skips materialising float32 copies of every
+    # input (mixed-dtype in-place adds upcast on the fly), which is most of a simple merge's memory traffic.
+    stored_dtype_inputs: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
