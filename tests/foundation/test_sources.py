@@ -84,3 +84,23 @@ def test_hub_id_resolves_from_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     src = open_source("acme/tiny")
     assert Path(src.folder).resolve() == snap.resolve() and "model.embed_tokens.weight" in src
+
+
+def test_pickle_transformers_folder_merges_like_safetensors(tmp_path):
+    """A transformers folder saved as pytorch_model.bin (weights_only-loadable) merges with a safetensors one."""
+    from conftest import load_state, make_llama
+    from studio.engine import merge_in_memory
+    from studio.recipe import Recipe
+
+    a = make_llama(tmp_path / "a", 0)
+    b = make_llama(tmp_path / "b", 1)
+    state_b = load_state(b)
+    (b / "model.safetensors").unlink()
+    torch.save(state_b, b / "pytorch_model.bin")
+    src = open_source(str(b))
+    assert src.kind == "transformers" and src.path.name == "pytorch_model.bin"
+    out = merge_in_memory(Recipe.from_dict({"merge_method": "linear", "models": [
+        {"model": str(a), "parameters": {"weight": 1}}, {"model": str(b), "parameters": {"weight": 1}}]}))
+    state_a = load_state(a)
+    for k in out:
+        torch.testing.assert_close(out[k], (state_a[k] + state_b[k]) / 2)
