@@ -1,0 +1,156 @@
+"""Spherical interpolations from mergekit 0.1.5: NuSLERP, Multi-SLERP and the Karcher mean (whole-tensor
+geometry unless an option says rows/columns)."""
+
+from __future__ import annotations
+
+import torch
+
+from functools import partial
+
+from .registry import Param
+from .registry import method as _register
+
+# every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
+method = partial(_register, pure_inputs=True)
+
+WEIGHT_REQ = Param("weight", per_model=True, range=(0.0, 2.0), doc="this model's share of the interpolation")
+
+
+def nuslerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool = False, flatten: bool = True,
+                    eps: float = 1e-8) -> torch.Tensor:
+    """SLERP of ``v0`` → ``v1`` by fraction ``t``: over the whole tensor (``flatten``), per row (last axis) or per
+    column (``row_wise``: mergekit's name for interpolating along axis 0). Collinear vectors fall back to lerp."""
+    shape = v0.shape
+    if flatten:
+        a, b = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        a, b = v0.transpose(0, -1), v1.transpose(0, -1)
+    else:
+        a, b = v0, v1
+    na = torch.linalg.vector_norm(a, dim=-1, keepdim=True).clamp(min=1e-7)
+    nb = torch.linalg.vector_norm(b, dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = ((a / na) * (b / nb)).sum(dim=-1, keepdim=True).clamp(-1, 1)
+    collinear = (1 - cos.square()) <= eps ** 2
+    theta = torch.acos(torch.where(collinear, 0, cos))
+    sin = torch.sin(theta)
+    out = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / sin
+    out = torch.where(collinear, (1 - t) * a + t * b, out)
+    if row_wise and not flatten:
+        out = out.transpose(0, -1)
+    return out.reshape(shape)
+
+
+@method(
+    "nuslerp",
+    params=[WEIGHT_REQ,
+            Param("nuslerp_row_wise", default=False, kind=bool, doc="interpolate each column (axis 0) separately"),
+            Param("nuslerp_flatten", default=True, kind=bool, doc="treat the whole tensor as one vector")],
+    min_models=2, max_models=2,
+    ref="mergekit nuslerp (SLERP with weights; optional task-vector form about the base)",
+    formula="t = w₂/(w₁+w₂);  θ = θ₀ + slerp(t, θ₁−θ₀, θ₂−θ₀)  (no base: slerp(t, θ₁, θ₂))",
+    label="NuSLERP",
+)
+def nuslerp(base, models, *, weight, nuslerp_row_wise, nuslerp_flatten):
+    """SLERP between two models with t = w₂/(w₁+w₂) (0.5 when the weights sum to ~0). With a base, interpolates
+    the two task vectors and adds the base back."""
+    total = float(sum(weight))
+    t = 0.5 if abs(total) < 1e-6 else float(weight[1]) / total
+    a, b = models
+    if base is None:
+        return nuslerp_tensors(t, a, b, nuslerp_row_wise, nuslerp_flatten)
+    return base + nuslerp_tensors(t, a - base, b - base, nuslerp_row_wise, nuslerp_flatten)
+
+
+@method(
+    "multislerp",
+    params=[WEIGHT_REQ,
+            Param("normalize_weights", default=True, kind=bool, doc="divide the weights by their sum"),
+            Param("eps", default=1e-8, range=(0.0, 1e-4), doc="numerical floor for norms")],
+    min_models=1,
+    ref="Goddard, Multi-SLERP (goddard.blog/posts/multislerp-wow-what-a-cool-idea); mergekit multislerp",
+    formula="uᵢ = xᵢ/‖xᵢ‖; μ = Σwᵢuᵢ/‖·‖; v = Σwᵢ(uᵢ−⟨uᵢ,μ⟩μ); θ = (cos‖v‖μ + sin‖v‖·v/‖v‖)·Σwᵢ‖xᵢ‖",
+    label="Multi-SLERP",
+)
+def multislerp(base, models, *, weight, normalize_weights, eps):
+    """Barycentric interpolation on the hypersphere: project the unit vectors onto the tangent space at their
+    weighted mean, average there, map back with the exponential map, and scale by the weighted mean norm.
+    xᵢ are task vectors θᵢ − θ₀ when a base is given."""
+    if len(models) == 1:
+        return models[0].clone()
+    x = torch.stack(models)
+    if base is not None:
+        x.sub_(base)
+    flat = x.view(x.shape[0], -1)
+    w = torch.tensor([float(v) for v in weight], dtype=x.dtype, device=x.device)
+    if normalize_weights:
+        w = w / w.sum()
+    norms = torch.linalg.vector_norm(flat, dim=-1, keepdim=True)
+    units = flat / (norms + eps)
+    mean = (units * w.view(-1, 1)).sum(0)
+    mean_norm = torch.linalg.vector_norm(mean)
+    if mean_norm < eps:
+        if x.shape[0] == 2:
+            out = (x[0] * w[0] + x[1] * w[1]).view(x.shape[1:])
+            return out if base is None else out + base
+        raise ValueError("multislerp: the weighted sum of the unit vectors is zero (antipodal inputs)")
+    mean = mean / mean_norm
+    dots = (units * mean).sum(-1, keepdim=True)
+    tangent = ((units - dots * mean) * w.view(-1, 1)).sum(0)
+    tnorm = torch.linalg.vector_norm(tangent) + eps
+    out = mean * torch.cos(tnorm) + tangent * (torch.sin(tnorm) / tnorm)
+    out = (out * (norms.squeeze(-1) * w).sum()).view(x.shape[1:])
+    return out if base is None else out + base
+
+
+def karcher_mean(tensors: list[torch.Tensor], alphas: list[float], max_iter: int = 10,
+                 tol: float = 1e-5) -> torch.Tensor:
+    """Weighted Riemannian (Karcher) mean of the directions on the unit sphere, scaled by Σ αᵢ‖xᵢ‖."""
+    if len(tensors) == 1:
+        return tensors[0].clone()
+    norms = [torch.linalg.vector_norm(t) for t in tensors]
+    valid = [i for i, nrm in enumerate(norms) if nrm.item() > tol]
+    if not valid:
+        return torch.zeros_like(tensors[0])
+    units = [tensors[i] / norms[i] for i in valid]
+    a_sum = sum(alphas[i] for i in valid)
+    a = [alphas[i] / a_sum for i in valid]
+    mean = torch.zeros_like(units[0])
+    for ai, u in zip(a, units):
+        mean += ai * u
+    mnorm = torch.linalg.vector_norm(mean)
+    mean = units[0].clone() if mnorm.item() < tol else mean / mnorm
+    for _ in range(max_iter):
+        tangent = torch.zeros_like(mean)
+        for ai, u in zip(a, units):
+            dot = torch.clamp(torch.dot(mean.flatten(), u.flatten()), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            if theta.item() < tol:
+                continue
+            tangent += ai * (theta / torch.sin(theta)) * (u - dot * mean)
+        tnorm = torch.linalg.vector_norm(tangent)
+        if tnorm.item() < tol:
+            break
+        mean = torch.cos(tnorm) * mean + torch.sin(tnorm) * (tangent / tnorm)
+        unorm = torch.linalg.vector_norm(mean)
+        if unorm.item() > tol:
+            mean = mean / unorm
+    scale = sum(alpha * nrm for alpha, nrm in zip(alphas, norms))
+    return scale * mean
+
+
+@method(
+    "karcher",
+    params=[Param("max_iter", default=10, kind=int, range=(1, 100), doc="fixed-point iterations"),
+            Param("tol", default=1e-5, range=(0.0, 1e-2), doc="stop when the tangent step is this small")],
+    includes_base=True,
+    min_models=1,
+    ref="Karcher 1977, Riemannian center of mass; mergekit karcher",
+    formula="μ ← exp_μ(Σᵢ ⅟N·θᵢ/sin θᵢ·(uᵢ − cos θᵢ·μ)), θᵢ = ∠(μ, uᵢ);  θ = (Σᵢ ‖xᵢ‖/N)·μ",
+    label="Karcher mean",
+)
+def karcher(base, models, *, max_iter, tol):
+    """Equal-weight Karcher mean of the raw weights' directions on the unit sphere (fixed-point iteration),
+    rescaled to the mean norm. The base, when given, is one of the inputs."""
+    if len(models) == 1:
+        return models[0].clone()
+    return karcher_mean(models, [1.0 / len(models)] * len(models), max_iter=max_iter, tol=tol)
