@@ -18,6 +18,7 @@ COMMANDS = {
     "learn": ("studio.learn.cli", "learn merge coefficients or weights from unlabeled data"),
     "zoo": ("studio.zoo.cli", "build, list and report on the built-in demo zoo"),
     "methods": ("studio.commands.methods", "list merge methods and their parameters"),
+    "emr": ("studio.commands.emr", "rebuild one task's model from an EMR merge's masks and rescalers"),
 }
 
 

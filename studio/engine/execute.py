@@ -76,21 +76,27 @@ def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int |
 
 
 def collect_context(plan: Plan, device, progress: Callable | None = None):
-    """First pass for methods needing whole-model statistics (e.g. global top-k)."""
+    """Passes for methods needing whole-model statistics (e.g. global top-k): ``spec.rounds`` rounds of ``collect``
+    over every merged tensor (from round 2 on with the previous round's combined context), one ``combine`` each."""
     spec = plan.spec
     if not spec.global_stats:
         return None
-    partials = []
-    for task in plan.tasks:
-        if task.op != "merge":
-            continue
-        base = _load(plan, task.base, device) if task.base is not None else None
-        models = [_load(plan, i, device) for i in task.inputs]
-        kw = {p.py_name: task.params[p.name] for p in spec.params}
-        partials.append(spec.collect(base, models, **kw))
-        if progress:
-            progress(task)
-    return spec.combine(partials)
+    context = None
+    for r in range(max(1, spec.rounds)):
+        partials = []
+        for task in plan.tasks:
+            if task.op != "merge":
+                continue
+            base = _load(plan, task.base, device) if task.base is not None else None
+            models = [_load(plan, i, device) for i in task.inputs]
+            kw = {p.py_name: task.params[p.name] for p in spec.params}
+            if r > 0:
+                kw["context"] = context
+            partials.append(spec.collect(base, models, **kw))
+            if progress:
+                progress(task)
+        context = spec.combine(partials)
+    return context
 
 
 def run_tasks(plan: Plan, device: torch.device, seed: int | None = None, workers: int = 2, in_flight: int = 4,

@@ -189,6 +189,10 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
         with AtomicTarget(out) as tmp:
             _write_weights(plan, tmp, dev, seed, progress, shard_bytes, single_file=None)
             _write_side_files(plan, tmp)
+            if plan.spec.extra.get("artifacts") == "emr":
+                from .emr import write_emr_artifacts
+
+                write_emr_artifacts(plan, tmp, dev)
             (tmp / RECIPE_FILE).write_text(recipe_yaml)
             base = recipe.base_model
             (tmp / "README.md").write_text(model_card(recipe_yaml, plan.spec.label or plan.spec.name,
