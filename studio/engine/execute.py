@@ -99,9 +99,20 @@ def collect_context(plan: Plan, device, progress: Callable | None = None):
     return context
 
 
-def run_tasks(plan: Plan, device: torch.device, seed: int | None = None, workers: int = 2, in_flight: int = 4,
-              progress: Callable | None = None) -> Iterator[tuple[TensorTask, torch.Tensor]]:
-    """Yield (task, output tensor on the CPU) in plan order."""
+def task_cost(task: TensorTask) -> int:
+    """Rough working-set bytes of one task: float32 copies of its inputs plus the method's own buffers."""
+    n = len(task.inputs) + (task.base is not None)
+    return task.info.numel * 4 * (2 * n + 2) if task.op == "merge" else task.info.nbytes
+
+
+def run_tasks(plan: Plan, device: torch.device, seed: int | None = None, workers: int = 2,
+              memory_budget: int = 1 << 30, progress: Callable | None = None
+              ) -> Iterator[tuple[TensorTask, torch.Tensor]]:
+    """Yield (task, output tensor on the CPU) in plan order.
+
+    Tasks run ahead of the consumer while their summed working sets fit ``memory_budget`` (a task larger than the
+    budget runs alone), so small layers overlap and a vocabulary-sized tensor never shares memory with another.
+    """
     context = collect_context(plan, device)
 
     def job(task):
@@ -116,17 +127,26 @@ def run_tasks(plan: Plan, device: torch.device, seed: int | None = None, workers
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge") as pool:
         queue: deque = deque()
-        it = iter(plan.tasks)
-        for task in it:
-            queue.append((task, pool.submit(job, task)))
-            if len(queue) >= in_flight:
-                break
+        tasks = list(plan.tasks)
+        nxt = 0
+        used = 0
+
+        def fill():
+            nonlocal nxt, used
+            while nxt < len(tasks):
+                cost = task_cost(tasks[nxt])
+                if queue and used + cost > memory_budget:
+                    break
+                queue.append((tasks[nxt], cost, pool.submit(job, tasks[nxt])))
+                used += cost
+                nxt += 1
+
+        fill()
         while queue:
-            task, fut = queue.popleft()
+            task, cost, fut = queue.popleft()
             result = fut.result()
-            nxt = next(it, None)
-            if nxt is not None:
-                queue.append((nxt, pool.submit(job, nxt)))
+            used -= cost
+            fill()
             yield task, result
             if progress:
                 progress(task)
