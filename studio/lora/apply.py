@@ -1,0 +1,230 @@
+"""A base model seen through one or more LoRAs: ``get(key)`` returns W + Σ strengthᵢ·blockᵢ(key)·ΔWᵢ, lazily.
+
+All matching and checking happens at construction from headers only: a LoRA module that matches nothing in the
+base, a LoRA made for another family (SDXL LoRA on an SD1 checkpoint), or a ΔW whose shape does not fit its target
+is an error listing the offending names — never a silent no-op (peers.md: SuperMerger #412).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import StudioError
+from ..sources.base import TensorSource
+from .names import Target, target_index
+from .network import LoraModule, LoraNetwork, detect_lora_family, read_lora
+
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd": "SD1.x/SD2.x", "sd3": "SD3"}
+
+
+@dataclass
+class Patch:
+    module: LoraModule
+    net: LoraNetwork
+    strength: float
+    target: Target
+    bias: bool = False
+
+
+def _target_family(src) -> str | None:
+    from ..layout.sd import _naming, base_family, detect_family
+
+    if _naming(src.keys()) is None:
+        return None
+    try:
+        return base_family(detect_family(src))
+    except StudioError:
+        return None
+
+
+def check_family(net: LoraNetwork, base, base_family: str | None = None) -> None:
+    lf = detect_lora_family(net)
+    tf = base_family if base_family is not None else _target_family(base)
+    if lf is None or tf is None:
+        return
+    ok = lf == tf or (lf == "sd" and tf in ("sd1", "sd2"))
+    if not ok:
+        raise StudioError(
+            f"this LoRA was made for {FAMILY_NAMES.get(lf, lf)} but the model is {FAMILY_NAMES.get(tf, tf)}",
+            where=net.ref, hint=f"use a {FAMILY_NAMES.get(tf, tf)} LoRA with this checkpoint (or the matching base model)")
+
+
+def _fits(mod: LoraModule, t: Target, base) -> str | None:
+    """None when ΔW fits the target, else a short reason."""
+    shape = tuple(base.info(t.weight).shape)
+    if t.part is not None:
+        shape = (shape[0] // 3, *shape[1:])
+    if mod.has_weight:
+        ds = mod.delta_shape()
+        if ds is not None and (math.prod(ds) != math.prod(shape) or ds[0] != shape[0]):
+            return f"ΔW {tuple(ds)} vs {shape}"
+    if mod.has_bias and t.bias is None:
+        return "bias delta but the target has no bias"
+    return None
+
+
+def match_network(net: LoraNetwork, base, index: dict[str, Target] | None = None) -> list[tuple[LoraModule, Target]]:
+    """Match every LoRA module to a target tensor; raise listing the unmatched / misfitting ones."""
+    index = index if index is not None else target_index(base)
+    matched, unmatched, misfit = [], [], []
+    for name, mod in net.modules.items():
+        t = index.get(name)
+        if t is None:
+            unmatched.append(name)
+            continue
+        why = _fits(mod, t, base)
+        if why:
+            misfit.append(f"{name} → {t.weight} ({why})")
+            continue
+        matched.append((mod, t))
+    if unmatched:
+        show = ", ".join(unmatched[:12]) + (f", … ({len(unmatched)} in all)" if len(unmatched) > 12 else "")
+        raise StudioError(f"{len(unmatched)} of {len(net.modules)} LoRA modules match no tensor of the model: {show}",
+                          where=net.ref, hint=f"the model is {getattr(base, 'ref', '?')}; check that the LoRA was made "
+                                               "for this architecture (`python -m studio lora inspect LORA --base MODEL`)")
+    if misfit:
+        show = "; ".join(misfit[:8]) + (f"; … ({len(misfit)} in all)" if len(misfit) > 8 else "")
+        raise StudioError(f"{len(misfit)} LoRA modules do not fit their target tensors: {show}", where=net.ref,
+                          hint="this LoRA was made for a different model size or family")
+    return matched
+
+
+def apply_dora(w: torch.Tensor, delta: torch.Tensor, mag: torch.Tensor, strength: float, fan_in_fan_out: bool = False):
+    """W + m·(mag·(W+ΔW)/‖W+ΔW‖ − W) (PEFT dora.py; LyCORIS wd_on_out). Norm per output row when ``mag`` has one
+    value per output (PEFT, LyCORIS), per input column when it has one per input (older A1111 loader)."""
+    wl, dl = (w.T, delta.T) if fan_in_fan_out else (w, delta)
+    merged = wl + dl
+    out_dim = merged.shape[0]
+    if mag.numel() == out_dim and (mag.dim() == 1 or mag.shape[0] == out_dim):
+        norm = merged.reshape(out_dim, -1).norm(dim=1).reshape(out_dim, *([1] * (merged.dim() - 1)))
+        new = merged * (mag.reshape(out_dim, *([1] * (merged.dim() - 1))) / norm)
+    elif merged.dim() >= 2 and mag.numel() == merged.shape[1]:
+        norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1)
+        shape = [1, merged.shape[1]] + [1] * (merged.dim() - 2)
+        new = merged * (mag.reshape(shape) / norm.reshape(shape))
+    else:
+        raise StudioError(f"DoRA magnitude of shape {tuple(mag.shape)} fits neither rows nor columns of {tuple(merged.shape)}")
+    res = wl + strength * (new - wl)
+    return res.T if fan_in_fan_out else res
+
+
+class LoraAppliedSource(TensorSource):
+    """``base`` with LoRAs applied on read. Keys, shapes and dtypes are the base's."""
+
+    def __init__(self, base: TensorSource, loras: list[tuple[LoraNetwork, float, Callable[[str], float] | None]],
+                 ref: str | None = None):
+        super().__init__(ref=ref or base.ref, path=base.path, kind=base.kind, config=base.config,
+                         metadata=dict(base.metadata), folder=base.folder)
+        self.base = base
+        self._index = {k: base.info(k) for k in base.keys()}
+        self.loras = loras
+        self.patches: dict[str, list[Patch]] = {}
+        index = target_index(base)
+        tf = _target_family(base)
+        for net, strength, block_fn in loras:
+            check_family(net, base, tf)
+            for mod, t in match_network(net, base, index):
+                s = strength * (block_fn(t.weight) if block_fn is not None else 1.0)
+                if s == 0.0:
+                    continue
+                if mod.has_weight:
+                    self.patches.setdefault(t.weight, []).append(Patch(mod, net, s, t))
+                if mod.has_bias:
+                    self.patches.setdefault(t.bias, []).append(Patch(mod, net, s, t, bias=True))
+
+    def _read(self, key: str) -> torch.Tensor:
+        plist = self.patches.get(key)
+        if not plist:
+            return self.base.get(key)
+        orig = self.base.get(key)
+        w = orig.to(torch.float32, copy=True)
+        for p in plist:
+            n = w.shape[0] // 3 if p.target.part is not None else None
+            view = w if n is None else w[p.target.part * n:(p.target.part + 1) * n]
+            src = p.net.source
+            keys = p.module.keys
+            if p.bias:
+                if "replace_b" in keys:  # whole tensor saved by PEFT: move toward it by the strength
+                    view.add_(src.get(keys["replace_b"]).to(torch.float32) - view, alpha=p.strength)
+                else:
+                    view.add_(p.module.bias_delta(src).reshape(view.shape), alpha=p.strength)
+                continue
+            if "replace" in keys:
+                view.add_(src.get(keys["replace"]).to(torch.float32).reshape(view.shape) - view, alpha=p.strength)
+                if p.module.algo == "replace":
+                    continue
+            d = p.module.delta(src, tuple(view.shape))
+            mag = p.module.magnitude(src)
+            if mag is not None:
+                view.copy_(apply_dora(view, d, mag, p.strength, p.module.fan_in_fan_out))
+            else:
+                view.add_(d, alpha=p.strength)
+        return w.to(orig.dtype)
+
+    def close(self):
+        self.base.close()
+        for net, _, _ in self.loras:
+            net.source.close()
+
+
+def block_weight_fn(spec, base) -> Callable[[str], float] | None:
+    """Per-block LoRA weights: a preset name, "v1,v2,…" (one value per block in SuperMerger order, 26 SD1 / 20
+    SDXL), "IN04=0.5,OUT=0,*=1" (block ids or prefixes; * is the default), a list, or a dict."""
+    if spec is None or spec == "":
+        return None
+    from ..layout import detect_layout
+    from ..layout.presets import lookup_preset
+
+    layout = detect_layout(base)
+    blocks = list(getattr(layout, "mbw_ids", layout.groups))
+    values: dict[str, float] = {}
+    default = 1.0
+    if isinstance(spec, str):
+        text = spec.strip()
+        preset = lookup_preset(text, len(blocks))
+        if preset is not None:
+            spec = preset
+        elif "=" in text or ":" in text:
+            spec = {}
+            for item in text.split(","):
+                k, _, v = item.replace(":", "=").partition("=")
+                spec[k.strip()] = v
+        else:
+            try:
+                spec = [float(v) for v in text.replace(" ", "").split(",") if v]
+            except ValueError:
+                raise StudioError(f"block weights {text!r}: not a preset, a list of numbers or BLOCK=value pairs",
+                                  hint="presets are listed in assets/presets/block_weights.tsv") from None
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != len(blocks):
+            raise StudioError(f"{len(spec)} block weights given, the model has {len(blocks)} blocks "
+                              f"({blocks[0]}…{blocks[-1]})", hint="give one value per block in SuperMerger order")
+        values = {b: float(v) for b, v in zip(blocks, spec)}
+    elif isinstance(spec, dict):
+        for k, v in spec.items():
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise StudioError(f"block weight for {k!r} is not a number: {v!r}") from None
+            if k == "*":
+                default = v
+                continue
+            hits = [b for b in layout.groups if b == k or b.startswith(k)]
+            if not hits:
+                raise StudioError(f"unknown block {k!r}", hint=f"blocks are {', '.join(layout.groups)}")
+            for b in hits:
+                values[b] = v
+    else:
+        raise StudioError(f"block weights of type {type(spec).__name__} are not understood")
+    return lambda key: values.get(layout.group_of(key), default)
+
+
+def apply_lora_source(src: TensorSource, lora_src: TensorSource, strength: float = 1.0, ref: str | None = None,
+                      blocks=None) -> LoraAppliedSource:
+    """``model: BASE+LORA[:strength]``: the base with one LoRA applied lazily (validated from headers now)."""
+    net = read_lora(lora_src)
+    return LoraAppliedSource(src, [(net, float(strength), block_weight_fn(blocks, src))], ref=ref)
