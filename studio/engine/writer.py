@@ -101,7 +101,7 @@ class ShardWriter:
             self._shard = si
         t = tensor.detach().to("cpu").contiguous()
         if t.numel():
-            self._file.write(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+            self._file.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # reshape first: 0-dim tensors
         self._pos += 1
         if self._pos == len(self._order) or self._order[self._pos][0] != si:
             self._close_file()

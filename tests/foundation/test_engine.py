@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import load_state, make_llama
+from tinymodels import load_state, make_llama
 from studio.engine import build_plan, merge_in_memory, merge_to_disk
 from studio.errors import StudioError
 from studio.recipe import Recipe

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import load_state
+from tinymodels import load_state
 from studio.engine import merge_in_memory, merge_to_disk
 from studio.recipe import Recipe
 

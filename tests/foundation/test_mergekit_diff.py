@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import load_state
+from tinymodels import load_state
 from studio.engine import merge_in_memory
 from studio.recipe import Recipe
 

@@ -49,7 +49,7 @@ def test_safetensors_lazy_and_exact(tmp_path):
 
 
 def test_sharded_folder_and_missing_shard(tmp_path):
-    from conftest import make_llama
+    from tinymodels import make_llama
 
     p = make_llama(tmp_path / "m", 0, shard="30KB")
     src = open_source(str(p))
@@ -70,7 +70,7 @@ def test_hub_id_offline_error_is_clear(monkeypatch, tmp_path):
 
 def test_hub_id_resolves_from_cache(monkeypatch, tmp_path):
     """A cached snapshot is used without network (the layout huggingface_hub itself writes)."""
-    from conftest import make_llama
+    from tinymodels import make_llama
 
     hf = tmp_path / "hf"
     repo = hf / "hub" / "models--acme--tiny"
@@ -88,7 +88,7 @@ def test_hub_id_resolves_from_cache(monkeypatch, tmp_path):
 
 def test_pickle_transformers_folder_merges_like_safetensors(tmp_path):
     """A transformers folder saved as pytorch_model.bin (weights_only-loadable) merges with a safetensors one."""
-    from conftest import load_state, make_llama
+    from tinymodels import load_state, make_llama
     from studio.engine import merge_in_memory
     from studio.recipe import Recipe
 
