@@ -25,7 +25,15 @@ RECIPE_FILE = "mergekit_config.yml"
 RECIPE_KEY = "merge_studio_recipe"
 
 
-def _progress_bar(plan: Plan, enabled: bool):
+def _progress_bar(plan: Plan, enabled: bool, callback: Callable[[float], None] | None = None):
+    if callback is not None:  # e.g. a UI progress bar: called with the fraction of output bytes written
+        total, done = max(1, plan.output_bytes()), [0]
+
+        def report(task):
+            done[0] += task.info.numel * (task.out_dtype or task.info.dtype).itemsize
+            callback(min(1.0, done[0] / total))
+
+        return None, report
     if not enabled:
         return None, None
     from tqdm.auto import tqdm
@@ -74,7 +82,8 @@ def _entries(tasks, strip: str = ""):
     return [(t.out_key[len(strip):], tuple(t.info.shape), t.out_dtype or t.info.dtype) for t in tasks]
 
 
-def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: int, single_file: Path | None):
+def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: int, single_file: Path | None,
+                   progress_callback: Callable[[float], None] | None = None):
     """Stream every task's output into safetensors files under ``tmp``; returns nothing, raises on failure."""
     meta = _metadata(plan)
     ref = plan.reference
@@ -110,7 +119,7 @@ def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: i
         if step:
             step(task)
 
-    bar, step = _progress_bar(plan, progress)
+    bar, step = _progress_bar(plan, progress, progress_callback)
     # Writing overlaps computing: one writer thread keeps plan order; at most two results wait for it.
     pending: deque = deque()
     try:
@@ -174,8 +183,12 @@ def _write_side_files(plan: Plan, tmp: Path) -> None:
 
 def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed: int | None = None,
                   overwrite: bool = False, progress: bool = True, shard_bytes: int = DEFAULT_SHARD_BYTES,
-                  opener: Callable[[str], TensorSource] = open_source) -> dict:
-    """Run a recipe to an output folder (or a single ``.safetensors`` file). Returns the plan summary."""
+                  opener: Callable[[str], TensorSource] = open_source,
+                  progress_callback: Callable[[float], None] | None = None) -> dict:
+    """Run a recipe to an output folder (or a single ``.safetensors`` file). Returns the plan summary.
+
+    ``progress_callback(fraction)`` (optional) is called as output tensors are written, e.g. by a UI progress bar.
+    """
     out = Path(out)
     seed = recipe.seed if seed is None else seed
     plan = build_plan(recipe, opener)
@@ -184,10 +197,12 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
     recipe_yaml = recipe.to_yaml() if seed is None or recipe.seed == seed else _with_seed(recipe, seed).to_yaml()
     if out.suffix == ".safetensors":
         with AtomicTarget(out, is_file=True) as tmp_file:
-            _write_weights(plan, tmp_file.parent, dev, seed, progress, shard_bytes, single_file=tmp_file)
+            _write_weights(plan, tmp_file.parent, dev, seed, progress, shard_bytes, single_file=tmp_file,
+                           progress_callback=progress_callback)
     else:
         with AtomicTarget(out) as tmp:
-            _write_weights(plan, tmp, dev, seed, progress, shard_bytes, single_file=None)
+            _write_weights(plan, tmp, dev, seed, progress, shard_bytes, single_file=None,
+                           progress_callback=progress_callback)
             _write_side_files(plan, tmp)
             if plan.spec.extra.get("artifacts") == "emr":
                 from .emr import write_emr_artifacts

@@ -1,0 +1,48 @@
+"""Merge Studio: ``python app.py [--host 127.0.0.1] [--port 7860] [--share] [--allow DIR ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Merge Studio: merge models with live previews.")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    p.add_argument("--allow", action="append", default=[], metavar="DIR",
+                   help="a folder the studio may read models from and export into (repeatable)")
+    p.add_argument("--export-dir", default=None, help="default export folder (must be under an --allow folder)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--max-parallel", type=int, default=1, help="heavy jobs (merges, exports) run at once")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from studio.errors import StudioError
+    from studio.ui.app import build_app
+    from studio.ui.catalog import Catalog
+    from studio.ui.paths import AllowedRoots
+    from studio.ui.session import StudioEnv
+
+    try:
+        roots = AllowedRoots(args.allow)
+        if args.export_dir:
+            roots.check_write(args.export_dir)
+        env = StudioEnv(Catalog(), roots, device=args.device, max_parallel=args.max_parallel,
+                        export_dir=args.export_dir)
+    except StudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: anyone who can reach this address can use the studio",
+              file=sys.stderr)
+    ui = build_app(env)
+    ui.launch(host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The demo families the studio offers, and what every session shares about them: evaluators (one per family,
+built once) and the scores of the input models (each evaluated once, then cached).
+
+Families come from :mod:`studio.zoo` (``list_families`` / ``get_family``); tests and embedders may pass their own
+objects with the same attributes (``name, kind, base, experts, loras, tasks, description, evaluator(budget, device)``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+
+
+def zoo_families() -> dict[str, Any]:
+    """The built zoo families, by name; {} when the zoo is missing or not built yet."""
+    try:
+        from ..zoo import get_family, list_families
+    except ImportError:
+        return {}
+    out = {}
+    try:
+        names = list_families()
+    except Exception:  # a half-built zoo must not keep the studio from starting
+        return {}
+    for item in names:
+        name = item if isinstance(item, str) else getattr(item, "name", str(item))
+        try:
+            fam = item if not isinstance(item, str) else get_family(name)
+        except Exception:
+            continue
+        if fam is not None and _is_built(fam):
+            out[name] = fam
+    return out
+
+
+def _is_built(fam) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(str(fam.base)).exists()
+    except Exception:
+        return False
+
+
+def family_label(fam, ref: str) -> str:
+    """A short name for a model of a family: 'base', the expert's task, the LoRA's name, else the file name."""
+    ref = str(ref)
+    if str(fam.base) == ref:
+        return "base"
+    for task, path in (getattr(fam, "experts", None) or {}).items():
+        if str(path) == ref:
+            return task
+    for name, path in (getattr(fam, "loras", None) or {}).items():
+        if str(path) == ref:
+            return f"lora:{name}"
+    return None
+
+
+class Catalog:
+    """Families plus the caches every session shares (evaluators, input-model scores)."""
+
+    def __init__(self, families: dict[str, Any] | None = None, device: str = "cpu"):
+        self.families = dict(zoo_families() if families is None else families)
+        self.device = device
+        self._evaluators: dict[tuple[str, str], Any] = {}
+        self._scores: dict[tuple[str, str, str], dict] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        order = {"vision": 0, "text": 1, "diffusion": 2}
+        return sorted(self.families, key=lambda n: (order.get(getattr(self.families[n], "kind", ""), 9), n))
+
+    def default_family(self) -> str | None:
+        names = self.names()
+        for n in names:
+            if getattr(self.families[n], "kind", "") == "vision":
+                return n
+        return names[0] if names else None
+
+    def get(self, name: str):
+        try:
+            return self.families[name]
+        except KeyError:
+            from ..errors import StudioError
+
+            raise StudioError(f"unknown demo family {name!r}", hint=f"known: {', '.join(self.names()) or 'none'}")
+
+    def evaluator(self, name: str, budget: str = "preview"):
+        key = (name, budget)
+        with self._lock:
+            ev = self._evaluators.get(key)
+            if ev is None:
+                ev = self.get(name).evaluator(budget=budget, device=self.device)
+                self._evaluators[key] = ev
+        return ev
+
+    def input_score(self, name: str, ref: str, opener, budget: str = "preview") -> dict:
+        """The evaluator's result for one input model (base or expert), computed once per process."""
+        key = (name, str(ref), budget)
+        hit = self._scores.get(key)
+        if hit is not None:
+            return hit
+        src = opener(str(ref))
+        state = {k: src.get(k).to(torch.float32) for k in src.keys() if src.info(k).dtype.is_floating_point}
+        state.update({k: src.get(k) for k in src.keys() if not src.info(k).dtype.is_floating_point})
+        result = self.evaluator(name, budget).evaluate(state)
+        self._scores[key] = result
+        return result

@@ -1,0 +1,40 @@
+"""Models panel: the family, the sources with kind / architecture / parameters / dtype, the base, adding models and
+LoRAs, and the header-only dry-run verdict."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+HEADERS = ["model", "role", "kind", "architecture", "parameters", "dtype", "layout"]
+
+
+def build(families: list[str], default_family: str | None, roots_text: str) -> SimpleNamespace:
+    ns = SimpleNamespace()
+    with gr.Row():
+        ns.family = gr.Dropdown(families, value=default_family, label="Demo family", scale=3,
+                                info="tiny models built by `python -m studio zoo build`; switching reloads the recipe")
+        ns.load = gr.Button("Load family", variant="secondary", scale=1)
+    ns.verdict = gr.Markdown(elem_id="verdict")
+    ns.table = gr.Dataframe(headers=HEADERS, label="Sources (read from headers only)", interactive=False,
+                            wrap=True, elem_id="models-table")
+    with gr.Row():
+        ns.include = gr.CheckboxGroup(label="Merge these models", scale=3, elem_id="include-models")
+        ns.base = gr.Dropdown(label="Base model", scale=2, info="task-vector methods subtract it; "
+                              "interpolation methods count it as one of the models")
+    with gr.Accordion("Add your own model or LoRA", open=False):
+        gr.Markdown(f"Paths must lie inside the folders this studio may read: `{roots_text}` "
+                    "(start the app with `--allow DIR` to add one). Hub ids (`org/name[@rev]`) are read from the "
+                    "local Hugging Face cache.")
+        with gr.Row():
+            ns.add_ref = gr.Textbox(label="Path, folder or hub id", placeholder="/data/models/my-finetune  or  org/name",
+                                    scale=4)
+            ns.add_btn = gr.Button("Add model", scale=1)
+        with gr.Row():
+            ns.lora_model = gr.Dropdown(label="Apply LoRA to", scale=2)
+            ns.lora_ref = gr.Dropdown(label="LoRA (family LoRA or a path)", allow_custom_value=True, scale=3)
+            ns.lora_strength = gr.Slider(-1, 2, value=1.0, step=0.05, label="strength", scale=2)
+            ns.lora_btn = gr.Button("Add model + LoRA", scale=1)
+        ns.add_info = gr.JSON(label="What was added", visible=False)
+    return ns

@@ -1,0 +1,87 @@
+"""Which files the studio may touch: only under folders the user chose (``--allow DIR``), the demo zoo's assets,
+and the Hugging Face cache. Every path typed into the UI goes through :class:`AllowedRoots` before it is opened or
+written, so a browser tab cannot read ``/etc/passwd`` or write into someone's home folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..errors import StudioError
+from ..sources.resolve import HUB_ID
+
+_STRENGTH = re.compile(r":-?[\d.]+$")
+
+
+class PathNotAllowed(StudioError):
+    """A path outside every allowed folder."""
+
+
+def hub_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def split_reference(ref: str) -> list[str]:
+    """The file or hub parts of a model reference: ``base+lora:0.8`` → ``[base, lora]``."""
+    ref = str(ref).strip()
+    if "+" in ref and not Path(ref).exists():
+        base, lora = ref.rsplit("+", 1)
+        lora = _STRENGTH.sub("", lora) if _STRENGTH.search(lora) else lora
+        return [base.strip(), lora.strip()]
+    return [ref]
+
+
+def is_hub_id(text: str) -> bool:
+    return bool(HUB_ID.match(text)) and not text.startswith((".", "/", "~")) and not Path(text).exists()
+
+
+class AllowedRoots:
+    """A set of folders; :meth:`check_read` / :meth:`check_write` return a resolved path or raise PathNotAllowed."""
+
+    def __init__(self, roots=(), include_hub_cache: bool = True):
+        self.roots: list[Path] = []
+        for r in roots:
+            self.add(r)
+        self.hub_cache = hub_cache_dir().resolve() if include_hub_cache else None
+
+    def add(self, root) -> None:
+        p = Path(os.path.expanduser(str(root))).resolve()
+        if p not in self.roots:
+            self.roots.append(p)
+
+    def _inside(self, p: Path, roots) -> bool:
+        return any(p == r or p.is_relative_to(r) for r in roots)
+
+    def describe(self) -> str:
+        return ", ".join(str(r) for r in self.roots) or "(none)"
+
+    def check_path(self, text: str, write: bool = False) -> Path:
+        if not str(text).strip():
+            raise PathNotAllowed("empty path")
+        p = Path(os.path.expanduser(str(text).strip()))
+        # resolve() follows symlinks and '..', so a link inside an allowed folder cannot point outside it
+        p = p.resolve()
+        roots = list(self.roots)
+        if not write and self.hub_cache is not None:
+            roots.append(self.hub_cache)
+        if not self._inside(p, roots):
+            raise PathNotAllowed(f"{p} is outside the folders this studio may {'write' if write else 'read'}",
+                                 hint=f"allowed: {self.describe()}; start the app with --allow DIR to add one")
+        return p
+
+    def check_reference(self, ref: str) -> str:
+        """A model reference (path, hub id, ``base+lora[:s]``) whose every local part is inside the roots."""
+        for part in split_reference(ref):
+            if is_hub_id(part):
+                continue  # resolved through the Hugging Face cache, never an arbitrary path
+            self.check_path(part)
+        return str(ref).strip()
+
+    def check_write(self, target: str) -> Path:
+        return self.check_path(target, write=True)

@@ -1,0 +1,283 @@
+"""Plotly figures from :mod:`studio.analysis` numbers, shared by the Gradio UI and ``python -m studio analyze``.
+
+Colour conventions: fractions in [0, 1] use a sequential scale pinned to [0, 1] (so a pale cell always means a small
+fraction); signed values (cosine similarity) use a diverging scale centred on 0 and pinned to [−1, 1]; landscapes use a
+sequential scale over the observed range. Every figure carries a title, axis titles and hover text with the exact value.
+No gradio here: this module only imports plotly.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from typing import Sequence
+
+import plotly.graph_objects as go
+
+SEQUENTIAL = "Viridis"
+FRACTION = "Blues"
+DIVERGING = "RdBu"
+LAYOUT = dict(template="plotly_white", font=dict(size=12), margin=dict(l=70, r=30, t=60, b=60))
+MARKER_STYLE = {
+    "base": dict(symbol="square", color="#444444"),
+    "average": dict(symbol="diamond", color="#ff7f0e"),
+    "current": dict(symbol="star", color="#d62728", size=16),
+}
+EXPERT_STYLE = dict(symbol="circle", color="#ffffff", line=dict(color="#111111", width=2))
+TRAJ_COLORS = ["#e377c2", "#17becf", "#bcbd22", "#8c564b", "#9467bd"]
+
+STAT_ROWS = [
+    ("sign_conflict", "sign conflict"),
+    ("sign_conflict_active", "conflict (of entries ≥2 nonzero)"),
+    ("mass_agreement", "mass agreement"),
+    ("elected_keep", "elected-sign keep"),
+]
+
+
+def short_name(ref: str) -> str:
+    """A model reference shortened for axes: the file or folder name without the safetensors suffix."""
+    s = str(ref).rstrip("/\\")
+    base = os.path.basename(s) or s
+    for suf in (".safetensors", ".ckpt", ".pt", ".bin"):
+        if base.endswith(suf):
+            base = base[: -len(suf)]
+    return base
+
+
+def _names(stats: dict) -> list[str]:
+    names = [short_name(m) for m in stats.get("models", [])]
+    # disambiguate equal short names
+    return [f"{n} ({i})" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _group_labels(stats: dict) -> list[str]:
+    return [g["group"] for g in stats["groups"]]
+
+
+def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.01), **LAYOUT, **kw)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def sign_conflict_heatmap(stats: dict, include_overall: bool = True) -> go.Figure:
+    """Groups (x, layout order) × statistics (y): sign conflict, conflict among active entries, mass agreement,
+    elected-sign keep; with the trimmed variants when ``stats`` has a density. Sequential, pinned to [0, 1]."""
+    groups = list(stats["groups"]) + ([stats["overall"]] if include_overall else [])
+    xs = [g["group"] for g in groups]
+    rows, labels = [], []
+    variants = [("", None)]
+    if stats.get("density") is not None:
+        variants.append((f" · trimmed {stats['density']:g}", "trimmed"))
+    for suffix, sub in variants:
+        for key, label in STAT_ROWS:
+            rows.append([(g[sub] or {}).get(key) if sub else g.get(key) for g in groups])
+            labels.append(label + suffix)
+    z = [[None if v is None else float(v) for v in r] for r in rows]
+    text = [[_fmt(v) for v in r] for r in z]
+    hover = [[f"{g.get('label', g['group'])}<br>{lab}: {_fmt(v, 4)}" for g, v in zip(groups, r)]
+             for lab, r in zip(labels, z)]
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=labels, zmin=0, zmax=1, colorscale=FRACTION, text=text,
+                               texttemplate="%{text}" if len(xs) <= 30 else None, hovertext=hover,
+                               hoverinfo="text", colorbar=dict(title="fraction"), xgap=1, ygap=1))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title="layer / block group", type="category")
+    return _layout(fig, f"Sign conflicts and agreement per group ({len(stats.get('models', []))} task vectors)",
+                   height=max(300, 60 + 34 * len(labels)))
+
+
+def kind_heatmap(stats: dict) -> go.Figure:
+    """Sign-conflict fraction per group (x) × tensor kind (y: attn qkv, attn out, mlp in/out, …); blank = none."""
+    kinds = stats.get("kinds", [])
+    xs = _group_labels(stats)
+    z = [[(stats["cells"].get(g, {}).get(k) or {}).get("sign_conflict") for g in xs] for k in kinds]
+    hover = [[f"{g} · {k}: {_fmt(v, 4)}" for g, v in zip(xs, row)] for k, row in zip(kinds, z)]
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=kinds, zmin=0, zmax=1, colorscale=FRACTION, hovertext=hover,
+                               hoverinfo="text", colorbar=dict(title="conflict"), xgap=1, ygap=1))
+    fig.update_yaxes(autorange="reversed", title="tensor kind")
+    fig.update_xaxes(title="layer / block group", type="category")
+    return _layout(fig, "Sign conflict per group and tensor kind", height=max(280, 80 + 34 * len(kinds)))
+
+
+def _matrix(values, names, title, zmin, zmax, scale, what, zmid=None) -> go.Figure:
+    z = [[None if v is None else float(v) for v in row] for row in values]
+    text = [[_fmt(v, 2) for v in row] for row in z]
+    hover = [[f"{names[i]} × {names[j]}<br>{what}: {_fmt(v, 4)}" for j, v in enumerate(row)] for i, row in enumerate(z)]
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, zmin=zmin, zmax=zmax, zmid=zmid, colorscale=scale, text=text,
+                               texttemplate="%{text}", hovertext=hover, hoverinfo="text",
+                               colorbar=dict(title=what), xgap=2, ygap=2))
+    fig.update_yaxes(autorange="reversed")
+    side = max(320, 140 + 50 * len(names))
+    return _layout(fig, title, height=side, width=side + 160)
+
+
+def cosine_matrix(stats: dict, group: str | None = None) -> go.Figure:
+    """Cosine similarity between task vectors (whole model, or one group); diverging, centred on 0, pinned ±1."""
+    g = stats["overall"] if group is None else next(x for x in stats["groups"] if x["group"] == group)
+    where = "whole model" if group is None else g.get("label", group)
+    return _matrix(g["cosine"], _names(stats), f"Task-vector cosine similarity ({where})", -1, 1, DIVERGING,
+                   "cosine", zmid=0)
+
+
+def disagreement_matrix(stats: dict, group: str | None = None, trimmed: bool = False) -> go.Figure:
+    """Pairwise sign disagreement (fraction of entries, both nonzero, with opposite signs); sequential [0, 1]."""
+    g = stats["overall"] if group is None else next(x for x in stats["groups"] if x["group"] == group)
+    src = g["trimmed"] if trimmed and g.get("trimmed") else g
+    what = "whole model" if group is None else g.get("label", group)
+    if trimmed and g.get("trimmed"):
+        what += f", trimmed {stats['density']:g}"
+    return _matrix(src["pairwise_disagreement"], _names(stats), f"Pairwise sign disagreement ({what})", 0, 1,
+                   FRACTION, "disagree")
+
+
+def cosine_by_group(stats: dict) -> go.Figure:
+    """Each pair's cosine similarity per group: pairs (y) × groups (x); diverging, centred on 0."""
+    names = _names(stats)
+    n = len(names)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    xs = _group_labels(stats)
+    z = [[g["cosine"][i][j] for g in stats["groups"]] for i, j in pairs]
+    ys = [f"{names[i]} · {names[j]}" for i, j in pairs]
+    hover = [[f"{g} · {y}: {_fmt(v, 4)}" for g, v in zip(xs, row)] for y, row in zip(ys, z)]
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, zmin=-1, zmax=1, zmid=0, colorscale=DIVERGING, hovertext=hover,
+                               hoverinfo="text", colorbar=dict(title="cosine"), xgap=1, ygap=1))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title="layer / block group", type="category")
+    return _layout(fig, "Task-vector cosine similarity per group", height=max(260, 100 + 30 * len(pairs)))
+
+
+def norms_figure(stats: dict, relative: bool = False) -> go.Figure:
+    """L2 norm of each task vector per group (grouped bars; ``relative``: divided by √(entries) = RMS)."""
+    fig = go.Figure()
+    xs = _group_labels(stats)
+    for i, name in enumerate(_names(stats)):
+        ys = []
+        for g in stats["groups"]:
+            v = g["norms"][i]
+            ys.append(v / math.sqrt(g["numel"]) if relative and g["numel"] else v)
+        fig.add_bar(x=xs, y=ys, name=name,
+                    hovertemplate=f"{name}<br>%{{x}}: %{{y:.4g}}<extra></extra>")
+    fig.update_xaxes(title="layer / block group", type="category")
+    fig.update_yaxes(title="RMS of τ (‖τ‖/√n)" if relative else "‖τ‖₂", rangemode="tozero")
+    return _layout(fig, "Task-vector size per group" + (" (RMS per entry)" if relative else " (L2 norm)"),
+                   barmode="group", height=380, legend=dict(orientation="h", y=-0.25))
+
+
+def stats_figures(stats: dict) -> list[tuple[str, go.Figure]]:
+    """The standard set for a report or the UI, in reading order."""
+    figs = [("Sign conflicts", sign_conflict_heatmap(stats))]
+    if len(stats.get("models", [])) >= 2:
+        figs.append(("Cosine similarity", cosine_matrix(stats)))
+        figs.append(("Pairwise sign disagreement", disagreement_matrix(stats, trimmed=False)))
+        if stats.get("density") is not None:
+            figs.append(("Pairwise sign disagreement (trimmed)", disagreement_matrix(stats, trimmed=True)))
+        figs.append(("Cosine per group", cosine_by_group(stats)))
+    figs.append(("Norms", norms_figure(stats)))
+    if stats.get("kinds"):
+        figs.append(("Conflicts by tensor kind", kind_heatmap(stats)))
+    return figs
+
+
+# ------------------------------------------------------------------------------------------------ landscapes
+def _marker_style(name: str) -> dict:
+    style = dict(size=13, line=dict(color="#111111", width=1))
+    style.update(MARKER_STYLE.get(name, EXPERT_STYLE))
+    return style
+
+
+def _marker_hover(m: dict, score_name: str) -> str:
+    parts = [f"<b>{html.escape(short_name(m['name']))}</b>", f"{score_name}: {_fmt(m.get('score'), 4)}"]
+    if m.get("residual"):
+        parts.append(f"off-plane: {m['residual']:.1%}")
+    return "<br>".join(parts)
+
+
+def landscape_line(result: dict) -> go.Figure:
+    """A 1-D sweep: the score over the setting, the current value as a dashed line and a star."""
+    name = result.get("score_name", "score")
+    fig = go.Figure(go.Scatter(x=result["x"]["values"], y=result["z"], mode="lines+markers", name=name,
+                               hovertemplate=f"{result['x']['label']}: %{{x:.4g}}<br>{name}: %{{y:.4g}}<extra></extra>"))
+    for m in result.get("markers", []):
+        if m.get("x") is None:
+            continue
+        fig.add_vline(x=m["x"], line_dash="dash", line_color="#d62728")
+        fig.add_trace(go.Scatter(x=[m["x"]], y=[m["score"]], mode="markers", name=short_name(m["name"]),
+                                 marker=_marker_style(m["name"]), hovertext=[_marker_hover(m, name)],
+                                 hoverinfo="text"))
+    fig.update_xaxes(title=result["x"]["label"])
+    fig.update_yaxes(title=name)
+    return _layout(fig, f"{name} as {result['x']['label']} varies", height=380, showlegend=True)
+
+
+def landscape_contour(result: dict, show_markers: bool = True) -> go.Figure:
+    """A 2-D grid as filled contours (z rows over y), with markers and projected trajectories on top."""
+    name = result.get("score_name", "score")
+    xs, ys = result["x"]["values"], result["y"]["values"]
+    fig = go.Figure(go.Contour(
+        z=result["z"], x=xs, y=ys, colorscale=SEQUENTIAL, colorbar=dict(title=name), ncontours=20,
+        contours=dict(showlabels=True, labelfont=dict(size=9, color="white")),
+        hovertemplate=f"x: %{{x:.3g}}<br>y: %{{y:.3g}}<br>{name}: %{{z:.4g}}<extra></extra>"))
+    for n, t in enumerate(result.get("trajectories", [])):
+        color = TRAJ_COLORS[n % len(TRAJ_COLORS)]
+        hover = [f"{html.escape(str(t['name']))} · step {s}" + (f"<br>{name}: {_fmt(v, 4)}" if v is not None else "")
+                 + (f"<br>off-plane: {r:.1%}" if r else "")
+                 for s, v, r in zip(t.get("step", range(len(t["x"]))), t.get("score") or [None] * len(t["x"]),
+                                    t.get("residual") or [0] * len(t["x"]))]
+        fig.add_trace(go.Scatter(x=t["x"], y=t["y"], mode="lines+markers", name=str(t["name"]),
+                                 line=dict(color=color, width=2), marker=dict(size=5, color=color),
+                                 hovertext=hover, hoverinfo="text"))
+        if t["x"]:
+            fig.add_trace(go.Scatter(x=[t["x"][-1]], y=[t["y"][-1]], mode="markers", showlegend=False,
+                                     marker=dict(symbol="triangle-up", size=11, color=color,
+                                                 line=dict(color="#111111", width=1)),
+                                     hovertext=[hover[-1]], hoverinfo="text"))
+    if show_markers:
+        for m in result.get("markers", []):
+            if m.get("x") is None or m.get("y") is None:
+                continue
+            fig.add_trace(go.Scatter(x=[m["x"]], y=[m["y"]], mode="markers+text", name=short_name(m["name"]),
+                                     text=[short_name(m["name"])], textposition="top center",
+                                     textfont=dict(color="#111111"), marker=_marker_style(m["name"]),
+                                     hovertext=[_marker_hover(m, name)], hoverinfo="text"))
+    fig.update_xaxes(title=result["x"]["label"], range=[min(xs), max(xs)])
+    fig.update_yaxes(title=result["y"]["label"], range=[min(ys), max(ys)])
+    titles = {"task_plane": "Task-vector plane", "params": "Recipe parameters", "random_plane": "Random plane"}
+    title = f"{name} — {titles.get(result.get('kind'), 'landscape')}"
+    if result.get("kind") == "random_plane":
+        title += f" around the current merge (filter-normalised, seed {result.get('seed')})"
+    return _layout(fig, title, height=560, legend=dict(orientation="h", y=-0.18))
+
+
+def landscape_figure(result: dict) -> go.Figure:
+    """Line for a 1-D result, contour for a 2-D one."""
+    return landscape_line(result) if "y" not in result else landscape_contour(result)
+
+
+# ------------------------------------------------------------------------------------------------ HTML report
+def report_html(sections: Sequence[tuple[str, go.Figure | str]], title: str = "Merge Studio analysis",
+                intro: str = "") -> str:
+    """A self-contained HTML page: each section is (heading, figure or HTML text); plotly.js is inlined once."""
+    parts, first = [], True
+    for heading, item in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if isinstance(item, go.Figure):
+            parts.append(item.to_html(full_html=False, include_plotlyjs=True if first else False,
+                                      config={"displaylogo": False, "responsive": True}))
+            first = False
+        else:
+            parts.append(f"<div class='note'>{item}</div>")
+    body = "\n".join(parts)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:24px auto;padding:0 16px;
+color:#222}} h1{{font-size:1.6em}} h2{{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}}
+.note{{color:#444}} table{{border-collapse:collapse}} td,th{{padding:2px 10px;border-bottom:1px solid #eee;
+text-align:right}}</style></head>
+<body><h1>{html.escape(title)}</h1>{intro}
+{body}
+</body></html>"""

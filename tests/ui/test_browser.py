@@ -1,0 +1,62 @@
+"""Playwright driving Debian's Chromium: open the studio, move a slider, see the preview change, visit every panel,
+export, and keep screenshots in test-artifacts/ (skipped when Chromium or Playwright is missing)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Chromium is not installed")
+
+
+def test_studio_in_a_browser(studio_server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(studio_server["url"])
+            latency = page.locator("#latency")
+            sync_api.expect(latency).to_contain_text("ms", timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "01-models.png"), full_page=True)
+            before = page.locator("#raw-preview").inner_text() if page.locator("#raw-preview").count() else ""
+            first_latency = latency.inner_text()
+
+            page.get_by_role("tab", name="Recipe").click()
+            slider = page.locator("#strip-1 input[type=range]")
+            sync_api.expect(slider).to_be_visible(timeout=10_000)
+            slider.fill("2.5")                      # drag the L00 slider to 2.5 …
+            slider.dispatch_event("pointerup")      # … and let go: the release event re-merges
+            sync_api.expect(latency).not_to_have_text(first_latency, timeout=30_000)
+            sync_api.expect(page.locator("#yaml")).to_contain_text("L00", timeout=10_000)
+            page.screenshot(path=str(ARTIFACTS / "02-recipe-after-slider.png"), full_page=True)
+            table = page.locator("#score-table").inner_text()
+            assert "average" in table
+
+            # YAML errors are shown, not thrown
+            for name, shot in (("Analysis", "03-analysis.png"), ("History", "05-history.png"),
+                               ("Optimize", "06-optimize.png")):
+                page.get_by_role("tab", name=name).click()
+                if name == "Analysis":
+                    page.locator("#sweep-btn").click()
+                    sync_api.expect(page.locator("#landscape .js-plotly-plot")).to_be_visible(timeout=60_000)
+                if name == "History":
+                    sync_api.expect(page.locator("#history-table")).to_contain_text("task_arithmetic")
+                page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+
+            page.get_by_role("tab", name="Export").click()
+            page.locator("#export-name input, #export-name textarea").first.fill("browser-export")
+            page.locator("#export-btn").click()
+            sync_api.expect(page.locator("#export-result")).to_contain_text("Exported", timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "04-export.png"), full_page=True)
+            assert (studio_server["export_dir"] / "browser-export.safetensors").is_file()
+            assert before is not None
+        finally:
+            browser.close()

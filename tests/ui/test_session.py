@@ -1,0 +1,249 @@
+"""The session controller without a browser: controls ↔ recipe ↔ YAML, undo and history, isolation, paths."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from studio.engine import merge_in_memory
+from studio.errors import RecipeError, StudioError
+from studio.recipe import Recipe
+from studio.ui import controls as C
+from studio.ui.paths import AllowedRoots, PathNotAllowed
+
+
+def test_default_recipe_previews_numbers(env, toy_family):
+    s = env.new_session()
+    assert s.family == "toy"
+    r = s.recipe_obj()
+    assert r.merge_method == "task_arithmetic" and r.base_model == str(toy_family.base)
+    pv = s.preview()
+    assert set(pv.result["per_task"]) == {"alpha", "beta", "gamma"}
+    assert set(pv.inputs) == {"base", "alpha", "beta", "gamma"}
+    assert pv.inputs["alpha"]["per_task"]["alpha"] == 1.0  # an expert is perfect on its own task
+
+
+def test_preview_equals_cli_merge_evaluated_the_same_way(env, toy_family):
+    s = env.new_session()
+    s.set_global("lambda", 0.7)
+    s.set_model_param(1, "weight", 0.4)
+    s.set_group_value("L01", 0.2)
+    pv = s.preview()
+    state = merge_in_memory(Recipe.from_yaml(s.yaml()))
+    expected = toy_family.evaluator().evaluate(state)
+    assert pv.result["per_task"] == expected["per_task"]
+    for k, v in state.items():
+        assert torch.equal(v, s.live.state[k]), k
+
+
+def test_slider_changes_move_the_numbers_and_only_recompute_changed_groups(env):
+    s = env.new_session()
+    first = s.preview()
+    s.set_group_value("L02", 1.5)
+    pv = s.preview()
+    assert pv.changed == 2  # blocks.2.fc.weight and .bias
+    assert pv.result["per_task"] != first.result["per_task"]
+    assert pv.previous == first.result
+
+
+def test_controls_round_trip_through_yaml(env):
+    s = env.new_session()
+    s.set_global("lambda", 0.8)
+    s.set_group_value("L01", 0.1)
+    s.set_rules_text("fc.bias: 0.25\n# comment\nembed = 0.5")
+    s.set_model_param(2, "weight", 0.6)
+    text = s.yaml()
+    other = env.new_session()
+    other.set_yaml(text)
+    assert other.recipe == s.recipe
+    cv = other.controls()
+    assert cv.group_values == [0.8, 0.8, 0.1, 0.8, 0.8]
+    assert cv.rules_text == "fc.bias: 0.25\nembed: 0.5"
+    assert [sl.value for sl in cv.model_rows[2].slots if sl.name == "weight"] == [0.6]
+    lam = [sl for sl in cv.global_slots if sl.name == "lambda"][0]
+    assert lam.value == 0.8 and lam.per_group and lam.rules
+    # the resolved values are what the controls say
+    plan_params = Recipe.from_yaml(text)
+    from studio.engine import build_plan
+
+    tasks = {t.out_key: t.params for t in build_plan(plan_params).tasks}
+    assert tasks["blocks.1.fc.weight"]["lambda"] == pytest.approx(0.1)
+    assert tasks["blocks.1.fc.bias"]["lambda"] == pytest.approx(0.25)
+    assert tasks["embed.weight"]["lambda"] == pytest.approx(0.5)
+    assert tasks["blocks.2.fc.weight"]["lambda"] == pytest.approx(0.8)
+
+
+def test_yaml_edit_updates_controls_and_bad_yaml_is_a_message(env):
+    s = env.new_session()
+    text = s.yaml().replace("lambda: 0.5", "lambda: 1.25")
+    s.set_yaml(text)
+    assert [sl.value for sl in s.controls().global_slots if sl.name == "lambda"] == [1.25]
+    before = dict(s.recipe)
+    with pytest.raises(RecipeError, match="invalid YAML at line"):
+        s.set_yaml("merge_method: [unclosed")
+    with pytest.raises(RecipeError, match="unknown merge method"):
+        s.set_yaml(text.replace("task_arithmetic", "task_arithmatic"))
+    assert s.recipe == before
+
+
+def test_yaml_cannot_point_outside_allowed_folders(env):
+    s = env.new_session()
+    with pytest.raises(PathNotAllowed):
+        s.set_yaml(s.yaml().replace(s.recipe["base_model"], "/etc/passwd.safetensors"))
+
+
+def test_curves_presets_and_group_values(env):
+    s = env.new_session()
+    s.apply_curve("ramp up", 0.0, 1.0)
+    assert s.group_values() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    s.apply_curve("peak", 0.0, 1.0)
+    assert s.group_values()[2] == 1.0 and s.group_values()[0] == 0.0
+    s.apply_curve("flat", 0.0, 0.4)
+    assert s.recipe["parameters"]["lambda"] == 0.4  # all equal → a plain scalar again
+    s.apply_preset("GRAD_V")
+    vals = s.group_values()
+    assert vals[0] == pytest.approx(1.0) and vals[-1] == pytest.approx(1.0) and min(vals) < 0.5
+    s.set_target("m:0:weight")
+    s.set_group_value("L00", 0.0)
+    assert s.recipe["models"][0]["parameters"]["weight"] == {"*": 1.0, "L00": 0.0}
+
+
+def test_sd_presets_map_exactly_onto_26_blocks():
+    from studio.layout.presets import lookup_preset
+
+    groups = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)] + ["VAE"]
+    vals = C.preset_values("GRAD_V", groups)
+    assert vals[:26] == lookup_preset("GRAD_V", 27) and len(vals) == 27
+
+
+def test_undo_and_history_restore(env):
+    s = env.new_session()
+    s.preview()
+    s.set_global("lambda", 0.9)
+    s.preview()
+    s.set_method("ties")
+    assert s.recipe["merge_method"] == "ties"
+    assert s.undo() and s.recipe["merge_method"] == "task_arithmetic"
+    assert s.undo() and s.recipe["parameters"]["lambda"] == 0.5
+    rows = s.history_rows()
+    assert [r[0] for r in rows] == [2, 1] and rows[0][4] is not None
+    s.restore(2)
+    assert s.recipe["parameters"]["lambda"] == 0.9
+    with pytest.raises(StudioError):
+        s.restore(99)
+
+
+def test_method_switch_generates_the_new_controls(env):
+    s = env.new_session()
+    s.set_method("slerp")
+    names = [sl.name for sl in s.controls().global_slots]
+    assert "t" in names and s.recipe["parameters"]["t"] == 0.5
+    ok, verdict = s.dry_run()
+    assert not ok and "slerp" in verdict  # three experts: the dry run says why, before any tensor loads
+    s.set_included([s.available[1]])  # slerp: the base and one other model
+    assert s.dry_run()[0], s.dry_run()[1]
+    s.preview()
+
+
+def test_sessions_are_isolated(env):
+    a, b = env.new_session(), env.new_session()
+    a.set_global("lambda", 1.1)
+    a.set_method("ties")
+    assert b.recipe["merge_method"] == "task_arithmetic" and b.recipe["parameters"]["lambda"] == 0.5
+    pa, pb = a.preview(), b.preview()
+    assert pa.recipe != pb.recipe and a.live is not b.live
+    assert len(a.history) == len(b.history) == 1
+
+
+def test_newer_request_supersedes_older(env):
+    s = env.new_session()
+    s.preview()
+    old = s.next_ticket()
+    s.next_ticket()  # a newer request arrived before the old one ran
+    assert s.preview(ticket=old).superseded
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(s.preview())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert any(not r.superseded for r in results)
+
+
+def test_export_writes_file_and_card(env, tmp_path):
+    s = env.new_session()
+    fracs = []
+    res = s.export(str(tmp_path / "out" / "m.safetensors"), "float16", progress=fracs.append)
+    assert res["bytes"] > 0 and res["path"].endswith("m.safetensors")
+    assert "task_arithmetic" in res["card"] and fracs and fracs[-1] == pytest.approx(1.0)
+    from safetensors.torch import load_file
+
+    out = load_file(res["path"])
+    ref = merge_in_memory(s.recipe_obj())
+    assert out["blocks.0.fc.weight"].dtype == torch.float16
+    assert torch.allclose(out["blocks.0.fc.weight"].float(), ref["blocks.0.fc.weight"], atol=1e-3)
+    folder = s.export(str(tmp_path / "folder"), "float32")
+    assert any(f.endswith("README.md") for f in folder["files"]) and "```yaml" in folder["card"]
+    with pytest.raises(PathNotAllowed):
+        s.export("/tmp/not-allowed-" + tmp_path.name + "/x.safetensors")
+
+
+def test_add_model_respects_allowed_roots(env, toy_family, tmp_path):
+    import shutil
+
+    s = env.new_session()
+    mine = tmp_path / "mine.safetensors"
+    shutil.copy(toy_family.experts["alpha"], mine)
+    info = s.add_model(str(mine))
+    assert info["parameters"] > 0 and str(mine) in s.included()
+    assert s.models_table()[-1][0] == "mine"
+    with pytest.raises(PathNotAllowed):
+        s.add_model("/etc/hostname")
+
+
+def test_allowed_roots(tmp_path):
+    roots = AllowedRoots([tmp_path / "a"], include_hub_cache=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert roots.check_path(str(tmp_path / "a" / "x.safetensors")) == (tmp_path / "a" / "x.safetensors").resolve()
+    for bad in (tmp_path / "b" / "x", tmp_path / "a" / ".." / "b" / "x", "/etc/passwd"):
+        with pytest.raises(PathNotAllowed):
+            roots.check_path(str(bad))
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "b")
+    with pytest.raises(PathNotAllowed):
+        roots.check_path(str(tmp_path / "a" / "link" / "x"))
+    ok = str(tmp_path / "a" / "m.safetensors")
+    assert roots.check_reference("org/model@main") == "org/model@main"
+    assert roots.check_reference(f"{ok}+{tmp_path / 'a' / 'l.safetensors'}:0.5")
+    with pytest.raises(PathNotAllowed):
+        roots.check_reference(f"{ok}+{tmp_path / 'b' / 'l.safetensors'}")
+
+
+def test_setting_helpers():
+    assert C.compress_groups({"A": 1, "B": 1}, ["A", "B"]) == 1
+    assert C.compress_groups({"A": 1, "B": 2, "C": 2}, ["A", "B", "C"]) == {"*": 2, "A": 1}
+    assert C.split_setting([{"filter": "x", "value": 1}, {"value": 2}]) == ([{"filter": "x", "value": 1}], 2)
+    assert C.body_group_values([0, 1], ["A", "B", "C"], 0) == [0, 0.5, 1]
+    with pytest.raises(RecipeError):
+        C.parse_rules("no separator here")
+
+
+def test_formula_fills_in_numbers(env):
+    s = env.new_session()
+    s.set_global("lambda", 0.3)
+    s.set_model_param(0, "weight", 2.0)
+    f = s.formula()
+    assert "0.3·(2·τ[alpha] + 1·τ[beta] + 1·τ[gamma])" in f and "alpha 0.6" in f
+    s.set_method("linear")
+    assert "θ = (" in s.formula()
+
+
+def test_sweep_marks_current_value(env):
+    s = env.new_session()
+    s.preview()
+    data = s.sweep("g:lambda", points=5, lo=0.0, hi=1.0)
+    assert data["x"] == [0.0, 0.25, 0.5, 0.75, 1.0] and data["current"] == 0.5
+    # the point at the current value equals the preview
+    assert data["results"][2]["per_task"] == s.preview().result["per_task"]
