@@ -85,8 +85,13 @@ class LiveMerger:
                 fresh = (lambda t: t) if plan.spec.pure_inputs else (lambda t: t.clone())
                 base = fresh(self._tensor(plan, task.base)) if task.base is not None else None
                 models = [fresh(self._tensor(plan, i)) for i in task.inputs]
+                kw = _kwargs(plan, task, self.device, seed, context)
+                prev = self.state.get(task.out_key)
+                if (plan.spec.accepts_out and prev is not None and prev.dtype == torch.float32
+                        and prev.shape == task.info.shape and self.out_dtype == torch.float32):
+                    kw["out"] = prev  # re-merge in place: modules loaded earlier are refreshed by load_into
                 with torch.no_grad():
-                    out = plan.spec.fn(base, models, **_kwargs(plan, task, self.device, seed, context))
+                    out = plan.spec.fn(base, models, **kw)
                 out = out.to(self.out_dtype)
             self.state[task.out_key] = out
             self._sigs[task.out_key] = sig

@@ -9,9 +9,12 @@ from .registry import Param, method
 WEIGHT = Param("weight", per_model=True, range=(-1.0, 2.0), doc="this model's coefficient")
 
 
-def weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+def weighted_sum(tensors: list[torch.Tensor], weights: list[float], out: torch.Tensor | None = None) -> torch.Tensor:
     """Σ wᵢ·xᵢ in float32 (inputs may be fp16/bf16: the in-place adds upcast them on the fly)."""
-    out = torch.zeros(tensors[0].shape, dtype=torch.float32, device=tensors[0].device)
+    if out is None:
+        out = torch.zeros(tensors[0].shape, dtype=torch.float32, device=tensors[0].device)
+    else:
+        out.zero_()
     for x, w in zip(tensors, weights):
         out.add_(x, alpha=float(w))
     return out
@@ -26,10 +29,11 @@ def weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Ten
     label="Linear (weighted average)",
     pure_inputs=True,
     stored_dtype_inputs=True,
+    accepts_out=True,
 )
-def linear(base, models, *, weight, normalize):
+def linear(base, models, *, weight, normalize, out=None):
     """θ = Σᵢ wᵢ θᵢ, divided by Σᵢ wᵢ when ``normalize`` (the default). The base counts as a model when listed."""
-    out = weighted_sum(models, weight)
+    out = weighted_sum(models, weight, out)
     if normalize:
         total = float(sum(weight))
         if abs(total) > 1e-8:  # mergekit leaves a zero total undivided rather than dividing by zero
@@ -57,14 +61,17 @@ TASK_ARITHMETIC_PARAMS = [
     label="Task arithmetic",
     pure_inputs=True,
     stored_dtype_inputs=True,
+    accepts_out=True,
 )
-def task_arithmetic(base, models, *, weight, normalize, lambda_, density=None, rescale=None, int8_mask=None):
+def task_arithmetic(base, models, *, weight, normalize, lambda_, density=None, rescale=None, int8_mask=None,
+                    out=None):
     """τᵢ = θᵢ − θ₀;  θ = θ₀ + λ·Σᵢ wᵢ τᵢ (divided by Σᵢ wᵢ when ``normalize``)."""
     total = float(sum(weight))
     scale = lambda_ / total if normalize and abs(total) >= 1e-8 else lambda_
     coeffs = [scale * float(w) for w in weight]
     # θ₀ + Σ cᵢ(θᵢ − θ₀) = (1 − Σcᵢ)·θ₀ + Σ cᵢθᵢ: n + 1 passes over memory and no temporaries per model
-    out = base.to(torch.float32, copy=True).mul_(1.0 - sum(coeffs))
+    out = base.to(torch.float32, copy=True) if out is None else out.copy_(base)
+    out.mul_(1.0 - sum(coeffs))
     for m, c in zip(models, coeffs):
         out.add_(m, alpha=c)
     return out

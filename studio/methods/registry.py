@@ -118,6 +118,9 @@ class MethodSpec:
     # does its arithmetic in float32 itself; the streaming engine then skips materialising float32 copies of every
     # input (mixed-dtype in-place adds upcast on the fly), which is most of a simple merge's memory traffic.
     stored_dtype_inputs: bool = False
+    # True when the function takes ``out=`` (a float32 tensor of the result's shape to overwrite): the live engine
+    # then re-merges into the previous result's memory instead of allocating (fresh pages cost more than the math)
+    accepts_out: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
