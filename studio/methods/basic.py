@@ -46,9 +46,9 @@ TASK_ARITHMETIC_PARAMS = [
     Param("normalize", default=False, kind=bool, doc="divide the summed delta by Σ weights"),
     Param("lambda", default=1.0, range=(0.0, 3.0), doc="scale of the merged delta"),
     Param("density", per_model=True, default=1.0, range=(0.0, 1.0),
-          doc="accepted for mergekit compatibility; task arithmetic keeps the whole delta"),
-    Param("rescale", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here"),
-    Param("int8_mask", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here"),
+          doc="accepted for mergekit compatibility; task arithmetic keeps the whole delta", compat=True),
+    Param("rescale", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here", compat=True),
+    Param("int8_mask", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here", compat=True),
 ]
 
 

@@ -44,6 +44,8 @@ class Param:
     kind: type = float
     choices: tuple | None = None
     doc: str = ""
+    # accepted so mergekit recipes validate, but without effect here: the studio does not draw a control for it
+    compat: bool = False
 
     @property
     def required(self) -> bool:
@@ -91,6 +93,7 @@ class Param:
             "kind": self.kind.__name__,
             "choices": list(self.choices) if self.choices else None,
             "doc": self.doc,
+            "compat": self.compat,
         }
 
 

@@ -225,7 +225,7 @@ def make_slot(p, setting) -> Slot:
 
 def global_slots(spec, recipe: dict) -> list[Slot]:
     params = recipe.get("parameters") or {}
-    return [make_slot(p, params.get(p.name)) for p in spec.params if not p.per_model]
+    return [make_slot(p, params.get(p.name)) for p in spec.params if not p.per_model and not p.compat]
 
 
 def effective_model_setting(spec, recipe: dict, index: int, name: str):
@@ -251,6 +251,8 @@ def model_rows(spec, recipe: dict, labels: dict[str, str]) -> list[ModelRow]:
         ref = m["model"] if isinstance(m, dict) else str(m)
         row = ModelRow(i, ref, labels.get(ref, short_ref(ref)))
         for p in spec.per_model_params():
+            if p.compat:
+                continue
             row.slots.append(make_slot(p, effective_model_setting(spec, recipe, i, p.name)))
         rows.append(row)
     return rows
@@ -277,14 +279,14 @@ def group_targets(spec, recipe: dict, labels: dict[str, str]) -> list[tuple[str,
     """
     out = []
     for p in spec.params:
-        if p.kind not in (int, float) or p.choices:
+        if p.kind not in (int, float) or p.choices or p.compat:
             continue
         if not p.per_model:
             out.append((f"{PRETTY.get(p.name, p.name)} (all models)", f"g:{p.name}"))
     for i, m in enumerate(recipe.get("models") or []):
         ref = m["model"] if isinstance(m, dict) else str(m)
         for p in spec.per_model_params():
-            if p.kind in (int, float) and not p.choices:
+            if p.kind in (int, float) and not p.choices and not p.compat:
                 out.append((f"{PRETTY.get(p.name, p.name)} · {labels.get(ref, short_ref(ref))}", f"m:{i}:{p.name}"))
     return out
 
