@@ -558,7 +558,7 @@ def diagnostics_figures(s: Session) -> tuple[str, list]:
 
 
 def _generic_diagnostics(plots, analysis, base, experts, s):
-    stats = analysis.task_vector_stats(base, experts)
+    stats = analysis.task_vector_stats([base, *experts])
     figs = []
     for name in dir(plots):
         if name.startswith("_") or not callable(getattr(plots, name)):

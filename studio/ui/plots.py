@@ -46,7 +46,8 @@ def short_name(ref: str) -> str:
 
 
 def _names(stats: dict) -> list[str]:
-    names = [short_name(m) for m in stats.get("models", [])]
+    labels = stats.get("display_names") or {}
+    names = [labels.get(m) or short_name(m) for m in stats.get("models", [])]
     # disambiguate equal short names
     return [f"{n} ({i})" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
@@ -181,6 +182,20 @@ def stats_figures(stats: dict) -> list[tuple[str, go.Figure]]:
     if stats.get("kinds"):
         figs.append(("Conflicts by tensor kind", kind_heatmap(stats)))
     return figs
+
+
+def studio_figures(analysis, base: str, experts: Sequence[str], labels: dict | None = None,
+                   density: float | None = 0.2, limit: int = 4) -> list[go.Figure]:
+    """For the studio's diagnostics panel: statistics of ``experts`` against ``base`` and the first ``limit`` figures
+    (sign conflicts, cosine matrix, pairwise disagreement, norms). ``labels``: model reference → display name."""
+    stats = analysis.task_vector_stats([base, *experts], density=density)
+    if labels:
+        stats["display_names"] = {m: labels[m] for m in stats["models"] if labels.get(m)}
+    order = ["Sign conflicts", "Cosine similarity", "Pairwise sign disagreement", "Norms"]
+    figs = dict(stats_figures(stats))
+    chosen = [figs[k] for k in order if k in figs]
+    chosen += [f for k, f in figs.items() if k not in order]
+    return chosen[:limit]
 
 
 # ------------------------------------------------------------------------------------------------ landscapes
