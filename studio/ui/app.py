@@ -550,29 +550,10 @@ def diagnostics_figures(s: Session) -> tuple[str, list]:
         return "Diagnostics compare task vectors: choose a base and at least one other model.", []
     try:
         with s.env.heavy:
-            figs = plots.studio_figures(analysis, base, experts, labels=s.labels) if hasattr(
-                plots, "studio_figures") else _generic_diagnostics(plots, analysis, base, experts, s)
+            figs = plots.studio_figures(analysis, base, experts, labels=s.labels)
     except StudioError as e:
         return f"⚠ {e}", []
     return f"Task vectors of {len(experts)} models against `{s.labels.get(base, base)}`.", figs
-
-
-def _generic_diagnostics(plots, analysis, base, experts, s):
-    stats = analysis.task_vector_stats([base, *experts])
-    figs = []
-    for name in dir(plots):
-        if name.startswith("_") or not callable(getattr(plots, name)):
-            continue
-        fn = getattr(plots, name)
-        if getattr(fn, "__module__", "") != plots.__name__:
-            continue
-        try:
-            fig = fn(stats)
-        except Exception:
-            continue
-        if fig is not None and hasattr(fig, "to_plotly_json"):
-            figs.append(fig)
-    return figs
 
 
 def build_app(env: StudioEnv | None = None) -> StudioUI:
