@@ -1,0 +1,135 @@
+"""The demo zoo: small models built offline into ``assets/zoo`` and a catalogue the UI and CLI list.
+
+``list_families()`` → ``["vision", "text", "diffusion"]`` (those whose files exist);
+``get_family(name)`` → :class:`ZooFamily` with paths of the base, the experts and the LoRAs, and
+``family.evaluator(budget, device)`` → the family's evaluator (see :mod:`studio.evaluate`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import StudioError
+
+FAMILIES = ("vision", "text", "diffusion")
+
+
+def assets_root() -> Path:
+    """``$STUDIO_ZOO_DIR`` if set, else ``<repo>/assets/zoo``."""
+    env = os.environ.get("STUDIO_ZOO_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "assets" / "zoo"
+
+
+@dataclass
+class ZooFamily:
+    """One family of the zoo. ``base``/``experts``/``loras`` are paths usable as model references in recipes."""
+
+    name: str
+    kind: str                      # "vision" | "text" | "diffusion"
+    base: str
+    experts: dict[str, str]
+    loras: dict[str, str]
+    tasks: list[str]
+    description: str
+    root: str
+    heads: dict[str, str] = field(default_factory=dict)       # vision: task → head file
+    task_docs: dict[str, str] = field(default_factory=dict)
+
+    def evaluator(self, budget: str = "preview", device: str = "cpu"):
+        """The family's evaluator (vision: accuracy %, text: perplexity + generations, diffusion: style scores)."""
+        from ..evaluate import DiffusionEvaluator, TextEvaluator, VisionEvaluator
+
+        if self.kind == "vision":
+            return VisionEvaluator(self.root, self.tasks, budget, device)
+        if self.kind == "text":
+            return TextEvaluator(self.base, self.tasks, budget, device)
+        return DiffusionEvaluator(self.base, self.tasks, budget, device)
+
+    def data(self, task: str, split: str = "unlabeled"):
+        """``(inputs, labels)`` of a task for data-aware merging (vision images; text token windows).
+
+        Diffusion has no task data (returns None)."""
+        if task not in self.tasks:
+            raise StudioError(f"unknown task {task!r} in zoo family {self.name!r}", hint=", ".join(self.tasks))
+        if self.kind == "vision":
+            from .vision import task_data
+
+            return task_data(task, split)
+        if self.kind == "text":
+            from .text import token_batches
+
+            ids = token_batches(_tokenizer(self.base), task, "test" if split == "test" else "train", 64)
+            return ids, ids.clone()
+        return None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "base": self.base, "experts": self.experts,
+                "loras": self.loras, "tasks": self.tasks, "description": self.description,
+                "task_docs": self.task_docs}
+
+
+_TOKENIZERS: dict = {}
+
+
+def _tokenizer(path: str):
+    if path not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+    return _TOKENIZERS[path]
+
+
+def _describe(name: str, root: Path) -> ZooFamily:
+    if name == "vision":
+        from .vision import TASK_DOC, TASKS
+
+        d = root / "vision"
+        return ZooFamily(
+            name, "vision", str(d / "base.safetensors"),
+            {t: str(d / "experts" / f"{t}.safetensors") for t in TASKS}, {}, list(TASKS),
+            "Tiny residual-MLP backbone pretrained on 8×8 digits, fine-tuned fully into 8 interfering experts "
+            "(CLIP multi-task setting in miniature). Backbones merge; each task keeps its frozen head.",
+            str(d), heads={t: str(d / "heads" / f"{t}.safetensors") for t in TASKS}, task_docs=dict(TASK_DOC))
+    if name == "text":
+        from .text import CORPORA, CORPUS_DOC
+
+        d = root / "text"
+        return ZooFamily(
+            name, "text", str(d / "base"), {c: str(d / "experts" / c) for c in CORPORA},
+            {c: str(d / "loras" / c) for c in CORPORA}, list(CORPORA),
+            "Tiny Llama (3 layers, 96 wide, byte-level BPE 512) pretrained on a mix, fine-tuned per corpus; "
+            "PEFT LoRA (r=8) versions of the experts.", str(d), task_docs=dict(CORPUS_DOC))
+    if name == "diffusion":
+        from .diffusion import STYLE_DOC, STYLES
+
+        d = root / "diffusion"
+        return ZooFamily(
+            name, "diffusion", str(d / "base"), {s: str(d / "experts" / s) for s in STYLES},
+            {s: str(d / "loras" / s) for s in STYLES}, list(STYLES),
+            "Tiny diffusers UNet2DModel (16×16 RGB, DDPM/DDIM) drawing digits; style experts for colour, stroke "
+            "and texture, plus PEFT LoRA adapters on the UNet.", str(d), task_docs=dict(STYLE_DOC))
+    raise StudioError(f"unknown zoo family {name!r}", hint=f"families: {', '.join(FAMILIES)}")
+
+
+def _built(fam: ZooFamily) -> bool:
+    return Path(fam.base).exists() and all(Path(p).exists() for p in fam.experts.values())
+
+
+def list_families(root: str | Path | None = None) -> list[str]:
+    """Names of the families whose assets are present."""
+    root = Path(root) if root else assets_root()
+    return [n for n in FAMILIES if _built(_describe(n, root))]
+
+
+def get_family(name: str, root: str | Path | None = None) -> ZooFamily:
+    """The catalogue entry of family ``name``; raises ``StudioError`` if unknown or not built."""
+    fam = _describe(name, Path(root) if root else assets_root())
+    if not _built(fam):
+        raise StudioError(f"the zoo family {name!r} is not built", where=fam.root,
+                          hint=f"run `python -m studio zoo build --family {name}`")
+    return fam
+
+
+__all__ = ["ZooFamily", "list_families", "get_family", "assets_root", "FAMILIES"]

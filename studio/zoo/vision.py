@@ -51,11 +51,9 @@ class VisionConfig:
     """Architecture of the backbone: patch embedding + ``depth`` pre-norm transformer blocks + final norm."""
 
     image: int = 8
-    patch: int = 2
-    dim: int = 64
+    dim: int = 128
     depth: int = 4
-    heads: int = 4
-    mlp: int = 128
+    mlp: int = 256
 
 
 CONFIG = VisionConfig()
@@ -91,7 +89,7 @@ def transform(task: str, images: torch.Tensor, generator: torch.Generator | None
     if task == "invert":
         return 1.0 - x
     if task == "noise":
-        return x + 0.45 * torch.randn(x.shape, generator=generator)
+        return x + 0.35 * torch.randn(x.shape, generator=generator)
     if task == "shuffle":
         top, bottom = x[..., :4, :], x[..., 4:, :]
         tl, tr, bl, br = top[..., :4], top[..., 4:], bottom[..., :4], bottom[..., 4:]
@@ -106,7 +104,23 @@ def transform(task: str, images: torch.Tensor, generator: torch.Generator | None
         return torch.flip(x, dims=(-2,))
     if task == "plain":
         return x
+    if task == "mixed":
+        return _mixed(x, generator)
     raise KeyError(task)
+
+
+PRETRAIN_VIEWS: tuple[str, ...] = ("plain", "plain", "parity", "noise")
+
+
+def _mixed(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Pretraining views: each image gets one of ``PRETRAIN_VIEWS`` at random (a broad, CLIP-like prior)."""
+    choice = torch.randint(0, len(PRETRAIN_VIEWS), (x.shape[0],), generator=generator)
+    out = torch.empty_like(x)
+    for i, view in enumerate(PRETRAIN_VIEWS):
+        sel = choice == i
+        if sel.any():
+            out[sel] = transform(view, x[sel], generator)
+    return out
 
 
 def relabel(task: str, digits: torch.Tensor) -> torch.Tensor:
@@ -155,49 +169,36 @@ def _stable_seed(*parts: str) -> int:
 
 
 class Block(nn.Module):
+    """Pre-norm residual MLP block: ``x + fc2(gelu(fc1(norm(x))))``."""
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.heads = cfg.heads
-        self.norm1 = nn.LayerNorm(cfg.dim)
-        self.attn = nn.Module()
-        self.attn.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
-        self.attn.proj = nn.Linear(cfg.dim, cfg.dim)
-        self.norm2 = nn.LayerNorm(cfg.dim)
-        self.mlp = nn.Module()
-        self.mlp.fc1 = nn.Linear(cfg.dim, cfg.mlp)
-        self.mlp.fc2 = nn.Linear(cfg.mlp, cfg.dim)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.fc1 = nn.Linear(cfg.dim, cfg.mlp)
+        self.fc2 = nn.Linear(cfg.mlp, cfg.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.attn.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
-        x = x + self.attn.proj(a)
-        return x + self.mlp.fc2(F.gelu(self.mlp.fc1(self.norm2(x))))
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
 
 
 class Backbone(nn.Module):
-    """Tiny ViT: ``[N, 1, 8, 8]`` → class-token feature ``[N, dim]``.
+    """Residual MLP: ``[N, 1, 8, 8]`` → feature ``[N, dim]``.
 
-    State-dict keys: ``patch_embed.{weight,bias}``, ``cls_token``, ``pos_embed``,
-    ``blocks.<i>.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.{weight,bias}``, ``norm.{weight,bias}``.
+    State-dict keys: ``embed.{weight,bias}``, ``blocks.<i>.{norm,fc1,fc2}.{weight,bias}``, ``norm.{weight,bias}``.
     """
 
     def __init__(self, cfg: VisionConfig = CONFIG):
         super().__init__()
         self.cfg = cfg
-        n = (cfg.image // cfg.patch) ** 2
-        self.patch_embed = nn.Conv2d(1, cfg.dim, cfg.patch, stride=cfg.patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, cfg.dim) * 0.02)
+        self.embed = nn.Linear(cfg.image * cfg.image, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        x = self.embed(x.flatten(1))
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x[:, 0])
+        return self.norm(x)
 
 
 class TaskModel(nn.Module):
@@ -248,6 +249,9 @@ def _cosine(opt: torch.optim.Optimizer, base_lr: float, step: int, total: int, w
         g["lr"] = lr
 
 
+PRETRAIN_TASK = "mixed"
+
+
 def pretrain(steps: int, seed: int = 0, lr: float = 2e-3, batch: int = 128) -> Backbone:
     """Pretrain the backbone on plain upright digits (10 classes) with a throw-away head."""
     torch.manual_seed(seed)
@@ -255,7 +259,7 @@ def pretrain(steps: int, seed: int = 0, lr: float = 2e-3, batch: int = 128) -> B
     head = nn.Linear(CONFIG.dim, 10)
     params = list(bb.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    for step, (x, y) in enumerate(_train_batches("plain", steps, batch, seed + 1)):
+    for step, (x, y) in enumerate(_train_batches(PRETRAIN_TASK, steps, batch, seed + 1)):
         _cosine(opt, lr, step, steps, steps // 10)
         loss = F.cross_entropy(head(bb(x)), y)
         opt.zero_grad()

@@ -1,0 +1,147 @@
+"""Perplexity per corpus and greedy generations for causal LMs (the text zoo, and users' own models)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import StudioError
+from .common import check_budget, result
+
+# (windows per corpus, new tokens per prompt); windows are SEQ_LEN tokens long
+BUDGET_SIZES = {"preview": (6, 10), "report": (None, 40)}
+
+
+@torch.no_grad()
+def greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """Greedy continuation of ``prompt`` with a KV cache; returns prompt + continuation as text."""
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
+    out = model(input_ids=ids, use_cache=True)
+    generated = []
+    for _ in range(max_new_tokens):
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        generated.append(nxt)
+        if tokenizer.eos_token_id is not None and nxt.item() == tokenizer.eos_token_id:
+            break
+        out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+    all_ids = torch.cat([ids] + generated, dim=1)[0]
+    return tokenizer.decode(all_ids, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def perplexity_of(model, windows: torch.Tensor, chunk: int = 32) -> float:
+    """exp(mean next-token cross-entropy) over ``[N, L]`` token windows."""
+    total, count = 0.0, 0
+    for i in range(0, len(windows), chunk):
+        b = windows[i:i + chunk].to(model.device)
+        logits = model(input_ids=b).logits.float()
+        total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1),
+                                 reduction="sum").item()
+        count += b[:, 1:].numel()
+    return math.exp(total / max(1, count))
+
+
+class TextEvaluator:
+    """Perplexity on each zoo corpus' test text plus greedy generations for one prompt per corpus.
+
+    ``evaluate(state_dict)`` loads the full LM weights (the keys of ``LlamaForCausalLM``; ``lm_head.weight`` may be
+    absent because embeddings are tied) into one resident model.
+    """
+
+    metric = "perplexity"
+
+    def __init__(self, base: str | Path, corpora: list[str] | None = None, budget: str = "preview",
+                 device: str = "cpu"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..zoo import text as T
+
+        check_budget(budget)
+        self.budget = budget
+        self.corpora = list(corpora or T.CORPORA)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(base))
+        self.model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(device).eval()
+        n, self.new_tokens = BUDGET_SIZES[budget]
+        self.prompts = {c: T.PROMPTS[c] for c in self.corpora}
+        self._windows = {c: T.token_batches(self.tokenizer, c, "test", n) for c in self.corpora}
+
+    def batches(self, corpus: str, split: str = "train", n: int | None = 64) -> torch.Tensor:
+        """``[n, 64]`` token windows of ``corpus`` (``train`` or ``test`` split), for data-aware merging."""
+        from ..zoo import text as T
+
+        if corpus not in self.corpora:
+            raise StudioError(f"unknown corpus {corpus!r}", hint=f"corpora: {', '.join(self.corpora)}")
+        return T.token_batches(self.tokenizer, corpus, split, n)
+
+    def data(self, task: str, split: str = "unlabeled") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, labels)`` windows of a corpus; labels are the inputs (next-token targets are shifted
+        inside the loss). ``unlabeled`` maps to the training text, ``test`` to the held-out text."""
+        ids = self.batches(task, "test" if split == "test" else "train")
+        return ids, ids.clone()
+
+    @torch.no_grad()
+    def evaluate_module(self, model) -> dict:
+        per_task = {c: perplexity_of(model, w) for c, w in self._windows.items()}
+        samples = {c: greedy(model, self.tokenizer, p, self.new_tokens) for c, p in self.prompts.items()}
+        return result(self.metric, per_task, samples)
+
+    def evaluate(self, state_dict: dict[str, torch.Tensor]) -> dict:
+        own = self.model.state_dict()
+        tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
+        missing = [k for k in own if k not in state_dict and k not in tied]
+        if missing:
+            raise StudioError(f"LM weights are missing {len(missing)} keys (e.g. {missing[0]!r})")
+        with torch.no_grad():
+            for k, v in own.items():
+                if k in state_dict:
+                    v.copy_(state_dict[k].to(v.dtype))
+        return self.evaluate_module(self.model)
+
+
+class LLMEvaluator:
+    """Users' own causal LMs: perplexity on a text file and greedy generations for prompts.
+
+    ``LLMEvaluator(model_dir, text_file, prompts)``; ``evaluate_module(model)`` or ``evaluate(state_dict)``.
+    The budget caps the tokens scored (preview 2,048, report 32,768) and the new tokens per prompt (16 / 64).
+    """
+
+    metric = "perplexity"
+    LIMITS = {"preview": (2048, 16), "report": (32768, 64)}
+
+    def __init__(self, model_dir: str | Path, text_file: str | Path | None = None, prompts: list[str] | None = None,
+                 budget: str = "preview", device: str = "cpu", seq_len: int = 512, model=None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        check_budget(budget)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.model = model if model is not None else AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=torch.float32).to(device).eval()
+        max_tokens, self.new_tokens = self.LIMITS[budget]
+        self.prompts = list(prompts or [])
+        self.windows = None
+        if text_file is not None:
+            path = Path(text_file)
+            if not path.is_file():
+                raise StudioError("text file not found", where=str(path))
+            ids = self.tokenizer(path.read_text(encoding="utf-8", errors="replace"),
+                                 add_special_tokens=False)["input_ids"][:max_tokens]
+            seq_len = min(seq_len, getattr(self.model.config, "max_position_embeddings", seq_len) or seq_len)
+            n = len(ids) // seq_len
+            if n == 0:
+                seq_len, n = len(ids), 1
+            if seq_len < 2:
+                raise StudioError("text file is too short to measure perplexity", where=str(path))
+            self.windows = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+    @torch.no_grad()
+    def evaluate_module(self, model) -> dict:
+        per_task = {"text": perplexity_of(model, self.windows)} if self.windows is not None else {}
+        samples = {p: greedy(model, self.tokenizer, p, self.new_tokens) for p in self.prompts}
+        return result(self.metric, per_task, samples)
+
+    def evaluate(self, state_dict: dict[str, torch.Tensor]) -> dict:
+        self.model.load_state_dict(state_dict, strict=False)
+        return self.evaluate_module(self.model)

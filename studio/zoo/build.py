@@ -1,0 +1,188 @@
+"""``python -m studio zoo build``: train the zoo deterministically from offline data into ``assets/zoo``.
+
+Each family is written into ``<root>/<family>.tmp`` and renamed into place when complete; ``metrics.json`` records
+the base's and each expert's evaluation (report budget) so tests can check the committed assets reproduce them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..errors import StudioError
+
+
+@dataclass(frozen=True)
+class Steps:
+    pretrain: int
+    expert: int
+    lora: int = 0
+
+
+FULL = {"vision": Steps(1000, 300), "text": Steps(600, 200, 150), "diffusion": Steps(1200, 300, 200)}
+QUICK = {"vision": Steps(250, 100), "text": Steps(40, 30, 15), "diffusion": Steps(60, 20, 10)}
+QUICK_TASKS = {"vision": ("rotate", "invert", "parity"), "text": ("prose", "tables"), "diffusion": ("ember",)}
+
+
+def _save(module_state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in module_state.items()}, str(path))
+
+
+def build_vision(out: Path, quick: bool = False, tasks=None) -> None:
+    from . import vision as V
+
+    steps = (QUICK if quick else FULL)["vision"]
+    tasks = list(tasks or (QUICK_TASKS["vision"] if quick else V.TASKS))
+    bb = V.pretrain(steps.pretrain, seed=0, batch=64)
+    _save(bb.state_dict(), out / "base.safetensors")
+    for i, task in enumerate(tasks):
+        head = V.fit_head(bb, task, shots=3, seed=i)
+        _save({"head.weight": head.weight, "head.bias": head.bias}, out / "heads" / f"{task}.safetensors")
+        expert = V.finetune(bb, head, task, steps.expert, seed=100 + i, lr=5e-4)
+        _save(expert.state_dict(), out / "experts" / f"{task}.safetensors")
+
+
+def build_text(out: Path, quick: bool = False, tasks=None) -> None:
+    from peft import get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from . import text as T
+
+    T.threads_env()
+    steps = (QUICK if quick else FULL)["text"]
+    corpora = list(tasks or (QUICK_TASKS["text"] if quick else T.CORPORA))
+    tok = T.train_tokenizer()
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(T.model_config(len(tok)))
+    T.train_lm(base, tok, T.CORPORA, steps.pretrain, 3e-3, seed=0)
+    base.save_pretrained(out / "base")
+    tok.save_pretrained(out / "base")
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    for i, corpus in enumerate(corpora):
+        expert = LlamaForCausalLM(T.model_config(len(tok)))
+        expert.load_state_dict(state)
+        T.train_lm(expert, tok, (corpus,), steps.expert, 1e-3, seed=10 + i)
+        expert.save_pretrained(out / "experts" / corpus)
+        tok.save_pretrained(out / "experts" / corpus)
+        lora_base = LlamaForCausalLM(T.model_config(len(tok)))
+        lora_base.load_state_dict(state)
+        peft_model = get_peft_model(lora_base, T.lora_config())
+        T.train_lm(peft_model, tok, (corpus,), steps.lora, 3e-3, seed=20 + i)
+        peft_model.save_pretrained(out / "loras" / corpus)
+
+
+def build_diffusion(out: Path, quick: bool = False, tasks=None) -> None:
+    from peft import get_peft_model
+
+    from . import diffusion as D
+
+    steps = (QUICK if quick else FULL)["diffusion"]
+    styles = list(tasks or (QUICK_TASKS["diffusion"] if quick else D.STYLES))
+    torch.manual_seed(0)
+    base = D.make_unet()
+    D.train_unet(base, None, steps.pretrain, 2e-3, seed=0)
+    base.save_pretrained(out / "base")
+    ddpm, _ = D.make_schedulers()
+    ddpm.save_pretrained(out / "base" / "scheduler")
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    for i, style in enumerate(styles):
+        expert = D.make_unet()
+        expert.load_state_dict(state)
+        D.train_unet(expert, style, steps.expert, 5e-4, seed=10 + i)
+        expert.save_pretrained(out / "experts" / style)
+        lora_base = D.make_unet()
+        lora_base.load_state_dict(state)
+        peft_model = get_peft_model(lora_base, D.lora_config())
+        D.train_unet(peft_model, style, steps.lora, 2e-3, seed=20 + i)
+        peft_model.save_pretrained(out / "loras" / style)
+
+
+BUILDERS = {"vision": build_vision, "text": build_text, "diffusion": build_diffusion}
+
+
+def family_metrics(fam) -> dict:
+    """Base and experts of a built family under the report budget: ``{"metric", "base": per_task,
+    "experts": {task: value on its own task}}``."""
+    ev = fam.evaluator("report")
+    base = ev.evaluate(_load_state(fam.kind, fam.base))
+    experts = {}
+    for task, path in fam.experts.items():
+        r = ev.evaluate(_load_state(fam.kind, path))
+        experts[task] = r["per_task"][task]
+    return {"metric": base["metric"], "base": base["per_task"], "experts": experts}
+
+
+def _load_state(kind: str, path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_file():
+        return load_file(str(p))
+    for name in ("model.safetensors", "diffusion_pytorch_model.safetensors"):
+        if (p / name).exists():
+            return load_file(str(p / name))
+    raise StudioError("no weights found", where=str(p))
+
+
+def build(families=None, root: str | Path | None = None, quick: bool = False, tasks=None,
+          log=print) -> dict:
+    """Build ``families`` (all by default) into ``root``; returns and records the metrics per family."""
+    from . import FAMILIES, assets_root, get_family
+
+    root = Path(root) if root else assets_root()
+    root.mkdir(parents=True, exist_ok=True)
+    families = list(families or FAMILIES)
+    metrics_path = root / "metrics.json"
+    metrics: dict = {}
+    torch.set_num_threads(1)   # deterministic, and robust on a shared 2-core machine
+    for name in families:
+        if name not in BUILDERS:
+            raise StudioError(f"unknown zoo family {name!r}", hint=f"families: {', '.join(FAMILIES)}")
+        t0 = time.time()
+        tmp = root / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        BUILDERS[name](tmp, quick=quick, tasks=tasks)
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        seconds = time.time() - t0
+        fam = get_family(name, root) if tasks is None and not quick else _partial(name, root, final)
+        m = family_metrics(fam)
+        m["build_seconds"] = round(seconds, 1)
+        m["quick"] = quick
+        metrics[name] = m
+        _record(metrics_path, name, m)
+        log(f"{name}: built in {seconds:.0f} s — base {_fmt(m['base'])}; experts {_fmt(m['experts'])}")
+    return metrics
+
+
+def _record(metrics_path: Path, name: str, m: dict) -> None:
+    """Update one family's entry of ``metrics.json`` (re-read first: families may be built by parallel runs)."""
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics[name] = m
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def _partial(name: str, root: Path, folder: Path):
+    """A catalogue entry restricted to the experts that a quick/partial build produced."""
+    from . import _describe
+
+    fam = _describe(name, root)
+    present = [t for t in fam.tasks if Path(fam.experts[t]).exists()]
+    fam.tasks = present
+    fam.experts = {t: fam.experts[t] for t in present}
+    fam.loras = {t: p for t, p in fam.loras.items() if t in present}
+    fam.heads = {t: p for t, p in fam.heads.items() if t in present}
+    return fam
+
+
+def _fmt(d: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in d.items())

@@ -1,0 +1,149 @@
+"""``python -m studio zoo report``: base, experts and every merge method that runs with default parameters.
+
+Rows are ``{"method", "per_task", "average", "normalized"}``. ``normalized`` is the mean over tasks of
+value / expert value in percent (perplexity: expert value / value), so 100 means "as good as the experts".
+Methods whose recipe does not validate or run with default parameters on the family (they need exactly two
+models, a task id, data, …) are skipped and listed under ``skipped``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import StudioError
+from ..evaluate.common import normalized
+
+# Parameters used for the canonical methods (papers' defaults): TA λ = 0.3 (FusionBench), TIES keeps 20 %.
+PRESETS: dict[str, dict] = {
+    "linear": {"model": {"weight": 1.0}},
+    "task_arithmetic": {"model": {"weight": 0.3}},
+    "ties": {"model": {"weight": 1.0, "density": 0.2}},
+}
+FIRST = ("linear", "task_arithmetic", "ties")
+LABELS = {"linear": "simple average", "task_arithmetic": "task arithmetic (λ=0.3)", "ties": "TIES (k=20%)"}
+
+
+def _weights_ref(kind: str, path: str) -> str:
+    """The model reference the engine reads: the weights file of a diffusers folder, else the path itself."""
+    p = Path(path)
+    if kind == "diffusion" and p.is_dir():
+        return str(p / "diffusion_pytorch_model.safetensors")
+    return str(p)
+
+
+def recipe_dict(fam, method: str, needs_base: bool, per_model: dict | None = None,
+                params: dict | None = None) -> dict:
+    models = [{"model": _weights_ref(fam.kind, fam.experts[t]), **({"parameters": dict(per_model)} if per_model
+                                                                   else {})} for t in fam.tasks]
+    d = {"merge_method": method, "models": models, "dtype": "float32"}
+    if needs_base:
+        d["base_model"] = _weights_ref(fam.kind, fam.base)
+    if params:
+        d["parameters"] = dict(params)
+    return d
+
+
+def _load(kind: str, path: str) -> dict[str, torch.Tensor]:
+    from .build import _load_state
+
+    return _load_state(kind, path)
+
+
+def _row(method: str, result: dict, experts: dict[str, float], metric: str, seconds: float | None = None) -> dict:
+    per = {t: float(v) for t, v in result["per_task"].items()}
+    row = {"method": method, "per_task": per, "average": sum(per.values()) / len(per),
+           "normalized": 100.0 * normalized(per, experts, metric)}
+    if seconds is not None:
+        row["seconds"] = round(seconds, 2)
+    return row
+
+
+def family_report(name: str, budget: str = "report", device: str = "cpu", methods: list[str] | None = None,
+                  learned: bool = False, log=None) -> dict:
+    """``{"rows": [...], "skipped": {method: reason}}`` for one family."""
+    from . import get_family
+
+    fam = get_family(name)
+    ev = fam.evaluator(budget, device)
+    base = ev.evaluate(_load(fam.kind, fam.base))
+    expert_results = {t: ev.evaluate(_load(fam.kind, p)) for t, p in fam.experts.items()}
+    metric = base["metric"]
+    experts = {t: r["per_task"][t] for t, r in expert_results.items()}
+    rows = [_row("experts", {"per_task": experts}, experts, metric), _row("base", base, experts, metric)]
+    skipped: dict[str, str] = {}
+    for method, spec in _methods(methods):
+        label = method
+        preset = PRESETS.get(method, {})
+        try:
+            from ..engine import merge_in_memory
+            from ..recipe import Recipe
+
+            recipe = Recipe.from_dict(recipe_dict(fam, method, spec.needs_base, preset.get("model"),
+                                                  preset.get("global")))
+            t0 = time.time()
+            state = merge_in_memory(recipe, device=device, seed=0)
+            seconds = time.time() - t0
+            rows.append(_row(label, ev.evaluate(state), experts, metric, seconds))
+        except StudioError as exc:
+            skipped[method] = str(exc).splitlines()[0][:200]
+            continue
+        if log:
+            log(f"{name}: {label} done")
+    if learned:
+        rows += _learned_rows(name, experts, metric, skipped)
+    return {"rows": rows, "skipped": skipped}
+
+
+def _learned_rows(name, experts, metric, skipped) -> list[dict]:
+    try:
+        from ..learn.zoo import zoo_rows
+    except ImportError as exc:   # the learned-merging package is optional here
+        skipped["learned"] = f"studio.learn not available: {exc}"
+        return []
+    out = []
+    try:
+        for r in zoo_rows(name):
+            out.append({"method": r["method"], "per_task": r["per_task"], "average": r["average"],
+                        "normalized": 100.0 * normalized(r["per_task"], experts, metric)})
+    except StudioError as exc:
+        skipped["learned"] = str(exc)
+    return out
+
+
+def _methods(names: list[str] | None):
+    from ..methods import list_methods
+
+    specs = {m.name: m for m in list_methods()}
+    order = [m for m in FIRST if m in specs] + sorted(m for m in specs if m not in FIRST)
+    if names:
+        unknown = [n for n in names if n not in specs]
+        if unknown:
+            raise StudioError(f"unknown merge method {unknown[0]!r}", hint=f"methods: {', '.join(sorted(specs))}")
+        order = [m for m in order if m in names]
+    return [(m, specs[m]) for m in order]
+
+
+def report(families: list[str] | None = None, budget: str = "report", device: str = "cpu",
+           methods: list[str] | None = None, learned: bool = False, log=None) -> dict:
+    from . import list_families
+
+    families = families or list_families()
+    return {f: family_report(f, budget, device, methods, learned, log) for f in families}
+
+
+def markdown(name: str, rep: dict) -> str:
+    rows = rep["rows"]
+    tasks = list(rows[0]["per_task"])
+    head = "| method | " + " | ".join(tasks) + " | average | normalized % |"
+    lines = [f"**{name}**", "", head, "|" + "---|" * (len(tasks) + 3)]
+    for r in rows:
+        label = LABELS.get(r["method"], r["method"])
+        cells = " | ".join(f"{r['per_task'][t]:.1f}" if name == "vision" else f"{r['per_task'][t]:.2f}"
+                           for t in tasks)
+        lines.append(f"| {label} | {cells} | {r['average']:.2f} | {r['normalized']:.1f} |")
+    if rep.get("skipped"):
+        lines += ["", "skipped (cannot run with default parameters here): " + ", ".join(sorted(rep["skipped"]))]
+    return "\n".join(lines)

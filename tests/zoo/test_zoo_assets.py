@@ -1,0 +1,109 @@
+"""The committed zoo loads with standard libraries and reproduces the numbers recorded by the build."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from studio.zoo import assets_root, get_family, list_families
+from studio.zoo.build import _load_state
+
+ROOT = assets_root()
+METRICS = json.loads((ROOT / "metrics.json").read_text()) if (ROOT / "metrics.json").exists() else {}
+REPORT = json.loads((ROOT / "report.json").read_text()) if (ROOT / "report.json").exists() else {}
+
+needs = pytest.mark.skipif(not METRICS, reason="zoo assets not built")
+
+
+@needs
+def test_catalogue_lists_every_family():
+    assert list_families() == ["vision", "text", "diffusion"]
+    v = get_family("vision")
+    assert v.kind == "vision" and len(v.tasks) == 8 and v.loras == {}
+    assert all(Path(p).is_file() for p in [v.base, *v.experts.values(), *v.heads.values()])
+    for name in ("text", "diffusion"):
+        f = get_family(name)
+        assert len(f.tasks) == 3
+        for p in f.loras.values():
+            assert (Path(p) / "adapter_config.json").is_file() and (Path(p) / "adapter_model.safetensors").is_file()
+
+
+@needs
+def test_vision_keys_have_numbered_blocks():
+    keys = _load_state("vision", get_family("vision").base)
+    assert {k.split(".")[1] for k in keys if k.startswith("blocks.")} == {"0", "1", "2", "3"}
+
+
+@needs
+def test_vision_reproduces_recorded_accuracy():
+    fam = get_family("vision")
+    ev = fam.evaluator("report")
+    rec = METRICS["vision"]
+    base = ev.evaluate(_load_state("vision", fam.base))["per_task"]
+    for t in fam.tasks:
+        assert base[t] == pytest.approx(rec["base"][t], abs=0.5)
+        own = ev.evaluate(_load_state("vision", fam.experts[t]))["per_task"][t]
+        assert own == pytest.approx(rec["experts"][t], abs=0.5)
+        assert own > base[t] + 5.0  # experts clearly beat the base on their own task
+
+
+@needs
+def test_vision_simple_average_matches_report():
+    if "vision" not in REPORT:
+        pytest.skip("no report recorded")
+    fam = get_family("vision")
+    states = [_load_state("vision", p) for p in fam.experts.values()]
+    avg = {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
+    got = fam.evaluator("report").evaluate(avg)
+    row = next(r for r in REPORT["vision"] if r["method"] == "linear")
+    assert got["average"] == pytest.approx(row["average"], abs=0.5)
+    ta = next(r for r in REPORT["vision"] if r["method"] == "task_arithmetic")
+    experts = next(r for r in REPORT["vision"] if r["method"] == "experts")
+    assert ta["average"] < experts["average"] - 5.0   # merging visibly interferes
+
+
+@needs
+def test_text_loads_offline_and_reproduces_perplexity():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    fam = get_family("text")
+    tok = AutoTokenizer.from_pretrained(fam.base)
+    assert tok.decode(tok("def f(x):\n    return x")["input_ids"]) == "def f(x):\n    return x"
+    AutoModelForCausalLM.from_pretrained(fam.experts["code"])
+    ev = fam.evaluator("report")
+    rec = METRICS["text"]
+    base = ev.evaluate(_load_state("text", fam.base))["per_task"]
+    for t in fam.tasks:
+        assert base[t] == pytest.approx(rec["base"][t], rel=0.01)
+    own = ev.evaluate(_load_state("text", fam.experts["prose"]))["per_task"]["prose"]
+    assert own == pytest.approx(rec["experts"]["prose"], rel=0.01)
+    assert own < base["prose"]
+
+
+@needs
+def test_text_lora_is_a_peft_adapter():
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    fam = get_family("text")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(fam.base), fam.loras["tables"])
+    merged = model.merge_and_unload()
+    ev = fam.evaluator("preview")
+    r = ev.evaluate_module(merged)
+    base = ev.evaluate(_load_state("text", fam.base))
+    assert r["per_task"]["tables"] < base["per_task"]["tables"]
+
+
+@needs
+def test_diffusion_reproduces_style_scores():
+    fam = get_family("diffusion")
+    ev = fam.evaluator("report")
+    rec = METRICS["diffusion"]
+    style = "ember"
+    own = ev.evaluate(_load_state("diffusion", fam.experts[style]))
+    assert own["per_task"][style] == pytest.approx(rec["experts"][style], abs=0.05)
+    assert own["per_task"][style] > rec["base"][style] + 0.3
+    assert own["samples"].dtype.name == "uint8" and own["samples"].shape[2] == 3
+    assert not math.isnan(own["average"])
