@@ -1,0 +1,135 @@
+"""``python -m studio learn METHOD --base REF --experts REF [REF ...] --data SPEC --out DIR``.
+
+Writes into DIR: ``recipe.yml`` (AdaMerging / SAMerging: learned per-tensor coefficients as a task_arithmetic
+recipe — run it on full-size checkpoints with ``python -m studio merge DIR/recipe.yml OUT``), ``merged.safetensors``
+(the merged weights, every method) and ``trajectory.json`` (loss per step and coefficient snapshots).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import StudioError
+from .api import METHODS, run_learned
+
+
+def add_arguments(p) -> None:
+    p.add_argument("method", choices=sorted(METHODS), help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    p.add_argument("--base", required=True, help="the pretrained model θ0 (zoo-style backbone file, model folder, "
+                   "or zoo:FAMILY)")
+    p.add_argument("--experts", nargs="+", required=True,
+                   help="fine-tuned experts, one per task (zoo:FAMILY = all of a zoo family's, zoo:FAMILY/TASK)")
+    p.add_argument("--data", nargs="+", default=["zoo"],
+                   help="unlabeled data: 'zoo' or 'zoo:FAMILY' (the zoo's unlabeled splits); one folder with a "
+                        "subfolder per task; or one entry per expert (image folder, .txt file, .pt tensor)")
+    p.add_argument("--out", required=True, help="output folder (recipe.yml, merged.safetensors, trajectory.json)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimisation steps (AdaMerging 500, SAMerging 1000; FDA: anchor steps per layer and "
+                        "expert, 1200 on CUDA / 300 on CPU)")
+    p.add_argument("--task-wise", action="store_true", help="AdaMerging/SAMerging: one λ per model, not per tensor")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (method default if omitted)")
+    p.add_argument("--init", default=None,
+                   help="AdaMerging/SAMerging: initial λ; FDA: base | task_arithmetic | tsv_m | wudi")
+    p.add_argument("--heads", nargs="*", default=None, metavar="TASK=PATH",
+                   help="vision: each task's head file (default: <family>/heads/<task>.safetensors)")
+    p.add_argument("--tasks", nargs="*", default=None, help="task names, one per expert (default: file stems)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other hyperparameters, e.g. rho=0.05 temperature=2 examples=128 epochs=50")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _expand_zoo(base: str, experts: list[str]) -> tuple[str, list[str]]:
+    """``zoo:FAMILY`` as --base is the family's base; as --experts, all its experts (``zoo:FAMILY/TASK``: one)."""
+    def family(ref):
+        from ..zoo import get_family
+
+        name, _, task = ref[4:].partition("/")
+        fam = get_family(name)
+        if task and task not in fam.experts:
+            raise StudioError(f"the zoo family {name!r} has no task {task!r}", hint=", ".join(fam.experts))
+        return fam, task
+
+    if base.startswith("zoo:"):
+        base = family(base)[0].base
+    out = []
+    for e in experts:
+        if e.startswith("zoo:"):
+            fam, task = family(e)
+            out += [fam.experts[task]] if task else list(fam.experts.values())
+        else:
+            out.append(e)
+    return base, out
+
+
+def run(args) -> int:
+    hp = {}
+    for item in args.set or []:
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise StudioError(f"--set takes KEY=VALUE, got {item!r}")
+        hp[k.replace("-", "_")] = _value(v)
+    if args.task_wise:
+        hp["granularity"] = "task"
+    if args.lr is not None:
+        hp["lr"] = args.lr
+    if args.init is not None:
+        if args.method == "fda":
+            hp["init"] = args.init
+        else:
+            try:
+                hp["init"] = float(args.init)
+            except ValueError:
+                raise StudioError(f"--init for {args.method} is a number, got {args.init!r}") from None
+    heads = None
+    if args.heads:
+        heads = {}
+        for item in args.heads:
+            t, eq, path = item.partition("=")
+            if not eq:
+                raise StudioError(f"--heads takes TASK=PATH, got {item!r}")
+            heads[t] = path
+    base, experts = _expand_zoo(args.base, args.experts)
+    bar = None
+    progress = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=1000, desc=args.method, leave=False, file=sys.stderr,
+                   bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+        def progress(frac: float, msg: str) -> None:
+            bar.n = int(1000 * min(1.0, max(0.0, frac)))
+            bar.set_postfix_str(msg, refresh=False)
+            bar.refresh()
+    try:
+        res = run_learned(args.method, base, experts, args.data, device=args.device, steps=args.steps,
+                          progress=progress, tasks=args.tasks, heads=heads, seed=args.seed, **hp)
+    except TypeError as e:
+        raise StudioError(f"bad hyperparameter for {args.method}: {e}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    written = res.save(args.out)
+    m = {k: v for k, v in res.metrics.items() if k != "anchor_loss_per_unit"}
+    if args.json:
+        print(json.dumps({"method": res.method, "tasks": res.tasks, "out": str(args.out), "files": written,
+                          "metrics": m}, indent=2, default=float))
+    else:
+        start, end = m.get("objective_start"), m.get("objective_end")
+        obj = f"; objective {start:.4g} → {end:.4g}" if start is not None and end is not None else ""
+        print(f"{res.method}: {len(res.tasks)} tasks in {m['seconds_total']:.1f}s on {m['device']}{obj}")
+        print(f"wrote {', '.join(written)} to {args.out}")
+        if res.recipe is not None:
+            print(f"apply to full-size checkpoints: python -m studio merge {args.out}/recipe.yml OUTPUT")
+    return 0
