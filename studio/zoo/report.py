@@ -21,7 +21,18 @@ PRESETS: dict[str, dict] = {
     "linear": {"model": {"weight": 1.0}},
     "task_arithmetic": {"model": {"weight": 0.3}},
     "ties": {"model": {"weight": 1.0, "density": 0.2}},
+    # the other sparsifying task-vector methods, at their papers' usual settings: normalising ones with weight 1,
+    # summing ones with TA's 0.3
+    "dare_linear": {"model": {"weight": 0.3, "density": 0.5}},
+    "dare_ties": {"model": {"weight": 0.3, "density": 0.5}},
+    "breadcrumbs": {"model": {"weight": 0.3, "density": 0.9, "gamma": 0.01}},
+    "breadcrumbs_ties": {"model": {"weight": 0.3, "density": 0.9, "gamma": 0.01}},
+    "della": {"model": {"weight": 1.0, "density": 0.5, "epsilon": 0.1}},
+    "della_linear": {"model": {"weight": 0.3, "density": 0.5, "epsilon": 0.1}},
 }
+# SuperMerger's A/B/C modes (weighted sum, add difference, …) are two- or three-model diffusion recipes, and the
+# pairwise spherical methods take exactly two models: neither is a multi-task merge of every expert
+NOT_MULTI_TASK = {"supermerger"}
 FIRST = ("linear", "task_arithmetic", "ties")
 LABELS = {"linear": "simple average", "task_arithmetic": "task arithmetic (λ=0.3)", "ties": "TIES (k=20%)"}
 
@@ -55,7 +66,7 @@ def _load(kind: str, path: str) -> dict[str, torch.Tensor]:
 def _row(method: str, result: dict, experts: dict[str, float], metric: str, seconds: float | None = None) -> dict:
     per = {t: float(v) for t, v in result["per_task"].items()}
     row = {"method": method, "per_task": per, "average": sum(per.values()) / len(per),
-           "normalized": 100.0 * normalized(per, experts, metric)}
+           "normalized": normalized(per, experts, metric)}
     if seconds is not None:
         row["seconds"] = round(seconds, 2)
     return row
@@ -77,6 +88,9 @@ def family_report(name: str, budget: str = "report", device: str = "cpu", method
     for method, spec in _methods(methods):
         label = method
         preset = PRESETS.get(method, {})
+        if spec.category in NOT_MULTI_TASK:
+            skipped[method] = "an A/B/C diffusion mode, not a multi-task merge"
+            continue
         try:
             from ..engine import merge_in_memory
             from ..recipe import Recipe
@@ -107,7 +121,7 @@ def _learned_rows(name, experts, metric, skipped) -> list[dict]:
     try:
         for r in zoo_rows(name):
             out.append({"method": r["method"], "per_task": r["per_task"], "average": r["average"],
-                        "normalized": 100.0 * normalized(r["per_task"], experts, metric)})
+                        "normalized": normalized(r["per_task"], experts, metric)})
     except StudioError as exc:
         skipped["learned"] = str(exc)
     return out
@@ -143,7 +157,7 @@ def markdown(name: str, rep: dict) -> str:
         label = LABELS.get(r["method"], r["method"])
         cells = " | ".join(f"{r['per_task'][t]:.1f}" if name == "vision" else f"{r['per_task'][t]:.2f}"
                            for t in tasks)
-        lines.append(f"| {label} | {cells} | {r['average']:.2f} | {r['normalized']:.1f} |")
+        lines.append(f"| {label} | {cells} | {r['average']:.2f} | {100 * r['normalized']:.1f} |")
     if rep.get("skipped"):
-        lines += ["", "skipped (cannot run with default parameters here): " + ", ".join(sorted(rep["skipped"]))]
+        lines += ["", "not in the table: " + "; ".join(f"{m} ({why})" for m, why in sorted(rep["skipped"].items()))]
     return "\n".join(lines)
