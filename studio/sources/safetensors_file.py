@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
+import threading
 import struct
 from pathlib import Path
 
@@ -59,16 +61,17 @@ class SafetensorsFile(TensorSource):
             self._index[name] = TensorInfo(tuple(e["shape"]), dtype)
             self._entries[name] = tuple(e["data_offsets"])
         self._mm: mmap.mmap | None = None
-        self._file = None
+        self._lock = threading.Lock()  # the engine reads from several threads; map the file once
 
     def _map(self) -> mmap.mmap:
-        if self._mm is None:
-            self._file = open(self.path, "rb")
-            size = self.path.stat().st_size
-            # ACCESS_COPY: a writable (copy-on-write) view, so torch.frombuffer needs no copy and warns about nothing;
-            # we never write to it, and the file on disk can never be changed through it.
-            self._mm = mmap.mmap(self._file.fileno(), size, access=mmap.ACCESS_COPY) if size else None
-        return self._mm
+        with self._lock:
+            if self._mm is None:
+                with open(self.path, "rb") as fh:  # mmap keeps its own handle; ours can close at once
+                    size = os.fstat(fh.fileno()).st_size
+                    # ACCESS_COPY: a writable (copy-on-write) view, so torch.frombuffer needs no copy and warns
+                    # about nothing; we never write to it, and the file on disk can never change through it.
+                    self._mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) if size else None
+            return self._mm
 
     def _read(self, key: str) -> torch.Tensor:
         info = self._index[key]
@@ -102,9 +105,6 @@ class SafetensorsFile(TensorSource):
     def close(self):
         # Tensors handed out may still view the mapping; dropping our reference lets it close when they are gone.
         self._mm = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 class MultiFileSource(TensorSource):
