@@ -1,4 +1,4 @@
-"""Merge Studio: ``python app.py [--host 127.0.0.1] [--port 7860] [--share] [--allow DIR ...]``."""
+"""Merge Studio: ``python app.py [--host 127.0.0.1] [--port 7860] [--share] [--allow DIR ...] [--threads N]``."""
 
 from __future__ import annotations
 
@@ -16,11 +16,32 @@ def parse_args(argv=None):
     p.add_argument("--export-dir", default=None, help="default export folder (must be under an --allow folder)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--max-parallel", type=int, default=1, help="heavy jobs (merges, exports) run at once")
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads torch may use for merges and previews (default: torch's own choice, usually "
+                        "one per core). On a busy or shared machine a small number (1-2) keeps slider previews "
+                        "fast, because torch's threads otherwise wait on each other")
+    args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    return args
+
+
+def set_threads(n: int | None) -> None:
+    """Limit torch's intra-op threads (and inter-op threads, which can only be set before any parallel work)."""
+    if n is None:
+        return
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # already fixed once parallel work has run in this process
+        pass
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    set_threads(args.threads)
     from studio.errors import StudioError
     from studio.ui.app import build_app
     from studio.ui.catalog import Catalog

@@ -5,7 +5,7 @@
 2. Re-merging one layer of a synthetic 200M-parameter Llama-shaped model with ``LiveMerger`` (task arithmetic, one
    per-group change). Target < 50 ms on CPU.
 
-    python bench/live_latency.py [--device cpu] [--updates 20]
+    python bench/live_latency.py [--device cpu] [--updates 20] [--threads N]
 """
 
 from __future__ import annotations
@@ -122,7 +122,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--updates", type=int, default=20)
     ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="torch CPU threads, as `python app.py --threads N` (default: torch's own choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}")
     torch.set_grad_enabled(False)
     zoo_latency(args.updates, args.device)
     if not args.skip_llama:

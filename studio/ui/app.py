@@ -143,26 +143,39 @@ class StudioUI:
     def _render_preview(self, s: Session, pv, error: str | None = None) -> list:
         if pv is None or pv.superseded:
             return [gr.update(value=V.latency_text(pv)) if pv else gr.update(),
-                    f"⚠ {error}" if error else "", gr.update(), gr.update(), gr.update(), gr.update(), gr.update()]
+                    f"⚠ {error}" if error else "", gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
+                    gr.update()]
         headers, rows = V.score_table(pv)
+        metric = (pv.result or {}).get("metric", "score")
         imgs = V.images(pv)
         raw = {"metric": pv.result.get("metric"), "average": pv.result.get("average"),
                "per_task": pv.result.get("per_task"), "latency_ms": round(pv.total_seconds * 1000, 1),
                "merge_ms": round(pv.merge_seconds * 1000, 1), "eval_ms": round(pv.eval_seconds * 1000, 1),
                "changed_tensors": pv.changed, "history_id": s.history[-1].id if s.history else None}
         return [V.latency_text(pv), f"⚠ {error}" if error else "", V.score_figure(pv),
-                gr.update(value={"headers": headers, "data": rows}), V.samples_markdown(pv),
-                gr.update(value=imgs, visible=bool(imgs)), raw]
+                gr.update(value={"headers": headers, "data": rows}, label=f"Per-task {metric}"),
+                V.samples_markdown(pv),
+                gr.update(value=imgs[0][0] if len(imgs) == 1 else None, visible=len(imgs) == 1),
+                gr.update(value=imgs if len(imgs) > 1 else None, visible=len(imgs) > 1), raw]
 
     def _render_all(self, s: Session, pv=None, error: str | None = None) -> list:
         return ([s] + self._render_controls(s) + self._render_models(s) + self._render_preview(s, pv, error)
-                + [s.history_rows()] + self._render_analysis_targets(s))
+                + [s.history_rows()] + self._render_extras(s))
 
-    def _render_analysis_targets(self, s: Session) -> list:
+    def _render_extras(self, s: Session) -> list:
+        """The Analysis panel's choices (sweep target, plane experts) and the Optimize panel's readiness note."""
         from .controls import group_targets
 
         targets = group_targets(s.spec, s.recipe, s.labels)
-        return [gr.update(choices=[(lab, t) for lab, t in targets], value=s.target)]
+        experts = s.experts()
+        choices = [(s.labels.get(e, e), e) for e in experts]
+        x = experts[0] if experts else None
+        y = experts[1] if len(experts) > 1 else None
+        out = [gr.update(choices=[(lab, t) for lab, t in targets], value=s.target),
+               gr.update(choices=choices, value=x), gr.update(choices=choices, value=y)]
+        if getattr(self.o, "available", False):
+            out.append(learn_readiness(s))
+        return out
 
     def _run(self, state, edit, preview: bool = True):
         """Apply ``edit(session)``; on success re-preview. Errors become a warning and an error line, never a
@@ -245,8 +258,11 @@ class StudioUI:
         controls += r.strip + recipe_panel.unet_slots(r)
         controls += [r.strip_box, r.unet_box, r.layout_note, r.rules, r.yaml, r.yaml_error, p.formula]
         models = [m.family, m.verdict, m.table, m.include, m.base, m.lora_model, m.lora_ref]
-        preview = [p.latency, p.status, p.plot, p.table, p.samples, p.gallery, p.raw]
-        return [state] + controls + models + preview + [self.h.table, self.a.target]
+        preview = [p.latency, p.status, p.plot, p.table, p.samples, p.image, p.gallery, p.raw]
+        extras = [self.a.target, self.a.plane_x, self.a.plane_y]
+        if getattr(self.o, "available", False):
+            extras.append(self.o.state_note)
+        return [state] + controls + models + preview + [self.h.table] + extras
 
     def _wire(self, demo, state, api_target, api_value, api_btn):
         r, m, p, e, h, a = self.r, self.m, self.p, self.e, self.h, self.a
@@ -416,18 +432,33 @@ class StudioUI:
         def sweep(st, target, points, progress=gr.Progress()):
             s = self._session(st)
             try:
-                progress(0.1, desc="sweeping")
-                data = s.sweep(target or None, int(points))
+                progress(0.0, desc="sweeping")
+                data = s.sweep(target or None, int(points), progress=_progress_cb(progress, "sweeping"))
             except StudioError as err:
                 gr.Warning(str(err))
                 return s, gr.update()
-            return s, landscape_figure(data)
+            return s, gr.update(value=sweep_figure(data), visible=True)
 
         a.sweep_btn.click(sweep, [state, a.target, a.points], [state, a.landscape], api_name="landscape",
                           concurrency_id=HEAVY)
 
-        def diagnostics(st):
+        def plane(st, x, y, grid, progress=gr.Progress()):
             s = self._session(st)
+            try:
+                progress(0.0, desc="task-vector plane")
+                data = s.landscape_plane(x or None, y or None, int(grid),
+                                         progress=_progress_cb(progress, "task-vector plane"))
+            except StudioError as err:
+                gr.Warning(str(err))
+                return s, f"⚠ {err}", gr.update()
+            return s, plane_note(data), gr.update(value=plane_figure(data), visible=True)
+
+        a.plane_btn.click(plane, [state, a.plane_x, a.plane_y, a.grid], [state, a.plane_note, a.plane],
+                          api_name="landscape_plane", concurrency_id=HEAVY)
+
+        def diagnostics(st, progress=gr.Progress()):
+            s = self._session(st)
+            progress(0.0, desc="task-vector statistics")
             note, figs = diagnostics_figures(s)
             ups = [gr.update(value=f, visible=True) for f in figs[:len(a.diag_plots)]]
             ups += [gr.update(visible=False)] * (len(a.diag_plots) - len(ups))
@@ -437,22 +468,65 @@ class StudioUI:
                          concurrency_id=HEAVY)
 
         # optimize
-        if getattr(self.o, "available", False):
-            def learn(st, method, steps, progress=gr.Progress()):
-                s = self._session(st)
+        o = self.o
+        if getattr(o, "available", False):
+            LEARN_OUT = [o.result, o.actions, o.load_btn, o.plot, o.export_box, o.export_result]
 
-                def cb(frac, msg=""):
-                    progress(float(frac), desc=str(msg or "learning"))
+            def learn(st, choice, steps, progress=gr.Progress()):
+                s = self._session(st)
                 try:
-                    note, fig = run_learned(s, method, int(steps), cb)
+                    progress(0.0, desc="loading models")
+                    lr = s.learn(choice, int(steps), progress=_progress_cb(progress, "learning"))
                 except StudioError as err:
                     gr.Warning(str(err))
-                    return self._render_all(s, s.last_preview, str(err)) + [f"⚠ {err}", gr.update()]
-                out = self._run(s, lambda s: None)
-                return out + [note, fig]
+                    return self._render_all(s, s.last_preview) + [f"⚠ **Not learned:** {err}", gr.update(),
+                                                                  gr.update(), gr.update(), gr.update(), ""]
+                except Exception as err:  # a bug must not show a traceback; it goes to the log
+                    log.error("learn failed: %s", traceback.format_exc())
+                    gr.Warning(f"{type(err).__name__}: {err}")
+                    return self._render_all(s, s.last_preview) + [f"⚠ **Failed:** {type(err).__name__}: {err}",
+                                                                  gr.update(), gr.update(), gr.update(), gr.update(),
+                                                                  ""]
+                pv = s.preview_learned() if lr.recipe is None else s.last_preview
+                gr.Info(f"{lr.label}: learned in {lr.seconds:.1f} s")
+                return self._render_all(s, pv) + [learned_markdown(lr), gr.update(visible=True),
+                                                  gr.update(visible=lr.recipe is not None),
+                                                  gr.update(value=learned_figure(lr), visible=True),
+                                                  gr.update(visible=lr.recipe is None), ""]
 
-            self.o.run.click(learn, [state, self.o.method, self.o.steps], ALL + [self.o.result, self.o.plot],
-                             api_name="learn", concurrency_id=HEAVY)
+            o.run.click(learn, [state, o.method, o.steps], ALL + LEARN_OUT, api_name="learn", concurrency_id=HEAVY)
+            o.load_btn.click(lambda st: self._run(st, lambda s: s.load_learned()), [state], ALL,
+                             api_name="load_learned", **heavy)
+
+            def show_learned(st):
+                s = self._session(st)
+                try:
+                    pv = s.preview_learned()
+                except StudioError as err:
+                    gr.Warning(str(err))
+                    return self._render_all(s, s.last_preview, str(err))
+                return self._render_all(s, pv)
+
+            o.show_btn.click(show_learned, [state], ALL, api_name="preview_learned", **heavy)
+
+            def export_learned(st, name, dtype, overwrite):
+                s = self._session(st)
+                folder = env.export_dir or (str(env.roots.roots[0]) if env.roots.roots else ".")
+                name = (name or "learned").strip()
+                if not name.endswith(".safetensors"):
+                    name += ".safetensors"
+                try:
+                    res = s.export_learned(str(Path(folder) / name), dtype, bool(overwrite))
+                except StudioError as err:
+                    gr.Warning(str(err))
+                    return s, f"⚠ **Export failed:** {err}"
+                from ..inspect import human_bytes
+
+                files = "\n".join(f"- `{f}`" for f in res["files"])
+                return s, f"✓ **Exported** {human_bytes(res['bytes'])} in {res['seconds']:.2f} s\n\n{files}"
+
+            o.export_btn.click(export_learned, [state, o.export_name, o.export_dtype, o.export_overwrite],
+                               [state, o.export_result], api_name="export_learned", concurrency_id=HEAVY)
 
     def launch(self, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kw):
         self.demo.queue(default_concurrency_limit=self.env.max_parallel)
@@ -478,63 +552,126 @@ def _first_line(doc: str) -> str:
     return (doc or "").strip().split("\n")[0]
 
 
+def _progress_cb(progress, default: str):
+    """A library ``progress(fraction, message)`` callback driving a gr.Progress bar."""
+    def cb(frac, msg=""):
+        progress(min(max(float(frac), 0.0), 1.0), desc=str(msg or default))
+    return cb
+
+
 def _learned_methods():
+    """The Optimize panel's method choices [(label, choice)], or (None, why) when studio.learn is missing."""
     try:
         from ..learn import run_learned  # noqa: F401
     except ImportError as e:
-        return None, f"studio.learn.run_learned could not be imported: {e}"
-    try:
-        from ..learn import LEARNED_METHODS
+        return None, f"studio.learn could not be imported: {e}"
+    from .session import LEARNED_CHOICES
 
-        return list(LEARNED_METHODS), None
-    except ImportError:
-        return ["adamerging", "samerging"], None
+    return [(label, key) for key, (label, _, _) in LEARNED_CHOICES.items()], None
 
 
-def run_learned(s: Session, method: str, steps: int, progress):
-    from ..learn import run_learned as learn
-
+def learn_readiness(s: Session) -> str:
+    """One line for the Optimize panel: what a run would merge, or why it cannot run on this family."""
     fam = s.family_obj()
     if fam is None:
-        raise StudioError("learned merging needs a demo family (its unlabeled data)")
-    base = s.recipe.get("base_model") or str(fam.base)
-    experts = [r for r in s.included() if r != base]
-    with s.env.heavy:
-        res = learn(method, base, experts, s.family, device=s.env.device, steps=steps, progress=progress)
-    recipe = res.recipe.to_dict() if hasattr(res.recipe, "to_dict") else dict(res.recipe)
-    s._set_recipe(recipe)
+        return "⚠ Learned merging needs a demo family (its unlabeled task data)."
+    if getattr(fam, "kind", "") == "diffusion":
+        return (f"⚠ The **{s.family}** family has no task data (its experts are styles, not tasks), so there is "
+                "nothing to learn from. Switch to the vision or text family in the Models tab.")
+    experts = s.experts()
+    if not s.recipe.get("base_model") or not experts:
+        return "⚠ Choose a base model and at least one expert in the Models tab."
+    names = ", ".join(s.labels.get(e, e) for e in experts)
+    return f"Will merge **{len(experts)}** experts ({names}) into `{s.labels.get(s.recipe['base_model'], 'base')}`."
+
+
+def _fmt_num(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def learned_markdown(lr) -> str:
+    """What a learned run produced: its scores next to the recipe's, and what to do next."""
+    metric = lr.scores.get("metric", "score")
+    lower = metric in V.LOWER_IS_BETTER
+    avg = lr.scores.get("average")
+    cur = (lr.current or {}).get("average")
+    head = f"✓ **{lr.label}** learned in {lr.seconds:.1f} s — average {metric} **{avg:.4g}**"
+    if cur is not None:
+        better = (avg < cur) if lower else (avg > cur)
+        head += f" (your recipe: {cur:.4g}, {'better' if better else 'not better'})"
+    m = lr.result.metrics
+    bits = []
+    for k, lab in (("objective_start", "objective before"), ("objective_end", "after"), ("steps", "steps")):
+        if m.get(k) is not None:
+            bits.append(f"{lab} {_fmt_num(m[k])}")
+    per = lr.scores.get("per_task") or {}
+    rows = ["| task | " + " | ".join(per) + " |", "|---|" + "---|" * len(per),
+            "| learned | " + " | ".join(f"{float(v):.4g}" for v in per.values()) + " |"]
+    if lr.current and lr.current.get("per_task"):
+        rows.append("| your recipe | " + " | ".join(
+            f"{float(lr.current['per_task'].get(t, float('nan'))):.4g}" for t in per) + " |")
+    nxt = ("*Load into sliders* to make the learned coefficients your recipe (per-tensor weights, shown as "
+           "name-pattern rules; Undo brings your recipe back)." if lr.recipe is not None else
+           "These are merged weights, not a recipe: the preview shows them now; any edit returns the preview to "
+           "your recipe. Export them below.")
+    return "\n\n".join([head, " · ".join(bits), "\n".join(rows), nxt])
+
+
+def learned_figure(lr):
+    """The loss per step of a learned run (closed-form methods: the objective before/after as two points)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    hist = getattr(res, "history", None) or []
+    hist = [h.get("loss") if isinstance(h, dict) else h for h in (lr.result.history or [])]
+    m = lr.result.metrics
     if hist:
-        ys = [h.get("loss") if isinstance(h, dict) else h for h in hist]
-        fig.add_scatter(y=ys, mode="lines", name="objective")
-    fig.update_layout(height=300, template="plotly_white", xaxis_title="step", margin=dict(l=40, r=10, t=10, b=40))
-    metrics = getattr(res, "metrics", None) or {}
-    note = f"✓ Learned with **{method}** ({steps} steps). " + ", ".join(
-        f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items())
-    return note, fig
-
-
-def landscape_figure(data: dict):
-    import plotly.graph_objects as go
-
-    xs = data["x"]
-    fig = go.Figure()
-    tasks = list((data["results"][0].get("per_task") or {})) if data["results"] else []
-    for t in tasks:
-        fig.add_scatter(x=xs, y=[r["per_task"].get(t) for r in data["results"]], mode="lines", name=t,
-                        line=dict(width=1), opacity=0.55)
-    fig.add_scatter(x=xs, y=[r.get("average") for r in data["results"]], mode="lines+markers", name="average",
-                    line=dict(width=3, color=V.COLORS["merge"]))
-    if data.get("current") is not None:
-        fig.add_vline(x=data["current"], line_dash="dash", line_color=V.COLORS["previous"],
-                      annotation_text="current recipe", annotation_position="top right")
-    metric = data["results"][0].get("metric", "score") if data["results"] else "score"
-    fig.update_layout(height=380, template="plotly_white", xaxis_title=data.get("label"), yaxis_title=metric,
-                      margin=dict(l=40, r=10, t=30, b=40), legend=dict(orientation="h", y=-0.25))
+        fig.add_scatter(x=list(range(1, len(hist) + 1)), y=hist, mode="lines", name="objective",
+                        line=dict(color=V.COLORS["merge"], width=2))
+        title = f"{lr.label}: objective per step"
+    else:
+        ys = [m.get("objective_start"), m.get("objective_end")]
+        if all(isinstance(v, (int, float)) for v in ys):
+            fig.add_scatter(x=["before", "after"], y=ys, mode="lines+markers", name="objective",
+                            line=dict(color=V.COLORS["merge"], width=2))
+        title = f"{lr.label}: closed-form (no training curve)"
+    fig.update_layout(height=300, template="plotly_white", xaxis_title="step", yaxis_title=str(m.get("objective")
+                                                                                               or "objective"),
+                      title=dict(text=title, x=0.01), margin=dict(l=60, r=20, t=50, b=50), showlegend=False)
     return fig
+
+
+def sweep_figure(data: dict):
+    """studio.ui.plots' line of the average, with each task's score as a thin line underneath."""
+    from . import plots
+
+    fig = plots.landscape_line(data)
+    xs = data["x"]["values"]
+    rows = data.get("results") or []
+    tasks = list((rows[0].get("per_task") or {})) if rows else []
+    for n, t in enumerate(tasks):
+        fig.add_scatter(x=xs, y=[r["per_task"].get(t) for r in rows], mode="lines", name=t,
+                        line=dict(width=1), opacity=0.45)
+    fig.data = fig.data[-len(tasks):] + fig.data[:-len(tasks)] if tasks else fig.data  # tasks drawn underneath
+    fig.update_layout(legend=dict(orientation="h", y=-0.25), height=420)
+    return fig
+
+
+def plane_figure(data: dict):
+    from . import plots
+
+    return plots.landscape_contour(data)
+
+
+def plane_note(data: dict) -> str:
+    cur = next((m for m in data["markers"] if m["name"] == "current"), None)
+    parts = [f"{data['evaluations']} merges scored in {data['seconds']:.1f} s."]
+    if cur is not None:
+        parts.append(f"Current recipe: {data['score_name']} {cur['score']:.4g}"
+                     + (f", {cur['residual']:.0%} of its task-vector change lies off this plane (the other experts)"
+                        if cur.get("residual", 0) > 0.01 else ", on the plane") + ".")
+    if data.get("note"):
+        parts.append(data["note"])
+    return " ".join(parts)
 
 
 def diagnostics_figures(s: Session) -> tuple[str, list]:

@@ -32,18 +32,22 @@ def expert_scores(pv) -> dict[str, float]:
 
 
 def score_table(pv) -> tuple[list[str], list[list[Any]]]:
-    """Rows per task: base, its expert, the merge, change since the last preview, and merge ÷ expert."""
+    """Rows per task: base, its expert, the merge, change since the last preview, and the merge relative to the
+    expert (merge ÷ expert; for lower-is-better metrics expert ÷ merge, so above 1 is always better)."""
     r = pv.result or {}
     metric = r.get("metric", "score")
     per = r.get("per_task") or {}
     base = (pv.inputs.get("base") or {}).get("per_task") or {}
     experts = expert_scores(pv)
     prev = ((pv.previous or {}).get("per_task") or {})
-    headers = ["task", f"base {metric}", f"expert {metric}", f"merge {metric}", "Δ since last", "merge ÷ expert"]
+    headers = ["task", "base", "expert", "merge", "Δ last", "vs expert"]
     rows = []
 
     def fmt(v):
-        return None if v is None else round(float(v), 4)
+        if v is None:
+            return None
+        v = float(v)
+        return round(v, 2) if abs(v) >= 10 else round(v, 4)
 
     for task, v in per.items():
         v = _num(v)
@@ -87,7 +91,8 @@ def score_figure(pv, title: str | None = None):
     avg = _num(r.get("average"))
     if avg is not None:
         fig.add_hline(y=avg, line_dash="dot", line_color=COLORS["merge"],
-                      annotation_text=f"merge average {avg:.3f}", annotation_position="top left")
+                      annotation_text=f"merge average {avg:.4g}", annotation_position="top right",
+                      annotation_bgcolor="rgba(255,255,255,0.85)", annotation_font_color=COLORS["merge"])
     fig.update_layout(barmode="group", height=330, margin=dict(l=40, r=10, t=40 if title else 10, b=40),
                       title=title, legend=dict(orientation="h", y=1.12, x=0), yaxis_title=metric,
                       template="plotly_white", bargap=0.2)
@@ -98,20 +103,37 @@ def score_figure(pv, title: str | None = None):
 
 
 def samples_markdown(pv) -> str:
+    """Text samples (e.g. an LM's greedy generations per corpus) as labelled code blocks, so the model's own
+    newlines and spacing show as generated instead of being read as markdown."""
     s = (pv.result or {}).get("samples")
-    if not isinstance(s, dict) or not s:
+    if not isinstance(s, dict) or not s or _is_image_dict(s):
         return ""
     per = (pv.result or {}).get("per_task") or {}
-    lines = []
-    if (pv.result or {}).get("metric") == "perplexity":
-        lines.append("Perplexity per task: " + ", ".join(f"**{t}** {float(v):.2f}" for t, v in per.items()))
-        lines.append("")
-    for prompt, text in s.items():
+    metric = (pv.result or {}).get("metric", "score")
+    prev = (pv.previous or {}).get("samples") if isinstance((pv.previous or {}).get("samples"), dict) else {}
+    lines = ["#### Generations" + ("  <sub>greedy, from each corpus' prompt</sub>" if metric == "perplexity"
+                                   else "")]
+    for task, text in s.items():
         if isinstance(text, (list, tuple)):
-            text = " / ".join(map(str, text))
-        lines.append(f"**{prompt}** → {text}")
-        lines.append("")
+            text = "\n".join(map(str, text))
+        text = _tidy(str(text))
+        score = _num(per.get(task))
+        head = f"**{task}**" + (f" · {metric} {score:.2f}" if score is not None else "")
+        if prev and task in prev and _tidy(str(prev[task])) != text:
+            head += " · *changed*"
+        lines += [head, "```text", text.replace("```", "ˋˋˋ") or "(empty)", "```"]
     return "\n".join(lines)
+
+
+def _tidy(text: str) -> str:
+    """Strip trailing spaces and collapse runs of blank lines (tiny LMs love to emit them)."""
+    out, blank = [], 0
+    for line in text.rstrip().split("\n"):
+        line = line.rstrip()
+        blank = blank + 1 if not line else 0
+        if blank <= 1:
+            out.append(line)
+    return "\n".join(out)
 
 
 def images(pv) -> list:
@@ -119,13 +141,46 @@ def images(pv) -> list:
     s = (pv.result or {}).get("samples")
     if s is None or isinstance(s, (dict, str)) and not _is_image_dict(s):
         return []
-    items = s.items() if isinstance(s, dict) else enumerate(s if isinstance(s, (list, tuple)) else [s])
+    items = list(s.items() if isinstance(s, dict) else enumerate(s if isinstance(s, (list, tuple)) else [s]))
+    single = len(items) == 1 and not isinstance(s, dict)
     out = []
     for cap, img in items:
         pil = to_pil(img)
         if pil is not None:
-            out.append((pil, str(cap)))
+            out.append((_enlarge(_reflow(pil) if single else pil), "fixed-seed samples" if single else str(cap)))
     return out
+
+
+def _reflow(img, per_row: int = 4):
+    """A one-row strip of square tiles with 1-px gaps (the zoo's sample grid) rewrapped into rows of ``per_row``
+    tiles, so it fits a narrow column; anything else is returned unchanged."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = img.size
+    step = h - 1                      # tile + gap
+    if step < 2 or (w - 1) % step or (w - 1) // step <= per_row:
+        return img
+    n = (w - 1) // step
+    a = np.asarray(img)
+    tiles = [a[:, 1 + i * step - 1: 1 + (i + 1) * step] for i in range(n)]  # each: gap + tile
+    rows = -(-n // per_row)
+    out = np.full((rows * step + 1, per_row * step + 1) + a.shape[2:], a[0, 0], dtype=a.dtype)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, per_row)
+        out[r * step: r * step + h, c * step: c * step + t.shape[1]] = t
+    return Image.fromarray(out)
+
+
+def _enlarge(img, max_width: int = 1200, min_height: int = 256):
+    """Tiny sample grids (16×16 px per image) scaled up with nearest-neighbour so pixels stay crisp on screen."""
+    w, h = img.size
+    k = max(1, min(max_width // max(w, 1), -(-min_height // max(h, 1))))
+    if k == 1:
+        return img
+    from PIL import Image
+
+    return img.resize((w * k, h * k), Image.NEAREST)
 
 
 def _is_image_dict(s) -> bool:
@@ -168,5 +223,8 @@ def latency_text(pv) -> str:
     r = pv.result or {}
     avg = _num(r.get("average"))
     head = f"**{r.get('metric', 'score')} {avg:.4f}**  ·  " if avg is not None else ""
+    if pv.source:
+        return (f"{head}**{pv.source}** (learned in {pv.total_seconds:.1f} s) — not your recipe: any edit, or "
+                f"*Re-run preview*, shows the recipe again")
     return (f"{head}updated in {pv.total_seconds * 1000:.0f} ms (merge {pv.merge_seconds * 1000:.0f} ms for "
             f"{pv.changed}/{pv.tensors} tensors, evaluate {pv.eval_seconds * 1000:.0f} ms)")

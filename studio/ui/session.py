@@ -93,6 +93,7 @@ class Preview:
     tensors: int
     superseded: bool = False
     previous: dict | None = None       # the result of the preview before this one (for side-by-side)
+    source: str | None = None          # set when the numbers are of learned weights, not of the recipe
 
 
 @dataclass
@@ -105,6 +106,33 @@ class HistoryEntry:
     per_task: dict
     metric: str
     latency_ms: float
+
+
+LEARNED_CHOICES: dict[str, tuple[str, str, dict]] = {
+    # choice → (label, studio.learn method, hyperparameters)
+    "adamerging_task": ("AdaMerging · task-wise", "adamerging", {"granularity": "task"}),
+    "adamerging_layer": ("AdaMerging · layer-wise", "adamerging", {"granularity": "layer"}),
+    "samerging": ("SAMerging · layer-wise", "samerging", {}),
+    "fda": ("FDA · merged weights", "fda", {"init": "task_arithmetic"}),
+    "fisher": ("Fisher · merged weights", "fisher", {}),
+    "regmean": ("RegMean · merged weights", "regmean", {}),
+}
+
+
+@dataclass
+class Learned:
+    """One Optimize run: the LearnResult, what it merged, and its preview-budget scores."""
+
+    choice: str
+    label: str
+    method: str
+    base: str
+    experts: list[str]
+    result: Any                        # studio.learn.LearnResult
+    scores: dict                       # the evaluator's result for the learned weights
+    seconds: float
+    recipe: dict | None                # the learned recipe (coefficient methods), else None
+    current: dict | None = None        # the recipe's preview numbers when the run started (for comparison)
 
 
 @dataclass
@@ -139,6 +167,7 @@ class Session:
         self.target: str | None = None
         self.live = None
         self.last_preview: Preview | None = None
+        self.learned: Learned | None = None     # the last Optimize run of this session
         self._ticket = 0
         self._lock = threading.Lock()
         self._ticket_lock = threading.Lock()
@@ -154,6 +183,7 @@ class Session:
         for lname, path in (getattr(fam, "loras", None) or {}).items():
             self.labels[str(path)] = f"lora:{lname}"
         self.close()
+        self.learned = None
         lam = 0.3 if len(experts) >= 4 else 0.5
         recipe = {"name": f"{name}-merge", "merge_method": "task_arithmetic", "base_model": base,
                   "models": [{"model": e, "parameters": {"weight": 1.0}} for e in experts[:8]],
@@ -332,7 +362,7 @@ class Session:
         return [(name, str(path)) for name, path in loras.items()]
 
     def models_table(self) -> list[list]:
-        """Rows: model, role, kind, architecture, parameters, dtype, layout (headers only)."""
+        """Rows: model, role, kind, architecture, parameters, dtype, layout · groups (headers only)."""
         from ..inspect import human_count
 
         base = self.recipe.get("base_model")
@@ -345,7 +375,7 @@ class Session:
                 dtypes = ", ".join(str(k).replace("torch.", "") for k in (d.get("dtypes") or {}))
                 rows.append([self.labels.get(ref, C.short_ref(ref)), role, d.get("kind", "?"),
                              d.get("architecture", "?"), human_count(d.get("parameters") or 0), dtypes,
-                             f"{d.get('layout')} ({d.get('groups')} groups)"])
+                             f"{d.get('layout')} · {d.get('groups')}"])
             except StudioError as e:
                 rows.append([self.labels.get(ref, ref), role, "error", str(e), "", "", ""])
         return rows
@@ -505,13 +535,30 @@ class Session:
         self._record(pv)
         return pv
 
-    def sweep(self, target: str | None = None, points: int = 11, lo: float | None = None,
-              hi: float | None = None) -> dict:
-        """A 1-D landscape: the evaluator's scores as one setting (scalar everywhere) runs from lo to hi.
+    def _evaluator_metric(self) -> str:
+        ev = self.env.catalog.evaluator(self.family)
+        return str(getattr(ev, "metric", None) or (self.last_preview.result.get("metric") if self.last_preview
+                                                   and self.last_preview.result else None) or "score")
 
-        Uses the resident live model, then re-merges the current recipe so the preview is left as it was.
-        """
+    def _sync_live(self):
+        """The resident LiveMerger holding the current recipe (built on first use). Call under ``_lock``."""
         from ..engine.live import LiveMerger
+
+        if self.live is None:
+            self.live = LiveMerger(self.recipe_obj(), device=self.env.device, opener=self.env.opener)
+        else:
+            self.live.update(self.recipe_obj())
+        return self.live
+
+    def sweep(self, target: str | None = None, points: int = 11, lo: float | None = None,
+              hi: float | None = None, progress: Callable[[float, str], None] | None = None) -> dict:
+        """A 1-D landscape (:func:`studio.analysis.landscape_1d`): the evaluator's average as one setting (one value
+        for every layer) runs from lo to hi, everything else as in the recipe.
+
+        The result is landscape_1d's, plus ``results`` (the evaluator's full result per point, for per-task lines)
+        and ``target``. The resident model is left holding the current recipe.
+        """
+        from ..analysis import landscape_1d
 
         target = target or self._need_target()
         if not self.family:
@@ -520,24 +567,198 @@ class Session:
         r_lo, r_hi, _ = C.slider_range(p, None)
         lo = r_lo if lo is None else float(lo)
         hi = r_hi if hi is None else float(hi)
+        points = max(2, int(points))
         xs = [lo + (hi - lo) * i / (points - 1) for i in range(points)]
-        current = C.scalar_of(C.split_setting(C.get_setting(self.recipe, target))[1], C.default_value(p))
+        if p.kind is int:
+            xs = sorted({int(round(x)) for x in xs})
+        idx, name = C.parse_target(target)
+        path = ("parameters", name) if idx is None else ("models", idx, name)
         ev = self.env.catalog.evaluator(self.family)
-        rows = []
+        rows: list[dict] = []
+
+        def score(state):
+            r = ev.evaluate(state)
+            rows.append(r)
+            return r["average"]
+
+        metric = self._evaluator_metric()
         with self.env.heavy, self._lock:
-            if self.live is None:
-                self.live = LiveMerger(self.recipe_obj(), device=self.env.device, opener=self.env.opener)
-            for x in xs:
-                r = copy.deepcopy(self.recipe)
-                C.set_scalar(self.spec, r, target, int(round(x)) if p.kind is int else x)
-                self.live.update(Recipe.from_dict(r))
-                rows.append(ev.evaluate(self.live.state))
-            self.live.update(self.recipe_obj())
-        return {"target": target, "label": dict((t, lab) for lab, t in C.group_targets(
-            self.spec, self.recipe, self.labels)).get(target, target), "x": xs, "results": rows,
-            "current": float(current) if isinstance(current, (int, float)) else None}
+            data = landscape_1d(self._sync_live(), path, xs, score, device=self.env.device,
+                                score_name=f"average {metric}", progress=progress)
+        data["results"] = rows[:len(xs)]
+        data["target"] = target
+        label = dict((t, lab) for lab, t in C.group_targets(self.spec, self.recipe, self.labels)).get(target)
+        if label:
+            data["x"]["label"] = label
+        return data
+
+    def experts(self) -> list[str]:
+        """The merged models other than the base (what task vectors are taken of), in recipe order."""
+        base = self.recipe.get("base_model")
+        return [r for r in self.included() if r != base]
+
+    def landscape_plane(self, x_model: str | None = None, y_model: str | None = None, steps: int = 9,
+                        progress: Callable[[float, str], None] | None = None) -> dict:
+        """The task-vector plane θ0 + α·τ_x + β·τ_y scored by the family's preview evaluator
+        (:func:`studio.analysis.landscape_2d`, ``plane="task"``), with base / experts / average / current-recipe
+        markers and, when this session learned a merge of the same models, its trajectory projected onto the plane.
+
+        ``note`` in the result says what was (not) overlaid.
+        """
+        from ..analysis import landscape_2d
+
+        if not self.family:
+            raise StudioError("a landscape needs a demo family's evaluator")
+        base = self.recipe.get("base_model")
+        experts = self.experts()
+        if not base:
+            raise StudioError("the task-vector plane needs a base model", hint="choose one in the Models tab")
+        if len(experts) < 2:
+            raise StudioError("the task-vector plane needs two merged models besides the base",
+                              hint="tick at least two models in the Models tab")
+        x_model = x_model if x_model in experts else experts[0]
+        y_model = y_model if y_model in experts and y_model != x_model else next(e for e in experts if e != x_model)
+        trajectories, note = None, ""
+        lr = self.learned
+        if lr is not None:
+            if lr.base == base and lr.experts == experts:
+                # the points' "loss" is the learner's objective, not the evaluator's score: keep it off the hover
+                trajectories = [{"name": lr.method, "points": [{k: v for k, v in pt.items() if k not in ("loss", "score")}
+                                                               for pt in lr.result.trajectory]}]
+                note = f"Trajectory of the {lr.label} run projected onto the plane."
+            else:
+                note = f"The {lr.label} run merged other models; its trajectory is not shown."
+        ev = self.env.catalog.evaluator(self.family)
+        metric = self._evaluator_metric()
+        with self.env.heavy, self._lock:
+            data = landscape_2d(self._sync_live(), ev, plane="task", i=x_model, j=y_model, steps=int(steps),
+                                trajectories=trajectories, device=self.env.device, score_name=f"average {metric}",
+                                progress=progress)
+        lab = lambda r: self.labels.get(r, C.short_ref(r))  # noqa: E731
+        data["x"]["label"] = f"α · τ({lab(x_model)})"
+        data["y"]["label"] = f"β · τ({lab(y_model)})"
+        for m in data["markers"]:
+            if m["name"] in self.labels:
+                m["name"] = lab(m["name"])
+        for t in data["trajectories"]:
+            t["name"] = f"{lr.label} trajectory" if lr else t["name"]
+        data["note"] = note
+        data["plane_models"] = [x_model, y_model]
+        return data
+
+    # ------------------------------------------------------------------------------------------- learned merges
+    def learn(self, choice: str, steps: int | None = None, progress: Callable[[float, str], None] | None = None,
+              **hparams) -> "Learned":
+        """Run a learned merge (:func:`studio.learn.run_learned`) of the merged models on the family's unlabeled
+        data; the result is kept as ``self.learned`` (nothing in the recipe changes until :meth:`load_learned`).
+
+        The learned model is evaluated once with the preview budget so its numbers can be compared.
+        """
+        from ..learn import run_learned
+
+        if choice not in LEARNED_CHOICES:
+            raise StudioError(f"unknown learned method {choice!r}", hint=", ".join(LEARNED_CHOICES))
+        label, method, hp = LEARNED_CHOICES[choice]
+        fam = self.family_obj()
+        if fam is None:
+            raise StudioError("learned merging needs a demo family (its unlabeled data)")
+        base = self.recipe.get("base_model")
+        experts = self.experts()
+        if not base or not experts:
+            raise StudioError("learned merging needs a base model and at least one fine-tuned model",
+                              hint="choose them in the Models tab")
+        tasks = [self.labels.get(e, "") for e in experts]
+        fam_tasks = list(getattr(fam, "tasks", None) or (getattr(fam, "experts", None) or {}))
+        unknown = [self.labels.get(e, C.short_ref(e)) for e, t in zip(experts, tasks) if t not in fam_tasks]
+        if unknown:
+            raise StudioError(f"learned merging needs each merged model to be one of the family's experts "
+                              f"(it learns on that task's unlabeled data); {', '.join(unknown)} is not",
+                              hint="untick it in the Models tab")
+        if not hasattr(fam, "data"):
+            raise StudioError(f"the {self.family} family has no unlabeled data to learn from")
+        data = {}
+        for t in tasks:
+            d = fam.data(t, "unlabeled")
+            if d is None:
+                raise StudioError(f"the {self.family} family has no task data; learned merging needs unlabeled "
+                                  "inputs of each task", hint="use the vision or text family")
+            data[t] = d[0] if isinstance(d, tuple) else d
+        t0 = time.perf_counter()
+        with self.env.heavy:
+            res = run_learned(method, base, experts, data, device=self.env.device, steps=steps, progress=progress,
+                              tasks=tasks, **{**hp, **hparams})
+            result = self.env.catalog.evaluator(self.family).evaluate(res.state_dict)
+        self.learned = Learned(choice=choice, label=label, method=method, base=base, experts=list(experts),
+                               result=res, scores=result, seconds=time.perf_counter() - t0,
+                               recipe=res.recipe.to_dict() if res.recipe is not None else None,
+                               current=(self.last_preview.result if self.last_preview
+                                        and not self.last_preview.source else None))
+        return self.learned
+
+    def load_learned(self) -> None:
+        """Replace the recipe by the learned one (undo brings the previous back; the next preview records it)."""
+        lr = self.learned
+        if lr is None:
+            raise StudioError("nothing learned yet in this session", hint="run a method in the Optimize tab first")
+        if lr.recipe is None:
+            raise StudioError(f"{lr.label} learns merged weights, not recipe coefficients",
+                              hint="preview them or export them from the Optimize tab")
+        self._set_recipe(lr.recipe)
+
+    def preview_learned(self) -> Preview:
+        """Show the learned weights' numbers in the preview (the recipe is unchanged; the next edit re-previews it)."""
+        lr = self.learned
+        if lr is None:
+            raise StudioError("nothing learned yet in this session", hint="run a method in the Optimize tab first")
+        prev = self.last_preview.result if self.last_preview else None
+        pv = Preview(copy.deepcopy(self.recipe), lr.scores, self.input_scores(), lr.seconds, 0.0, lr.seconds,
+                     0, len(lr.result.state_dict or {}), previous=prev, source=f"learned weights · {lr.label}")
+        self.last_preview = pv
+        return pv
+
+    def export_learned(self, target: str, dtype: str = "float16", overwrite: bool = False) -> dict:
+        """Write the learned merged weights: ``target`` ending in .safetensors → that file (+ a ``.learned.json``
+        beside it); a folder → :meth:`studio.learn.LearnResult.save` (recipe.yml when there is one,
+        merged.safetensors, trajectory.json). Written atomically, only inside the allowed folders."""
+        import json
+
+        import torch
+        from safetensors.torch import save_file
+
+        from ..engine.output import AtomicTarget, check_target
+
+        lr = self.learned
+        if lr is None or not lr.result.state_dict:
+            raise StudioError("nothing learned to export", hint="run a method in the Optimize tab first")
+        out = self.env.roots.check_write(target)
+        inputs = [Path(p) for p in [lr.base, *lr.experts] if Path(p).exists()]
+        check_target(out, overwrite, inputs)
+        t0 = time.perf_counter()
+        with self.env.heavy:
+            if out.suffix == ".safetensors":
+                dt = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype, torch.float32)
+                sd = {k: (v.detach().to("cpu", dt) if v.is_floating_point() else v.detach().cpu()).contiguous()
+                      for k, v in lr.result.state_dict.items()}
+                meta = {"format": "pt", "learned_method": lr.method,
+                        "merge_studio_learned": json.dumps({"method": lr.label, "base": lr.base,
+                                                            "experts": lr.experts}, ensure_ascii=False)}
+                with AtomicTarget(out, is_file=True) as tmp:
+                    save_file(sd, str(tmp), metadata=meta)
+                side = out.with_name(out.stem + ".learned.json")
+                side.write_text(json.dumps({"method": lr.label, "base": lr.base, "experts": lr.experts,
+                                            "metrics": lr.result.metrics, "history": lr.result.history},
+                                           default=float, indent=1))
+                files = [out, side]
+            else:
+                with AtomicTarget(out) as tmp:
+                    lr.result.save(tmp)
+                files = sorted(p for p in out.rglob("*") if p.is_file())
+        return {"path": str(out), "files": [str(p) for p in files],
+                "bytes": sum(p.stat().st_size for p in files), "seconds": time.perf_counter() - t0}
 
     def _record(self, pv: Preview) -> None:
+        if pv.source:
+            return  # learned weights are not a recipe: nothing to restore
         r = pv.result or {}
         self.history.append(HistoryEntry(
             id=len(self.history) + 1, when=time.time(), recipe=copy.deepcopy(pv.recipe),

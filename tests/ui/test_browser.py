@@ -40,16 +40,34 @@ def test_studio_in_a_browser(studio_server):
             table = page.locator("#score-table").inner_text()
             assert "average" in table
 
-            # YAML errors are shown, not thrown
-            for name, shot in (("Analysis", "03-analysis.png"), ("History", "05-history.png"),
-                               ("Optimize", "06-optimize.png")):
-                page.get_by_role("tab", name=name).click()
-                if name == "Analysis":
-                    page.locator("#sweep-btn").click()
-                    sync_api.expect(page.locator("#landscape .js-plotly-plot")).to_be_visible(timeout=60_000)
-                if name == "History":
-                    sync_api.expect(page.locator("#history-table")).to_contain_text("task_arithmetic")
-                page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+            # Analysis: the 1-D line and the task-vector plane
+            page.get_by_role("tab", name="Analysis").click()
+            page.locator("#sweep-btn").click()
+            sync_api.expect(page.locator("#landscape .js-plotly-plot")).to_be_visible(timeout=60_000)
+            page.locator("#plane-grid input[type=number]").fill("5")
+            page.locator("#plane-grid input[type=number]").press("Enter")
+            page.locator("#plane-btn").click()
+            sync_api.expect(page.locator("#plane .js-plotly-plot")).to_be_visible(timeout=90_000)
+            sync_api.expect(page.locator("#plane-note")).to_contain_text("merges scored")
+            sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "03-analysis.png"), full_page=True)
+
+            page.get_by_role("tab", name="History").click()
+            sync_api.expect(page.locator("#history-table")).to_contain_text("task_arithmetic")
+            page.screenshot(path=str(ARTIFACTS / "05-history.png"), full_page=True)
+
+            # Optimize: a short learned run, loaded into the sliders
+            page.get_by_role("tab", name="Optimize").click()
+            if studio_server["family"] != "toy":
+                page.locator("#learn-steps input[type=number]").fill("20")
+                page.locator("#learn-steps input[type=number]").press("Enter")
+                page.locator("#learn-btn").click()
+                sync_api.expect(page.locator("#learn-result")).to_contain_text("learned in", timeout=120_000)
+                page.locator("#learn-load").click()
+                sync_api.expect(page.locator("#yaml")).to_contain_text("adamerging", timeout=60_000)
+                sync_api.expect(page.locator("#history-table")).to_contain_text("weight[rotate]=", timeout=60_000)
+                sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "06-optimize.png"), full_page=True)
 
             page.get_by_role("tab", name="Export").click()
             page.locator("#export-name input, #export-name textarea").first.fill("browser-export")
@@ -58,5 +76,25 @@ def test_studio_in_a_browser(studio_server):
             page.screenshot(path=str(ARTIFACTS / "04-export.png"), full_page=True)
             assert (studio_server["export_dir"] / "browser-export.safetensors").is_file()
             assert before is not None
+
+            # the other zoo families: text (perplexity + generations) and diffusion (image grid + style scores)
+            families = studio_server["env"].catalog.names()
+            for fam, shot, ready in (("text", "07-text.png", "#samples"), ("diffusion", "08-diffusion.png",
+                                                                            "#gallery")):
+                if fam not in families:
+                    continue
+                page.get_by_role("tab", name="Models").click()
+                page.locator("#family input").click()
+                page.get_by_role("option", name=fam, exact=True).click()
+                page.locator("#load-family").click()
+                sync_api.expect(page.locator("#verdict")).to_contain_text("Ready", timeout=60_000)
+                sync_api.expect(latency).to_contain_text("perplexity" if fam == "text" else "style",
+                                                         timeout=120_000)
+                if fam == "text":
+                    sync_api.expect(page.locator("#samples")).to_contain_text("Generations", timeout=30_000)
+                else:
+                    sync_api.expect(page.locator("#sample-grid img").first).to_be_visible(timeout=30_000)
+                sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=30_000)
+                page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
         finally:
             browser.close()

@@ -243,7 +243,41 @@ def test_formula_fills_in_numbers(env):
 def test_sweep_marks_current_value(env):
     s = env.new_session()
     s.preview()
-    data = s.sweep("g:lambda", points=5, lo=0.0, hi=1.0)
-    assert data["x"] == [0.0, 0.25, 0.5, 0.75, 1.0] and data["current"] == 0.5
-    # the point at the current value equals the preview
-    assert data["results"][2]["per_task"] == s.preview().result["per_task"]
+    fracs = []
+    data = s.sweep("g:lambda", points=5, lo=0.0, hi=1.0, progress=lambda f, m: fracs.append(f))
+    assert data["x"]["values"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert data["x"]["path"] == ["parameters", "lambda"] and fracs[-1] == pytest.approx(1.0)
+    cur = [m for m in data["markers"] if m["name"] == "current"]
+    assert cur and cur[0]["x"] == 0.5
+    # the point at the current value equals the preview, per task and on average
+    pv = s.preview()
+    assert data["results"][2]["per_task"] == pv.result["per_task"]
+    assert data["z"][2] == pytest.approx(pv.result["average"]) == pytest.approx(cur[0]["score"])
+    # a per-model setting sweeps that model only
+    data = s.sweep("m:1:weight", points=3, lo=0.0, hi=2.0)
+    assert data["x"]["path"] == ["models", 1, "weight"] and len(data["z"]) == 3
+    assert s.recipe_obj().models[1].parameters["weight"] == 1.0  # the recipe is untouched
+
+
+def test_task_plane_markers_are_the_merges_they_name(env, toy_family):
+    s = env.new_session()
+    alpha, beta = str(toy_family.experts["alpha"]), str(toy_family.experts["beta"])
+    s.set_included([alpha, beta])
+    s.preview()
+    data = s.landscape_plane(alpha, beta, steps=5)
+    assert data["x"]["values"] == pytest.approx([-0.5, 0.0, 0.5, 1.0, 1.5]) and len(data["z"]) == 5
+    assert data["x"]["label"] == "α · τ(alpha)" and data["y"]["label"] == "β · τ(beta)"
+    marks = {m["name"]: m for m in data["markers"]}
+    assert set(marks) == {"base", "alpha", "beta", "average", "current"}
+    ev = toy_family.evaluator()
+    from safetensors.torch import load_file
+
+    assert marks["alpha"]["score"] == pytest.approx(ev.evaluate(load_file(alpha))["average"])
+    assert data["z"][1][3] == pytest.approx(marks["alpha"]["score"])  # grid point (α=1, β=0) is the expert
+    # task arithmetic with λ = 0.5 over these two experts is the point (0.5, 0.5), on the plane
+    cur = marks["current"]
+    assert (cur["x"], cur["y"]) == (pytest.approx(0.5, abs=1e-5), pytest.approx(0.5, abs=1e-5))
+    assert cur["residual"] < 1e-3 and cur["score"] == pytest.approx(s.preview().result["average"])
+    with pytest.raises(StudioError, match="two merged models"):
+        s.set_included([alpha])
+        s.landscape_plane()

@@ -7,18 +7,19 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-HEADERS = ["model", "role", "kind", "architecture", "parameters", "dtype", "layout"]
+HEADERS = ["model", "role", "kind", "architecture", "params", "dtype", "layout · groups"]
 
 
 def build(families: list[str], default_family: str | None, roots_text: str) -> SimpleNamespace:
     ns = SimpleNamespace()
     with gr.Row():
-        ns.family = gr.Dropdown(families, value=default_family, label="Demo family", scale=3,
+        ns.family = gr.Dropdown(families, value=default_family, label="Demo family", scale=3, elem_id="family",
                                 info="tiny models built by `python -m studio zoo build`; switching reloads the recipe")
-        ns.load = gr.Button("Load family", variant="secondary", scale=1)
+        ns.load = gr.Button("Load family", variant="secondary", scale=1, elem_id="load-family")
     ns.verdict = gr.Markdown(elem_id="verdict")
     ns.table = gr.Dataframe(headers=HEADERS, label="Sources (read from headers only)", interactive=False,
-                            wrap=True, elem_id="models-table")
+                            wrap=True, elem_id="models-table",
+                            column_widths=["12%", "10%", "18%", "19%", "11%", "12%", "18%"])
     with gr.Row():
         ns.include = gr.CheckboxGroup(label="Merge these models", scale=3, elem_id="include-models")
         ns.base = gr.Dropdown(label="Base model", scale=2, info="task-vector methods subtract it; "

@@ -1,0 +1,107 @@
+"""The session controller on the real demo zoo (skipped when it is not built): learned merges from the Optimize
+panel (coefficients loaded into the recipe, merged weights previewed and exported, trajectories on the landscape),
+switching to the text and diffusion families, and a PEFT LoRA applied to the text base."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from studio.errors import StudioError
+from studio.ui import preview_view as V
+
+pytest.importorskip("studio.learn")
+
+
+@pytest.fixture(scope="module")
+def zoo_env(tmp_path_factory):
+    from studio.ui.catalog import Catalog, zoo_families
+    from studio.ui.paths import AllowedRoots
+    from studio.ui.session import StudioEnv
+
+    families = zoo_families()
+    if not {"vision", "text", "diffusion"} <= set(families):
+        pytest.skip("the demo zoo is not built (python -m studio zoo build)")
+    out = tmp_path_factory.mktemp("zoo-exports")
+    env = StudioEnv(Catalog(families), AllowedRoots([out]), device="cpu", export_dir=str(out))
+    env.out = out
+    return env
+
+
+def test_learned_coefficients_load_into_the_recipe_and_move_the_preview(zoo_env):
+    s = zoo_env.new_session("vision")
+    first = s.preview()
+    fracs = []
+    lr = s.learn("adamerging_task", steps=6, progress=lambda f, m: fracs.append(f), lr=0.05)
+    assert fracs[0] == 0.0 and fracs[-1] == pytest.approx(1.0)
+    assert lr.recipe is not None and len(lr.result.history) == 6
+    assert s.recipe["merge_method"] == "task_arithmetic" and s.recipe["parameters"] == {"lambda": 0.3}  # not yet
+    s.load_learned()
+    assert s.recipe == lr.recipe and s.recipe["name"].startswith("adamerging")
+    weights = [m["parameters"]["weight"] for m in s.recipe["models"]]
+    assert len(set(weights)) > 1  # learned, one coefficient per task
+    pv = s.preview()
+    assert pv.result["per_task"] != first.result["per_task"]
+    # the recipe replayed by the live engine is the model the learner produced, scored the same way
+    assert pv.result["average"] == pytest.approx(lr.scores["average"], abs=0.6)
+    assert s.history[-1].method == "task_arithmetic" and s.history[-1].recipe == lr.recipe
+    # its trajectory is drawn on the task-vector plane of the same models
+    data = s.landscape_plane(steps=5)
+    assert len(data["trajectories"]) == 1 and len(data["trajectories"][0]["x"]) >= 2
+    assert "trajectory" in data["trajectories"][0]["name"] and "projected" in data["note"]
+    assert s.undo() and s.recipe["parameters"] == {"lambda": 0.3}
+
+
+def test_learned_weights_are_previewed_and_exported_not_recorded(zoo_env):
+    from safetensors.torch import load_file
+
+    s = zoo_env.new_session("vision")
+    s.preview()
+    n_hist = len(s.history)
+    lr = s.learn("regmean")
+    assert lr.recipe is None and lr.result.state_dict
+    with pytest.raises(StudioError, match="merged weights"):
+        s.load_learned()
+    pv = s.preview_learned()
+    assert pv.source and "RegMean" in pv.source and pv.result == lr.scores
+    assert "RegMean" in V.latency_text(pv) and len(s.history) == n_hist
+    res = s.export_learned(str(zoo_env.out / "regmean.safetensors"), "float32")
+    sd = load_file(res["path"])
+    key = next(k for k in sd if k.endswith("fc1.weight"))
+    assert torch.equal(sd[key], lr.result.state_dict[key].float().cpu())
+    with pytest.raises(StudioError, match="exists"):
+        s.export_learned(str(zoo_env.out / "regmean.safetensors"))
+    assert s.preview().source is None  # the next preview is the recipe's again
+
+
+def test_text_family_perplexity_generations_and_lora(zoo_env):
+    s = zoo_env.new_session("vision")
+    s.load_family("text")
+    pv = s.preview()
+    assert pv.result["metric"] == "perplexity" and set(pv.result["per_task"]) == {"prose", "code", "tables"}
+    md = V.samples_markdown(pv)
+    assert "#### Generations" in md and md.count("```text") == 3 and "\n\n\n" not in md
+    headers, rows = V.score_table(pv)
+    assert headers[3] == "merge" and rows[-1][0] == "average" and rows[0][3] == round(pv.result["per_task"]["prose"], 2)
+    # a PEFT LoRA applied to the base, merged as one more model
+    base = s.recipe["base_model"]
+    lora = dict(s.lora_choices())["prose"]
+    s.add_lora(base, lora, 1.0)
+    ref = s.included()[-1]
+    assert ref == f"{base}+{lora}" and s.labels[ref] == "base+prose"
+    assert s.dry_run()[0]
+    pv2 = s.preview()
+    assert "base+prose" in pv2.inputs and pv2.result["per_task"] != pv.result["per_task"]
+    assert pv2.inputs["base+prose"]["per_task"]["prose"] != pv2.inputs["base"]["per_task"]["prose"]
+    assert s.models_table()[-1][:2] == ["base+prose", "merged"]
+
+
+def test_diffusion_family_images_and_style_scores(zoo_env):
+    s = zoo_env.new_session("diffusion")
+    pv = s.preview()
+    assert pv.result["metric"] == "style" and set(pv.result["per_task"]) == {"ember", "bold", "stripes"}
+    imgs = V.images(pv)
+    assert len(imgs) == 1 and V.samples_markdown(pv) == ""
+    assert imgs[0][0].size == (2 * (4 * 65 + 1), 2 * (2 * 65 + 1))  # 8 tiles of 64 px rewrapped 4 per row, ×2
+    with pytest.raises(StudioError, match="no task data"):
+        s.learn("adamerging_task", steps=2)
