@@ -17,3 +17,28 @@ def llama_family(tmp_path_factory) -> dict[str, Path]:
     for i, name in enumerate(["a", "b", "c"], start=1):
         out[name] = make_llama(root / name, i, base_state=state, noise=0.02 * i)
     return out
+
+
+# Tiny diffusion checkpoints with the real key layouts (shapes from diffusers classes on the meta device);
+# used by tests/sd and tests/lora.
+@pytest.fixture(scope="session")
+def ldm_tables():
+    return {fam: _synth().ldm_table(fam, tiny=True, extras=True) for fam in ("sd1", "sd2", "sdxl")}
+
+
+@pytest.fixture(scope="session")
+def ldm_files(tmp_path_factory, ldm_tables):
+    d = tmp_path_factory.mktemp("ldm")
+    return {fam: _synth().write_random(d / f"{fam}.safetensors", t, seed=1) for fam, t in ldm_tables.items()}
+
+
+@pytest.fixture(scope="session")
+def pipelines(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipes")
+    return {fam: _synth().write_random_pipeline(d / fam, fam, seed=3) for fam in ("sd1", "sdxl")}
+
+
+def _synth():
+    from studio.sd import synth
+
+    return synth
