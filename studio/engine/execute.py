@@ -99,10 +99,14 @@ def collect_context(plan: Plan, device, progress: Callable | None = None):
     return context
 
 
-def task_cost(task: TensorTask) -> int:
-    """Rough working-set bytes of one task: float32 copies of its inputs plus the method's own buffers."""
+def task_cost(task: TensorTask, stored: bool = False) -> int:
+    """Rough working-set bytes of one task: float32 copies of its inputs plus the method's own buffers. With
+    ``stored`` (stored-dtype inputs: mapped views, no copies) only the float32 result, its cast and a byte per input
+    (e.g. DARE's kept masks)."""
     n = len(task.inputs) + (task.base is not None)
-    return task.info.numel * 4 * (2 * n + 2) if task.op == "merge" else task.info.nbytes
+    if task.op != "merge":
+        return task.info.nbytes
+    return task.info.numel * (6 + n) if stored else task.info.numel * 4 * (2 * n + 2)
 
 
 def run_tasks(plan: Plan, device: torch.device, seed: int | None = None, workers: int = 2,
@@ -125,6 +129,21 @@ def run_tasks(plan: Plan, device: torch.device, seed: int | None = None, workers
             if progress:
                 progress(task)
         return
+    # The workers are the parallelism: torch's intra-op threads on top of them oversubscribe the cores, and every op
+    # then ends in a barrier that waits on a descheduled thread (several times slower on a busy machine, worst for
+    # methods that work through cache-sized blocks). New threads (the pool's) take the process-wide setting.
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, threads // workers))
+    try:
+        stored = plan.spec.stored_dtype_inputs and device.type == "cpu"
+        yield from _run_pool(plan, job, workers, memory_budget, progress, stored)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_pool(plan: Plan, job: Callable, workers: int, memory_budget: int, progress: Callable | None,
+              stored: bool):
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge") as pool:
         queue: deque = deque()
         tasks = list(plan.tasks)
@@ -134,7 +153,7 @@ def run_tasks(plan: Plan, device: torch.device, seed: int | None = None, workers
         def fill():
             nonlocal nxt, used
             while nxt < len(tasks):
-                cost = task_cost(tasks[nxt])
+                cost = task_cost(tasks[nxt], stored)
                 if queue and used + cost > memory_budget:
                     break
                 queue.append((tasks[nxt], cost, pool.submit(job, tasks[nxt])))

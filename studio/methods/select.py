@@ -126,3 +126,78 @@ def locate_kth_smallest(hist: torch.Tensor, k: int) -> tuple[int, int]:
 def bits_to_float(hi_bin: int, lo_bin: int) -> float:
     """The float32 whose bit pattern is ``(hi_bin << 16) | lo_bin``."""
     return float(torch.tensor([(hi_bin << 16) | lo_bin], dtype=torch.int32).view(torch.float32)[0])
+
+
+
+class KthLargestSweep:
+    """Exact k-th largest of a length-``n`` float32 vector ``x`` seen once, block by block, in order, plus where
+    :func:`topk_mask`'s tie rule puts its cut; no copy of ``x`` is held.
+
+    ``sample``: an unsorted sample of ``x`` (a few thousand strided entries) that brackets the answer as in
+    :func:`kth_largest`; each block passed to :meth:`add` is then only counted above the bracket and its few entries
+    inside it gathered. Without a sample (or for small ``n``) every block is kept. :meth:`result` proves the bracket with
+    the counts; when it fails (adversarial data, NaN) it gathers every block again through ``refill``.
+    """
+
+    def __init__(self, n: int, k: int, sample: torch.Tensor | None = None):
+        if not 1 <= k <= n:
+            raise ValueError(f"k={k} out of range for {n} elements")
+        self.n, self.k = n, k
+        self.lo = self.hi = None
+        if sample is not None and n > _SMALL and sample.numel() >= 64:
+            flat = sample.reshape(-1)
+            m = flat.numel()
+            q = (n - k) / max(n - 1, 1)
+            centre = q * (m - 1)
+            margin = int(4 * math.sqrt(m * max(q * (1 - q), 1.0 / m))) + 8
+            lo_i, hi_i = int(centre) - margin, int(centre) + margin + 1
+            # two selections instead of sorting the sample
+            self.lo = float(torch.kthvalue(flat, lo_i + 1).values) if lo_i > 0 else -math.inf
+            self.hi = float(torch.kthvalue(flat, hi_i + 1).values) if hi_i < m else math.inf
+            if self.lo == -math.inf and self.hi == math.inf:
+                self.lo = self.hi = None
+        self.cands: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+        self.above = 0
+        self._bufs = None
+
+    def add(self, a: torch.Tensor, scratch: torch.Tensor | None = None) -> None:
+        """The next block of ``x`` (1-D float32; not kept). ``scratch``: an optional float32 buffer ≥ 2·len."""
+        self.sizes.append(a.numel())
+        if self.lo is None:
+            self.cands.append(a.clone())
+            return
+        L = a.numel()
+        if scratch is None or scratch.numel() < 2 * L:
+            scratch = torch.empty(2 * L, dtype=torch.float32, device=a.device)
+        # float 1/0 flags (bool-producing comparisons are several times slower): in band = (x ≥ lo) − (x > hi)
+        f_ge = torch.ge(a, self.lo, out=scratch[:L])
+        f_gt = torch.gt(a, self.hi, out=scratch[L:2 * L])
+        self.above += int(f_gt.sum())  # a float32 sum of at most 2**24 ones is exact
+        self.cands.append(a[f_ge.sub_(f_gt).to(torch.bool)])
+
+    def result(self, refill) -> tuple[float, int]:
+        """``(v, cut)``: ``v`` equals ``torch.kthvalue(x, n − k + 1)``; the ``k`` entries ``topk_mask(x, k)`` keeps are
+        those with ``x > v`` plus those with ``x == v`` at indices ``< cut``. ``refill(j)`` returns block ``j`` again
+        (needed only to locate a tie cut, or when the bracket failed)."""
+        k = self.k
+        cands = self.cands
+        inside = sum(c.numel() for c in cands)
+        k_in = k - self.above
+        if not 1 <= k_in <= inside:  # the bracket missed: gather everything
+            cands = self.cands = [refill(j).clone() for j in range(len(self.sizes))]
+            self.above, inside, k_in = 0, self.n, k
+        cand = cands[0] if len(cands) == 1 else torch.cat(cands)
+        v = float(torch.kthvalue(cand, inside - k_in + 1).values)
+        allowed = k - self.above - int(torch.count_nonzero(cand > v))  # entries equal to v that are kept
+        del cand
+        seen = 0
+        start = 0
+        for j, c in enumerate(cands):
+            eq = int(torch.count_nonzero(c == v))
+            if seen + eq > allowed:  # the first dropped tie lies in block j: find its index
+                pos = (refill(j) == v).nonzero().flatten()
+                return v, start + int(pos[allowed - seen])
+            seen += eq
+            start += self.sizes[j]
+        return v, self.n
