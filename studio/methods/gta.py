@@ -244,7 +244,7 @@ def _prepare_dare(m: torch.Tensor, b: torch.Tensor, density: float, rescale: boo
             bb.copy_(b[s:e])
             a = _delta_(d[: e - s], m, s, e, bb).abs_()
             before += float(a.sum())
-            after += float(torch.dot(a, keep))  # keep is 1.0/0.0: Σ|d|·keep
+            after += float(a.mul_(keep).sum())
     factor = sp._rescale_factor(before, after) if rescale else 1.0
     return _Keep("mask", factor=factor, mask=mask)
 
