@@ -33,7 +33,8 @@ def parse_size(text: str) -> int:
         raise StudioError(f"bad size {text!r}", hint="use e.g. 2G, 500M or a number of bytes") from None
 
 
-def print_summary(summary: dict, out=sys.stdout) -> None:
+def print_summary(summary: dict, out=None) -> None:
+    out = out or sys.stdout  # looked up per call: the stream may have been replaced since import
     print(f"method {summary['method']} · layout {summary['layout']} · {summary['tensors']} tensors "
           f"({summary['merged']} merged, {summary['tensors'] - summary['merged']} copied) · "
           f"output {human_bytes(summary['output_bytes'])}", file=out)
