@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from ..errors import RecipeError, StudioError
-from ..layout import Layout, detect_layout, is_mergeable
+from ..layout import LayerStackLayout, Layout, detect_layout, is_mergeable
 from ..methods import MethodSpec
 from ..recipe import Recipe
 from ..recipe.resolve import resolve_param
@@ -190,7 +190,7 @@ def _plan_slices(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
             pool.index(s.model)
     reference = pool.items[ref_idx]
     layout = detect_layout(reference)
-    if layout.layer_index is None or not hasattr(layout, "num_layers"):
+    if not isinstance(layout, LayerStackLayout):
         raise RecipeError("slices need a layer-stacked model (transformers LLM)", where=reference.ref)
 
     def layer_keys(src: TensorSource, idx: int) -> list[str]:
@@ -248,7 +248,6 @@ def _plan_slices(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
     plan_outside("HEAD", recipe.slices[-1])
     plan = Plan(recipe, spec, pool.items, layout, tasks, num_layers=out_layer)
     # the output has a different number of layers: use a layout that matches it for reporting
-    from ..layout import LayerStackLayout
     plan.layout = LayerStackLayout(out_layer, stack_prefix=getattr(layout, "stack_prefix", None))
     for t in tasks:
         t.group = plan.layout.group_of(t.out_key)

@@ -156,8 +156,6 @@ def _write_side_files(plan: Plan, tmp: Path) -> None:
                     if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and not f.name.endswith(
                             ".index.json"):
                         shutil.copy2(f, dst / f.name)
-                        if f.name == "config.json" and (recipe.out_dtype or recipe.dtype):
-                            pass
         return
     if ref.config is not None and ref.kind in ("transformers", "diffusers-component"):
         config = dict(ref.config)
