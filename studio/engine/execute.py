@@ -44,6 +44,8 @@ def _kwargs(plan: Plan, task: TensorTask, device, seed: int | None, context) -> 
         kw["generator"] = g
     if plan.spec.global_stats:
         kw["context"] = context
+    if plan.spec.casts_output and device.type == "cpu":
+        kw["out_dtype"] = task.out_dtype or task.info.dtype
     return kw
 
 

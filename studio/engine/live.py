@@ -86,6 +86,8 @@ class LiveMerger:
                 base = fresh(self._tensor(plan, task.base)) if task.base is not None else None
                 models = [fresh(self._tensor(plan, i)) for i in task.inputs]
                 kw = _kwargs(plan, task, self.device, seed, context)
+                if plan.spec.casts_output:
+                    kw["out_dtype"] = self.out_dtype  # the live state's dtype, not the recipe's output dtype
                 prev = self.state.get(task.out_key)
                 if (plan.spec.accepts_out and prev is not None and prev.dtype == torch.float32
                         and prev.shape == task.info.shape and self.out_dtype == torch.float32):

@@ -20,6 +20,29 @@ def weighted_sum(tensors: list[torch.Tensor], weights: list[float], out: torch.T
     return out
 
 
+def blocked_cast(shape, out_dtype: torch.dtype, fill) -> torch.Tensor:
+    """A tensor of ``out_dtype`` whose elements [s, e) are ``fill(s, e, acc)``'s float32 values, computed block by
+    block in a reused cache-sized float32 scratch ``acc`` and rounded once: equal to computing the whole float32
+    tensor and casting it, without the float32 tensor (its fresh pages) or the extra pass."""
+    from .gta import block_size
+
+    res = torch.empty(shape, dtype=out_dtype)
+    flat = res.view(-1)
+    n = flat.numel()
+    blk = max(1, min(block_size(), n))
+    acc = torch.empty(blk, dtype=torch.float32)
+    for s in range(0, n, blk):
+        e = min(n, s + blk)
+        flat[s:e].copy_(fill(s, e, acc[: e - s]))
+    return res
+
+
+def _castable(out, out_dtype, tensors) -> bool:
+    """Whether blocked_cast applies: a non-float32 result wanted, no ``out`` buffer, contiguous CPU inputs."""
+    return (out is None and out_dtype is not None and out_dtype != torch.float32
+            and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors))
+
+
 @method(
     "linear",
     params=[WEIGHT, Param("normalize", default=True, kind=bool, doc="divide by the sum of the weights")],
@@ -30,15 +53,24 @@ def weighted_sum(tensors: list[torch.Tensor], weights: list[float], out: torch.T
     pure_inputs=True,
     stored_dtype_inputs=True,
     accepts_out=True,
+    casts_output=True,
 )
-def linear(base, models, *, weight, normalize, out=None):
+def linear(base, models, *, weight, normalize, out=None, out_dtype=None):
     """θ = Σᵢ wᵢ θᵢ, divided by Σᵢ wᵢ when ``normalize`` (the default). The base counts as a model when listed."""
+    total = float(sum(weight))
+    divide = normalize and abs(total) > 1e-8  # mergekit leaves a zero total undivided rather than dividing by zero
+    if _castable(out, out_dtype, models):
+        flat = [m.reshape(-1) for m in models]
+
+        def fill(s, e, acc):
+            weighted_sum([m[s:e] for m in flat], weight, acc)
+            return acc.div_(total) if divide else acc
+
+        return blocked_cast(models[0].shape, out_dtype, fill)
     out = weighted_sum(models, weight, out)
-    if normalize:
-        total = float(sum(weight))
-        if abs(total) > 1e-8:  # mergekit leaves a zero total undivided rather than dividing by zero
-            out.div_(total)
-    return out
+    if divide:
+        out.div_(total)
+    return out if out_dtype is None else out.to(out_dtype)
 
 
 TASK_ARITHMETIC_PARAMS = [
@@ -62,19 +94,29 @@ TASK_ARITHMETIC_PARAMS = [
     pure_inputs=True,
     stored_dtype_inputs=True,
     accepts_out=True,
+    casts_output=True,
 )
 def task_arithmetic(base, models, *, weight, normalize, lambda_, density=None, rescale=None, int8_mask=None,
-                    out=None):
+                    out=None, out_dtype=None):
     """τᵢ = θᵢ − θ₀;  θ = θ₀ + λ·Σᵢ wᵢ τᵢ (divided by Σᵢ wᵢ when ``normalize``)."""
     total = float(sum(weight))
     scale = lambda_ / total if normalize and abs(total) >= 1e-8 else lambda_
     coeffs = [scale * float(w) for w in weight]
+    keep = 1.0 - sum(coeffs)
+
     # θ₀ + Σ cᵢ(θᵢ − θ₀) = (1 − Σcᵢ)·θ₀ + Σ cᵢθᵢ: n + 1 passes over memory and no temporaries per model
-    out = base.to(torch.float32, copy=True) if out is None else out.copy_(base)
-    out.mul_(1.0 - sum(coeffs))
-    for m, c in zip(models, coeffs):
-        out.add_(m, alpha=c)
-    return out
+    def combine(acc, b, ms):
+        acc.copy_(b).mul_(keep)
+        for m, c in zip(ms, coeffs):
+            acc.add_(m, alpha=c)
+        return acc
+
+    if _castable(out, out_dtype, [base, *models]):
+        b, ms = base.reshape(-1), [m.reshape(-1) for m in models]
+        return blocked_cast(base.shape, out_dtype, lambda s, e, acc: combine(acc, b[s:e], [m[s:e] for m in ms]))
+    out = combine(torch.empty(base.shape, dtype=torch.float32, device=base.device) if out is None else out,
+                  base, models)
+    return out if out_dtype is None else out.to(out_dtype)
 
 
 def slerp_tensors(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: float = 0.9995,

@@ -250,13 +250,17 @@ def _prepare_dare(m: torch.Tensor, b: torch.Tensor, density: float, rescale: boo
 
 
 def gta_blocked(base: torch.Tensor, models: list[torch.Tensor], weight: list[float], keeps: list[_Keep], *,
-                normalize: bool, lambda_: float, fold: bool, block: int | None = None) -> torch.Tensor:
-    """The consensus (TIES-election) half of :func:`gta_merge`, block by block, given each model's trim."""
+                normalize: bool, lambda_: float, fold: bool, block: int | None = None,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The consensus (TIES-election) half of :func:`gta_merge`, block by block, given each model's trim. With
+    ``out_dtype`` the result comes in that dtype, each block rounded once from its float32 values."""
     n_el = base.numel()
     b = _flat(base)
     ms = [_flat(m) for m in models]
-    out = torch.empty(n_el, dtype=torch.float32)
+    cast = out_dtype is not None and out_dtype != torch.float32
+    out = torch.empty(n_el, dtype=out_dtype if cast else torch.float32)
     blk = max(1, min(block or block_size(), n_el))
+    acc_buf = torch.empty(blk, dtype=torch.float32) if cast else None
     D = [torch.empty(blk, dtype=torch.float32) for _ in models]
     sgn, tmp, fbuf, b32 = (torch.empty(blk, dtype=torch.float32) for _ in range(4))
     div = torch.empty(blk, dtype=torch.float32) if normalize else None
@@ -282,7 +286,7 @@ def gta_blocked(base: torch.Tensor, models: list[torch.Tensor], weight: list[flo
             for i in range(2, nm):
                 sg.add_(ds[i])
         torch.copysign(one, sg, out=sg)
-        acc = out[s:e]
+        acc = acc_buf[:L] if cast else out[s:e]
         torch.mul(ds[0], sg, out=acc).clamp_(min=0)
         dv = None
         if div is not None:
@@ -302,7 +306,13 @@ def gta_blocked(base: torch.Tensor, models: list[torch.Tensor], weight: list[flo
         if lambda_ != 1:
             acc.mul_(lambda_)
         acc.add_(bb)
+        if cast:
+            out[s:e].copy_(acc)
     return out.view(base.shape)
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t if dtype is None else t.to(dtype)
 
 
 def _scratch(ws: dict, like: torch.Tensor) -> torch.Tensor:
@@ -344,9 +354,9 @@ _REF_DELLA = "Deep et al. 2024, DELLA-Merging (arXiv 2406.11617); mergekit della
 
 
 @method("ties", params=[WEIGHT, DENSITY, _normalize(True), _rescale(False), LAMBDA, INT8], needs_base=True,
-        stored_dtype_inputs=True, ref=_REF_TIES, label="TIES",
+        stored_dtype_inputs=True, casts_output=True, ref=_REF_TIES, label="TIES",
         formula="dᵢ = top-k(θᵢ−θ₀, density); s = sign Σ wᵢdᵢ; θ = θ₀ + λ·Σ[sign wᵢdᵢ = s]wᵢdᵢ / Σ[·]wᵢ")
-def ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mask=False):
+def ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mask=False, out_dtype=None):
     """TIES as mergekit does it: per-tensor top-k trim (``density`` kept), sign election on the weighted trimmed
     deltas (ties go to +), disjoint (weighted) mean of the agreeing entries, times λ."""
     if not rescale and blocked_ok(base, models):
@@ -354,17 +364,19 @@ def ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mas
         blk = block_size()
         keeps = _prepare_topk(ms, b, density, blk)
         return gta_blocked(base, models, weight, keeps, normalize=normalize, lambda_=lambda_, fold=False,
-                           block=blk)
+                           block=blk, out_dtype=out_dtype)
     # rescale: mergekit's whole-tensor L1 sums round differently from per-block partial sums; keep gta_merge
     base, models = _as_f32(base), [_as_f32(m) for m in models]
-    return gta_merge(base, models, weight, lambda i, d, ws: sp.magnitude_(d, density[i], rescale, _scratch(ws, d)),
-                     consensus=True, normalize=normalize, lambda_=lambda_)
+    return _cast(gta_merge(base, models, weight,
+                           lambda i, d, ws: sp.magnitude_(d, density[i], rescale, _scratch(ws, d)),
+                           consensus=True, normalize=normalize, lambda_=lambda_), out_dtype)
 
 
 @method("dare_ties", params=[WEIGHT, DENSITY, _normalize(False), _rescale(True), LAMBDA, INT8], needs_base=True,
-        random=True, stored_dtype_inputs=True, ref=_REF_DARE, label="DARE + TIES",
+        random=True, stored_dtype_inputs=True, casts_output=True, ref=_REF_DARE, label="DARE + TIES",
         formula="dᵢ = Bernoulli(density)⊙(θᵢ−θ₀)·‖·‖₁-rescale; TIES election on wᵢdᵢ; θ = θ₀ + λ·τ")
-def dare_ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mask=False, generator=None):
+def dare_ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mask=False, generator=None,
+              out_dtype=None):
     """DARE drop (keep each entry with probability ``density``; ``rescale`` restores each delta's L1 norm, as
     mergekit does, rather than dividing by density), then TIES sign election and sum (normalize off by default)."""
     if blocked_ok(base, models):
@@ -374,10 +386,12 @@ def dare_ties(base, models, *, weight, density, normalize, rescale, lambda_, int
               "b32": torch.empty(blk)}
         keeps = [_prepare_dare(m, b, density[i], rescale, generator, blk, ws) for i, m in enumerate(ms)]
         del ws
-        return gta_blocked(base, models, weight, keeps, normalize=normalize, lambda_=lambda_, fold=True, block=blk)
+        return gta_blocked(base, models, weight, keeps, normalize=normalize, lambda_=lambda_, fold=True, block=blk,
+                           out_dtype=out_dtype)
     base, models = _as_f32(base), [_as_f32(m) for m in models]
-    return gta_merge(base, models, weight, lambda i, d, ws: sp.bernoulli_(d, density[i], rescale, generator, ws),
-                     consensus=True, normalize=normalize, lambda_=lambda_, fold=True)
+    return _cast(gta_merge(base, models, weight,
+                           lambda i, d, ws: sp.bernoulli_(d, density[i], rescale, generator, ws),
+                           consensus=True, normalize=normalize, lambda_=lambda_, fold=True), out_dtype)
 
 
 @method("dare_linear", params=[WEIGHT, DENSITY, _normalize(False), _rescale(True), LAMBDA, INT8], needs_base=True,

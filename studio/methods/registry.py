@@ -124,6 +124,11 @@ class MethodSpec:
     # True when the function takes ``out=`` (a float32 tensor of the result's shape to overwrite): the live engine
     # then re-merges into the previous result's memory instead of allocating (fresh pages cost more than the math)
     accepts_out: bool = False
+    # True when the function takes ``out_dtype=`` (the output tensor's dtype) and returns its result in that dtype,
+    # each value rounded once from its float32 result (equal to ``result.to(out_dtype)``): blocked CPU kernels then
+    # cast block by block from a cache-sized float32 scratch instead of filling a float32 tensor the size of the
+    # output and casting it in another pass (fresh float32 pages cost more than the arithmetic)
+    casts_output: bool = False
     extra: dict = field(default_factory=dict)
 
     @property

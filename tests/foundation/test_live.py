@@ -38,3 +38,19 @@ def test_load_into_module(llama_family):
     sd = model.state_dict()
     for k, v in live.state.items():
         torch.testing.assert_close(sd[k], v)
+
+
+def test_live_state_stays_float32_for_a_half_precision_recipe(llama_family):
+    """A recipe asking for fp16 output: the live state is still float32 (previews need the exact merge), re-merges
+    reuse its memory, and the values equal the float32 merge."""
+    f = llama_family
+    r = Recipe.from_dict({**recipe(f, 0.3).to_dict(), "dtype": "float16"})
+    live = LiveMerger(r, device="cpu")
+    assert all(v.dtype == torch.float32 for v in live.state.values() if v.is_floating_point())
+    key = next(k for k in live.state if k.startswith("model.layers.0.") and k.endswith("proj.weight"))
+    ptr = live.state[key].data_ptr()
+    r2 = Recipe.from_dict({**recipe(f, 0.8).to_dict(), "dtype": "float16"})
+    live.update(r2)
+    assert live.state[key].data_ptr() == ptr and live.state[key].dtype == torch.float32
+    expect = merge_in_memory(Recipe.from_dict({**recipe(f, 0.8).to_dict(), "dtype": "float32"}))
+    torch.testing.assert_close(live.state[key], expect[key], rtol=0, atol=1e-6)

@@ -1,0 +1,73 @@
+"""Methods declaring ``casts_output`` return ``out_dtype`` directly, rounded block by block: the values must equal
+their float32 result cast once (``.to(out_dtype)``), bit for bit, whatever the block size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from studio.engine import build_plan, merge_in_memory
+from studio.methods import get_method, gta
+from studio.recipe import Recipe
+
+
+def _family(shape, dtype, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn(shape, generator=g) * 0.02).to(dtype)
+    models = [(base.float() + 0.003 * torch.randn(shape, generator=g)).to(dtype) for _ in range(n)]
+    return base, models
+
+
+KW = {
+    "linear": dict(weight=[0.2, 0.5, 0.3], normalize=True),
+    "task_arithmetic": dict(weight=[0.3, -0.4, 0.7], normalize=False, lambda_=0.9),
+    "ties": dict(weight=[0.3, 0.5, 1.0], density=[0.3, 0.5, 0.9], normalize=True, rescale=False, lambda_=1.0),
+    "dare_ties": dict(weight=[0.3, 0.5, 1.0], density=[0.3, 0.5, 0.9], normalize=False, rescale=True, lambda_=1.0),
+}
+
+
+@pytest.mark.parametrize("block", [1024, 1 << 18])
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(KW))
+def test_cast_blocks_equal_whole_cast(monkeypatch, name, out_dtype, block):
+    monkeypatch.setattr(gta, "BLOCK", block)
+    monkeypatch.setattr(gta, "SERIAL_BLOCK", block)
+    spec = get_method(name)
+    assert spec.casts_output
+    base, models = _family((37, 1001), torch.float16)
+    kw = dict(KW[name])
+    if spec.random:
+        kw_a = dict(kw, generator=torch.Generator().manual_seed(3))
+        kw_b = dict(kw, generator=torch.Generator().manual_seed(3))
+    else:
+        kw_a = kw_b = kw
+    ref = spec.fn(base, models, **kw_a)
+    got = spec.fn(base, models, out_dtype=out_dtype, **kw_b)
+    assert ref.dtype == torch.float32 and got.dtype == out_dtype and got.shape == base.shape
+    assert torch.equal(got, ref.to(out_dtype))
+    # float32 asked for: the float32 result itself
+    f32 = spec.fn(base, models, out_dtype=torch.float32, **(dict(kw, generator=torch.Generator().manual_seed(3))
+                                                          if spec.random else kw))
+    assert torch.equal(f32, ref)
+
+
+def test_engine_output_dtype_matches_float32_merge(tmp_path):
+    """Through the engine: an fp16 merge equals the float32 merge of the same recipe cast to fp16."""
+    from safetensors.torch import save_file
+
+    base, models = _family((64, 300), torch.float16, seed=4)
+    paths = []
+    for i, t in enumerate([base, *models]):
+        p = tmp_path / f"m{i}.safetensors"
+        save_file({"w": t.contiguous(), "n": torch.arange(4)}, str(p))
+        paths.append(str(p))
+
+    def recipe(dtype):
+        return Recipe.from_dict({"merge_method": "task_arithmetic", "base_model": paths[0], "dtype": dtype,
+                                 "models": [{"model": p, "parameters": {"weight": 0.4}} for p in paths[1:]]})
+
+    plan = build_plan(recipe("float16"))
+    assert plan.spec.casts_output
+    half, single = merge_in_memory(recipe("float16")), merge_in_memory(recipe("float32"))
+    assert half["w"].dtype == torch.float16 and torch.equal(half["w"], single["w"].to(torch.float16))
+    assert torch.equal(half["n"], torch.arange(4))
