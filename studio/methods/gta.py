@@ -176,7 +176,7 @@ class _Keep:
             return d.zero_()
         if kind == "mask":
             f = fbuf[: e - s]
-            f.copy_(self.mask[s:e])
+            f.copy_(self.mask[s:e].view(torch.uint8))  # bytes → float is vectorised; bool → float is ~7× slower
             return d.mul_(f)
         # top-k: |x| ≥ v before the cut index, |x| > v from it on (ties at v go to lower indices)
         c = min(max(self.cut - s, 0), e - s)
