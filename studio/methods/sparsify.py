@@ -165,11 +165,16 @@ def bernoulli_(d: torch.Tensor, density: float, rescale: bool = True, generator:
         ws["scratch"] = torch.empty_like(d)
     fmask = ws["scratch"]
     fmask.copy_(keep)
+    return _mask_(d, fmask, rescale)
+
+
+def _mask_(d: torch.Tensor, keep: torch.Tensor, rescale: bool) -> float:
+    """``d *= keep`` in place; returns the L1 rescale factor (‖d‖₁ before / after) when ``rescale``, else 1."""
     if not rescale:
-        d.mul_(fmask)
+        d.mul_(keep)
         return 1.0
     before = _l1(d)
-    d.mul_(fmask)
+    d.mul_(keep)
     return _rescale_factor(before, _l1(d))
 
 
@@ -213,9 +218,4 @@ def della_(d: torch.Tensor, density: float, epsilon: float, rescale: bool = True
     u = torch.rand(d.shape, generator=generator, device=d.device, dtype=torch.float32)
     keep = u < probs
     del u, probs
-    if not rescale:
-        d.mul_(keep)
-        return 1.0
-    before = _l1(d)
-    d.mul_(keep)
-    return _rescale_factor(before, _l1(d))
+    return _mask_(d, keep, rescale)
