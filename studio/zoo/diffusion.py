@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .training import optimizer_step, warmup_cosine
+
 STYLES: tuple[str, ...] = ("ember", "bold", "stripes")
 STYLE_DOC = {
     "ember": "colour: orange-red strokes",
@@ -117,19 +119,14 @@ def train_unet(unet, style: str | None, steps: int, lr: float, seed: int, batch:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     unet.train()
     for step in range(steps):
-        scale = min(1.0, (step + 1) / max(1, steps // 20)) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = lr * scale
+        warmup_cosine(opt, lr, step, steps, steps // 20)
         x0 = data[torch.randint(0, len(data), (batch,), generator=gen)]
         dx, dy = torch.randint(-1, 2, (2,), generator=gen).tolist()
         x0 = torch.roll(x0, shifts=(dy, dx), dims=(2, 3))
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, ddpm.config.num_train_timesteps, (batch,), generator=gen)
         loss = F.mse_loss(unet(ddpm.add_noise(x0, noise, t), t).sample, noise)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
     unet.eval()
     return unet
 

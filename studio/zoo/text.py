@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .training import optimizer_step, warmup_cosine
+
 CORPORA: tuple[str, ...] = ("prose", "code", "tables")
 
 CORPUS_DOC = {
@@ -170,16 +172,11 @@ def train_lm(model, tokenizer, corpora: tuple[str, ...], steps: int, lr: float, 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     model.train()
     for step in range(steps):
-        scale = min(1.0, (step + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = lr * scale
+        warmup_cosine(opt, lr, step, steps, steps // 10)
         per = [batch // len(streams) + (1 if i < batch % len(streams) else 0) for i in range(len(streams))]
         x = torch.cat([_random_windows(s, k, gen) for s, k in zip(streams, per) if k])
         loss = lm_loss(model, x)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
     model.eval()
     return model
 

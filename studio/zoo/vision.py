@@ -15,7 +15,6 @@ Backbone keys follow ``blocks.<i>.…`` so the generic layer detection groups th
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .training import optimizer_step, warmup_cosine
 
 # ----------------------------------------------------------------------------------------------------------- tasks
 
@@ -243,12 +244,6 @@ def _train_batches(task: str, steps: int, batch: int, seed: int):
         yield x, labels[pick]
 
 
-def _cosine(opt: torch.optim.Optimizer, base_lr: float, step: int, total: int, warmup: int) -> None:
-    lr = base_lr * min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * step / total))
-    for g in opt.param_groups:
-        g["lr"] = lr
-
-
 PRETRAIN_TASK = "mixed"
 
 
@@ -260,11 +255,9 @@ def pretrain(steps: int, seed: int = 0, lr: float = 2e-3, batch: int = 128) -> B
     params = list(bb.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     for step, (x, y) in enumerate(_train_batches(PRETRAIN_TASK, steps, batch, seed + 1)):
-        _cosine(opt, lr, step, steps, steps // 10)
+        warmup_cosine(opt, lr, step, steps, steps // 10)
         loss = F.cross_entropy(head(bb(x)), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss)
     return bb.eval()
 
 
@@ -288,9 +281,7 @@ def fit_head(bb: Backbone, task: str, shots: int, seed: int = 0, steps: int = 30
     opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-3)
     for _ in range(steps):
         loss = F.cross_entropy(head(feats), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss)
     return head.eval()
 
 
@@ -312,11 +303,9 @@ def finetune(base: Backbone, head: nn.Linear, task: str, steps: int, seed: int =
     head = head.eval().requires_grad_(False)
     opt = torch.optim.AdamW(bb.parameters(), lr=lr, weight_decay=0.0)
     for step, (x, y) in enumerate(_train_batches(task, steps, batch, seed + 7)):
-        _cosine(opt, lr, step, steps, steps // 10)
+        warmup_cosine(opt, lr, step, steps, steps // 10)
         loss = F.cross_entropy(head(bb(x)), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss)
     return bb.eval()
 
 
