@@ -20,20 +20,26 @@ def weighted_sum(tensors: list[torch.Tensor], weights: list[float], out: torch.T
     return out
 
 
-def blocked_cast(shape, out_dtype: torch.dtype, fill) -> torch.Tensor:
+def blocked_cast(shape, out_dtype: torch.dtype, fill, block: int | None = None) -> torch.Tensor:
     """A tensor of ``out_dtype`` whose elements [s, e) are ``fill(s, e, acc)``'s float32 values, computed block by
-    block in a reused cache-sized float32 scratch ``acc`` and rounded once: equal to computing the whole float32
-    tensor and casting it, without the float32 tensor (its fresh pages) or the extra pass."""
+    block (``block`` elements, default the blocked kernels' size) and rounded once: equal to computing the whole
+    float32 tensor and casting it, without the float32 tensor (its fresh pages) or the extra pass. ``acc`` is a
+    reused cache-sized float32 scratch, or for a float32 result the output block itself (``fill`` fills it in place).
+    """
     from .gta import block_size
 
     res = torch.empty(shape, dtype=out_dtype)
     flat = res.view(-1)
     n = flat.numel()
-    blk = max(1, min(block_size(), n))
-    acc = torch.empty(blk, dtype=torch.float32)
+    blk = max(1, min(block or block_size(), n))
+    direct = out_dtype == torch.float32
+    acc = None if direct else torch.empty(blk, dtype=torch.float32)
     for s in range(0, n, blk):
         e = min(n, s + blk)
-        flat[s:e].copy_(fill(s, e, acc[: e - s]))
+        if direct:
+            fill(s, e, flat[s:e])
+        else:
+            flat[s:e].copy_(fill(s, e, acc[: e - s]))
     return res
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import sparsify as sp
-from .basic import WEIGHT
+from .basic import WEIGHT, blocked_cast
 from functools import partial
 
 from .registry import Param
@@ -257,18 +257,15 @@ def gta_blocked(base: torch.Tensor, models: list[torch.Tensor], weight: list[flo
     n_el = base.numel()
     b = _flat(base)
     ms = [_flat(m) for m in models]
-    cast = out_dtype is not None and out_dtype != torch.float32
-    out = torch.empty(n_el, dtype=out_dtype if cast else torch.float32)
     blk = max(1, min(block or block_size(), n_el))
-    acc_buf = torch.empty(blk, dtype=torch.float32) if cast else None
     D = [torch.empty(blk, dtype=torch.float32) for _ in models]
     sgn, tmp, fbuf, b32 = (torch.empty(blk, dtype=torch.float32) for _ in range(4))
     div = torch.empty(blk, dtype=torch.float32) if normalize else None
     one = torch.ones((), dtype=torch.float32)
     w = [float(x) for x in weight]
     nm = len(models)
-    for s in range(0, n_el, blk):
-        e = min(n_el, s + blk)
+
+    def fill(s: int, e: int, acc: torch.Tensor) -> torch.Tensor:
         L = e - s
         bb = b32[:L]
         bb.copy_(b[s:e])
@@ -286,7 +283,6 @@ def gta_blocked(base: torch.Tensor, models: list[torch.Tensor], weight: list[flo
             for i in range(2, nm):
                 sg.add_(ds[i])
         torch.copysign(one, sg, out=sg)
-        acc = acc_buf[:L] if cast else out[s:e]
         torch.mul(ds[0], sg, out=acc).clamp_(min=0)
         dv = None
         if div is not None:
@@ -305,10 +301,9 @@ def gta_blocked(base: torch.Tensor, models: list[torch.Tensor], weight: list[flo
             acc.div_(dv)
         if lambda_ != 1:
             acc.mul_(lambda_)
-        acc.add_(bb)
-        if cast:
-            out[s:e].copy_(acc)
-    return out.view(base.shape)
+        return acc.add_(bb)
+
+    return blocked_cast(base.shape, out_dtype or torch.float32, fill, block=blk)
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
