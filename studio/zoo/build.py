@@ -25,7 +25,8 @@ class Steps:
     lora: int = 0
 
 
-FULL = {"vision": Steps(1000, 300), "text": Steps(600, 200, 150), "diffusion": Steps(1200, 300, 200)}
+# vision experts: Steps.expert = 0 means each task's own length from vision.EXPERT_STEPS
+FULL = {"vision": Steps(1500, 0), "text": Steps(600, 200, 150), "diffusion": Steps(1200, 300, 200)}
 QUICK = {"vision": Steps(250, 100), "text": Steps(40, 30, 15), "diffusion": Steps(60, 20, 10)}
 QUICK_TASKS = {"vision": ("rotate", "invert", "parity"), "text": ("prose", "tables"), "diffusion": ("ember",)}
 
@@ -43,9 +44,9 @@ def build_vision(out: Path, quick: bool = False, tasks=None) -> None:
     bb = V.pretrain(steps.pretrain, seed=0, batch=64)
     _save(bb.state_dict(), out / "base.safetensors")
     for i, task in enumerate(tasks):
-        head = V.fit_head(bb, task, shots=3, seed=i)
+        head = V.fit_head(bb, task, shots=V.HEAD_SHOTS, seed=i)
         _save({"head.weight": head.weight, "head.bias": head.bias}, out / "heads" / f"{task}.safetensors")
-        expert = V.finetune(bb, head, task, steps.expert, seed=100 + i, lr=5e-4)
+        expert = V.finetune(bb, head, task, steps.expert or V.EXPERT_STEPS[task], seed=100 + i, lr=V.EXPERT_LR)
         _save(expert.state_dict(), out / "experts" / f"{task}.safetensors")
 
 

@@ -1,12 +1,15 @@
-"""The vision zoo: a tiny ViT pretrained on 8×8 digits and fine-tuned into eight interfering experts.
+"""The vision zoo: a tiny residual MLP pretrained on 8×8 digits and fine-tuned into eight interfering experts.
 
 The setting copies the CLIP multi-task benchmark in miniature (algorithms.md §3):
 
-* one pretrained backbone (``base.safetensors``) shared by every task;
-* per task a frozen linear head (``heads/<task>.safetensors``) fitted on *frozen base features* from a few labelled
-  examples (the analogue of CLIP's zero-shot head) — base, experts and merges are all scored with this same head;
+* one pretrained backbone (``base.safetensors``) shared by every task, pretrained broadly — on plain digits and on
+  every task's view of them (CLIP has seen images of every domain), so the experts stay in the base's basin;
+* per task a frozen linear head (``heads/<task>.safetensors``) fitted on *frozen base features* from one labelled
+  example per class (the analogue of CLIP's zero-shot head: usable, far from the fine-tuned accuracy) — base,
+  experts and merges are all scored with this same head;
 * per task an expert backbone (``experts/<task>.safetensors``) fine-tuned fully (every backbone weight) from the base
-  with modest steps and learning rate, so all experts stay in the base's basin;
+  with a small learning rate for a task-specific number of steps (``EXPERT_STEPS``: like real expert pools, the
+  task vectors differ in length, which one global λ cannot serve);
 * per task a held-out ``test`` split and an ``unlabeled`` split (for AdaMerging, Fisher, RegMean, SAMerging, FDA),
   regenerated deterministically from scikit-learn's digits in a few milliseconds.
 
@@ -110,7 +113,13 @@ def transform(task: str, images: torch.Tensor, generator: torch.Generator | None
     raise KeyError(task)
 
 
-PRETRAIN_VIEWS: tuple[str, ...] = ("plain", "plain", "parity", "noise")
+PRETRAIN_VIEWS: tuple[str, ...] = ("plain",) + TASKS
+
+# fine-tuning steps per expert (full zoo): deliberately uneven, as in real expert pools
+EXPERT_STEPS: dict[str, int] = {"rotate": 100, "mirror": 800, "invert": 200, "noise": 1200, "shuffle": 150,
+                                "occlude": 600, "parity": 300, "groups": 900}
+EXPERT_LR = 2e-4
+HEAD_SHOTS = 1
 
 
 def _mixed(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -248,7 +257,7 @@ PRETRAIN_TASK = "mixed"
 
 
 def pretrain(steps: int, seed: int = 0, lr: float = 2e-3, batch: int = 128) -> Backbone:
-    """Pretrain the backbone on plain upright digits (10 classes) with a throw-away head."""
+    """Pretrain the backbone on digits (10 classes) under every ``PRETRAIN_VIEWS`` view, with a throw-away head."""
     torch.manual_seed(seed)
     bb = Backbone(CONFIG)
     head = nn.Linear(CONFIG.dim, 10)
