@@ -1,6 +1,6 @@
 """The ceiling of layer-wise merge coefficients on the vision zoo: λ trained *with labels* (a supervised oracle).
 
-    python bench/learned_ceiling.py [--split test] [--steps 400] [--lr 1e-2] [--granularity layer]
+    python bench/learned_ceiling.py [--split test] [--steps 1000] [--lr 3e-2] [--granularity layer]
 
 Learns the same per-tensor coefficients as AdaMerging / SAMerging, but minimises the cross-entropy of the true labels
 of ``--split`` (default: the test split itself, so the figure is an upper bound for any method that learns layer-wise
@@ -26,8 +26,8 @@ from studio.zoo import get_family  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", default="test", choices=["test", "unlabeled", "train"])
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--lr", type=float, default=3e-2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--granularity", default="layer", choices=["layer", "task"])
     args = ap.parse_args()
