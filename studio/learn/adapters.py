@@ -5,6 +5,8 @@ architecture module, so coefficients (or weights) can be optimised with gradient
 
 * ``VisionAdapter`` — the zoo's vision family (``studio.zoo.vision.Backbone`` + one frozen linear head per task), or
   any user backbone of the same shape. Logits: ``[N, classes]``.
+* ``ClipAdapter`` — CLIP image classifiers as in the seed papers' benchmark: a transformers CLIP model as θ0,
+  fine-tuned vision towers as experts, each task's frozen zero-shot head from its class names. Logits: ``[N, classes]``.
 * ``CausalLMAdapter`` — a transformers causal LM folder (the zoo's text family or a user's Llama-style model).
   Logits: next-token logits over the vocabulary at every position but the last, flattened to ``[N·(L−1), V]``.
 
@@ -27,10 +29,16 @@ from ..layout import is_mergeable
 from ..sources import open_source
 
 
-def read_state(ref: str, device: torch.device) -> dict[str, torch.Tensor]:
+def read_state(ref: str, device: torch.device, keep=None, rename=None) -> dict[str, torch.Tensor]:
+    """Every tensor of ``ref`` as float32 on ``device``, under ``rename(name)`` and only where ``keep(new name)``."""
     src = open_source(str(ref))
     try:
-        return {k: src.get(k).to(device=device, dtype=torch.float32, copy=True) for k in src.keys()}
+        out = {}
+        for k in src.keys():
+            name = rename(k) if rename else k
+            if keep is None or keep(name):
+                out[name] = src.get(k).to(device=device, dtype=torch.float32, copy=True)
+        return out
     finally:
         src.close()
 
@@ -45,6 +53,9 @@ class TaskAdapter:
     """Common state and the interface every model kind implements."""
 
     kind = "generic"
+    modality = "image"  # what --data folders hold for this kind: "image" files or "text"
+    unit_args: tuple = ()  # extra positional arguments of an FDA unit's forward after the hidden states
+    recipe_applies = True  # base and experts share one tensor set, so learned λ can be written as a merge recipe
 
     def __init__(self, base_ref: str, expert_refs: list[str], tasks: list[str], device: torch.device):
         if len(expert_refs) < 1:
@@ -54,10 +65,10 @@ class TaskAdapter:
         self.base_ref, self.expert_refs, self.tasks, self.device = str(base_ref), [str(e) for e in expert_refs], \
             list(tasks), device
         self.module: nn.Module = self._build_module().to(device).eval().requires_grad_(False)
-        self.base = read_state(base_ref, device)
+        self.base = read_state(base_ref, device, self._keep, self._rename)
         self.experts: dict[str, dict[str, torch.Tensor]] = {}
         for t, ref in zip(self.tasks, self.expert_refs):
-            sd = read_state(ref, device)
+            sd = read_state(ref, device, self._keep, self._rename)
             missing = [k for k in self.base if k not in sd]
             if missing:
                 raise StudioError(f"tensor {missing[0]!r} of the base is missing", where=ref,
@@ -75,6 +86,14 @@ class TaskAdapter:
         self.keys = [k for k in self.base if k in names and is_mergeable(k, self.base[k].dtype)]
 
     # -- to implement ----------------------------------------------------------------------------------------------
+    def _keep(self, key: str) -> bool:
+        """Whether a tensor (by its canonical name) belongs to the merged model (default: all of them)."""
+        return True
+
+    def _rename(self, key: str) -> str:
+        """A checkpoint's tensor name → the canonical name (the base's and the module's; default: unchanged)."""
+        return key
+
     def _build_module(self) -> nn.Module:
         raise NotImplementedError
 
@@ -182,10 +201,161 @@ class VisionAdapter(TaskAdapter):
         return torch.stack(out).unsqueeze(1)
 
 
+class _ClipVision(nn.Module):
+    """CLIP's vision tower under CLIPModel's parameter names (``vision_model.…``); forward → pooled output."""
+
+    def __init__(self, vision_model: nn.Module):
+        super().__init__()
+        self.vision_model = vision_model
+
+    def forward(self, pixel_values):
+        return self.vision_model(pixel_values=pixel_values).pooler_output
+
+
+class ClipAdapter(TaskAdapter):
+    """CLIP image classifiers — the seed papers' benchmark: θ0 is a transformers CLIP model (a folder or a hub id such
+    as ``openai/clip-vit-base-patch32``), the experts are fine-tuned vision towers (``CLIPVisionModel`` folders or hub
+    ids such as FusionBench's ``tanganke/clip-vit-base-patch32_<task>``, or full CLIP models), and every task keeps
+    CLIP's frozen zero-shot head: the normalised text embeddings of its class names.
+
+    Only the vision tower (``vision_model.*``) is merged; the projection and the logit scale stay the base's.
+    Logits: ``exp(logit_scale) · normalize(proj(pooled)) @ headᵀ``, as ``CLIPModel`` computes ``logits_per_image``.
+    Heads come from ``heads``: per task a ``.txt`` file of class names (one per line, embedded with ``TEMPLATES``) or
+    a ``.safetensors`` file holding ``head.weight`` ``[classes, projection_dim]`` (ready text embeddings).
+    Batches are ``pixel_values`` ``[N, 3, H, W]``; image files are prepared by the base's image processor.
+    """
+
+    kind = "clip"
+    recipe_applies = False
+    unit_args = (None,)  # FDA: CLIPEncoderLayer.forward(hidden_states, attention_mask) — no mask for image tokens
+    TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "a picture of a {}.")
+
+    def __init__(self, base_ref, expert_refs, tasks, device, heads: dict[str, str] | None = None):
+        super().__init__(base_ref, expert_refs, tasks, device)
+        if not self.keys:
+            raise StudioError("the base has no vision_model.* tensors", where=str(base_ref))
+        src = open_source(self.base_ref)
+        try:
+            need = [k for k in ("visual_projection.weight", "logit_scale") if k not in src]
+            if need:
+                raise StudioError(f"the base is not a full CLIP model ({need[0]!r} is missing)", where=self.base_ref,
+                                  hint="θ0 must be the pretrained CLIP model (vision and text towers), e.g. "
+                                       "openai/clip-vit-base-patch32; the experts may be vision towers only")
+            self.proj = src.get("visual_projection.weight").float().to(device)
+            self.scale = src.get("logit_scale").float().exp().to(device)
+        finally:
+            src.close()
+        self._text = None
+        self._processor = None
+        self.heads = {t: self._head(t, (heads or {}).get(t)) for t in self.tasks}
+
+    def _keep(self, key):
+        return key.startswith("vision_model.")
+
+    def _rename(self, key):
+        # transformers ≥ 5 saves a CLIPVisionModel without the ``vision_model.`` prefix that CLIPModel and older
+        # vision-tower checkpoints (FusionBench's) use; canonical names are CLIPModel's
+        if key.startswith(("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")):
+            return "vision_model." + key
+        return key
+
+    def _build_module(self):
+        from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel
+
+        cfg = AutoConfig.from_pretrained(self.base_ref)
+        vcfg = cfg.vision_config if hasattr(cfg, "vision_config") else cfg
+        if not isinstance(vcfg, CLIPVisionConfig):
+            raise StudioError(f"not a CLIP model (config type {type(cfg).__name__})", where=self.base_ref)
+        self.config = vcfg
+        tokens = (vcfg.image_size // vcfg.patch_size) ** 2 + 1
+        self._units = [(f"vision_model.encoder.layers.{i}", (tokens, vcfg.hidden_size))
+                       for i in range(vcfg.num_hidden_layers)]
+        return _ClipVision(CLIPVisionModel(vcfg).float())
+
+    def units(self):
+        """The residual attention blocks, as FDA's ViT code; anchors ``[tokens, hidden]`` (50 tokens for B/32)."""
+        return list(self._units)
+
+    def _head(self, task: str, path: str | None) -> torch.Tensor:
+        if not path:
+            raise StudioError(f"no zero-shot head for task {task!r}",
+                              hint="pass --heads TASK=classes.txt (one class name per line) or TASK=head.safetensors")
+        p = Path(path)
+        if not p.is_file():
+            raise StudioError("no such head file", where=str(p))
+        if p.suffix.lower() == ".safetensors":
+            h = read_state(str(p), self.device)
+            if "head.weight" not in h:
+                raise StudioError("a CLIP head file needs head.weight [classes, projection_dim]", where=str(p))
+            w = h["head.weight"]
+            if w.dim() != 2 or w.shape[1] != self.proj.shape[0]:
+                raise StudioError(f"head.weight has shape {list(w.shape)}; expected [classes, "
+                                  f"{self.proj.shape[0]}]", where=str(p))
+            return F.normalize(w, dim=-1)
+        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(names) < 2:
+            raise StudioError(f"task {task!r} needs at least two class names, one per line", where=str(p))
+        return self.zero_shot_head(names)
+
+    @torch.no_grad()
+    def zero_shot_head(self, class_names: list[str]) -> torch.Tensor:
+        """CLIP's zero-shot classifier: per class the mean of the normalised text embeddings of ``TEMPLATES``."""
+        if self._text is None:
+            from transformers import AutoTokenizer, CLIPModel
+
+            try:
+                model = CLIPModel.from_pretrained(self.base_ref, torch_dtype=torch.float32)
+                tok = AutoTokenizer.from_pretrained(self.base_ref)
+            except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
+                raise StudioError(f"cannot load CLIP's text tower and tokenizer ({e})", where=self.base_ref) from None
+            self._text = (model.text_model.to(self.device).eval(), model.text_projection.to(self.device), tok)
+        text, proj, tok = self._text
+        rows = []
+        for name in class_names:
+            enc = tok([t.format(name) for t in self.TEMPLATES], padding=True, return_tensors="pt").to(self.device)
+            emb = F.normalize(proj(text(**enc).pooler_output), dim=-1).mean(0)
+            rows.append(F.normalize(emb, dim=-1))
+        return torch.stack(rows)
+
+    def features(self, params, x):
+        pooled = functional_call(self.module, params, (x,), strict=False)
+        return F.normalize(F.linear(pooled, self.proj), dim=-1)
+
+    def logits(self, params, task, batch):
+        return self.scale * self.features(params, batch.to(self.device)) @ self.heads[task].T
+
+    def logits_many(self, params, batches):
+        order = list(batches)
+        feats = self.features(params, torch.cat([batches[t].to(self.device) for t in order]))
+        return {t: self.scale * f @ self.heads[t].T for t, f in zip(order, feats.split([len(batches[t]) for t in order]))}
+
+    def load_data(self, task, items):
+        """Image files → ``pixel_values`` by the base's image processor (CLIP's resize, crop and normalisation)."""
+        if isinstance(items, torch.Tensor):
+            if items.dim() != 4 or items.shape[1] != 3:
+                raise StudioError(f"task {task!r}: CLIP inputs are pixel_values [N, 3, H, W], got {list(items.shape)}")
+            return items.float()
+        from PIL import Image
+
+        if self._processor is None:
+            from transformers import AutoImageProcessor, CLIPImageProcessor
+
+            try:
+                self._processor = AutoImageProcessor.from_pretrained(self.base_ref)
+            except Exception:  # noqa: BLE001 - no preprocessor_config.json: CLIP's own defaults at this size
+                s = self.config.image_size
+                self._processor = CLIPImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
+        images = [Image.open(p).convert("RGB") for p in items]
+        if not images:
+            raise StudioError(f"no images for task {task!r}")
+        return self._processor(images=images, return_tensors="pt")["pixel_values"].float()
+
+
 class CausalLMAdapter(TaskAdapter):
     """A transformers causal LM folder. Batches are token ids ``[N, L]``; logits are next-token logits."""
 
     kind = "causal_lm"
+    modality = "text"
 
     def __init__(self, base_ref, expert_refs, tasks, device, seq_len: int = 64):
         self.seq_len = seq_len
@@ -236,15 +406,33 @@ class CausalLMAdapter(TaskAdapter):
         return torch.tensor(ids[: n * self.seq_len]).view(n, self.seq_len)
 
 
+def _model_config(base: str) -> dict | None:
+    """``config.json`` of a transformers model folder or hub id (None for a single checkpoint file)."""
+    path = Path(str(base))
+    if path.is_dir():
+        return json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else None
+    if path.suffix or path.exists() or str(base).count("/") != 1:
+        return None
+    from transformers import AutoConfig
+
+    try:  # a hub id: the config alone (from the local cache, or fetched when online)
+        return AutoConfig.from_pretrained(str(base)).to_dict()
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
+        raise StudioError(f"cannot read the model config ({e})", where=str(base),
+                          hint="a hub id needs a network connection or the model in the local HF cache") from None
+
+
 def make_adapter(base: str, experts: list[str], *, device: torch.device, tasks: list[str] | None = None,
                  heads: dict[str, str] | None = None, **kw) -> TaskAdapter:
-    """The adapter for ``base``'s kind: a transformers folder → causal LM, a zoo-style backbone file → vision."""
+    """The adapter for ``base``'s kind: a CLIP model → CLIP classifiers, another transformers model → causal LM,
+    a zoo-style backbone file → the zoo's vision kind."""
     tasks = list(tasks) if tasks else [task_name(e) for e in experts]
     if len(tasks) != len(experts):
         raise StudioError(f"{len(tasks)} task names for {len(experts)} experts")
-    path = Path(str(base))
-    if path.is_dir() and (path / "config.json").exists():
-        cfg = json.loads((path / "config.json").read_text())
+    cfg = _model_config(base)
+    if cfg is not None:
+        if cfg.get("model_type") in ("clip", "clip_vision_model"):
+            return ClipAdapter(base, experts, tasks, device, heads=heads)
         if any(a.endswith("ForCausalLM") for a in cfg.get("architectures") or []) or cfg.get("model_type"):
             return CausalLMAdapter(base, experts, tasks, device, **{k: v for k, v in kw.items() if k == "seq_len"})
     src = open_source(str(base))
@@ -254,5 +442,6 @@ def make_adapter(base: str, experts: list[str], *, device: torch.device, tasks: 
         src.close()
     if vision:
         return VisionAdapter(base, experts, tasks, device, heads=heads)
-    raise StudioError("learned merging supports the zoo's vision backbones and transformers causal LMs",
-                      where=str(base), hint="give a zoo-style backbone .safetensors or a transformers model folder")
+    raise StudioError("learned merging supports CLIP image classifiers, transformers causal LMs and the zoo's "
+                      "vision backbones", where=str(base),
+                      hint="give a CLIP or causal-LM model folder / hub id, or a zoo-style backbone .safetensors")

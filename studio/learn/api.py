@@ -30,7 +30,8 @@ class LearnResult:
     """What a learned merge produced.
 
     ``recipe``: a ``task_arithmetic`` Recipe carrying the learned per-tensor coefficients (AdaMerging, SAMerging);
-    None for methods that produce weights. ``state_dict``: the merged weights (every method; for coefficient methods
+    None for methods that produce weights, and for CLIP (the base is a full CLIP model, the experts vision towers, so
+    no one recipe spans them; the coefficients are in ``coefficients`` and trajectory.json). ``state_dict``: the merged weights (every method; for coefficient methods
     the same θ(λ) the recipe rebuilds). ``trajectory``: snapshots ``{"step", "loss", "lambda" | "coords"}``, where
     ``lambda`` is ``[model][tensor]`` and ``coords`` the least-squares task-vector coordinates of θ − θ0 (both in
     ``tasks`` order) — the landscape plot overlays them. ``history``: the loss at every step. ``metrics``: timings,
@@ -67,7 +68,8 @@ class LearnResult:
             written.append("merged.safetensors")
         (out / "trajectory.json").write_text(json.dumps(
             {"method": self.method, "tasks": self.tasks, "metrics": self.metrics, "history": self.history,
-             "trajectory": self.trajectory, "group_weights": self.group_weights}, default=float), encoding="utf-8")
+             "trajectory": self.trajectory, "group_weights": self.group_weights,
+             "coefficients": self.coefficients}, default=float), encoding="utf-8")
         written.append("trajectory.json")
         return written
 
@@ -126,8 +128,10 @@ def run_learned(method: str, base: str, experts: list[str], data=None, *, device
         merge = out["merge"]
         res.coefficients = merge.per_tensor()
         task_wise = merge.granularity == "task"
-        res.recipe = coefficient_recipe(adapter.base_ref, adapter.expert_refs, adapter.tasks, res.coefficients,
-                                        task_wise=task_wise, name=f"{method} ({'task' if task_wise else 'layer'}-wise)")
+        if adapter.recipe_applies:
+            res.recipe = coefficient_recipe(adapter.base_ref, adapter.expert_refs, adapter.tasks, res.coefficients,
+                                            task_wise=task_wise,
+                                            name=f"{method} ({'task' if task_wise else 'layer'}-wise)")
         res.state_dict = {k: v.detach() for k, v in adapter.full_params(merge.merged_state()).items()}
         try:
             res.group_weights = group_means(res.coefficients, adapter.base_ref)

@@ -16,8 +16,8 @@ from .api import METHODS, run_learned
 
 def add_arguments(p) -> None:
     p.add_argument("method", choices=sorted(METHODS), help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
-    p.add_argument("--base", required=True, help="the pretrained model θ0 (zoo-style backbone file, model folder, "
-                   "or zoo:FAMILY)")
+    p.add_argument("--base", required=True, help="the pretrained model θ0: a CLIP or causal-LM model folder or hub "
+                   "id, a zoo-style backbone file, or zoo:FAMILY")
     p.add_argument("--experts", nargs="+", required=True,
                    help="fine-tuned experts, one per task (zoo:FAMILY = all of a zoo family's, zoo:FAMILY/TASK)")
     p.add_argument("--data", nargs="+", default=["zoo"],
@@ -33,7 +33,8 @@ def add_arguments(p) -> None:
     p.add_argument("--init", default=None,
                    help="AdaMerging/SAMerging: initial λ; FDA: base | task_arithmetic | tsv_m | wudi")
     p.add_argument("--heads", nargs="*", default=None, metavar="TASK=PATH",
-                   help="vision: each task's head file (default: <family>/heads/<task>.safetensors)")
+                   help="classifiers: each task's head — CLIP: a .txt of class names (zero-shot head) or a "
+                        ".safetensors with head.weight; zoo vision: default <family>/heads/<task>.safetensors")
     p.add_argument("--tasks", nargs="*", default=None, help="task names, one per expert (default: file stems)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

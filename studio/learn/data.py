@@ -6,7 +6,8 @@ A spec is one of:
 * one folder with a subfolder per task (named like the tasks, or — when the names differ — in sorted order matching
   the experts), each holding images (vision) or ``.txt`` files (text);
 * one entry per expert, in the experts' order: a folder of images, a ``.txt`` file, or a ``.pt``/``.safetensors``
-  file holding a ready tensor (images ``[N, 1, H, W]`` in [0, 1], or token ids ``[N, L]``);
+  file holding a ready tensor (zoo images ``[N, 1, H, W]`` in [0, 1], CLIP ``pixel_values`` ``[N, 3, H, W]``, or
+  token ids ``[N, L]``);
 * (library) a mapping ``{task: tensor | list of image paths | text}``.
 """
 
@@ -50,7 +51,7 @@ def _load_entry(adapter, task: str, path: Path):
         files = sorted(p for p in path.rglob("*") if p.is_file())
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         texts = [p for p in files if p.suffix.lower() == ".txt"]
-        if adapter.kind == "vision":
+        if adapter.modality == "image":
             if not images:
                 raise StudioError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) for task {task!r}", where=str(path))
             return adapter.load_data(task, images)
@@ -97,7 +98,10 @@ def resolve_data(spec, adapter, max_items: int | None = None) -> dict[str, torch
             out[t] = _load_entry(adapter, t, Path(v)) if isinstance(v, (str, Path)) and Path(v).exists() \
                 else adapter.load_data(t, v)
     elif isinstance(spec, str) and (spec == "zoo" or spec.startswith("zoo:")):
-        family = spec.partition(":")[2] or ("vision" if adapter.kind == "vision" else "text")
+        family = spec.partition(":")[2] or {"vision": "vision", "causal_lm": "text"}.get(adapter.kind)
+        if family is None:
+            raise StudioError(f"the demo zoo has no data for {adapter.kind} models",
+                              hint="pass --data: a folder with a subfolder of unlabeled images per task")
         for t in tasks:
             out[t] = adapter.load_data(t, zoo_unlabeled(family, t))
     elif isinstance(spec, (str, Path)):

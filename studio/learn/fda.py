@@ -30,9 +30,9 @@ def _unit_keys(adapter: TaskAdapter, unit: str) -> list[str]:
     return [k for k in adapter.keys if k.startswith(unit + ".")]
 
 
-def _phi(module, params: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
+def _phi(module, params: dict[str, torch.Tensor], prefix: str, x: torch.Tensor, extra: tuple = ()) -> torch.Tensor:
     local = {k[len(prefix) + 1:]: v for k, v in params.items()}
-    out = functional_call(module, local, (x,), strict=False)
+    out = functional_call(module, local, (x, *extra), strict=False)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -40,9 +40,11 @@ def _cos_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1), dim=1, eps=1e-8)
 
 
-def anchor_loss(module, prefix, p0: dict, pi: dict, tau: dict, X: torch.Tensor, create_graph: bool = True):
-    """L(X) = Σ_p (1 − cos(∇_{θ0,p} s(X), τ_p)); ``p0`` tensors must require grad."""
-    s = _cos_rows(_phi(module, p0, prefix, X), _phi(module, pi, prefix, X)).mean()
+def anchor_loss(module, prefix, p0: dict, pi: dict, tau: dict, X: torch.Tensor, create_graph: bool = True,
+                extra: tuple = ()):
+    """L(X) = Σ_p (1 − cos(∇_{θ0,p} s(X), τ_p)); ``p0`` tensors must require grad; ``extra``: the unit's other
+    forward arguments."""
+    s = _cos_rows(_phi(module, p0, prefix, X, extra), _phi(module, pi, prefix, X, extra)).mean()
     keys = list(p0)
     grads = torch.autograd.grad(s, [p0[k] for k in keys], create_graph=create_graph, allow_unused=True)
     loss = X.new_zeros(())
@@ -85,7 +87,7 @@ def construct_anchors(adapter: TaskAdapter, unit: str, shape: tuple[int, ...], t
     math_sdpa = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH)  # double backward needs it
     with math_sdpa:
         for _ in range(steps):
-            loss = anchor_loss(module, unit, p0, pi, tau, X)
+            loss = anchor_loss(module, unit, p0, pi, tau, X, extra=adapter.unit_args)
             v = float(loss.detach())
             if first is None:
                 first = v
@@ -94,7 +96,7 @@ def construct_anchors(adapter: TaskAdapter, unit: str, shape: tuple[int, ...], t
             opt.zero_grad()
             loss.backward()
             opt.step()
-        v = float(anchor_loss(module, unit, p0, pi, tau, X, create_graph=False))
+        v = float(anchor_loss(module, unit, p0, pi, tau, X, create_graph=False, extra=adapter.unit_args))
     if v < best_loss:
         best_loss, best = v, X.detach().clone()
     return best, first if first is not None else v, best_loss
@@ -173,7 +175,7 @@ def fda(adapter: TaskAdapter, data=None, *, steps: int | None = None, init: str 
         module = adapter.module.get_submodule(unit)
         xs = torch.cat([X[unit, t] for t in adapter.tasks])
         with torch.no_grad():
-            ys = torch.cat([_phi(module, {k: adapter.experts[t][k] for k in keys}, unit, X[unit, t])
+            ys = torch.cat([_phi(module, {k: adapter.experts[t][k] for k in keys}, unit, X[unit, t], adapter.unit_args)
                             for t in adapter.tasks])
         if from_base:
             trainable = {k: adapter.base[k].detach().clone().requires_grad_(True) for k in keys}
@@ -191,7 +193,7 @@ def fda(adapter: TaskAdapter, data=None, *, steps: int | None = None, init: str 
 
     def unit_loss(p, idx=None):
         x, y = (p["x"], p["y"]) if idx is None else (p["x"][idx], p["y"][idx])
-        return -_cos_rows(_phi(p["module"], unit_params(p), p["unit"], x), y).sum()
+        return -_cos_rows(_phi(p["module"], unit_params(p), p["unit"], x, adapter.unit_args), y).sum()
 
     def current_state():
         out = dict(merged)
