@@ -221,7 +221,8 @@ class ClipAdapter(TaskAdapter):
     Only the vision tower (``vision_model.*``) is merged; the projection and the logit scale stay the base's.
     Logits: ``exp(logit_scale) · normalize(proj(pooled)) @ headᵀ``, as ``CLIPModel`` computes ``logits_per_image``.
     Heads come from ``heads``: per task a ``.txt`` file of class names (one per line, embedded with ``TEMPLATES``) or
-    a ``.safetensors`` file holding ``head.weight`` ``[classes, projection_dim]`` (ready text embeddings).
+    a ``.safetensors`` file holding ``head.weight`` ``[classes, projection_dim]`` (ready text embeddings); a task
+    without one uses ``<data_root>/<task>/classes.txt`` when the data folder has it.
     Batches are ``pixel_values`` ``[N, 3, H, W]``; image files are prepared by the base's image processor.
     """
 
@@ -230,8 +231,13 @@ class ClipAdapter(TaskAdapter):
     unit_args = (None,)  # FDA: CLIPEncoderLayer.forward(hidden_states, attention_mask) — no mask for image tokens
     TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "a picture of a {}.")
 
-    def __init__(self, base_ref, expert_refs, tasks, device, heads: dict[str, str] | None = None):
+    def __init__(self, base_ref, expert_refs, tasks, device, heads: dict[str, str] | None = None, data_root=None):
         super().__init__(base_ref, expert_refs, tasks, device)
+        heads = dict(heads or {})
+        if data_root is not None:  # a data folder's <task>/classes.txt stands in for a missing head
+            for t in self.tasks:
+                if not heads.get(t) and (Path(data_root) / t / "classes.txt").is_file():
+                    heads[t] = str(Path(data_root) / t / "classes.txt")
         if not self.keys:
             raise StudioError("the base has no vision_model.* tensors", where=str(base_ref))
         src = open_source(self.base_ref)
@@ -247,7 +253,7 @@ class ClipAdapter(TaskAdapter):
             src.close()
         self._text = None
         self._processor = None
-        self.heads = {t: self._head(t, (heads or {}).get(t)) for t in self.tasks}
+        self.heads = {t: self._head(t, heads.get(t)) for t in self.tasks}
 
     def _keep(self, key):
         return key.startswith("vision_model.")
@@ -279,7 +285,8 @@ class ClipAdapter(TaskAdapter):
     def _head(self, task: str, path: str | None) -> torch.Tensor:
         if not path:
             raise StudioError(f"no zero-shot head for task {task!r}",
-                              hint="pass --heads TASK=classes.txt (one class name per line) or TASK=head.safetensors")
+                              hint="pass --heads TASK=classes.txt (one class name per line) or TASK=head.safetensors, "
+                                   f"or put classes.txt in the task's data folder (<data>/{task}/classes.txt)")
         p = Path(path)
         if not p.is_file():
             raise StudioError("no such head file", where=str(p))
@@ -432,7 +439,7 @@ def make_adapter(base: str, experts: list[str], *, device: torch.device, tasks: 
     cfg = _model_config(base)
     if cfg is not None:
         if cfg.get("model_type") in ("clip", "clip_vision_model"):
-            return ClipAdapter(base, experts, tasks, device, heads=heads)
+            return ClipAdapter(base, experts, tasks, device, heads=heads, data_root=kw.get("data_root"))
         if any(a.endswith("ForCausalLM") for a in cfg.get("architectures") or []) or cfg.get("model_type"):
             return CausalLMAdapter(base, experts, tasks, device, **{k: v for k, v in kw.items() if k == "seq_len"})
     src = open_source(str(base))

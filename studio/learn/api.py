@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -52,7 +53,6 @@ class LearnResult:
     def save(self, out) -> list[str]:
         """Write the result into folder ``out``: recipe.yml, merged.safetensors, trajectory.json. Returns the names."""
         import json
-        from pathlib import Path
 
         from safetensors.torch import save_file
 
@@ -116,7 +116,9 @@ def run_learned(method: str, base: str, experts: list[str], data=None, *, device
     if progress:
         progress(0.0, "loading models")
     if adapter is None:
-        adapter = make_adapter(base, list(experts), device=dev, tasks=tasks, heads=heads,
+        root = data[0] if isinstance(data, (list, tuple)) and len(data) == 1 else data
+        root = str(root) if isinstance(root, (str, Path)) and Path(root).is_dir() else None
+        adapter = make_adapter(base, list(experts), device=dev, tasks=tasks, heads=heads, data_root=root,
                                **({"seq_len": hparams.pop("seq_len")} if "seq_len" in hparams else {}))
     max_items = hparams.pop("max_items", None)
     tensors = resolve_data(data, adapter, max_items=max_items)

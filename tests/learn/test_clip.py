@@ -136,7 +136,7 @@ def test_every_method_improves_its_objective_on_clip(adapter, clip, method, kw):
         assert set(res.coefficients["pets"]) == set(adapter.keys)
 
 
-def test_cli_learns_on_image_folders_and_the_output_loads_as_a_vision_tower(clip, tmp_path):
+def test_cli_learns_on_image_folders_and_the_output_loads_as_a_vision_tower(clip, adapter, tmp_path):
     from PIL import Image
     from safetensors.torch import load_file
     from transformers import CLIPVisionModel
@@ -147,9 +147,11 @@ def test_cli_learns_on_image_folders_and_the_output_loads_as_a_vision_tower(clip
         for i in range(6):
             px = (torch.rand(20, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
             Image.fromarray(px).save(tmp_path / "data" / t / f"{i}.png")
+    # one task's head from --heads, the other's from classes.txt beside its images (never read as data)
+    (tmp_path / "data" / "pets" / "classes.txt").write_text("\n".join(CLASSES["pets"]))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "studio", "learn", "samerging", "--base", clip["base"], "--experts", *clip["experts"],
-           "--tasks", *CLASSES, "--heads", *[f"{t}={p}" for t, p in clip["heads"].items()],
+           "--tasks", *CLASSES, "--heads", f"colors={clip['heads']['colors']}",
            "--data", str(tmp_path / "data"), "--steps", "10", "--out", str(out), "--quiet", "--json"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -162,9 +164,10 @@ def test_cli_learns_on_image_folders_and_the_output_loads_as_a_vision_tower(clip
     assert set(traj["coefficients"]) == set(CLASSES)
     # the written tower computes what the coefficients say: θ0 + Σ λ τ per tensor
     ad = make_adapter(clip["base"], clip["experts"], device=torch.device("cpu"), tasks=list(CLASSES),
-                      heads=clip["heads"])
+                      heads={"colors": clip["heads"]["colors"]}, data_root=tmp_path / "data")
     k = "vision_model.encoder.layers.1.mlp.fc1.weight"
     expect = ad.base[k] + sum(traj["coefficients"][t][k] * (ad.experts[t][k] - ad.base[k]) for t in CLASSES)
+    assert torch.allclose(ad.heads["pets"], adapter.heads["pets"])  # classes.txt built the same zero-shot head
     assert torch.allclose(merged[k], expect, atol=1e-5)
     # …and, loaded as a transformers CLIPVisionModel, classifies exactly as the adapter's merged model
     x = torch.randn(2, 3, 16, 16)
