@@ -472,11 +472,11 @@ class StudioUI:
         if getattr(o, "available", False):
             LEARN_OUT = [o.result, o.actions, o.load_btn, o.plot, o.export_box, o.export_result]
 
-            def learn(st, choice, steps, progress=gr.Progress()):
+            def learn(st, choice, steps, data, progress=gr.Progress()):
                 s = self._session(st)
                 try:
                     progress(0.0, desc="loading models")
-                    lr = s.learn(choice, int(steps), progress=_progress_cb(progress, "learning"))
+                    lr = s.learn(choice, int(steps), progress=_progress_cb(progress, "learning"), data=data or None)
                 except StudioError as err:
                     gr.Warning(str(err))
                     return self._render_all(s, s.last_preview) + [f"⚠ **Not learned:** {err}", gr.update(),
@@ -494,7 +494,8 @@ class StudioUI:
                                                   gr.update(value=learned_figure(lr), visible=True),
                                                   gr.update(visible=lr.recipe is None), ""]
 
-            o.run.click(learn, [state, o.method, o.steps], ALL + LEARN_OUT, api_name="learn", concurrency_id=HEAVY)
+            o.run.click(learn, [state, o.method, o.steps, o.data], ALL + LEARN_OUT, api_name="learn",
+                        concurrency_id=HEAVY)
             o.load_btn.click(lambda st: self._run(st, lambda s: s.load_learned()), [state], ALL,
                              api_name="load_learned", **heavy)
 
@@ -574,15 +575,19 @@ def learn_readiness(s: Session) -> str:
     """One line for the Optimize panel: what a run would merge, or why it cannot run on this family."""
     fam = s.family_obj()
     if fam is None:
-        return "⚠ Learned merging needs a demo family (its unlabeled task data)."
-    if getattr(fam, "kind", "") == "diffusion":
+        data_note = ("Give a folder of **unlabeled data** above: a subfolder per merged model (named after its "
+                     "label), holding images or .txt files.")
+    elif getattr(fam, "kind", "") == "diffusion":
         return (f"⚠ The **{s.family}** family has no task data (its experts are styles, not tasks), so there is "
                 "nothing to learn from. Switch to the vision or text family in the Models tab.")
+    else:
+        data_note = f"Data: the {s.family} family's unlabeled splits, unless you give a folder above."
     experts = s.experts()
     if not s.recipe.get("base_model") or not experts:
         return "⚠ Choose a base model and at least one expert in the Models tab."
     names = ", ".join(s.labels.get(e, e) for e in experts)
-    return f"Will merge **{len(experts)}** experts ({names}) into `{s.labels.get(s.recipe['base_model'], 'base')}`."
+    return (f"Will merge **{len(experts)}** experts ({names}) into "
+            f"`{s.labels.get(s.recipe['base_model'], 'base')}`. {data_note}")
 
 
 def _fmt_num(v) -> str:
@@ -595,8 +600,12 @@ def learned_markdown(lr) -> str:
     lower = metric in V.LOWER_IS_BETTER
     avg = lr.scores.get("average")
     cur = (lr.current or {}).get("average")
-    head = f"✓ **{lr.label}** learned in {lr.seconds:.1f} s — average {metric} **{avg:.4g}**"
-    if cur is not None:
+    head = f"✓ **{lr.label}** learned in {lr.seconds:.1f} s"
+    if avg is None:
+        head += " (no evaluator for these models: judge them by the objective, or export and test them)"
+    else:
+        head += f" — average {metric} **{avg:.4g}**"
+    if cur is not None and avg is not None:
         better = (avg < cur) if lower else (avg > cur)
         head += f" (your recipe: {cur:.4g}, {'better' if better else 'not better'})"
     m = lr.result.metrics
@@ -606,7 +615,7 @@ def learned_markdown(lr) -> str:
             bits.append(f"{lab} {_fmt_num(m[k])}")
     per = lr.scores.get("per_task") or {}
     rows = ["| task | " + " | ".join(per) + " |", "|---|" + "---|" * len(per),
-            "| learned | " + " | ".join(f"{float(v):.4g}" for v in per.values()) + " |"]
+            "| learned | " + " | ".join(f"{float(v):.4g}" for v in per.values()) + " |"] if per else []
     if lr.current and lr.current.get("per_task"):
         rows.append("| your recipe | " + " | ".join(
             f"{float(lr.current['per_task'].get(t, float('nan'))):.4g}" for t in per) + " |")
@@ -614,7 +623,7 @@ def learned_markdown(lr) -> str:
            "name-pattern rules; Undo brings your recipe back)." if lr.recipe is not None else
            "These are merged weights, not a recipe: the preview shows them now; any edit returns the preview to "
            "your recipe. Export them below.")
-    return "\n\n".join([head, " · ".join(bits), "\n".join(rows), nxt])
+    return "\n\n".join(x for x in [head, " · ".join(bits), "\n".join(rows), nxt] if x)
 
 
 def learned_figure(lr):

@@ -648,11 +648,13 @@ class Session:
 
     # ------------------------------------------------------------------------------------------- learned merges
     def learn(self, choice: str, steps: int | None = None, progress: Callable[[float, str], None] | None = None,
-              **hparams) -> "Learned":
-        """Run a learned merge (:func:`studio.learn.run_learned`) of the merged models on the family's unlabeled
-        data; the result is kept as ``self.learned`` (nothing in the recipe changes until :meth:`load_learned`).
+              data: str | None = None, **hparams) -> "Learned":
+        """Run a learned merge (:func:`studio.learn.run_learned`) of the merged models on unlabeled data; the result is
+        kept as ``self.learned`` (nothing in the recipe changes until :meth:`load_learned`).
 
-        The learned model is evaluated once with the preview budget so its numbers can be compared.
+        ``data``: a folder (inside the allowed folders) with a subfolder of unlabeled inputs per merged model, named
+        after the models' labels (else matched in sorted order); without it, the demo family's unlabeled splits.
+        With a family, the learned model is evaluated once with the preview budget so its numbers can be compared.
         """
         from ..learn import run_learned
 
@@ -660,20 +662,40 @@ class Session:
             raise StudioError(f"unknown learned method {choice!r}", hint=", ".join(LEARNED_CHOICES))
         label, method, hp = LEARNED_CHOICES[choice]
         fam = self.family_obj()
-        if fam is None:
-            raise StudioError("learned merging needs a demo family (its unlabeled data)")
         base = self.recipe.get("base_model")
         experts = self.experts()
         if not base or not experts:
             raise StudioError("learned merging needs a base model and at least one fine-tuned model",
                               hint="choose them in the Models tab")
         tasks = [self.labels.get(e, "") for e in experts]
+        if data and str(data).strip():
+            data = str(self.env.roots.check_path(str(data)))
+        else:
+            data = self._family_data(fam, experts, tasks)
+        t0 = time.perf_counter()
+        with self.env.heavy:
+            res = run_learned(method, base, experts, data, device=self.env.device, steps=steps, progress=progress,
+                              tasks=tasks, **{**hp, **hparams})
+            result = self.env.catalog.evaluator(self.family).evaluate(res.state_dict) if fam is not None else {}
+        self.learned = Learned(choice=choice, label=label, method=method, base=base, experts=list(experts),
+                               result=res, scores=result, seconds=time.perf_counter() - t0,
+                               recipe=res.recipe.to_dict() if res.recipe is not None else None,
+                               current=(self.last_preview.result if self.last_preview
+                                        and not self.last_preview.source else None))
+        return self.learned
+
+    def _family_data(self, fam, experts: list[str], tasks: list[str]) -> dict:
+        """Each merged model's unlabeled split from the demo family (they must be the family's experts)."""
+        if fam is None:
+            raise StudioError("learned merging needs unlabeled data of each task",
+                              hint="give a folder with a subfolder per merged model in the Optimize tab, or use a "
+                                   "demo family")
         fam_tasks = list(getattr(fam, "tasks", None) or (getattr(fam, "experts", None) or {}))
         unknown = [self.labels.get(e, C.short_ref(e)) for e, t in zip(experts, tasks) if t not in fam_tasks]
         if unknown:
-            raise StudioError(f"learned merging needs each merged model to be one of the family's experts "
-                              f"(it learns on that task's unlabeled data); {', '.join(unknown)} is not",
-                              hint="untick it in the Models tab")
+            raise StudioError(f"learned merging on the family's data needs each merged model to be one of its "
+                              f"experts (it learns on that task's unlabeled data); {', '.join(unknown)} is not",
+                              hint="untick it in the Models tab, or give your own data folder")
         if not hasattr(fam, "data"):
             raise StudioError(f"the {self.family} family has no unlabeled data to learn from")
         data = {}
@@ -681,19 +703,9 @@ class Session:
             d = fam.data(t, "unlabeled")
             if d is None:
                 raise StudioError(f"the {self.family} family has no task data; learned merging needs unlabeled "
-                                  "inputs of each task", hint="use the vision or text family")
+                                  "inputs of each task", hint="use the vision or text family, or your own data folder")
             data[t] = d[0] if isinstance(d, tuple) else d
-        t0 = time.perf_counter()
-        with self.env.heavy:
-            res = run_learned(method, base, experts, data, device=self.env.device, steps=steps, progress=progress,
-                              tasks=tasks, **{**hp, **hparams})
-            result = self.env.catalog.evaluator(self.family).evaluate(res.state_dict)
-        self.learned = Learned(choice=choice, label=label, method=method, base=base, experts=list(experts),
-                               result=res, scores=result, seconds=time.perf_counter() - t0,
-                               recipe=res.recipe.to_dict() if res.recipe is not None else None,
-                               current=(self.last_preview.result if self.last_preview
-                                        and not self.last_preview.source else None))
-        return self.learned
+        return data
 
     def load_learned(self) -> None:
         """Replace the recipe by the learned one (undo brings the previous back; the next preview records it)."""

@@ -105,3 +105,47 @@ def test_diffusion_family_images_and_style_scores(zoo_env):
     assert imgs[0][0].size == (2 * (4 * 65 + 1), 2 * (2 * 65 + 1))  # 8 tiles of 64 px rewrapped 4 per row, ×2
     with pytest.raises(StudioError, match="no task data"):
         s.learn("adamerging_task", steps=2)
+
+
+def test_optimize_learns_on_the_users_own_models_and_data_folder(tmp_path):
+    """No demo family: the user's models (the text zoo's folders, opened by path) learn from a folder with a subfolder
+    of .txt per model; nothing evaluates them, so the result shows the objective, and the coefficients load."""
+    import inspect
+    import json as _json
+
+    import pydoc_data.topics
+
+    from studio.ui.app import learned_markdown, learn_readiness
+    from studio.ui.catalog import Catalog
+    from studio.ui.paths import AllowedRoots, PathNotAllowed
+    from studio.ui.session import StudioEnv
+    from studio.zoo import get_family
+
+    fam = get_family("text")
+    from pathlib import Path
+
+    root = Path(fam.base).parent
+    env = StudioEnv(Catalog({}), AllowedRoots([root, tmp_path]), device="cpu", export_dir=str(tmp_path))
+    s = env.new_session()
+    assert s.family is None
+    s.add_model(str(fam.base))
+    s.set_base(str(fam.base))
+    for t in ("prose", "code"):
+        s.add_model(str(fam.experts[t]))
+    assert "Give a folder of **unlabeled data** above" in learn_readiness(s)
+    with pytest.raises(StudioError, match="needs unlabeled data"):
+        s.learn("adamerging_task", steps=2)
+    with pytest.raises(PathNotAllowed):
+        s.learn("adamerging_task", steps=2, data="/etc")
+    data = tmp_path / "data"
+    (data / "prose").mkdir(parents=True)
+    (data / "code").mkdir()
+    (data / "prose" / "a.txt").write_text(" ".join(list(pydoc_data.topics.topics.values())[:20]))
+    (data / "code" / "a.txt").write_text(inspect.getsource(_json.decoder) + inspect.getsource(_json.encoder))
+    lr = s.learn("adamerging_task", steps=4, data=str(data), lr=0.05)
+    assert lr.scores == {} and lr.recipe is not None
+    assert lr.result.metrics["objective_end"] < lr.result.metrics["objective_start"]
+    assert "no evaluator for these models" in learned_markdown(lr)
+    s.load_learned()
+    weights = [m["parameters"]["weight"] for m in s.recipe["models"]]
+    assert len(set(map(str, weights))) == 2 and all(w != 1.0 for w in weights)

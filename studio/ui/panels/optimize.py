@@ -1,6 +1,6 @@
-"""Optimize panel: learned merges (AdaMerging, SAMerging, FDA, Fisher, RegMean) on the family's unlabeled data, with
-progress, the loss curve, and what to do with the result: load learned coefficients into the sliders, or preview and
-export learned weights."""
+"""Optimize panel: learned merges (AdaMerging, SAMerging, FDA, Fisher, RegMean) on the family's unlabeled data or a
+folder of the user's own, with progress, the loss curve, and what to do with the result: load learned coefficients
+into the sliders, or preview and export learned weights."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def build(methods: list[tuple[str, str]] | None, unavailable: str | None, defaul
                                 scale=3, elem_id="learn-method")
         ns.steps = gr.Slider(5, 1000, value=100, step=5, label="steps", scale=2, elem_id="learn-steps")
         ns.run = gr.Button("Learn", variant="primary", scale=1, elem_id="learn-btn")
+    ns.data = gr.Textbox(label="Unlabeled data (optional)", elem_id="learn-data",
+                         placeholder="a folder with a subfolder per merged model (images or .txt) — empty: the demo "
+                                     "family's unlabeled splits")
     ns.state_note = gr.Markdown(elem_id="learn-note")
     ns.result = gr.Markdown(elem_id="learn-result")
     with gr.Row(visible=False) as ns.actions:
