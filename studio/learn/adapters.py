@@ -44,7 +44,7 @@ def read_state(ref: str, device: torch.device, keep=None, rename=None) -> dict[s
 
 
 def task_name(ref: str) -> str:
-    """An expert's task name: the file stem (``experts/rotate.safetensors`` → ``rotate``) or the folder name."""
+    """An expert's task name: the file stem (``experts/digits.safetensors`` → ``digits``) or the folder name."""
     p = Path(str(ref).rstrip("/"))
     return p.stem if p.suffix else p.name
 

@@ -89,8 +89,9 @@ def _describe(name: str, root: Path) -> ZooFamily:
         return ZooFamily(
             name, "vision", str(d / "base.safetensors"),
             {t: str(d / "experts" / f"{t}.safetensors") for t in TASKS}, {}, list(TASKS),
-            "Tiny residual-MLP backbone pretrained on 8×8 digits, fine-tuned fully into 8 interfering experts "
-            "(CLIP multi-task setting in miniature). Backbones merge; each task keeps its frozen head.",
+            "Tiny residual-MLP backbone pretrained on eight 8×8 image datasets (digits, house numbers, letters, "
+            "shapes, lines, textures, arrows), fine-tuned fully into one expert per dataset (CLIP's multi-task "
+            "setting in miniature). Backbones merge; each task keeps its frozen head.",
             str(d), heads={t: str(d / "heads" / f"{t}.safetensors") for t in TASKS}, task_docs=dict(TASK_DOC))
     if name == "text":
         from .text import CORPORA, CORPUS_DOC

@@ -26,9 +26,9 @@ class Steps:
 
 
 # vision experts: Steps.expert = 0 means each task's own length from vision.EXPERT_STEPS
-FULL = {"vision": Steps(1500, 0), "text": Steps(600, 200, 150), "diffusion": Steps(1200, 300, 200)}
+FULL = {"vision": Steps(3000, 0), "text": Steps(600, 200, 150), "diffusion": Steps(1200, 300, 200)}
 QUICK = {"vision": Steps(250, 100), "text": Steps(40, 30, 15), "diffusion": Steps(60, 20, 10)}
-QUICK_TASKS = {"vision": ("rotate", "invert", "parity"), "text": ("prose", "tables"), "diffusion": ("ember",)}
+QUICK_TASKS = {"vision": ("digits", "letters", "arrows"), "text": ("prose", "tables"), "diffusion": ("ember",)}
 
 
 def _save(module_state: dict, path: Path) -> None:

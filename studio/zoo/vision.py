@@ -1,9 +1,11 @@
-"""The vision zoo: a tiny residual MLP pretrained on 8×8 digits and fine-tuned into eight interfering experts.
+"""The vision zoo: a tiny residual MLP pretrained on eight 8×8 image datasets and fine-tuned into eight experts.
 
 The setting copies the CLIP multi-task benchmark in miniature (algorithms.md §3):
 
-* one pretrained backbone (``base.safetensors``) shared by every task, pretrained broadly — on plain digits and on
-  every task's view of them (CLIP has seen images of every domain), so the experts stay in the base's basin;
+* eight *different* datasets (``vision_data``: handwritten digits, house-number-like digits, two letter sets, shapes,
+  line orientations, textures, arrows), as CLIP's eight tasks are eight datasets;
+* one pretrained backbone (``base.safetensors``) shared by every task, pretrained broadly — on all eight datasets at
+  once, each with its own throw-away output block (CLIP has seen images of every domain);
 * per task a frozen linear head (``heads/<task>.safetensors``) fitted on *frozen base features* from one labelled
   example per class (the analogue of CLIP's zero-shot head: usable, far from the fine-tuned accuracy) — base,
   experts and merges are all scored with this same head;
@@ -11,7 +13,7 @@ The setting copies the CLIP multi-task benchmark in miniature (algorithms.md §3
   with a small learning rate for a task-specific number of steps (``EXPERT_STEPS``: like real expert pools, the
   task vectors differ in length, which one global λ cannot serve);
 * per task a held-out ``test`` split and an ``unlabeled`` split (for AdaMerging, Fisher, RegMean, SAMerging, FDA),
-  regenerated deterministically from scikit-learn's digits in a few milliseconds.
+  generated deterministically in about a second.
 
 Backbone keys follow ``blocks.<i>.…`` so the generic layer detection groups them per block.
 """
@@ -27,23 +29,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from .training import optimizer_step, warmup_cosine
+from .vision_data import SIZE, dataset
 
 # ----------------------------------------------------------------------------------------------------------- tasks
 
-TASKS: tuple[str, ...] = ("rotate", "mirror", "invert", "noise", "shuffle", "occlude", "parity", "groups")
+TASKS: tuple[str, ...] = ("digits", "numbers", "letters", "shapes", "lines", "glyphs", "textures", "arrows")
 
 TASK_DOC: dict[str, str] = {
-    "rotate": "digit, image rotated by 90°",
-    "mirror": "digit, image mirrored left–right",
-    "invert": "digit, dark strokes on a light background",
-    "noise": "digit, strong Gaussian pixel noise",
-    "shuffle": "digit, the four 4×4 quadrants swapped diagonally",
-    "occlude": "digit, the top half blanked",
-    "parity": "odd or even, image turned upside down",
-    "groups": "digit mod 3 (3 classes), image mirrored top–bottom",
+    "digits": "handwritten digit (scikit-learn's digits)",
+    "numbers": "the same digits as house numbers: random background, contrast and polarity, pixel noise",
+    "letters": "capital letter B D E F H K N P R U",
+    "shapes": "shape: square, disc, triangle, plus, cross, diamond (filled or outlined)",
+    "lines": "orientation of a line, ten angles 18° apart",
+    "glyphs": "capital letter A C G O Q S T V W Z",
+    "textures": "sine grating: five spatial frequencies × two orientations",
+    "arrows": "direction of an arrow, eight directions",
 }
 
-NUM_CLASSES: dict[str, int] = {t: 10 for t in TASKS} | {"parity": 2, "groups": 3}
+NUM_CLASSES: dict[str, int] = {t: 10 for t in TASKS} | {"arrows": 8}
 
 N_TEST = 400
 N_UNLABELED = 300
@@ -52,7 +55,7 @@ SPLIT_SEED = 1234
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """Architecture of the backbone: patch embedding + ``depth`` pre-norm transformer blocks + final norm."""
+    """Architecture of the backbone: linear embedding + ``depth`` pre-norm residual MLP blocks + final norm."""
 
     image: int = 8
     dim: int = 128
@@ -64,18 +67,9 @@ CONFIG = VisionConfig()
 
 
 @lru_cache(maxsize=1)
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
-
-
-@lru_cache(maxsize=1)
 def split_indices() -> dict[str, np.ndarray]:
-    """Indices of the 1,797 digits in the ``train`` / ``test`` / ``unlabeled`` splits (fixed permutation)."""
-    _, y = _digits()
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
+    """Indices of the 1,797 examples (of every dataset) in the ``train`` / ``test`` / ``unlabeled`` splits."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(SIZE)
     return {
         "test": order[:N_TEST],
         "unlabeled": order[N_TEST:N_TEST + N_UNLABELED],
@@ -83,66 +77,18 @@ def split_indices() -> dict[str, np.ndarray]:
     }
 
 
-def transform(task: str, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Apply ``task``'s input transform to a batch ``[N, 8, 8]`` of images in [0, 1]."""
-    x = images
-    if task == "rotate":
-        return torch.rot90(x, 1, dims=(-2, -1))
-    if task == "mirror":
-        return torch.flip(x, dims=(-1,))
-    if task == "invert":
-        return 1.0 - x
-    if task == "noise":
-        return x + 0.35 * torch.randn(x.shape, generator=generator)
-    if task == "shuffle":
-        top, bottom = x[..., :4, :], x[..., 4:, :]
-        tl, tr, bl, br = top[..., :4], top[..., 4:], bottom[..., :4], bottom[..., 4:]
-        return torch.cat([torch.cat([br, bl], -1), torch.cat([tr, tl], -1)], -2)
-    if task == "occlude":
-        x = x.clone()
-        x[..., :4, :] = 0.0
-        return x
-    if task == "parity":
-        return torch.rot90(x, 2, dims=(-2, -1))
-    if task == "groups":
-        return torch.flip(x, dims=(-2,))
-    if task == "plain":
-        return x
-    if task == "mixed":
-        return _mixed(x, generator)
-    raise KeyError(task)
-
-
-PRETRAIN_VIEWS: tuple[str, ...] = ("plain",) + TASKS
+# the pretraining mix: every task's dataset, each with its own block of 10 outputs in the throw-away head
+PRETRAIN_VIEWS: tuple[str, ...] = TASKS
 
 # fine-tuning steps per expert (full zoo): deliberately uneven, as in real expert pools
-EXPERT_STEPS: dict[str, int] = {"rotate": 100, "mirror": 800, "invert": 200, "noise": 1200, "shuffle": 150,
-                                "occlude": 600, "parity": 300, "groups": 900}
+EXPERT_STEPS: dict[str, int] = {"digits": 100, "numbers": 800, "letters": 200, "shapes": 1200, "lines": 150,
+                                "glyphs": 600, "textures": 300, "arrows": 900}
 EXPERT_LR = 2e-4
 HEAD_SHOTS = 1
 
 
-def _mixed(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Pretraining views: each image gets one of ``PRETRAIN_VIEWS`` at random (a broad, CLIP-like prior)."""
-    choice = torch.randint(0, len(PRETRAIN_VIEWS), (x.shape[0],), generator=generator)
-    out = torch.empty_like(x)
-    for i, view in enumerate(PRETRAIN_VIEWS):
-        sel = choice == i
-        if sel.any():
-            out[sel] = transform(view, x[sel], generator)
-    return out
-
-
-def relabel(task: str, digits: torch.Tensor) -> torch.Tensor:
-    if task == "parity":
-        return digits % 2
-    if task == "groups":
-        return digits % 3
-    return digits
-
-
 def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random ±1 pixel translation (training augmentation)."""
+    """Random ±1 pixel translation (training augmentation; one offset per batch)."""
     padded = F.pad(images, (1, 1, 1, 1))
     dx, dy = torch.randint(0, 3, (2,), generator=generator).tolist()
     return padded[..., dy:dy + images.shape[-2], dx:dx + images.shape[-1]]
@@ -159,20 +105,11 @@ def task_data(task: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 @lru_cache(maxsize=64)
 def _task_data(task: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images, digits = _digits()
+    if task not in TASKS:
+        raise KeyError(task)
+    images, labels = dataset(task)
     idx = split_indices()[split]
-    gen = torch.Generator().manual_seed(_stable_seed(task, split))
-    x = transform(task, torch.from_numpy(images[idx]), gen).unsqueeze(1).contiguous()
-    y = relabel(task, torch.from_numpy(digits[idx]))
-    return x, y
-
-
-def _stable_seed(*parts: str) -> int:
-    h = 0
-    for p in parts:
-        for ch in p:
-            h = (h * 131 + ord(ch)) % 2_147_483_647
-    return h
+    return torch.from_numpy(images[idx]).unsqueeze(1).contiguous(), torch.from_numpy(labels[idx])
 
 
 # ----------------------------------------------------------------------------------------------------------- model
@@ -241,26 +178,33 @@ def build_module(state_dict: dict[str, torch.Tensor], head_state: dict[str, torc
 
 
 def _train_batches(task: str, steps: int, batch: int, seed: int):
+    """``steps`` shifted training batches of ``task``; ``task="mixed"`` draws every example from a random dataset of
+    ``PRETRAIN_VIEWS`` with its label offset by 10 × the dataset's index (one output block per dataset)."""
     gen = torch.Generator().manual_seed(seed)
-    images, digits = _digits()
     idx = split_indices()["train"]
-    raw = torch.from_numpy(images[idx])
-    labels = relabel(task, torch.from_numpy(digits[idx]))
+    if task == PRETRAIN_TASK:
+        xs = torch.stack([torch.from_numpy(dataset(t)[0][idx]) for t in PRETRAIN_VIEWS])
+        ys = torch.stack([torch.from_numpy(dataset(t)[1][idx]) + 10 * i for i, t in enumerate(PRETRAIN_VIEWS)])
+        for _ in range(steps):
+            which = torch.randint(0, len(PRETRAIN_VIEWS), (batch,), generator=gen)
+            pick = torch.randint(0, len(idx), (batch,), generator=gen)
+            yield _shift(xs[which, pick], gen).unsqueeze(1), ys[which, pick]
+        return
+    images, labels = dataset(task)
+    raw, lab = torch.from_numpy(images[idx]), torch.from_numpy(labels[idx])
     for _ in range(steps):
         pick = torch.randint(0, len(idx), (batch,), generator=gen)
-        x = _shift(raw[pick], gen)
-        x = transform(task, x, gen).unsqueeze(1)
-        yield x, labels[pick]
+        yield _shift(raw[pick], gen).unsqueeze(1), lab[pick]
 
 
 PRETRAIN_TASK = "mixed"
 
 
 def pretrain(steps: int, seed: int = 0, lr: float = 2e-3, batch: int = 128) -> Backbone:
-    """Pretrain the backbone on digits (10 classes) under every ``PRETRAIN_VIEWS`` view, with a throw-away head."""
+    """Pretrain the backbone on every ``PRETRAIN_VIEWS`` dataset at once, with a throw-away multi-block head."""
     torch.manual_seed(seed)
     bb = Backbone(CONFIG)
-    head = nn.Linear(CONFIG.dim, 10)
+    head = nn.Linear(CONFIG.dim, 10 * len(PRETRAIN_VIEWS))
     params = list(bb.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     for step, (x, y) in enumerate(_train_batches(PRETRAIN_TASK, steps, batch, seed + 1)):
@@ -295,11 +239,9 @@ def fit_head(bb: Backbone, task: str, shots: int, seed: int = 0, steps: int = 30
 
 
 def _train_set(task: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images, digits = _digits()
+    images, labels = dataset(task)
     idx = split_indices()["train"]
-    gen = torch.Generator().manual_seed(_stable_seed(task, "train"))
-    x = transform(task, torch.from_numpy(images[idx]), gen).unsqueeze(1)
-    return x, relabel(task, torch.from_numpy(digits[idx]))
+    return torch.from_numpy(images[idx]).unsqueeze(1), torch.from_numpy(labels[idx])
 
 
 def finetune(base: Backbone, head: nn.Linear, task: str, steps: int, seed: int = 0, lr: float = 1e-3,

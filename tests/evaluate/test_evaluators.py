@@ -30,12 +30,12 @@ def test_vision_evaluator_shape_data_and_module():
     assert list(r["per_task"]) == fam.tasks
     assert all(0.0 <= v <= 100.0 for v in r["per_task"].values())
     assert r["average"] == pytest.approx(sum(r["per_task"].values()) / 8)
-    x, y = ev.data("parity", "unlabeled")
-    assert x.shape == (300, 1, 8, 8) and x.dtype == torch.float32 and set(y.tolist()) == {0, 1}
-    xt, _ = ev.data("parity", "test")
+    x, y = ev.data("arrows", "unlabeled")
+    assert x.shape == (300, 1, 8, 8) and x.dtype == torch.float32 and set(y.tolist()) == set(range(8))
+    xt, _ = ev.data("arrows", "test")
     assert xt.shape[0] == 400
-    module = ev.build_module(_load_state("vision", fam.experts["groups"]), "groups")
-    assert module(x[:5]).shape == (5, 3)
+    module = ev.build_module(_load_state("vision", fam.experts["arrows"]), "arrows")
+    assert module(x[:5]).shape == (5, 8)
     with pytest.raises(StudioError):
         ev.evaluate({"embed.weight": torch.zeros(1)})
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-TASKS = ["rotate", "invert", "parity"]
+TASKS = ["digits", "letters", "arrows"]
 
 
 @pytest.fixture(scope="session")

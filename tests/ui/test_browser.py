@@ -65,7 +65,7 @@ def test_studio_in_a_browser(studio_server):
                 sync_api.expect(page.locator("#learn-result")).to_contain_text("learned in", timeout=120_000)
                 page.locator("#learn-load").click()
                 sync_api.expect(page.locator("#yaml")).to_contain_text("adamerging", timeout=60_000)
-                sync_api.expect(page.locator("#history-table")).to_contain_text("weight[rotate]=", timeout=60_000)
+                sync_api.expect(page.locator("#history-table")).to_contain_text("weight[digits]=", timeout=60_000)
                 sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "06-optimize.png"), full_page=True)
 

@@ -49,7 +49,7 @@ def test_vision_reproduces_recorded_accuracy():
         assert own == pytest.approx(rec["experts"][t], abs=0.5)
         assert own > base[t] + 1.0  # every expert beats the base on its own task
         gains.append(own - base[t])
-    # the broadly pretrained base is strong on some views (rotate) and weak on others (noise, parity, groups)
+    # the broadly pretrained base is strong on some datasets (arrows, lines) and weak on others (numbers, letters)
     assert sum(gains) / len(gains) > 15.0
 
 
