@@ -281,6 +281,13 @@ class StudioUI:
             return self._run(s, lambda s: s.load_family(name))
 
         m.load.click(load_family, [state, m.family], ALL, api_name="load_family", **heavy)
+
+        def about(name):
+            md, sheet = family_about(self.env.catalog, name)
+            return md, gr.update(value=sheet, visible=sheet is not None)
+
+        demo.load(about, [m.family], [m.about, m.samples], api_visibility="undocumented")
+        m.load.click(about, [m.family], [m.about, m.samples], api_visibility="undocumented")
         m.include.input(lambda st, refs: self._run(st, lambda s: s.set_included(refs or [])), [state, m.include],
                         ALL, api_name="set_models", **heavy)
         m.base.input(lambda st, ref: self._run(st, lambda s: s.set_base(ref or None)), [state, m.base], ALL,
@@ -558,6 +565,24 @@ def _progress_cb(progress, default: str):
     def cb(frac, msg=""):
         progress(min(max(float(frac), 0.0), 1.0), desc=str(msg or default))
     return cb
+
+
+def family_about(catalog, name: str | None):
+    """The Models tab's note on a demo family: its description and tasks (markdown), and its picture (or None)."""
+    if not name:
+        return "No demo family loaded: add your own models below.", None
+    try:
+        fam = catalog.get(name)
+    except StudioError as e:
+        return f"⚠ {e}", None
+    docs = getattr(fam, "task_docs", None) or {}
+    rows = [f"| `{t}` | {docs.get(t, '')} |" for t in fam.tasks]
+    md = "\n".join([f"**{name}** — {getattr(fam, 'description', '')}", "", "| task | what it is |", "|---|---|", *rows])
+    sheet_fn = getattr(fam, "sample_sheet", None)
+    sheet = sheet_fn() if sheet_fn else None
+    if sheet is not None:
+        md += "\n\nBelow: test images of each task, one row per task in this order."
+    return md, sheet
 
 
 def _learned_methods():

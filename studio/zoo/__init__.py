@@ -47,6 +47,14 @@ class ZooFamily:
             return TextEvaluator(self.base, self.tasks, budget, device)
         return DiffusionEvaluator(self.base, self.tasks, budget, device)
 
+    def sample_sheet(self):
+        """A picture of the family's tasks (vision: a row of test images per dataset, uint8 ``[H, W]``), or None."""
+        if self.kind != "vision":
+            return None
+        from .vision import sample_sheet
+
+        return sample_sheet(self.tasks)
+
     def data(self, task: str, split: str = "unlabeled"):
         """``(inputs, labels)`` of a task for data-aware merging (vision images; text token windows).
 

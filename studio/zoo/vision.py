@@ -260,6 +260,26 @@ def finetune(base: Backbone, head: nn.Linear, task: str, steps: int, seed: int =
     return bb.eval()
 
 
+def sample_sheet(tasks=TASKS, per_task: int = 10, scale: int = 4, gap: int = 2) -> np.ndarray:
+    """One row per task of ``per_task`` test images (classes 0, 1, 2, … in turn), each upscaled ``scale``× with
+    nearest pixels, on a white sheet: a uint8 ``[H, W]`` picture of what the datasets look like."""
+    side = CONFIG.image * scale
+    sheet = np.full((len(tasks) * (side + gap) + gap, per_task * (side + gap) + gap), 255, dtype=np.uint8)
+    for r, task in enumerate(tasks):
+        x, y = task_data(task, "test")
+        picks, used = [], set()
+        for c in range(per_task):  # the first test image of class c (mod the number of classes) not yet shown
+            cls = c % NUM_CLASSES[task]
+            i = next(int(i) for i in torch.nonzero(y == cls).flatten() if int(i) not in used)
+            used.add(i)
+            picks.append(i)
+        for col, i in enumerate(picks):
+            tile = np.kron(x[i, 0].clamp(0, 1).numpy(), np.ones((scale, scale), dtype=np.float32))
+            top, left = gap + r * (side + gap), gap + col * (side + gap)
+            sheet[top:top + side, left:left + side] = np.round(255 * (1 - tile)).astype(np.uint8)
+    return sheet
+
+
 @torch.no_grad()
 def accuracy(bb: Backbone, head: nn.Linear, task: str, split: str = "test") -> float:
     x, y = task_data(task, split)

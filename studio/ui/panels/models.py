@@ -16,6 +16,10 @@ def build(families: list[str], default_family: str | None, roots_text: str) -> S
         ns.family = gr.Dropdown(families, value=default_family, label="Demo family", scale=3, elem_id="family",
                                 info="tiny models built by `python -m studio zoo build`; switching reloads the recipe")
         ns.load = gr.Button("Load family", variant="secondary", scale=1, elem_id="load-family")
+    with gr.Accordion("About this demo family", open=True, elem_id="family-about-box"):
+        ns.about = gr.Markdown(elem_id="family-about")
+        ns.samples = gr.Image(show_label=False, interactive=False, visible=False, elem_id="family-samples",
+                              buttons=[], height=300)
     ns.verdict = gr.Markdown(elem_id="verdict")
     ns.table = gr.Dataframe(headers=HEADERS, label="Sources (read from headers only)", interactive=False,
                             wrap=True, elem_id="models-table",
