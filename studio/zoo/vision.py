@@ -78,7 +78,7 @@ def split_indices() -> dict[str, np.ndarray]:
 
 
 # the pretraining mix: every task's dataset, each with its own block of 10 outputs in the throw-away head
-PRETRAIN_VIEWS: tuple[str, ...] = TASKS
+PRETRAIN_DATASETS: tuple[str, ...] = TASKS
 
 # fine-tuning steps per expert (full zoo): deliberately uneven, as in real expert pools
 EXPERT_STEPS: dict[str, int] = {"digits": 100, "numbers": 800, "letters": 200, "shapes": 1200, "lines": 150,
@@ -179,14 +179,14 @@ def build_module(state_dict: dict[str, torch.Tensor], head_state: dict[str, torc
 
 def _train_batches(task: str, steps: int, batch: int, seed: int):
     """``steps`` shifted training batches of ``task``; ``task="mixed"`` draws every example from a random dataset of
-    ``PRETRAIN_VIEWS`` with its label offset by 10 × the dataset's index (one output block per dataset)."""
+    ``PRETRAIN_DATASETS`` with its label offset by 10 × the dataset's index (one output block per dataset)."""
     gen = torch.Generator().manual_seed(seed)
     idx = split_indices()["train"]
     if task == PRETRAIN_TASK:
-        xs = torch.stack([torch.from_numpy(dataset(t)[0][idx]) for t in PRETRAIN_VIEWS])
-        ys = torch.stack([torch.from_numpy(dataset(t)[1][idx]) + 10 * i for i, t in enumerate(PRETRAIN_VIEWS)])
+        xs = torch.stack([torch.from_numpy(dataset(t)[0][idx]) for t in PRETRAIN_DATASETS])
+        ys = torch.stack([torch.from_numpy(dataset(t)[1][idx]) + 10 * i for i, t in enumerate(PRETRAIN_DATASETS)])
         for _ in range(steps):
-            which = torch.randint(0, len(PRETRAIN_VIEWS), (batch,), generator=gen)
+            which = torch.randint(0, len(PRETRAIN_DATASETS), (batch,), generator=gen)
             pick = torch.randint(0, len(idx), (batch,), generator=gen)
             yield _shift(xs[which, pick], gen).unsqueeze(1), ys[which, pick]
         return
@@ -201,10 +201,10 @@ PRETRAIN_TASK = "mixed"
 
 
 def pretrain(steps: int, seed: int = 0, lr: float = 2e-3, batch: int = 128) -> Backbone:
-    """Pretrain the backbone on every ``PRETRAIN_VIEWS`` dataset at once, with a throw-away multi-block head."""
+    """Pretrain the backbone on every ``PRETRAIN_DATASETS`` dataset at once, with a throw-away multi-block head."""
     torch.manual_seed(seed)
     bb = Backbone(CONFIG)
-    head = nn.Linear(CONFIG.dim, 10 * len(PRETRAIN_VIEWS))
+    head = nn.Linear(CONFIG.dim, 10 * len(PRETRAIN_DATASETS))
     params = list(bb.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     for step, (x, y) in enumerate(_train_batches(PRETRAIN_TASK, steps, batch, seed + 1)):
