@@ -213,7 +213,7 @@ class _ClipVision(nn.Module):
 
 
 class ClipAdapter(TaskAdapter):
-    """CLIP image classifiers — the seed papers' benchmark: θ0 is a transformers CLIP model (a folder or a hub id such
+    """CLIP image classifiers, the seed papers' benchmark: θ0 is a transformers CLIP model (a folder or a hub id such
     as ``openai/clip-vit-base-patch32``), the experts are fine-tuned vision towers (``CLIPVisionModel`` folders or hub
     ids such as FusionBench's ``tanganke/clip-vit-base-patch32_<task>``, or full CLIP models), and every task keeps
     CLIP's frozen zero-shot head: the normalised text embeddings of its class names.
@@ -334,7 +334,8 @@ class ClipAdapter(TaskAdapter):
     def logits_many(self, params, batches):
         order = list(batches)
         feats = self.features(params, torch.cat([batches[t].to(self.device) for t in order]))
-        return {t: self.scale * f @ self.heads[t].T for t, f in zip(order, feats.split([len(batches[t]) for t in order]))}
+        sizes = [len(batches[t]) for t in order]
+        return {t: self.scale * f @ self.heads[t].T for t, f in zip(order, feats.split(sizes))}
 
     def load_data(self, task, items):
         """Image files → ``pixel_values`` by the base's image processor (CLIP's resize, crop and normalisation)."""

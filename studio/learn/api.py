@@ -32,12 +32,13 @@ class LearnResult:
 
     ``recipe``: a ``task_arithmetic`` Recipe carrying the learned per-tensor coefficients (AdaMerging, SAMerging);
     None for methods that produce weights, and for CLIP (the base is a full CLIP model, the experts vision towers, so
-    no one recipe spans them; the coefficients are in ``coefficients`` and trajectory.json). ``state_dict``: the merged weights (every method; for coefficient methods
-    the same θ(λ) the recipe rebuilds). ``trajectory``: snapshots ``{"step", "loss", "lambda" | "coords"}``, where
-    ``lambda`` is ``[model][tensor]`` and ``coords`` the least-squares task-vector coordinates of θ − θ0 (both in
-    ``tasks`` order) — the landscape plot overlays them. ``history``: the loss at every step. ``metrics``: timings,
-    objective before/after, settings. ``coefficients``: ``{task: {tensor: λ}}``; ``group_weights``: per task the
-    mean λ per layout group (``L00``…, for the slider panel).
+    no one recipe spans them; the coefficients are in ``coefficients`` and trajectory.json). ``state_dict``: the
+    merged weights (every method; for coefficient methods the same θ(λ) the recipe rebuilds). ``trajectory``:
+    snapshots ``{"step", "loss", "lambda" | "coords"}``, where ``lambda`` is ``[model][tensor]`` and ``coords`` the
+    least-squares task-vector coordinates of θ − θ0 (both in ``tasks`` order) — the landscape plot overlays them.
+    ``history``: the loss at every step. ``metrics``: timings, objective before/after, settings. ``coefficients``:
+    ``{task: {tensor: λ}}``; ``group_weights``: per task the mean λ per layout group (``L00``…, for the slider
+    panel).
     """
 
     method: str

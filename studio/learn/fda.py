@@ -175,8 +175,8 @@ def fda(adapter: TaskAdapter, data=None, *, steps: int | None = None, init: str 
         module = adapter.module.get_submodule(unit)
         xs = torch.cat([X[unit, t] for t in adapter.tasks])
         with torch.no_grad():
-            ys = torch.cat([_phi(module, {k: adapter.experts[t][k] for k in keys}, unit, X[unit, t], adapter.unit_args)
-                            for t in adapter.tasks])
+            ys = torch.cat([_phi(module, {k: adapter.experts[t][k] for k in keys}, unit, X[unit, t],
+                                 adapter.unit_args) for t in adapter.tasks])
         if from_base:
             trainable = {k: adapter.base[k].detach().clone().requires_grad_(True) for k in keys}
         else:

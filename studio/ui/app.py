@@ -577,7 +577,8 @@ def family_about(catalog, name: str | None):
         return f"⚠ {e}", None
     docs = getattr(fam, "task_docs", None) or {}
     rows = [f"| `{t}` | {docs.get(t, '')} |" for t in fam.tasks]
-    md = "\n".join([f"**{name}** — {getattr(fam, 'description', '')}", "", "| task | what it is |", "|---|---|", *rows])
+    md = "\n".join([f"**{name}** — {getattr(fam, 'description', '')}", "", "| task | what it is |", "|---|---|",
+                    *rows])
     sheet_fn = getattr(fam, "sample_sheet", None)
     sheet = sheet_fn() if sheet_fn else None
     if sheet is not None:
