@@ -94,6 +94,10 @@ class TaskAdapter:
         """A checkpoint's tensor name → the canonical name (the base's and the module's; default: unchanged)."""
         return key
 
+    def export_config(self) -> dict | None:
+        """A transformers config under which the merged tensors form a loadable model folder (default: none)."""
+        return None
+
     def _build_module(self) -> nn.Module:
         raise NotImplementedError
 
@@ -277,6 +281,12 @@ class ClipAdapter(TaskAdapter):
         self._units = [(f"vision_model.encoder.layers.{i}", (tokens, vcfg.hidden_size))
                        for i in range(vcfg.num_hidden_layers)]
         return _ClipVision(CLIPVisionModel(vcfg).float())
+
+    def export_config(self):
+        """The merged vision tower loads with ``CLIPVisionModel.from_pretrained`` (it reads CLIPModel's names)."""
+        cfg = self.config.to_dict()
+        cfg["architectures"] = ["CLIPVisionModel"]
+        return cfg
 
     def units(self):
         """The residual attention blocks, as FDA's ViT code; anchors ``[tokens, hidden]`` (50 tokens for B/32)."""

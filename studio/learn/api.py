@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +51,13 @@ class LearnResult:
     metrics: dict = field(default_factory=dict)
     coefficients: dict[str, dict[str, float]] | None = None
     group_weights: dict[str, dict[str, float]] | None = None
+    model_config: dict | None = None   # a transformers config making the weights a loadable model folder (CLIP)
 
     def save(self, out) -> list[str]:
-        """Write the result into folder ``out``: recipe.yml, merged.safetensors, trajectory.json. Returns the names."""
+        """Write the result into folder ``out``: recipe.yml, merged.safetensors (with ``model_config``: config.json +
+        model.safetensors, a transformers model folder), trajectory.json. Each file is written to a temporary name
+        and renamed, so a failure never leaves a half-written file; other files in ``out`` are left alone. Returns
+        the names written."""
         import json
 
         from safetensors.torch import save_file
@@ -60,18 +65,28 @@ class LearnResult:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
+
+        def put(name: str, write) -> None:
+            tmp = out / f".{name}.partial-{os.getpid()}"
+            try:
+                write(tmp)
+                os.replace(tmp, out / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+            written.append(name)
+
         if self.recipe is not None:
-            (out / "recipe.yml").write_text(self.recipe.to_yaml(), encoding="utf-8")
-            written.append("recipe.yml")
+            put("recipe.yml", lambda p: p.write_text(self.recipe.to_yaml(), encoding="utf-8"))
         if self.state_dict is not None:
             sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict.items()}
-            save_file(sd, str(out / "merged.safetensors"), metadata={"format": "pt", "learned_method": self.method})
-            written.append("merged.safetensors")
-        (out / "trajectory.json").write_text(json.dumps(
+            if self.model_config is not None:
+                put("config.json", lambda p: p.write_text(json.dumps(self.model_config, indent=2), encoding="utf-8"))
+            put("model.safetensors" if self.model_config is not None else "merged.safetensors",
+                lambda p: save_file(sd, str(p), metadata={"format": "pt", "learned_method": self.method}))
+        put("trajectory.json", lambda p: p.write_text(json.dumps(
             {"method": self.method, "tasks": self.tasks, "metrics": self.metrics, "history": self.history,
              "trajectory": self.trajectory, "group_weights": self.group_weights,
-             "coefficients": self.coefficients}, default=float), encoding="utf-8")
-        written.append("trajectory.json")
+             "coefficients": self.coefficients}, default=float), encoding="utf-8"))
         return written
 
 
@@ -125,7 +140,8 @@ def run_learned(method: str, base: str, experts: list[str], data=None, *, device
     tensors = resolve_data(data, adapter, max_items=max_items)
     out = _learn(method, adapter, tensors, steps, progress, dict(hparams, seed=seed))
     res = LearnResult(method=method, tasks=list(adapter.tasks), history=out.get("history", []),
-                      trajectory=out.get("trajectory", []), metrics=dict(out.get("metrics", {})))
+                      trajectory=out.get("trajectory", []), metrics=dict(out.get("metrics", {})),
+                      model_config=adapter.export_config())
     tv = adapter.task_vectors()
     if "merge" in out:
         merge = out["merge"]

@@ -2,7 +2,8 @@
 
 Writes into DIR: ``recipe.yml`` (AdaMerging / SAMerging: learned per-tensor coefficients as a task_arithmetic
 recipe — run it on full-size checkpoints with ``python -m studio merge DIR/recipe.yml OUT``), ``merged.safetensors``
-(the merged weights, every method) and ``trajectory.json`` (loss per step and coefficient snapshots).
+(the merged weights, every method; for CLIP ``config.json`` + ``model.safetensors``, a loadable vision tower) and
+``trajectory.json`` (loss per step and coefficient snapshots). Files are written under temporary names and renamed.
 """
 
 from __future__ import annotations

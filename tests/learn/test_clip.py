@@ -156,10 +156,11 @@ def test_cli_learns_on_image_folders_and_the_output_loads_as_a_vision_tower(clip
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     info = json.loads(run.stdout)
-    assert info["files"] == ["merged.safetensors", "trajectory.json"]
-    merged = load_file(str(out / "merged.safetensors"))
-    tower = CLIPVisionModel(clip["cfg"].vision_config).eval()
-    tower.load_state_dict({k.removeprefix("vision_model."): v for k, v in merged.items()})
+    # the output folder is a transformers model: config.json + model.safetensors (CLIPModel's tensor names)
+    assert info["files"] == ["config.json", "model.safetensors", "trajectory.json"]
+    merged = load_file(str(out / "model.safetensors"))
+    assert set(merged) == set(adapter.keys)
+    tower = CLIPVisionModel.from_pretrained(out).eval()
     traj = json.loads((out / "trajectory.json").read_text())
     assert set(traj["coefficients"]) == set(CLASSES)
     # the written tower computes what the coefficients say: θ0 + Σ λ τ per tensor

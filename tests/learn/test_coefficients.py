@@ -94,3 +94,27 @@ def test_filter_rules_longest_first():
     rules = r.models[0].parameters["weight"]
     for k, v in vals["t"].items():
         assert evaluate_setting(rules, k, 0.0) == v
+
+
+def test_save_writes_each_file_atomically_and_leaves_other_files(tmp_path):
+    from studio.learn.api import LearnResult
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    res = LearnResult(method="fisher", tasks=["a"], state_dict={"w": torch.ones(2)})
+    assert res.save(out) == ["merged.safetensors", "trajectory.json"]
+
+    class Boom:
+        def __float__(self):
+            raise RuntimeError("not serialisable")
+
+    bad = LearnResult(method="fisher", tasks=["a"], state_dict={"w": torch.zeros(2)}, metrics={"x": Boom()})
+    with pytest.raises(RuntimeError):
+        bad.save(out)
+    # the failed trajectory left no partial file, the earlier one and the user's file are intact
+    assert sorted(p.name for p in out.iterdir()) == ["merged.safetensors", "notes.txt", "trajectory.json"]
+    assert (out / "notes.txt").read_text() == "mine"
+    import json
+
+    assert json.loads((out / "trajectory.json").read_text())["method"] == "fisher"
