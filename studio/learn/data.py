@@ -46,10 +46,11 @@ def zoo_unlabeled(family: str, task: str):
                       "(python -m studio zoo build) or pass --data with your own files")
 
 
-def _load_entry(adapter, task: str, path: Path):
+def _load_entry(adapter, task: str, path: Path, max_items: int | None = None):
+    """One task's inputs from a folder or file; at most ``max_items`` image files are decoded (in sorted order)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES][:max_items]
         texts = [p for p in files if p.suffix.lower() == ".txt"]
         if adapter.modality == "image":
             if not images:
@@ -95,7 +96,7 @@ def resolve_data(spec, adapter, max_items: int | None = None) -> dict[str, torch
             raise StudioError(f"no data for task {missing[0]!r}", hint=f"data was given for {sorted(spec)}")
         for t in tasks:
             v = spec[t]
-            out[t] = _load_entry(adapter, t, Path(v)) if isinstance(v, (str, Path)) and Path(v).exists() \
+            out[t] = _load_entry(adapter, t, Path(v), max_items) if isinstance(v, (str, Path)) and Path(v).exists() \
                 else adapter.load_data(t, v)
     elif isinstance(spec, str) and (spec == "zoo" or spec.startswith("zoo:")):
         family = spec.partition(":")[2] or {"vision": "vision", "causal_lm": "text"}.get(adapter.kind)
@@ -108,7 +109,7 @@ def resolve_data(spec, adapter, max_items: int | None = None) -> dict[str, torch
         root = Path(spec)
         if not root.is_dir():
             if len(tasks) == 1:
-                out[tasks[0]] = _load_entry(adapter, tasks[0], root)
+                out[tasks[0]] = _load_entry(adapter, tasks[0], root, max_items)
             else:
                 raise StudioError("one data path for several experts must be a folder with a subfolder per task",
                                   where=str(root), hint="or give one path per expert: --data a.txt b.txt")
@@ -123,13 +124,13 @@ def resolve_data(spec, adapter, max_items: int | None = None) -> dict[str, torch
                 raise StudioError(f"{len(subs)} task entries for {len(tasks)} experts", where=str(root),
                                   hint=f"name the subfolders after the tasks: {', '.join(tasks)}")
             for t, p in zip(tasks, chosen):
-                out[t] = _load_entry(adapter, t, p)
+                out[t] = _load_entry(adapter, t, p, max_items)
     elif isinstance(spec, (list, tuple)):
         if len(spec) != len(tasks):
             raise StudioError(f"{len(spec)} data entries for {len(tasks)} experts",
                               hint="give one entry per expert, in the experts' order")
         for t, p in zip(tasks, spec):
-            out[t] = _load_entry(adapter, t, Path(p))
+            out[t] = _load_entry(adapter, t, Path(p), max_items)
     else:
         raise StudioError(f"unsupported data spec {spec!r}")
     for t in tasks:

@@ -53,6 +53,16 @@ def test_data_folder_of_images(vision_adapter, tmp_path):
         resolve_data([str(tmp_path / t) for t in vision_adapter.tasks[:2]], vision_adapter)  # 2 entries, 3 experts
     per_expert = resolve_data([str(tmp_path / t) for t in vision_adapter.tasks], vision_adapter)
     torch.testing.assert_close(per_expert[vision_adapter.tasks[2]], data[vision_adapter.tasks[2]])
+    # max_items caps what is decoded, not only what is kept (a CLIP-sized folder must not fill the memory first)
+    decoded = []
+    real = vision_adapter.load_data
+    try:
+        vision_adapter.load_data = lambda t, items: decoded.append(len(items)) or real(t, items)
+        capped = resolve_data(str(tmp_path), vision_adapter, max_items=2)
+    finally:
+        del vision_adapter.load_data
+    assert decoded == [2, 2, 2] and all(len(v) == 2 for v in capped.values())
+    torch.testing.assert_close(capped[vision_adapter.tasks[0]], x[:2])
 
 
 def test_causal_lm_adapter_learns_on_tokens(llama_family):
