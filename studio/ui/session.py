@@ -712,6 +712,10 @@ class Session:
         lr = self.learned
         if lr is None:
             raise StudioError("nothing learned yet in this session", hint="run a method in the Optimize tab first")
+        if lr.recipe is None and lr.result.coefficients:
+            raise StudioError(f"{lr.label}'s coefficients cannot become a recipe here: the base and the experts do "
+                              "not share one tensor set (a full CLIP model and vision towers)",
+                              hint="preview or export the learned weights from the Optimize tab")
         if lr.recipe is None:
             raise StudioError(f"{lr.label} learns merged weights, not recipe coefficients",
                               hint="preview them or export them from the Optimize tab")

@@ -192,3 +192,39 @@ def test_clear_errors(clip, tmp_path):
         run_learned("samerging", clip["base"], clip["experts"], data="zoo", adapter=ad, steps=1)
     with pytest.raises(StudioError, match="pixel_values"):
         ad.load_data("pets", torch.zeros(2, 1, 16, 16))
+
+
+def test_studio_learns_on_clip_models_from_a_data_folder_and_exports_a_vision_tower(clip, tmp_path):
+    """The studio path: CLIP models opened by path (no demo family), data folder with classes.txt per task,
+    SAMerging in the Optimize panel, the learned tower exported as a loadable folder."""
+    from PIL import Image
+    from transformers import CLIPVisionModel
+
+    from studio.ui.catalog import Catalog
+    from studio.ui.paths import AllowedRoots
+    from studio.ui.session import StudioEnv
+
+    g = torch.Generator().manual_seed(1)
+    for t in CLASSES:
+        d = tmp_path / "data" / t
+        d.mkdir(parents=True)
+        (d / "classes.txt").write_text("\n".join(CLASSES[t]))
+        for i in range(4):
+            Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()).save(d / f"{i}.png")
+    env = StudioEnv(Catalog({}), AllowedRoots([clip["root"], tmp_path]), device="cpu", export_dir=str(tmp_path))
+    s = env.new_session()
+    for ref in (clip["base"], *clip["experts"]):
+        s.add_model(ref)
+    s.set_base(clip["base"])
+    assert [s.labels[e] for e in s.experts()] == list(CLASSES)
+    lr = s.learn("samerging", steps=5, data=str(tmp_path / "data"))
+    assert lr.recipe is None and lr.scores == {}
+    assert lr.result.metrics["objective_end"] < lr.result.metrics["objective_start"]
+    with pytest.raises(StudioError, match="cannot become a recipe"):
+        s.load_learned()
+    res = s.export_learned(str(tmp_path / "exported"))
+    assert (tmp_path / "exported" / "config.json").is_file(), res
+    tower = CLIPVisionModel.from_pretrained(tmp_path / "exported")
+    got = {f"vision_model.{k}": v for k, v in tower.state_dict().items()}
+    k = "vision_model.encoder.layers.0.self_attn.q_proj.weight"
+    assert torch.allclose(got[k], lr.result.state_dict[k])
