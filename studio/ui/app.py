@@ -519,6 +519,7 @@ class StudioUI:
 
             def export_learned(st, name, dtype, overwrite):
                 s = self._session(st)
+                env = self.env
                 folder = env.export_dir or (str(env.roots.roots[0]) if env.roots.roots else ".")
                 name = (name or "learned").strip()
                 if not name.endswith(".safetensors"):

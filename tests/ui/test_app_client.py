@@ -64,3 +64,17 @@ def test_two_clients_have_separate_sessions(studio_server):
     out_b = b.predict(api_name="/preview")
     assert "lambda: 1.7" in _yaml(server, out_a)
     assert "lambda: 1.7" not in _yaml(server, out_b)
+
+
+def test_client_learns_and_exports_the_learned_weights(studio_server):
+    """The Optimize panel through the API: RegMean on the family's unlabeled data, then Export weights writes a
+    safetensors file (and its .learned.json) into the export folder."""
+    server = studio_server
+    c = Client(server["url"], verbose=False)
+    c.predict(server["family"], api_name="/load_family")
+    out = c.predict("regmean", 5, "", api_name="/learn")
+    assert any(isinstance(v, str) and "learned in" in v for v in out), out
+    msg = c.predict("exported-regmean", "float32", True, api_name="/export_learned")
+    assert "exported-regmean.safetensors" in str(msg), msg
+    target = server["export_dir"] / "exported-regmean.safetensors"
+    assert target.is_file() and (server["export_dir"] / "exported-regmean.learned.json").is_file()
