@@ -129,7 +129,27 @@ class TaskAdapter:
         return out
 
 
-class VisionAdapter(TaskAdapter):
+class ClassifierAdapter(TaskAdapter):
+    """A merged backbone shared by every task, then each task's frozen head: one backbone pass serves all the tasks'
+    batches. Subclasses give ``head(task, features)``; ``features`` is the module's output unless overridden."""
+
+    def features(self, params, x):
+        return functional_call(self.module, params, (x,), strict=False)
+
+    def head(self, task: str, feats: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, params, task, batch):
+        return self.head(task, self.features(params, batch.to(self.device)))
+
+    def logits_many(self, params, batches):
+        order = list(batches)
+        sizes = [len(batches[t]) for t in order]
+        feats = self.features(params, torch.cat([batches[t].to(self.device) for t in order]))
+        return {t: self.head(t, f) for t, f in zip(order, feats.split(sizes))}
+
+
+class VisionAdapter(ClassifierAdapter):
     """Backbone (``embed``, ``blocks.<i>``, ``norm``) + a frozen linear head per task (``head.weight``/``head.bias``).
 
     Heads come from ``heads`` (task → safetensors path); by default from the zoo's layout, where an expert at
@@ -166,23 +186,9 @@ class VisionAdapter(TaskAdapter):
         side = int(round(pixels ** 0.5))
         return Backbone(VisionConfig(image=side, dim=dim, depth=depth, mlp=mlp))
 
-    def features(self, params, x):
-        return functional_call(self.module, params, (x,), strict=False)
-
-    def logits(self, params, task, batch):
+    def head(self, task, feats):
         w, b = self.heads[task]
-        return F.linear(self.features(params, batch.to(self.device)), w, b)
-
-    def logits_many(self, params, batches):
-        # one backbone pass over every task's batch (the merged backbone is shared), then each task's head
-        order = list(batches)
-        sizes = [len(batches[t]) for t in order]
-        feats = self.features(params, torch.cat([batches[t].to(self.device) for t in order]))
-        out = {}
-        for t, f in zip(order, feats.split(sizes)):
-            w, b = self.heads[t]
-            out[t] = F.linear(f, w, b)
-        return out
+        return F.linear(feats, w, b)
 
     def units(self):
         cfg = self.module.cfg
@@ -216,7 +222,7 @@ class _ClipVision(nn.Module):
         return self.vision_model(pixel_values=pixel_values).pooler_output
 
 
-class ClipAdapter(TaskAdapter):
+class ClipAdapter(ClassifierAdapter):
     """CLIP image classifiers, the seed papers' benchmark: θ0 is a transformers CLIP model (a folder or a hub id such
     as ``openai/clip-vit-base-patch32``), the experts are fine-tuned vision towers (``CLIPVisionModel`` folders or hub
     ids such as FusionBench's ``tanganke/clip-vit-base-patch32_<task>``, or full CLIP models), and every task keeps
@@ -257,7 +263,7 @@ class ClipAdapter(TaskAdapter):
             src.close()
         self._text = None
         self._processor = None
-        self.heads = {t: self._head(t, heads.get(t)) for t in self.tasks}
+        self.heads = {t: self._load_head(t, heads.get(t)) for t in self.tasks}
 
     def _keep(self, key):
         return key.startswith("vision_model.")
@@ -292,7 +298,7 @@ class ClipAdapter(TaskAdapter):
         """The residual attention blocks, as FDA's ViT code; anchors ``[tokens, hidden]`` (50 tokens for B/32)."""
         return list(self._units)
 
-    def _head(self, task: str, path: str | None) -> torch.Tensor:
+    def _load_head(self, task: str, path: str | None) -> torch.Tensor:
         if not path:
             raise StudioError(f"no zero-shot head for task {task!r}",
                               hint="pass --heads TASK=classes.txt (one class name per line) or TASK=head.safetensors, "
@@ -335,17 +341,10 @@ class ClipAdapter(TaskAdapter):
         return torch.stack(rows)
 
     def features(self, params, x):
-        pooled = functional_call(self.module, params, (x,), strict=False)
-        return F.normalize(F.linear(pooled, self.proj), dim=-1)
+        return F.normalize(F.linear(super().features(params, x), self.proj), dim=-1)
 
-    def logits(self, params, task, batch):
-        return self.scale * self.features(params, batch.to(self.device)) @ self.heads[task].T
-
-    def logits_many(self, params, batches):
-        order = list(batches)
-        feats = self.features(params, torch.cat([batches[t].to(self.device) for t in order]))
-        sizes = [len(batches[t]) for t in order]
-        return {t: self.scale * f @ self.heads[t].T for t, f in zip(order, feats.split(sizes))}
+    def head(self, task, feats):
+        return self.scale * feats @ self.heads[task].T
 
     def load_data(self, task, items):
         """Image files → ``pixel_values`` by the base's image processor (CLIP's resize, crop and normalisation)."""
