@@ -424,19 +424,14 @@ class CausalLMAdapter(TaskAdapter):
 
 
 def _model_config(base: str) -> dict | None:
-    """``config.json`` of a transformers model folder or hub id (None for a single checkpoint file)."""
-    path = Path(str(base))
-    if path.is_dir():
-        return json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else None
-    if path.suffix or path.exists() or str(base).count("/") != 1:
-        return None
-    from transformers import AutoConfig
+    """``config.json`` of a transformers model folder or hub id (None for a single checkpoint file). Hub ids resolve
+    through the sources' HF-cache snapshot (downloaded only when online and not cached), as every model reference."""
+    from ..sources.resolve import resolve_path
 
-    try:  # a hub id: the config alone (from the local cache, or fetched when online)
-        return AutoConfig.from_pretrained(str(base)).to_dict()
-    except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
-        raise StudioError(f"cannot read the model config ({e})", where=str(base),
-                          hint="a hub id needs a network connection or the model in the local HF cache") from None
+    path = resolve_path(str(base))
+    if path.is_dir() and (path / "config.json").exists():
+        return json.loads((path / "config.json").read_text())
+    return None
 
 
 def make_adapter(base: str, experts: list[str], *, device: torch.device, tasks: list[str] | None = None,
