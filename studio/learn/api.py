@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,17 +61,15 @@ class LearnResult:
 
         from safetensors.torch import save_file
 
+        from ..engine.output import AtomicTarget
+
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
 
         def put(name: str, write) -> None:
-            tmp = out / f".{name}.partial-{os.getpid()}"
-            try:
+            with AtomicTarget(out / name, is_file=True) as tmp:
                 write(tmp)
-                os.replace(tmp, out / name)
-            finally:
-                tmp.unlink(missing_ok=True)
             written.append(name)
 
         if self.recipe is not None:
