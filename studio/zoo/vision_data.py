@@ -46,7 +46,7 @@ def _drawn(draw: Callable, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def numbers(seed: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """The digits on a random grey background with random contrast (either polarity) and pixel noise."""
-    x, y = _digits()
+    x, y = dataset("digits")  # the cached digits (read, never written)
     rng = np.random.default_rng(seed)
     out = np.empty_like(x)
     for i, img in enumerate(x):
