@@ -40,10 +40,14 @@ class Layout:
         raise NotImplementedError
 
     def position(self, key: str) -> float:
-        """t ∈ [0, 1] used to interpolate gradient lists (block layouts: group index / (G − 1))."""
-        g = self.group_of(key)
+        """t ∈ [0, 1] used to interpolate gradient lists: the position of the key's group."""
+        return self.group_position(self.group_of(key))
+
+    def group_position(self, group: str) -> float:
+        """t ∈ [0, 1] of a whole group (block layouts: group index / (G − 1)); what a gradient list gives the group's
+        tensors, so per-group values shown in the studio are the ones the engine applies."""
         n = len(self.groups)
-        return self.groups.index(g) / (n - 1) if n > 1 else 0.0
+        return self.groups.index(group) / (n - 1) if n > 1 else 0.0
 
     def layer_index(self, key: str) -> int | None:
         """For layer-stacked models: the layer number inside the key, else None."""
@@ -71,5 +75,5 @@ class FlatLayout(Layout):
     def group_of(self, key):
         return "ALL"
 
-    def position(self, key):
+    def group_position(self, group):
         return 0.0

@@ -40,6 +40,12 @@ class LayerStackLayout(Layout):
             return 0.0
         return i / (self.num_layers - 1) if self.num_layers > 1 else 1.0
 
+    def group_position(self, group):
+        if group in ("EMB", "HEAD"):
+            return 0.0
+        i = int(group[1:])
+        return i / (self.num_layers - 1) if self.num_layers > 1 else 1.0
+
     def rename_layer(self, key, new_index):
         m = LAYER.match(key)
         if not m:

@@ -215,11 +215,9 @@ class SDBlockLayout(Layout):
             return "BASE"
         return g if g in self.labels else "BASE"
 
-    def position(self, key: str) -> float:
-        g = self.group_of(key)
-        if g == "VAE":
-            return 0.0
-        return self.blocks.index(g) / (len(self.blocks) - 1)
+    def group_position(self, group: str) -> float:
+        # the VAE slot is left out of gradient positions: a 26 (SD1) / 20 (SDXL) value list maps 1:1 onto the blocks
+        return 0.0 if group == "VAE" else self.blocks.index(group) / (len(self.blocks) - 1)
 
 
 class FluxBlockLayout(Layout):
@@ -256,9 +254,8 @@ class FluxBlockLayout(Layout):
             g = "IN"
         return g if g in self.labels or g in self.blocks else "IN"
 
-    def position(self, key: str) -> float:
-        g = self.group_of(key)
-        return 0.0 if g == "VAE" else self.blocks.index(g) / (len(self.blocks) - 1)
+    def group_position(self, group: str) -> float:
+        return 0.0 if group == "VAE" else self.blocks.index(group) / (len(self.blocks) - 1)
 
 
 def layout_for(source, family: str | None = None) -> Layout | None:
