@@ -1,4 +1,5 @@
-"""python -m studio merge RECIPE.yaml OUT_DIR [--device auto|cpu|cuda] [--seed N] [--overwrite] [--dry-run]"""
+"""python -m studio merge RECIPE.yaml OUT_DIR [--set PATH=VALUE …] [--device auto|cpu|cuda] [--seed N] [--overwrite]
+[--dry-run]"""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from ..inspect import human_bytes, human_count
 def add_arguments(p):
     p.add_argument("recipe", help="mergekit-style YAML recipe")
     p.add_argument("out", help="output folder (or a .safetensors file for single-file checkpoints)")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="change one setting before merging (repeatable), e.g. models.0.weight=0.5, "
+                        "parameters.lambda@L03=0.9, models.*.density=0.3; values are read as YAML")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--seed", type=int, default=None, help="seed for random methods (DARE, DELLA)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
@@ -53,7 +57,9 @@ def run(args) -> int:
     from ..recipe import Recipe
     from pathlib import Path
 
-    recipe = Recipe.load(args.recipe)
+    from ..recipe.edit import with_assignments
+
+    recipe = with_assignments(Recipe.load(args.recipe), args.set)
     if args.dry_run:
         plan = build_plan(recipe)
         check_target(Path(args.out), args.overwrite, [Path(s.folder or s.path) for s in plan.sources])
