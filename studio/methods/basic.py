@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .cache_blocks import blocked_cast
 from .registry import Param, method
 
 WEIGHT = Param("weight", per_model=True, range=(-1.0, 2.0), doc="this model's coefficient")
@@ -18,29 +19,6 @@ def weighted_sum(tensors: list[torch.Tensor], weights: list[float], out: torch.T
     for x, w in zip(tensors, weights):
         out.add_(x, alpha=float(w))
     return out
-
-
-def blocked_cast(shape, out_dtype: torch.dtype, fill, block: int | None = None) -> torch.Tensor:
-    """A tensor of ``out_dtype`` whose elements [s, e) are ``fill(s, e, acc)``'s float32 values, computed block by
-    block (``block`` elements, default the blocked kernels' size) and rounded once: equal to computing the whole
-    float32 tensor and casting it, without the float32 tensor (its fresh pages) or the extra pass. ``acc`` is a
-    reused cache-sized float32 scratch, or for a float32 result the output block itself (``fill`` fills it in place).
-    """
-    from .gta import block_size
-
-    res = torch.empty(shape, dtype=out_dtype)
-    flat = res.view(-1)
-    n = flat.numel()
-    blk = max(1, min(block or block_size(), n))
-    direct = out_dtype == torch.float32
-    acc = None if direct else torch.empty(blk, dtype=torch.float32)
-    for s in range(0, n, blk):
-        e = min(n, s + blk)
-        if direct:
-            fill(s, e, flat[s:e])
-        else:
-            flat[s:e].copy_(fill(s, e, acc[: e - s]))
-    return res
 
 
 def _castable(out, out_dtype, tensors) -> bool:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from . import sparsify as sp
-from .basic import WEIGHT, blocked_cast
+from .basic import WEIGHT
+from .cache_blocks import block_size, blocked_cast
 from functools import partial
 
 from .registry import Param
@@ -118,19 +119,6 @@ def gta_merge(base: torch.Tensor, models: list[torch.Tensor], weight: list[float
 # and its L1 norms (one sweep; the mask is kept as bools). Elementwise arithmetic is the same as gta_merge's, in
 # the same order, so results are identical to it (and, for TIES, to mergekit) bit for bit.
 # ---------------------------------------------------------------------------------------------------------------
-
-# Elements per block. Each op on a block releases and retakes the GIL, so with the engine's two worker threads
-# small blocks serialise on it: big blocks (still cache-resident) when ops run on the calling thread alone (the
-# engine sets one intra-op thread per worker). With intra-op threads, blocks of torch's grain size
-# (at::internal::GRAIN_SIZE = 32768) keep every op on the calling thread: per-op OpenMP barriers cost more than a
-# block's work whenever a core is busy elsewhere.
-BLOCK = 1 << 18
-SERIAL_BLOCK = 1 << 15
-
-
-def block_size() -> int:
-    return BLOCK if torch.get_num_threads() == 1 else min(BLOCK, SERIAL_BLOCK)
-
 
 SAMPLE = 1 << 14     # sample used to bracket the k-th magnitude (a wider band is cheaper than a bigger sort)
 

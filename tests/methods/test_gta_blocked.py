@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from studio.methods import gta
+from studio.methods import cache_blocks, gta
 from studio.methods import select as sel
 from studio.methods import sparsify as sp
 
@@ -42,7 +42,7 @@ SHAPES = [(50,), (37, 29), (3, 70001), (131073,), (300, 1000)]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_ties_blocked_is_bit_exact(monkeypatch, shape, dtype, block):
-    monkeypatch.setattr(gta, "BLOCK", block)
+    monkeypatch.setattr(cache_blocks, "BLOCK", block)
     base, models = _family(shape, dtype)
     weight, density = [0.3, 1.0, -0.5, 0.7], [0.3, 0.55, 0.9, 0.2]
     before = [t.clone() for t in (base, *models)]
@@ -78,7 +78,7 @@ def test_ties_blocked_equals_mergekit_on_large_tensors(monkeypatch):
     # several blocks and the sampled bracket (n > 2**17); continuous float32 deltas, so no ties at the threshold
     # (on tied magnitudes mergekit keeps whichever its unstable argsort puts first; we keep the lower indices)
     mk = pytest.importorskip("mergekit.merge_methods")
-    monkeypatch.setattr(gta, "BLOCK", 30000)
+    monkeypatch.setattr(cache_blocks, "BLOCK", 30000)
     g = torch.Generator().manual_seed(9)
     base = torch.randn(300, 1000, generator=g)
     models = [base + 0.05 * torch.randn(300, 1000, generator=g) for _ in range(3)]
@@ -126,7 +126,7 @@ def test_kth_sweep_small_without_sample():
 @pytest.mark.parametrize("block", [4096, 1 << 16])
 @pytest.mark.parametrize("shape", [(7,), (37, 29), (300, 1001)])
 def test_dare_blocked_draws_bernoulli_mask(monkeypatch, shape, block):
-    monkeypatch.setattr(gta, "BLOCK", block)
+    monkeypatch.setattr(cache_blocks, "BLOCK", block)
     base, models = _family(shape, torch.float16, n=3, seed=5)
     weight, density = [1.0, 0.6, -0.8], [0.3, 0.5, 1.0]
     out = gta.dare_ties(base, models, weight=weight, density=density, normalize=False, rescale=True, lambda_=1.0,
@@ -137,7 +137,7 @@ def test_dare_blocked_draws_bernoulli_mask(monkeypatch, shape, block):
     # the stored masks are bernoulli_mask's, drawn model after model from one generator
     g = torch.Generator().manual_seed(11)
     b = base.reshape(-1)
-    blk = min(gta.BLOCK, b.numel())
+    blk = min(cache_blocks.BLOCK, b.numel())
     ws = {"words": torch.empty((blk + 3) // 4, dtype=torch.int64), "d": torch.empty(blk), "f": torch.empty(blk),
           "b32": torch.empty(blk)}
     g2 = torch.Generator().manual_seed(11)
