@@ -24,7 +24,7 @@ from .cache_blocks import block_size, blocked_cast
 from functools import partial
 
 from .registry import Param
-from .select import KthLargestSweep
+from .order_statistics import KthLargestSweep
 from .registry import method as _register
 
 # every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
@@ -177,7 +177,7 @@ class _Keep:
 
 def _prepare_topk(ms: list[torch.Tensor], b: torch.Tensor, density: list[float], block: int) -> list[_Keep]:
     """TIES trims (mergekit magnitude, no rescale) of every model in one sweep: the exact k-th |delta| of each and
-    its tie cut (select.KthLargestSweep)."""
+    its tie cut (order_statistics.KthLargestSweep)."""
     n = b.numel()
     keeps: list = [None] * len(ms)
     sweeps = {}

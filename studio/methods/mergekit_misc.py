@@ -11,7 +11,7 @@ from .registry import method as _register
 
 # every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
 method = partial(_register, pure_inputs=True)
-from .select import kth_smallest, topk_mask
+from .order_statistics import kth_smallest, topk_mask
 
 
 @method(

@@ -4,7 +4,7 @@ Each function takes a delta ``d`` (a scratch tensor it may overwrite), zeroes th
 returns the L1 rescale factor ``‖d‖₁ / ‖masked d‖₁`` (1.0 when ``rescale`` is off or either norm is below 1e-7),
 which the caller folds into the model's weight instead of spending a pass multiplying the tensor.
 
-* magnitude: keep the ``max(1, ⌊density·n⌋)`` largest |d| (exact top-k, :mod:`.select`), per tensor.
+* magnitude: keep the ``max(1, ⌊density·n⌋)`` largest |d| (exact top-k, :mod:`.order_statistics`), per tensor.
 * magnitude_outliers (breadcrumbs): drop the ``⌊gamma·n⌋`` largest, then the smallest, keeping ``⌊density·n⌋``.
 * bernoulli (DARE): keep each entry with probability ``density``.
 * della_magprune: per row, keep probability rising linearly with the magnitude rank over
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import RecipeError
-from .select import kth_largest, topk_mask
+from .order_statistics import kth_largest, topk_mask
 
 RESCALE_EPS = 1e-7
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import StudioError
-from . import select as sel
+from . import order_statistics as sel
 from functools import partial
 
 from .registry import Param

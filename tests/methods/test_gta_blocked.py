@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from studio.methods import cache_blocks, gta
-from studio.methods import select as sel
+from studio.methods import order_statistics as sel
 from studio.methods import sparsify as sp
 
 

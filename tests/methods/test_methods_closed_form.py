@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from studio.methods import select as sel
+from studio.methods import order_statistics as sel
 from studio.methods.global_stats import gather_context
 from studio.methods.registry import get_method, list_methods
 
