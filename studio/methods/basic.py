@@ -6,9 +6,7 @@ import torch
 
 from .cache_blocks import blocked_cast
 from .registry import Param, method
-
-WEIGHT = Param("weight", per_model=True, range=(-1.0, 2.0), doc="this model's coefficient")
-
+from .shared_params import INT8_MASK, LAMBDA, WEIGHT
 
 def weighted_sum(tensors: list[torch.Tensor], weights: list[float], out: torch.Tensor | None = None) -> torch.Tensor:
     """Σ wᵢ·xᵢ in float32 (inputs may be fp16/bf16: the in-place adds upcast them on the fly)."""
@@ -60,11 +58,11 @@ def linear(base, models, *, weight, normalize, out=None, out_dtype=None):
 TASK_ARITHMETIC_PARAMS = [
     WEIGHT,
     Param("normalize", default=False, kind=bool, doc="divide the summed delta by Σ weights"),
-    Param("lambda", default=1.0, range=(0.0, 3.0), doc="scale of the merged delta"),
+    LAMBDA,
     Param("density", per_model=True, default=1.0, range=(0.0, 1.0),
           doc="accepted for mergekit compatibility; task arithmetic keeps the whole delta", compat=True),
     Param("rescale", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here", compat=True),
-    Param("int8_mask", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here", compat=True),
+    INT8_MASK,
 ]
 
 

@@ -8,6 +8,7 @@ from functools import partial
 
 from .registry import Param
 from .registry import method as _register
+from .shared_params import INT8_MASK
 
 # every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
 method = partial(_register, pure_inputs=True)
@@ -53,8 +54,7 @@ def model_stock(base, models, *, filter_wise):
     "sce",
     params=[Param("select_topk", default=1.0, range=(0.0, 1.0),
                   doc="fraction of entries (by variance across models) that are kept"),
-            Param("int8_mask", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here",
-                  compat=True)],
+            INT8_MASK],
     needs_base=True,
     ref="Wan et al. 2024, FuseChat / SCE (arXiv 2408.07990); mergekit sce",
     formula="keep top-k Var_i(τᵢ); s = sign Στᵢ; wᵢ = mean τᵢ²/Σⱼ; θ = θ₀ + Σ[sign τᵢ=s]wᵢτᵢ / Σ[·]wᵢ",

@@ -14,12 +14,10 @@ from functools import partial
 
 from .registry import Param
 from .registry import method as _register
+from .shared_params import LAMBDA
 
 # every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
 method = partial(_register, pure_inputs=True)
-
-LAMBDA = Param("lambda", default=1.0, range=(0.0, 3.0), doc="scale of the merged task vector")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # TIES, paper-faithful: top-k over the whole model vector, sign election on unweighted trimmed deltas

@@ -20,20 +20,17 @@ from __future__ import annotations
 import torch
 
 from . import sparsify as sp
-from .basic import WEIGHT
 from functools import partial
 
 from .registry import Param
 from .registry import method as _register
+from .shared_params import INT8_MASK, LAMBDA, WEIGHT
 from .ties_blocked import blocked_ok, dare_ties_blocked, ties_blocked
 
 # every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
 method = partial(_register, pure_inputs=True)
 
 DENSITY = Param("density", default=1.0, per_model=True, range=(0.0, 1.0), doc="fraction of the delta kept")
-LAMBDA = Param("lambda", default=1.0, range=(0.0, 3.0), doc="scale of the merged delta")
-INT8 = Param("int8_mask", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here",
-             compat=True)
 GAMMA = Param("gamma", default=0.01, per_model=True, range=(0.0, 0.2),
               doc="fraction of the largest-magnitude entries removed (outliers)")
 EPSILON = Param("epsilon", default=0.15, per_model=True, range=(0.0, 0.5),
@@ -128,7 +125,7 @@ _REF_BC = "Davari & Belilovsky 2024, Model Breadcrumbs (arXiv 2312.06795); merge
 _REF_DELLA = "Deep et al. 2024, DELLA-Merging (arXiv 2406.11617); mergekit della*"
 
 
-@method("ties", params=[WEIGHT, DENSITY, _normalize(True), _rescale(False), LAMBDA, INT8], needs_base=True,
+@method("ties", params=[WEIGHT, DENSITY, _normalize(True), _rescale(False), LAMBDA, INT8_MASK], needs_base=True,
         stored_dtype_inputs=True, casts_output=True, ref=_REF_TIES, label="TIES",
         formula="dᵢ = top-k(θᵢ−θ₀, density); s = sign Σ wᵢdᵢ; θ = θ₀ + λ·Σ[sign wᵢdᵢ = s]wᵢdᵢ / Σ[·]wᵢ")
 def ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mask=False, out_dtype=None):
@@ -143,7 +140,7 @@ def ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mas
                            consensus=True, normalize=normalize, lambda_=lambda_), out_dtype)
 
 
-@method("dare_ties", params=[WEIGHT, DENSITY, _normalize(False), _rescale(True), LAMBDA, INT8], needs_base=True,
+@method("dare_ties", params=[WEIGHT, DENSITY, _normalize(False), _rescale(True), LAMBDA, INT8_MASK], needs_base=True,
         random=True, stored_dtype_inputs=True, casts_output=True, ref=_REF_DARE, label="DARE + TIES",
         formula="dᵢ = Bernoulli(density)⊙(θᵢ−θ₀)·‖·‖₁-rescale; TIES election on wᵢdᵢ; θ = θ₀ + λ·τ")
 def dare_ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mask=False, generator=None,
@@ -159,7 +156,7 @@ def dare_ties(base, models, *, weight, density, normalize, rescale, lambda_, int
                            consensus=True, normalize=normalize, lambda_=lambda_, fold=True), out_dtype)
 
 
-@method("dare_linear", params=[WEIGHT, DENSITY, _normalize(False), _rescale(True), LAMBDA, INT8], needs_base=True,
+@method("dare_linear", params=[WEIGHT, DENSITY, _normalize(False), _rescale(True), LAMBDA, INT8_MASK], needs_base=True,
         random=True, ref=_REF_DARE, label="DARE (linear)",
         formula="θ = θ₀ + λ·Σᵢ wᵢ·Bernoulli(density)⊙(θᵢ−θ₀)·‖·‖₁-rescale")
 def dare_linear(base, models, *, weight, density, normalize, rescale, lambda_, int8_mask=False, generator=None):
@@ -168,7 +165,7 @@ def dare_linear(base, models, *, weight, density, normalize, rescale, lambda_, i
                      consensus=False, normalize=normalize, lambda_=lambda_, fold=True)
 
 
-@method("breadcrumbs", params=[WEIGHT, DENSITY, GAMMA, _normalize(False), _rescale(False), LAMBDA, INT8],
+@method("breadcrumbs", params=[WEIGHT, DENSITY, GAMMA, _normalize(False), _rescale(False), LAMBDA, INT8_MASK],
         needs_base=True, ref=_REF_BC, label="Model Breadcrumbs",
         formula="dᵢ = (θᵢ−θ₀) minus its top-γ and bottom (1−density−γ) magnitudes; θ = θ₀ + λ·Σ wᵢdᵢ")
 def breadcrumbs(base, models, *, weight, density, gamma, normalize, rescale, lambda_, int8_mask=False):
@@ -178,7 +175,7 @@ def breadcrumbs(base, models, *, weight, density, gamma, normalize, rescale, lam
                      consensus=False, normalize=normalize, lambda_=lambda_)
 
 
-@method("breadcrumbs_ties", params=[WEIGHT, DENSITY, GAMMA, _normalize(False), _rescale(False), LAMBDA, INT8],
+@method("breadcrumbs_ties", params=[WEIGHT, DENSITY, GAMMA, _normalize(False), _rescale(False), LAMBDA, INT8_MASK],
         needs_base=True, ref=_REF_BC, label="Model Breadcrumbs + TIES",
         formula="breadcrumbs sparsification, then TIES election on wᵢdᵢ; θ = θ₀ + λ·τ")
 def breadcrumbs_ties(base, models, *, weight, density, gamma, normalize, rescale, lambda_, int8_mask=False):
@@ -187,7 +184,7 @@ def breadcrumbs_ties(base, models, *, weight, density, gamma, normalize, rescale
                      consensus=True, normalize=normalize, lambda_=lambda_)
 
 
-@method("della", params=[WEIGHT, DENSITY, EPSILON, _normalize(True), _rescale(True), LAMBDA, INT8],
+@method("della", params=[WEIGHT, DENSITY, EPSILON, _normalize(True), _rescale(True), LAMBDA, INT8_MASK],
         needs_base=True, random=True, ref=_REF_DELLA, label="DELLA",
         formula="keep pᵢ = density−ε+2ε·rank/(cols−1) per row; ‖·‖₁ rescale; TIES election; θ = θ₀ + λ·τ")
 def della(base, models, *, weight, density, epsilon, normalize, rescale, lambda_, int8_mask=False,
@@ -199,7 +196,7 @@ def della(base, models, *, weight, density, epsilon, normalize, rescale, lambda_
                      consensus=True, normalize=normalize, lambda_=lambda_, fold=True)
 
 
-@method("della_linear", params=[WEIGHT, DENSITY, EPSILON, _normalize(False), _rescale(True), LAMBDA, INT8],
+@method("della_linear", params=[WEIGHT, DENSITY, EPSILON, _normalize(False), _rescale(True), LAMBDA, INT8_MASK],
         needs_base=True, random=True, ref=_REF_DELLA, label="DELLA (linear)",
         formula="MagPrune sparsification + ‖·‖₁ rescale; θ = θ₀ + λ·Σ wᵢdᵢ")
 def della_linear(base, models, *, weight, density, epsilon, normalize, rescale, lambda_, int8_mask=False,
