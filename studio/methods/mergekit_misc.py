@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from functools import partial
-
-from .registry import Param
-from .registry import method as _register
+from .registry import Param, method
 from .shared_params import INT8_MASK
 
-# every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
-method = partial(_register, pure_inputs=True)
 from .order_statistics import kth_smallest, topk_mask
 
 
@@ -23,6 +18,7 @@ from .order_statistics import kth_smallest, topk_mask
     ref="Jang et al. 2024, Model Stock (arXiv 2403.19522); mergekit model_stock",
     formula="cos = mean_{i<j} cos(θᵢ−θ₀, θⱼ−θ₀); t = k·cos/(1+(k−1)·cos); θ = t·mean θᵢ + (1−t)·θ₀",
     label="Model Stock",
+    pure_inputs=True,
 )
 def model_stock(base, models, *, filter_wise):
     """Interpolate between the base and the average of k fine-tunes with the ratio Model Stock derives from the
@@ -59,6 +55,7 @@ def model_stock(base, models, *, filter_wise):
     ref="Wan et al. 2024, FuseChat / SCE (arXiv 2408.07990); mergekit sce",
     formula="keep top-k Var_i(τᵢ); s = sign Στᵢ; wᵢ = mean τᵢ²/Σⱼ; θ = θ₀ + Σ[sign τᵢ=s]wᵢτᵢ / Σ[·]wᵢ",
     label="SCE (select, calculate, erase)",
+    pure_inputs=True,
 )
 def sce(base, models, *, select_topk, int8_mask=False):
     """Select the entries with the largest variance across task vectors, weight each task vector by its mean
@@ -96,6 +93,7 @@ def _sce_mask(tv: torch.Tensor, density: float) -> torch.Tensor:
         "mergekit nearswap",
     formula="w = clamp(t / max(|θ₀−θ₁|, 1e-6), 0, 1);  θ = w·θ₁ + (1−w)·θ₀",
     label="NearSwap",
+    pure_inputs=True,
 )
 def nearswap(base, models, *, t):
     """Take the other model's value where it is close to the base's (|Δ| ≤ t), interpolating by t/|Δ| beyond."""
@@ -117,6 +115,7 @@ def _quantile_index(q: float, n: int) -> int:
     ref="Arcee AI, Arcee Fusion (arcee.ai); mergekit arcee_fusion",
     formula="I = |θ₁−θ₀|·KL(softmax θ₁ ‖ softmax θ₀) per row; θ = θ₀ + [I ≥ Q₂+1.5(Q₃−Q₁)]·(θ₁−θ₀)",
     label="Arcee Fusion",
+    pure_inputs=True,
 )
 def arcee_fusion(base, models):
     """Move to the other model only where the importance |Δ|·KL (row-wise softmax divergence) is an upper
@@ -145,6 +144,7 @@ def arcee_fusion(base, models):
     ref="mergekit passthrough",
     formula="θ = scale·θ₁",
     label="Passthrough",
+    pure_inputs=True,
 )
 def passthrough(base, models, *, scale):
     """Copy the single input tensor, optionally scaled (mergekit's ``scale``; its default ``None`` means 1)."""

@@ -10,14 +10,9 @@ import torch
 
 from ..errors import StudioError
 from . import order_statistics as sel
-from functools import partial
-
-from .registry import Param
-from .registry import method as _register
+from .registry import Param, method
 from .shared_params import LAMBDA
 
-# every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
-method = partial(_register, pure_inputs=True)
 
 # ---------------------------------------------------------------------------------------------------------------
 # TIES, paper-faithful: top-k over the whole model vector, sign election on unweighted trimmed deltas
@@ -83,6 +78,7 @@ def ties_global_context(hist_hi: torch.Tensor, density: float) -> dict:
     ref="Yadav et al. 2023, TIES-Merging (arXiv 2306.01708), as in FusionBench ties_merging_utils",
     formula="τ̂ᵢ = τᵢ·[|τᵢ| ≥ kth_model(|τᵢ|)]; γ = sign Σ τ̂ᵢ; θ = θ₀ + λ·Σ[sign τ̂ᵢ=γ]τ̂ᵢ / max(1, Σ[·])",
     label="TIES (paper: global top-k)",
+    pure_inputs=True,
 )
 def ties_paper(base, models, *, density, lambda_, context=None):
     """TIES as published: each task vector is trimmed to its top ``density`` magnitudes over the WHOLE model
@@ -141,6 +137,7 @@ def _polar(x: torch.Tensor) -> torch.Tensor:
     ref="Gargiulo et al. 2025, Task Singular Vectors (CVPR 2025, arXiv 2412.00081); FusionBench TSVM",
     formula="k=⌊min(m,n)/T⌋; U=[U₁,ₖ…U_T,ₖ], S=[…], V=[…]; τ = polar(U)·diag(S)·polar(Vᵀ); θ = θ₀ + α·τ",
     label="TSV-M (task singular vectors)",
+    pure_inputs=True,
 )
 def tsv_m(base, models, *, alpha):
     """For 2-D weights, keep each task vector's top k = ⌊min(m,n)/T⌋ singular triplets, concatenate them, and
@@ -200,6 +197,7 @@ def wudi_optimize(taus: list[torch.Tensor], iters: int = 300, lr: float = 1e-5) 
         "FusionBench wudi",
     formula="2-D: τ = argmin Σᵢ‖(τ−τᵢ)τᵢᵀ‖²/‖τᵢ‖² (Adam from Στᵢ); else τ = mean τᵢ;  θ = θ₀ + τ",
     label="WUDI (data-free interference minimisation)",
+    pure_inputs=True,
 )
 def wudi(base, models, *, iters, lr):
     """Data-free: for each 2-D weight, find the merged task vector whose interference with every task's input
@@ -233,6 +231,7 @@ def tall_masks(taus: list[torch.Tensor], merged: torch.Tensor, lambdas: list[flo
         "(TALL masks / Consensus, ICML 2024, arXiv 2405.07813)",
     formula="τ_MTL = Σ wₜτₜ; mₜ = |τₜ| ≥ λₜ|τ_MTL−τₜ|; θ = θ₀ + λ·[Σₜ mₜ ≥ k]⊙τ_MTL",
     label="Consensus TA (TALL masks)",
+    pure_inputs=True,
 )
 def consensus_ta(base, models, *, weight, tall_lambda, min_agree, lambda_):
     """Task arithmetic restricted to the entries that at least ``min_agree`` tasks consider important (their
@@ -263,6 +262,7 @@ def consensus_ta(base, models, *, weight, tall_lambda, min_agree, lambda_):
         "(ECCV 2024, arXiv 2407.06322)",
     formula="τ[j] = τ_{i*}[j], i* = argmaxᵢ |τᵢ[j]|;  θ = θ₀ + λ·τ",
     label="MagMax (max-magnitude selection)",
+    pure_inputs=True,
 )
 def magmax(base, models, *, lambda_):
     """For every parameter, take the task-vector entry of largest magnitude (first model on ties)."""
@@ -334,6 +334,7 @@ def emr_task_tensor(base: torch.Tensor, unified: torch.Tensor, mask: torch.Tenso
     formula="τ_uni = s⊙maxᵢ|τᵢ[sign τᵢ = s]|, s = sign Στᵢ;  θ = θ₀ + τ_uni;  task i: θ₀ + rᵢ·Mᵢ⊙τ_uni",
     label="EMR-merging (unified model + task masks)",
     extra={"artifacts": "emr"},
+    pure_inputs=True,
 )
 def emr(base, models):
     """The unified EMR model θ₀ + τ_uni. The per-task masks Mᵢ = [τᵢ⊙τ_uni > 0] and rescalers

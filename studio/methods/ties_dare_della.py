@@ -20,15 +20,10 @@ from __future__ import annotations
 import torch
 
 from . import sparsify as sp
-from functools import partial
-
-from .registry import Param
-from .registry import method as _register
+from .registry import Param, method
 from .shared_params import INT8_MASK, LAMBDA, WEIGHT
 from .ties_blocked import blocked_ok, dare_ties_blocked, ties_blocked
 
-# every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
-method = partial(_register, pure_inputs=True)
 
 DENSITY = Param("density", default=1.0, per_model=True, range=(0.0, 1.0), doc="fraction of the delta kept")
 GAMMA = Param("gamma", default=0.01, per_model=True, range=(0.0, 0.2),
@@ -125,8 +120,8 @@ _REF_BC = "Davari & Belilovsky 2024, Model Breadcrumbs (arXiv 2312.06795); merge
 _REF_DELLA = "Deep et al. 2024, DELLA-Merging (arXiv 2406.11617); mergekit della*"
 
 
-@method("ties", params=[WEIGHT, DENSITY, _normalize(True), _rescale(False), LAMBDA, INT8_MASK], needs_base=True,
-        stored_dtype_inputs=True, casts_output=True, ref=_REF_TIES, label="TIES",
+@method("ties", params=[WEIGHT, DENSITY, _normalize(True), _rescale(False), LAMBDA, INT8_MASK],
+        needs_base=True, pure_inputs=True, stored_dtype_inputs=True, casts_output=True, ref=_REF_TIES, label="TIES",
         formula="dᵢ = top-k(θᵢ−θ₀, density); s = sign Σ wᵢdᵢ; θ = θ₀ + λ·Σ[sign wᵢdᵢ = s]wᵢdᵢ / Σ[·]wᵢ")
 def ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mask=False, out_dtype=None):
     """TIES as mergekit does it: per-tensor top-k trim (``density`` kept), sign election on the weighted trimmed
@@ -140,8 +135,9 @@ def ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mas
                            consensus=True, normalize=normalize, lambda_=lambda_), out_dtype)
 
 
-@method("dare_ties", params=[WEIGHT, DENSITY, _normalize(False), _rescale(True), LAMBDA, INT8_MASK], needs_base=True,
-        random=True, stored_dtype_inputs=True, casts_output=True, ref=_REF_DARE, label="DARE + TIES",
+@method("dare_ties", params=[WEIGHT, DENSITY, _normalize(False), _rescale(True), LAMBDA, INT8_MASK],
+        needs_base=True, pure_inputs=True, random=True, stored_dtype_inputs=True, casts_output=True, ref=_REF_DARE,
+        label="DARE + TIES",
         formula="dᵢ = Bernoulli(density)⊙(θᵢ−θ₀)·‖·‖₁-rescale; TIES election on wᵢdᵢ; θ = θ₀ + λ·τ")
 def dare_ties(base, models, *, weight, density, normalize, rescale, lambda_, int8_mask=False, generator=None,
               out_dtype=None):
@@ -156,8 +152,8 @@ def dare_ties(base, models, *, weight, density, normalize, rescale, lambda_, int
                            consensus=True, normalize=normalize, lambda_=lambda_, fold=True), out_dtype)
 
 
-@method("dare_linear", params=[WEIGHT, DENSITY, _normalize(False), _rescale(True), LAMBDA, INT8_MASK], needs_base=True,
-        random=True, ref=_REF_DARE, label="DARE (linear)",
+@method("dare_linear", params=[WEIGHT, DENSITY, _normalize(False), _rescale(True), LAMBDA, INT8_MASK],
+        needs_base=True, pure_inputs=True, random=True, ref=_REF_DARE, label="DARE (linear)",
         formula="θ = θ₀ + λ·Σᵢ wᵢ·Bernoulli(density)⊙(θᵢ−θ₀)·‖·‖₁-rescale")
 def dare_linear(base, models, *, weight, density, normalize, rescale, lambda_, int8_mask=False, generator=None):
     """DARE drop and L1 rescale per model, then a weighted sum of the deltas (no sign election)."""
@@ -166,7 +162,7 @@ def dare_linear(base, models, *, weight, density, normalize, rescale, lambda_, i
 
 
 @method("breadcrumbs", params=[WEIGHT, DENSITY, GAMMA, _normalize(False), _rescale(False), LAMBDA, INT8_MASK],
-        needs_base=True, ref=_REF_BC, label="Model Breadcrumbs",
+        needs_base=True, pure_inputs=True, ref=_REF_BC, label="Model Breadcrumbs",
         formula="dᵢ = (θᵢ−θ₀) minus its top-γ and bottom (1−density−γ) magnitudes; θ = θ₀ + λ·Σ wᵢdᵢ")
 def breadcrumbs(base, models, *, weight, density, gamma, normalize, rescale, lambda_, int8_mask=False):
     """Model Breadcrumbs (mergekit): per tensor drop the ``gamma`` fraction of largest-magnitude entries and the
@@ -176,7 +172,7 @@ def breadcrumbs(base, models, *, weight, density, gamma, normalize, rescale, lam
 
 
 @method("breadcrumbs_ties", params=[WEIGHT, DENSITY, GAMMA, _normalize(False), _rescale(False), LAMBDA, INT8_MASK],
-        needs_base=True, ref=_REF_BC, label="Model Breadcrumbs + TIES",
+        needs_base=True, pure_inputs=True, ref=_REF_BC, label="Model Breadcrumbs + TIES",
         formula="breadcrumbs sparsification, then TIES election on wᵢdᵢ; θ = θ₀ + λ·τ")
 def breadcrumbs_ties(base, models, *, weight, density, gamma, normalize, rescale, lambda_, int8_mask=False):
     """Breadcrumbs sparsification followed by the TIES sign election (mergekit ``breadcrumbs_ties``)."""
@@ -185,7 +181,7 @@ def breadcrumbs_ties(base, models, *, weight, density, gamma, normalize, rescale
 
 
 @method("della", params=[WEIGHT, DENSITY, EPSILON, _normalize(True), _rescale(True), LAMBDA, INT8_MASK],
-        needs_base=True, random=True, ref=_REF_DELLA, label="DELLA",
+        needs_base=True, pure_inputs=True, random=True, ref=_REF_DELLA, label="DELLA",
         formula="keep pᵢ = density−ε+2ε·rank/(cols−1) per row; ‖·‖₁ rescale; TIES election; θ = θ₀ + λ·τ")
 def della(base, models, *, weight, density, epsilon, normalize, rescale, lambda_, int8_mask=False,
           generator=None):
@@ -197,7 +193,7 @@ def della(base, models, *, weight, density, epsilon, normalize, rescale, lambda_
 
 
 @method("della_linear", params=[WEIGHT, DENSITY, EPSILON, _normalize(False), _rescale(True), LAMBDA, INT8_MASK],
-        needs_base=True, random=True, ref=_REF_DELLA, label="DELLA (linear)",
+        needs_base=True, pure_inputs=True, random=True, ref=_REF_DELLA, label="DELLA (linear)",
         formula="MagPrune sparsification + ‖·‖₁ rescale; θ = θ₀ + λ·Σ wᵢdᵢ")
 def della_linear(base, models, *, weight, density, epsilon, normalize, rescale, lambda_, int8_mask=False,
                  generator=None):
