@@ -4,5 +4,7 @@ from . import basic  # noqa: F401
 from . import ties_dare_della  # noqa: F401
 from . import spherical  # noqa: F401
 from . import mergekit_misc  # noqa: F401
-from . import survey  # noqa: F401
+from . import ties_paper  # noqa: F401
+from . import task_subspaces  # noqa: F401
+from . import entry_selection  # noqa: F401
 from . import supermerger  # noqa: F401
