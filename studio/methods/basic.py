@@ -1,4 +1,5 @@
-"""The first methods: linear, task arithmetic, SLERP (mergekit 0.1.5 names, defaults and semantics)."""
+"""The elementary methods: linear, task arithmetic, SLERP, passthrough (mergekit 0.1.5 names, defaults and
+semantics)."""
 
 from __future__ import annotations
 
@@ -130,3 +131,19 @@ def slerp_tensors(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: flo
 def slerp(base, models, *, t):
     """Spherical linear interpolation between the base (t = 0) and the one other model (t = 1), per tensor."""
     return slerp_tensors(float(t), base, models[0])
+
+
+@method(
+    "passthrough",
+    params=[Param("scale", default=1.0, per_model=True, range=(0.0, 2.0), doc="multiply the tensor by this")],
+    includes_base=True,
+    min_models=1, max_models=1,
+    ref="mergekit passthrough",
+    formula="θ = scale·θ₁",
+    label="Passthrough",
+    pure_inputs=True,
+)
+def passthrough(base, models, *, scale):
+    """Copy the single input tensor, optionally scaled (mergekit's ``scale``; its default ``None`` means 1)."""
+    s = scale[0]
+    return models[0].clone() if s is None or float(s) == 1.0 else models[0] * float(s)

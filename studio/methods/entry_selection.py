@@ -1,14 +1,54 @@
-"""Methods that decide, entry by entry, which task-vector values the merge keeps: Consensus TA (entries that
-enough TALL masks vote for), MagMax (the largest magnitude) and EMR (the elected sign's largest magnitude, with
-per-task masks and rescalers). All act on task vectors τᵢ = θᵢ − θ₀.
+"""Methods that decide, entry by entry, which task-vector values the merge keeps: SCE (the entries that vary most
+across models, then those agreeing with the elected sign), Consensus TA (entries that enough TALL masks vote for),
+MagMax (the largest magnitude) and EMR (the elected sign's largest magnitude, with per-task masks and rescalers).
+All act on task vectors τᵢ = θᵢ − θ₀.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .order_statistics import topk_mask
 from .registry import Param, method
-from .shared_params import LAMBDA
+from .shared_params import INT8_MASK, LAMBDA
+
+
+@method(
+    "sce",
+    params=[Param("select_topk", default=1.0, range=(0.0, 1.0),
+                  doc="fraction of entries (by variance across models) that are kept"),
+            INT8_MASK],
+    needs_base=True,
+    ref="Wan et al. 2024, FuseChat / SCE (arXiv 2408.07990); mergekit sce",
+    formula="keep top-k Var_i(τᵢ); s = sign Στᵢ; wᵢ = mean τᵢ²/Σⱼ; θ = θ₀ + Σ[sign τᵢ=s]wᵢτᵢ / Σ[·]wᵢ",
+    label="SCE (select, calculate, erase)",
+    pure_inputs=True,
+)
+def sce(base, models, *, select_topk, int8_mask=False):
+    """Select the entries with the largest variance across task vectors, weight each task vector by its mean
+    square, erase entries that disagree with the elected sign, and take the weighted mean of the rest."""
+    tv = torch.stack([m - base for m in models])
+    if select_topk < 1:
+        tv.mul_(_sce_mask(tv, select_topk))
+    total = tv.sum(dim=0)
+    positive = total >= 0
+    del total
+    agree = torch.where(positive, tv > 0, tv < 0)
+    w = tv.square().reshape(tv.shape[0], -1).mean(dim=1)
+    wsum = float(w.sum())
+    w = torch.ones_like(w) / w.shape[0] if abs(wsum) < 1e-6 else w / wsum
+    w = w.view(-1, *([1] * (tv.dim() - 1)))
+    erased = w * agree
+    merged = (tv * erased).sum(dim=0)
+    return base + merged / erased.sum(dim=0).clamp(min=1e-6)
+
+
+def _sce_mask(tv: torch.Tensor, density: float) -> torch.Tensor:
+    if density <= 0:
+        return torch.zeros_like(tv[0], dtype=torch.bool)
+    var = torch.var(tv, dim=0, unbiased=False)
+    k = int(int(torch.count_nonzero(var)) * density)
+    return topk_mask(var, k)
 
 
 def tall_masks(taus: list[torch.Tensor], merged: torch.Tensor, lambdas: list[float]) -> list[torch.Tensor]:

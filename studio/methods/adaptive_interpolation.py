@@ -1,13 +1,13 @@
-"""The rest of mergekit 0.1.5's methods: Model Stock, SCE, NearSwap, Arcee Fusion, passthrough."""
+"""Interpolations from the base toward the fine-tunes by a ratio the weights themselves set (mergekit 0.1.5):
+Model Stock (per tensor or row, from the deltas' pairwise cosines), NearSwap (per entry, from the distance) and
+Arcee Fusion (per entry, 0 or 1, from a KL-weighted importance)."""
 
 from __future__ import annotations
 
 import torch
 
+from .order_statistics import kth_smallest
 from .registry import Param, method
-from .shared_params import INT8_MASK
-
-from .order_statistics import kth_smallest, topk_mask
 
 
 @method(
@@ -44,44 +44,6 @@ def model_stock(base, models, *, filter_wise):
     t = torch.where(singular, torch.zeros_like(cos), (k * cos) / torch.where(singular, 1, denom))
     average = sum(ws) / k
     return (t * average + (1 - t) * w0).reshape(shape)
-
-
-@method(
-    "sce",
-    params=[Param("select_topk", default=1.0, range=(0.0, 1.0),
-                  doc="fraction of entries (by variance across models) that are kept"),
-            INT8_MASK],
-    needs_base=True,
-    ref="Wan et al. 2024, FuseChat / SCE (arXiv 2408.07990); mergekit sce",
-    formula="keep top-k Var_i(τᵢ); s = sign Στᵢ; wᵢ = mean τᵢ²/Σⱼ; θ = θ₀ + Σ[sign τᵢ=s]wᵢτᵢ / Σ[·]wᵢ",
-    label="SCE (select, calculate, erase)",
-    pure_inputs=True,
-)
-def sce(base, models, *, select_topk, int8_mask=False):
-    """Select the entries with the largest variance across task vectors, weight each task vector by its mean
-    square, erase entries that disagree with the elected sign, and take the weighted mean of the rest."""
-    tv = torch.stack([m - base for m in models])
-    if select_topk < 1:
-        tv.mul_(_sce_mask(tv, select_topk))
-    total = tv.sum(dim=0)
-    positive = total >= 0
-    del total
-    agree = torch.where(positive, tv > 0, tv < 0)
-    w = tv.square().reshape(tv.shape[0], -1).mean(dim=1)
-    wsum = float(w.sum())
-    w = torch.ones_like(w) / w.shape[0] if abs(wsum) < 1e-6 else w / wsum
-    w = w.view(-1, *([1] * (tv.dim() - 1)))
-    erased = w * agree
-    merged = (tv * erased).sum(dim=0)
-    return base + merged / erased.sum(dim=0).clamp(min=1e-6)
-
-
-def _sce_mask(tv: torch.Tensor, density: float) -> torch.Tensor:
-    if density <= 0:
-        return torch.zeros_like(tv[0], dtype=torch.bool)
-    var = torch.var(tv, dim=0, unbiased=False)
-    k = int(int(torch.count_nonzero(var)) * density)
-    return topk_mask(var, k)
 
 
 @method(
@@ -134,19 +96,3 @@ def arcee_fusion(base, models):
     threshold = med + 1.5 * (q3 - q1)
     mask = (importance >= threshold).float()
     return base + (other - base) * mask
-
-
-@method(
-    "passthrough",
-    params=[Param("scale", default=1.0, per_model=True, range=(0.0, 2.0), doc="multiply the tensor by this")],
-    includes_base=True,
-    min_models=1, max_models=1,
-    ref="mergekit passthrough",
-    formula="θ = scale·θ₁",
-    label="Passthrough",
-    pure_inputs=True,
-)
-def passthrough(base, models, *, scale):
-    """Copy the single input tensor, optionally scaled (mergekit's ``scale``; its default ``None`` means 1)."""
-    s = scale[0]
-    return models[0].clone() if s is None or float(s) == 1.0 else models[0] * float(s)
