@@ -7,4 +7,4 @@ from . import adaptive_interpolation  # noqa: F401
 from . import ties_paper  # noqa: F401
 from . import task_subspaces  # noqa: F401
 from . import entry_selection  # noqa: F401
-from . import supermerger  # noqa: F401
+from . import checkpoint_merger_modes  # noqa: F401

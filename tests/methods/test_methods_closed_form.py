@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from studio.methods import order_statistics as sel
+from studio.methods.checkpoint_merger_modes import similarity_range
 from studio.methods.global_stats import gather_context
 from studio.methods.registry import get_method, list_methods
 
@@ -71,7 +72,6 @@ def test_cosine_modes():
 
 
 def test_similarity_range_trims_percentiles():
-    from studio.methods.supermerger import similarity_range
     vals = np.linspace(0, 1, 1001)
     rng = similarity_range([vals[:500], vals[500:], np.array([np.nan])])
     assert 0.005 < rng["min"] < 0.02 and 0.98 < rng["max"] < 0.995

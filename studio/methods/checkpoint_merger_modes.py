@@ -1,4 +1,5 @@
-"""SuperMerger's merge modes and calc modes as methods on any same-keyed checkpoints.
+"""The checkpoint merger's modes of A1111 (weighted sum, add difference) and SuperMerger (triple sum, sum twice,
+train difference, cosine A/B calc modes) as methods on any same-keyed checkpoints.
 
 Models arrive in A, B, C order (``includes_base``: a recipe's base is simply one of the inputs, by position).
 α follows A1111/SuperMerger: ``(1 − α)·A + α·B``, so α = 0 is model A and α = 1 is model B.
