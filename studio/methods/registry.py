@@ -156,6 +156,8 @@ class MethodSpec:
         return self.fn(base, models, **kwargs)
 
 
+# every method the package's modules declare; studio/methods/__init__.py imports them all, so importing any
+# studio.methods module fills it
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
@@ -177,13 +179,7 @@ def method(name: str, params: list[Param] | None = None, **flags) -> Callable:
     return wrap
 
 
-def _load_all() -> None:
-    # Importing the package registers every method module listed in studio/methods/__init__.py.
-    from . import _modules  # noqa: F401
-
-
 def get_method(name: str) -> MethodSpec:
-    _load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -193,5 +189,4 @@ def get_method(name: str) -> MethodSpec:
 
 
 def list_methods() -> list[MethodSpec]:
-    _load_all()
     return [_REGISTRY[n] for n in sorted(_REGISTRY)]
