@@ -48,7 +48,8 @@ def model_stock(base, models, *, filter_wise):
 
 @method(
     "nearswap",
-    params=[Param("t", range=(0.0, 1.0), doc="similarity threshold: entries closer than t move to the other model")],
+    params=[Param("t", range=(0.0, 1.0), doc="similarity threshold: entries closer than t move to the other model",
+                  start=0.5)],
     needs_base=True,
     min_models=1, max_models=1,
     ref="alchemonaut, QuartetAnemoi-70B NearSwap (huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001); "

@@ -119,7 +119,7 @@ def slerp_tensors(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: flo
 
 @method(
     "slerp",
-    params=[Param("t", range=(0.0, 1.0), doc="fraction of the way from the base to the other model")],
+    params=[Param("t", range=(0.0, 1.0), doc="fraction of the way from the base to the other model", start=0.5)],
     needs_base=True,
     min_models=1,
     max_models=1,

@@ -19,7 +19,11 @@ REF = "hako-mikan/sd-webui-supermerger (scripts/mergers/mergers.py); AUTOMATIC11
 
 
 def _alpha(default: float, doc: str = "0 → model A, 1 → model B") -> Param:
-    return Param("alpha", default=default, range=(0.0, 1.0), doc=doc)
+    return Param("alpha", default=default, range=(0.0, 1.0), doc=doc, label="α (alpha)")
+
+
+def _beta(default: float, doc: str) -> Param:
+    return Param("beta", default=default, range=(0.0, 1.0), doc=doc, label="β (beta)")
 
 
 @method("weighted_sum", params=[_alpha(0.5)], includes_base=True, pure_inputs=True, min_models=2,
@@ -43,8 +47,7 @@ def add_difference(base, models, *, alpha):
     return a + alpha * (b - c)
 
 
-@method("triple_sum", params=[_alpha(0.33, "share of model B"),
-                              Param("beta", default=0.33, range=(0.0, 1.0), doc="share of model C")],
+@method("triple_sum", params=[_alpha(0.33, "share of model B"), _beta(0.33, "share of model C")],
         includes_base=True, pure_inputs=True, min_models=3, max_models=3, category="supermerger", ref=REF,
         formula="θ = (1−α−β)·A + α·B + β·C", label="Triple sum")
 def triple_sum(base, models, *, alpha, beta):
@@ -53,8 +56,7 @@ def triple_sum(base, models, *, alpha, beta):
     return (1 - alpha - beta) * a + alpha * b + beta * c
 
 
-@method("sum_twice", params=[_alpha(0.5), Param("beta", default=0.5, range=(0.0, 1.0),
-                                                 doc="0 → (A,B) mix, 1 → model C")],
+@method("sum_twice", params=[_alpha(0.5), _beta(0.5, "0 → (A,B) mix, 1 → model C")],
         includes_base=True, pure_inputs=True, min_models=3, max_models=3, category="supermerger", ref=REF,
         formula="θ = (1−β)·((1−α)·A + α·B) + β·C", label="Sum twice")
 def sum_twice(base, models, *, alpha, beta):

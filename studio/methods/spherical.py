@@ -8,7 +8,8 @@ import torch
 from .registry import Param, method
 
 
-WEIGHT_REQ = Param("weight", per_model=True, range=(0.0, 2.0), doc="this model's share of the interpolation")
+WEIGHT_REQ = Param("weight", per_model=True, range=(0.0, 2.0), doc="this model's share of the interpolation",
+                   start=1.0)
 
 
 def nuslerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool = False, flatten: bool = True,

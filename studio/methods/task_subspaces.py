@@ -18,7 +18,7 @@ def _polar(x: torch.Tensor) -> torch.Tensor:
 
 @method(
     "tsv_m",
-    params=[Param("alpha", default=1.0, range=(0.0, 3.0), doc="scale of the merged task vector")],
+    params=[Param("alpha", default=1.0, range=(0.0, 3.0), doc="scale of the merged task vector", label="α (alpha)")],
     needs_base=True,
     category="survey",
     ref="Gargiulo et al. 2025, Task Singular Vectors (CVPR 2025, arXiv 2412.00081); FusionBench TSVM",

@@ -27,9 +27,9 @@ from .ties_blocked import blocked_ok, dare_ties_blocked, ties_blocked
 
 DENSITY = Param("density", default=1.0, per_model=True, range=(0.0, 1.0), doc="fraction of the delta kept")
 GAMMA = Param("gamma", default=0.01, per_model=True, range=(0.0, 0.2),
-              doc="fraction of the largest-magnitude entries removed (outliers)")
+              doc="fraction of the largest-magnitude entries removed (outliers)", label="γ (gamma)")
 EPSILON = Param("epsilon", default=0.15, per_model=True, range=(0.0, 0.5),
-                doc="half-width of the keep-probability band around density")
+                doc="half-width of the keep-probability band around density", label="ε (epsilon)")
 
 
 def _normalize(default: bool) -> Param:
