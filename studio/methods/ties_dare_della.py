@@ -24,7 +24,6 @@ from .registry import Param, method
 from .shared_params import INT8_MASK, LAMBDA, WEIGHT
 from .ties_blocked import blocked_ok, dare_ties_blocked, ties_blocked
 
-
 DENSITY = Param("density", default=1.0, per_model=True, range=(0.0, 1.0), doc="fraction of the delta kept")
 GAMMA = Param("gamma", default=0.01, per_model=True, range=(0.0, 0.2),
               doc="fraction of the largest-magnitude entries removed (outliers)", label="γ (gamma)")
