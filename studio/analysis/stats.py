@@ -181,7 +181,7 @@ def _ratio(a: float, b: float):
 
 def _trim_threshold(tau: torch.Tensor, density: float) -> float | None:
     """Magnitude threshold keeping the top ``density`` fraction (None: keep all; +inf: keep none)."""
-    from ..methods.select import kth_largest
+    from ..methods.order_statistics import kth_largest
 
     n = tau.numel()
     if density >= 1 or n == 0:

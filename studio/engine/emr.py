@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import StudioError
-from ..methods.survey import emr_masks, emr_rescalers, emr_stats, emr_task_tensor
+from ..methods.entry_selection import emr_masks, emr_rescalers, emr_stats, emr_task_tensor
 from ..recipe import Recipe
 from ..sources import open_source
 from .execute import _load

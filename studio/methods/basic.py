@@ -1,13 +1,13 @@
-"""The first methods: linear, task arithmetic, SLERP (mergekit 0.1.5 names, defaults and semantics)."""
+"""The elementary methods: linear, task arithmetic, SLERP, passthrough (mergekit 0.1.5 names, defaults and
+semantics)."""
 
 from __future__ import annotations
 
 import torch
 
+from .cache_blocks import blocked_cast
 from .registry import Param, method
-
-WEIGHT = Param("weight", per_model=True, range=(-1.0, 2.0), doc="this model's coefficient")
-
+from .shared_params import INT8_MASK, LAMBDA, WEIGHT
 
 def weighted_sum(tensors: list[torch.Tensor], weights: list[float], out: torch.Tensor | None = None) -> torch.Tensor:
     """Σ wᵢ·xᵢ in float32 (inputs may be fp16/bf16: the in-place adds upcast them on the fly)."""
@@ -18,29 +18,6 @@ def weighted_sum(tensors: list[torch.Tensor], weights: list[float], out: torch.T
     for x, w in zip(tensors, weights):
         out.add_(x, alpha=float(w))
     return out
-
-
-def blocked_cast(shape, out_dtype: torch.dtype, fill, block: int | None = None) -> torch.Tensor:
-    """A tensor of ``out_dtype`` whose elements [s, e) are ``fill(s, e, acc)``'s float32 values, computed block by
-    block (``block`` elements, default the blocked kernels' size) and rounded once: equal to computing the whole
-    float32 tensor and casting it, without the float32 tensor (its fresh pages) or the extra pass. ``acc`` is a
-    reused cache-sized float32 scratch, or for a float32 result the output block itself (``fill`` fills it in place).
-    """
-    from .gta import block_size
-
-    res = torch.empty(shape, dtype=out_dtype)
-    flat = res.view(-1)
-    n = flat.numel()
-    blk = max(1, min(block or block_size(), n))
-    direct = out_dtype == torch.float32
-    acc = None if direct else torch.empty(blk, dtype=torch.float32)
-    for s in range(0, n, blk):
-        e = min(n, s + blk)
-        if direct:
-            fill(s, e, flat[s:e])
-        else:
-            flat[s:e].copy_(fill(s, e, acc[: e - s]))
-    return res
 
 
 def _castable(out, out_dtype, tensors) -> bool:
@@ -82,11 +59,11 @@ def linear(base, models, *, weight, normalize, out=None, out_dtype=None):
 TASK_ARITHMETIC_PARAMS = [
     WEIGHT,
     Param("normalize", default=False, kind=bool, doc="divide the summed delta by Σ weights"),
-    Param("lambda", default=1.0, range=(0.0, 3.0), doc="scale of the merged delta"),
+    LAMBDA,
     Param("density", per_model=True, default=1.0, range=(0.0, 1.0),
           doc="accepted for mergekit compatibility; task arithmetic keeps the whole delta", compat=True),
     Param("rescale", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here", compat=True),
-    Param("int8_mask", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here", compat=True),
+    INT8_MASK,
 ]
 
 
@@ -142,7 +119,7 @@ def slerp_tensors(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: flo
 
 @method(
     "slerp",
-    params=[Param("t", range=(0.0, 1.0), doc="fraction of the way from the base to the other model")],
+    params=[Param("t", range=(0.0, 1.0), doc="fraction of the way from the base to the other model", start=0.5)],
     needs_base=True,
     min_models=1,
     max_models=1,
@@ -154,3 +131,19 @@ def slerp_tensors(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: flo
 def slerp(base, models, *, t):
     """Spherical linear interpolation between the base (t = 0) and the one other model (t = 1), per tensor."""
     return slerp_tensors(float(t), base, models[0])
+
+
+@method(
+    "passthrough",
+    params=[Param("scale", default=1.0, per_model=True, range=(0.0, 2.0), doc="multiply the tensor by this")],
+    includes_base=True,
+    min_models=1, max_models=1,
+    ref="mergekit passthrough",
+    formula="θ = scale·θ₁",
+    label="Passthrough",
+    pure_inputs=True,
+)
+def passthrough(base, models, *, scale):
+    """Copy the single input tensor, optionally scaled (mergekit's ``scale``; its default ``None`` means 1)."""
+    s = scale[0]
+    return models[0].clone() if s is None or float(s) == 1.0 else models[0] * float(s)

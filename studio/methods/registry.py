@@ -46,10 +46,35 @@ class Param:
     doc: str = ""
     # accepted so mergekit recipes validate, but without effect here: the studio does not draw a control for it
     compat: bool = False
+    # how a control names it when the name alone reads poorly ("λ (lambda)"); see ``title``
+    label: str = ""
+    # where a control starts when the recipe leaves a required parameter unset; see ``initial``
+    start: Any = None
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+    @property
+    def initial(self) -> Any:
+        """The value a control shows before the recipe sets one: the default; for a required parameter ``start``,
+        else a neutral value (False, the first choice, the range's midpoint, 1)."""
+        if not self.required:
+            return self.default
+        if self.start is not None:
+            return self.start
+        if self.kind is bool:
+            return False
+        if self.choices:
+            return self.choices[0]
+        if self.range:
+            middle = (self.range[0] + self.range[1]) / 2
+            return round(middle) if self.kind is int else middle
+        return 1.0 if self.kind is float else 1
 
     @property
     def py_name(self) -> str:
@@ -94,6 +119,10 @@ class Param:
             "choices": list(self.choices) if self.choices else None,
             "doc": self.doc,
             "compat": self.compat,
+            "label": self.label,
+            "start": self.start,
+            "title": self.title,
+            "initial": self.initial,
         }
 
 
@@ -156,6 +185,8 @@ class MethodSpec:
         return self.fn(base, models, **kwargs)
 
 
+# every method the package's modules declare; studio/methods/__init__.py imports them all, so importing any
+# studio.methods module fills it
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
@@ -177,13 +208,7 @@ def method(name: str, params: list[Param] | None = None, **flags) -> Callable:
     return wrap
 
 
-def _load_all() -> None:
-    # Importing the package registers every method module listed in studio/methods/__init__.py.
-    from . import _modules  # noqa: F401
-
-
 def get_method(name: str) -> MethodSpec:
-    _load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -193,5 +218,4 @@ def get_method(name: str) -> MethodSpec:
 
 
 def list_methods() -> list[MethodSpec]:
-    _load_all()
     return [_REGISTRY[n] for n in sorted(_REGISTRY)]

@@ -4,7 +4,7 @@ Each function takes a delta ``d`` (a scratch tensor it may overwrite), zeroes th
 returns the L1 rescale factor ``‖d‖₁ / ‖masked d‖₁`` (1.0 when ``rescale`` is off or either norm is below 1e-7),
 which the caller folds into the model's weight instead of spending a pass multiplying the tensor.
 
-* magnitude: keep the ``max(1, ⌊density·n⌋)`` largest |d| (exact top-k, :mod:`.select`), per tensor.
+* magnitude: keep the ``max(1, ⌊density·n⌋)`` largest |d| (exact top-k, :mod:`.order_statistics`), per tensor.
 * magnitude_outliers (breadcrumbs): drop the ``⌊gamma·n⌋`` largest, then the smallest, keeping ``⌊density·n⌋``.
 * bernoulli (DARE): keep each entry with probability ``density``.
 * della_magprune: per row, keep probability rising linearly with the magnitude rank over
@@ -20,18 +20,19 @@ from __future__ import annotations
 import torch
 
 from ..errors import RecipeError
-from .select import kth_largest, topk_mask
+from .order_statistics import kth_largest, topk_mask
 
 RESCALE_EPS = 1e-7
 
 
-def _l1(x: torch.Tensor) -> float:
+def l1_norm(x: torch.Tensor) -> float:
     # mergekit's ``x.abs().sum()``: torch.linalg.vector_norm(x, ord=1) accumulates float32 so loosely that it is off
     # by ~1% on a few million entries, which skewed the rescale factor by as much
     return float(torch.abs(x).sum())
 
 
-def _rescale_factor(before: float, after: float) -> float:
+def rescale_factor(before: float, after: float) -> float:
+    """The L1 rescale factor ‖d‖₁ / ‖masked d‖₁ from the two norms (1.0 when either is below ``RESCALE_EPS``)."""
     if before < RESCALE_EPS or after < RESCALE_EPS:
         return 1.0
     # mergekit divides two float32 scalars; do the same so the factor rounds identically.
@@ -63,7 +64,7 @@ def magnitude_(d: torch.Tensor, density: float, rescale: bool = False,
     d.mul_(keep)
     if not rescale:
         return 1.0
-    return _rescale_factor(before, float(d.abs().sum()))
+    return rescale_factor(before, float(d.abs().sum()))
 
 
 def outliers_mask(a: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -91,7 +92,7 @@ def magnitude_outliers_(d: torch.Tensor, density: float, gamma: float = 0.01, re
         return 1.0
     before = float(a.sum())
     after = float(a.mul_(keep).sum())
-    return _rescale_factor(before, after)
+    return rescale_factor(before, after)
 
 
 def bernoulli_mask(shape, p: float, generator: torch.Generator | None = None,
@@ -161,9 +162,7 @@ def bernoulli_(d: torch.Tensor, density: float, rescale: bool = True, generator:
     words = _buffer(ws, "words", (n + 3) // 4, torch.int64, d.device)
     bools = _buffer(ws, "bools", n, torch.bool, d.device)
     keep = bernoulli_mask(d.shape, density, generator, d.device, words=words, out=bools)
-    if "scratch" not in ws or ws["scratch"].shape != d.shape:
-        ws["scratch"] = torch.empty_like(d)
-    fmask = ws["scratch"]
+    fmask = scratch_like(ws, d)
     fmask.copy_(keep)
     return _mask_(d, fmask, rescale)
 
@@ -173,9 +172,9 @@ def _mask_(d: torch.Tensor, keep: torch.Tensor, rescale: bool) -> float:
     if not rescale:
         d.mul_(keep)
         return 1.0
-    before = _l1(d)
+    before = l1_norm(d)
     d.mul_(keep)
-    return _rescale_factor(before, _l1(d))
+    return rescale_factor(before, l1_norm(d))
 
 
 def _buffer(ws: dict, name: str, n: int, dtype, device) -> torch.Tensor:
@@ -184,6 +183,30 @@ def _buffer(ws: dict, name: str, n: int, dtype, device) -> torch.Tensor:
         buf = torch.empty(n, dtype=dtype, device=device)
         ws[name] = buf
     return buf
+
+
+def scratch_like(ws: dict, like: torch.Tensor) -> torch.Tensor:
+    """``ws["scratch"]``, a buffer shaped like ``like`` that a merge's sparsifiers share (reallocated for another
+    shape or dtype)."""
+    buf = ws.get("scratch")
+    if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+        buf = ws["scratch"] = torch.empty_like(like)
+    return buf
+
+
+def scale_(d: torch.Tensor, w: float, factor: float, fold: bool) -> None:
+    """``d *= factor·w`` in place: the L1 rescale ``factor`` a sparsifier returned and the model's weight ``w``.
+    ``fold`` multiplies once; otherwise factor then weight, in mergekit's order, so deterministic methods round
+    exactly as mergekit does."""
+    w = float(w)
+    if fold:
+        if w * factor != 1.0:
+            d.mul_(w * factor)
+        return
+    if factor != 1.0:
+        d.mul_(factor)
+    if w != 1.0:
+        d.mul_(w)
 
 
 def della_keep_probability(d: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from functools import partial
+from .registry import Param, method
 
-from .registry import Param
-from .registry import method as _register
 
-# every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
-method = partial(_register, pure_inputs=True)
-
-WEIGHT_REQ = Param("weight", per_model=True, range=(0.0, 2.0), doc="this model's share of the interpolation")
+WEIGHT_REQ = Param("weight", per_model=True, range=(0.0, 2.0), doc="this model's share of the interpolation",
+                   start=1.0)
 
 
 def nuslerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool = False, flatten: bool = True,
@@ -49,6 +45,7 @@ def nuslerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool
     ref="mergekit nuslerp (SLERP with weights; optional task-vector form about the base)",
     formula="t = w₂/(w₁+w₂);  θ = θ₀ + slerp(t, θ₁−θ₀, θ₂−θ₀)  (no base: slerp(t, θ₁, θ₂))",
     label="NuSLERP",
+    pure_inputs=True,
 )
 def nuslerp(base, models, *, weight, nuslerp_row_wise, nuslerp_flatten):
     """SLERP between two models with t = w₂/(w₁+w₂) (0.5 when the weights sum to ~0). With a base, interpolates
@@ -70,6 +67,7 @@ def nuslerp(base, models, *, weight, nuslerp_row_wise, nuslerp_flatten):
     ref="Goddard, Multi-SLERP (goddard.blog/posts/multislerp-wow-what-a-cool-idea); mergekit multislerp",
     formula="uᵢ = xᵢ/‖xᵢ‖; μ = Σwᵢuᵢ/‖·‖; v = Σwᵢ(uᵢ−⟨uᵢ,μ⟩μ); θ = (cos‖v‖μ + sin‖v‖·v/‖v‖)·Σwᵢ‖xᵢ‖",
     label="Multi-SLERP",
+    pure_inputs=True,
 )
 def multislerp(base, models, *, weight, normalize_weights, eps):
     """Barycentric interpolation on the hypersphere: project the unit vectors onto the tangent space at their
@@ -147,6 +145,7 @@ def karcher_mean(tensors: list[torch.Tensor], alphas: list[float], max_iter: int
     ref="Karcher 1977, Riemannian center of mass; mergekit karcher",
     formula="μ ← exp_μ(Σᵢ ⅟N·θᵢ/sin θᵢ·(uᵢ − cos θᵢ·μ)), θᵢ = ∠(μ, uᵢ);  θ = (Σᵢ ‖xᵢ‖/N)·μ",
     label="Karcher mean",
+    pure_inputs=True,
 )
 def karcher(base, models, *, max_iter, tol):
     """Equal-weight Karcher mean of the raw weights' directions on the unit sphere (fixed-point iteration),

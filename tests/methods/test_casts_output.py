@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from studio.engine import build_plan, merge_in_memory
-from studio.methods import get_method, gta
+from studio.methods import cache_blocks, get_method
 from studio.recipe import Recipe
 
 
@@ -30,8 +30,8 @@ KW = {
 @pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", list(KW))
 def test_cast_blocks_equal_whole_cast(monkeypatch, name, out_dtype, block):
-    monkeypatch.setattr(gta, "BLOCK", block)
-    monkeypatch.setattr(gta, "SERIAL_BLOCK", block)
+    monkeypatch.setattr(cache_blocks, "BLOCK", block)
+    monkeypatch.setattr(cache_blocks, "SERIAL_BLOCK", block)
     spec = get_method(name)
     assert spec.casts_output
     base, models = _family((37, 1001), torch.float16)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from studio.methods import select as sel
+from studio.methods import order_statistics as sel
+from studio.methods.checkpoint_merger_modes import similarity_range
 from studio.methods.global_stats import gather_context
-from studio.methods.registry import get_method, list_methods
+from studio.methods.registry import Param, get_method, list_methods
 
 A = torch.tensor([1.0, 2.0, -1.0, 0.0])
 B = torch.tensor([3.0, 0.0, 1.0, 2.0])
@@ -23,10 +24,42 @@ def test_every_method_is_declared_and_documented():
                 "ties_paper", "weighted_sum", "add_difference", "triple_sum", "sum_twice", "train_difference",
                 "cosine_a", "cosine_b"}
     assert expected <= names
+    greek = {"alpha": "α", "beta": "β", "gamma": "γ", "epsilon": "ε", "lambda": "λ"}
     for s in list_methods():
         assert s.doc and s.formula and s.ref and s.label, s.name
         for p in s.params:
             assert p.doc, (s.name, p.name)
+            if p.kind in (int, float):
+                assert p.title == (p.label or p.name) and p.name in p.title, (s.name, p.name)
+                assert greek.get(p.name, "") in p.title, (s.name, p.name, p.title)
+            if p.required:
+                assert p.coerce(p.initial) == p.initial, (s.name, p.name)
+                if p.range:
+                    assert p.range[0] <= p.initial <= p.range[1], (s.name, p.name, p.initial)
+
+
+def test_param_title_and_initial():
+    # required: start when declared, else neutral (midpoint of the range, first choice, False, 1)
+    assert Param("x", range=(0.0, 3.0)).initial == 1.5
+    assert Param("x", range=(1, 8), kind=int).initial == 4
+    assert Param("x", range=(0.0, 3.0), start=0.25).initial == 0.25
+    assert Param("x", choices=("a", "b"), kind=str).initial == "a"
+    assert Param("x", kind=bool).initial is False
+    assert Param("x").initial == 1.0 and Param("x", kind=int).initial == 1
+    # not required: the default, whatever start says
+    assert Param("x", default=0.2, range=(0.0, 1.0), start=0.9).initial == 0.2
+    assert Param("x").title == "x" and Param("x", label="ξ (xi)").title == "ξ (xi)"
+    # the values the studio's controls have always started at
+    assert get_method("linear").param("weight").initial == 1.0
+    assert get_method("nuslerp").param("weight").initial == 1.0
+    assert get_method("slerp").param("t").initial == 0.5 and get_method("nearswap").param("t").initial == 0.5
+    assert get_method("ties").param("lambda").title == "λ (lambda)"
+    assert get_method("triple_sum").param("beta").title == "β (beta)"
+    described = get_method("task_arithmetic").param("lambda").describe()
+    assert (described["label"], described["title"], described["start"], described["initial"]) == \
+        ("λ (lambda)", "λ (lambda)", None, 1.0)
+    described = get_method("linear").param("weight").describe()
+    assert (described["title"], described["start"], described["initial"]) == ("weight", 1.0, 1.0)
 
 
 def test_supermerger_modes_closed_form():
@@ -71,7 +104,6 @@ def test_cosine_modes():
 
 
 def test_similarity_range_trims_percentiles():
-    from studio.methods.supermerger import similarity_range
     vals = np.linspace(0, 1, 1001)
     rng = similarity_range([vals[:500], vals[500:], np.array([np.nan])])
     assert 0.005 < rng["min"] < 0.02 and 0.98 < rng["max"] < 0.995

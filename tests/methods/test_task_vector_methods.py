@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from studio.methods import survey
+from studio.methods import entry_selection, task_subspaces
 from studio.methods.global_stats import gather_context
 from studio.methods.registry import get_method
 
@@ -109,7 +109,7 @@ def test_wudi_loss_decreases():
         return sum(((t - ti) @ ti.T).square().sum() / ti.square().sum() for ti in taus)
 
     start = sum(taus)
-    merged = survey.wudi_optimize(taus, iters=200, lr=1e-3)
+    merged = task_subspaces.wudi_optimize(taus, iters=200, lr=1e-3)
     assert loss(merged) < 0.9 * loss(start)
 
 
@@ -141,14 +141,14 @@ def test_emr_closed_form_and_task_models():
     # Σ = [3, 2, 0, 0, -3] → s = [+, +, -, -, -]; max agreeing magnitude: [2, 3, 0.5, 0, 2]
     uni = torch.tensor([2.0, 3.0, -0.5, 0.0, -2.0])
     torch.testing.assert_close(get_method("emr")(base, models), base + uni)
-    masks = survey.emr_masks(base, models)
+    masks = entry_selection.emr_masks(base, models)
     assert masks[0].tolist() == [True, False, False, False, True]
     assert masks[1].tolist() == [True, True, True, False, True]
-    r = survey.emr_rescalers([survey.emr_stats(base, models)])
+    r = entry_selection.emr_rescalers([entry_selection.emr_stats(base, models)])
     # r1 = mean|t1| / mean|M1 uni| = 4.5/4 ; r2 = 6.5/7.5
     assert abs(r[0] - 4.5 / 4) < 1e-6 and abs(r[1] - 6.5 / 7.5) < 1e-6
-    task1 = survey.emr_task_tensor(base, uni, masks[0], r[0])
+    task1 = entry_selection.emr_task_tensor(base, uni, masks[0], r[0])
     torch.testing.assert_close(task1, torch.tensor([2.0, 0.0, 0.0, 0.0, -2.0]) * (4.5 / 4))
     # rescalers sum over tensors of per-tensor means
-    r2 = survey.emr_rescalers([survey.emr_stats(base, models), survey.emr_stats(base, models)])
+    r2 = entry_selection.emr_rescalers([entry_selection.emr_stats(base, models), entry_selection.emr_stats(base, models)])
     assert abs(r2[0] - r[0]) < 1e-6

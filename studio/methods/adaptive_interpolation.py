@@ -1,17 +1,13 @@
-"""The rest of mergekit 0.1.5's methods: Model Stock, SCE, NearSwap, Arcee Fusion, passthrough."""
+"""Interpolations from the base toward the fine-tunes by a ratio the weights themselves set (mergekit 0.1.5):
+Model Stock (per tensor or row, from the deltas' pairwise cosines), NearSwap (per entry, from the distance) and
+Arcee Fusion (per entry, 0 or 1, from a KL-weighted importance)."""
 
 from __future__ import annotations
 
 import torch
 
-from functools import partial
-
-from .registry import Param
-from .registry import method as _register
-
-# every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
-method = partial(_register, pure_inputs=True)
-from .select import kth_smallest, topk_mask
+from .order_statistics import kth_smallest
+from .registry import Param, method
 
 
 @method(
@@ -22,6 +18,7 @@ from .select import kth_smallest, topk_mask
     ref="Jang et al. 2024, Model Stock (arXiv 2403.19522); mergekit model_stock",
     formula="cos = mean_{i<j} cos(θᵢ−θ₀, θⱼ−θ₀); t = k·cos/(1+(k−1)·cos); θ = t·mean θᵢ + (1−t)·θ₀",
     label="Model Stock",
+    pure_inputs=True,
 )
 def model_stock(base, models, *, filter_wise):
     """Interpolate between the base and the average of k fine-tunes with the ratio Model Stock derives from the
@@ -50,52 +47,16 @@ def model_stock(base, models, *, filter_wise):
 
 
 @method(
-    "sce",
-    params=[Param("select_topk", default=1.0, range=(0.0, 1.0),
-                  doc="fraction of entries (by variance across models) that are kept"),
-            Param("int8_mask", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here",
-                  compat=True)],
-    needs_base=True,
-    ref="Wan et al. 2024, FuseChat / SCE (arXiv 2408.07990); mergekit sce",
-    formula="keep top-k Var_i(τᵢ); s = sign Στᵢ; wᵢ = mean τᵢ²/Σⱼ; θ = θ₀ + Σ[sign τᵢ=s]wᵢτᵢ / Σ[·]wᵢ",
-    label="SCE (select, calculate, erase)",
-)
-def sce(base, models, *, select_topk, int8_mask=False):
-    """Select the entries with the largest variance across task vectors, weight each task vector by its mean
-    square, erase entries that disagree with the elected sign, and take the weighted mean of the rest."""
-    tv = torch.stack([m - base for m in models])
-    if select_topk < 1:
-        tv.mul_(_sce_mask(tv, select_topk))
-    total = tv.sum(dim=0)
-    positive = total >= 0
-    del total
-    agree = torch.where(positive, tv > 0, tv < 0)
-    w = tv.square().reshape(tv.shape[0], -1).mean(dim=1)
-    wsum = float(w.sum())
-    w = torch.ones_like(w) / w.shape[0] if abs(wsum) < 1e-6 else w / wsum
-    w = w.view(-1, *([1] * (tv.dim() - 1)))
-    erased = w * agree
-    merged = (tv * erased).sum(dim=0)
-    return base + merged / erased.sum(dim=0).clamp(min=1e-6)
-
-
-def _sce_mask(tv: torch.Tensor, density: float) -> torch.Tensor:
-    if density <= 0:
-        return torch.zeros_like(tv[0], dtype=torch.bool)
-    var = torch.var(tv, dim=0, unbiased=False)
-    k = int(int(torch.count_nonzero(var)) * density)
-    return topk_mask(var, k)
-
-
-@method(
     "nearswap",
-    params=[Param("t", range=(0.0, 1.0), doc="similarity threshold: entries closer than t move to the other model")],
+    params=[Param("t", range=(0.0, 1.0), doc="similarity threshold: entries closer than t move to the other model",
+                  start=0.5)],
     needs_base=True,
     min_models=1, max_models=1,
     ref="alchemonaut, QuartetAnemoi-70B NearSwap (huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001); "
         "mergekit nearswap",
     formula="w = clamp(t / max(|θ₀−θ₁|, 1e-6), 0, 1);  θ = w·θ₁ + (1−w)·θ₀",
     label="NearSwap",
+    pure_inputs=True,
 )
 def nearswap(base, models, *, t):
     """Take the other model's value where it is close to the base's (|Δ| ≤ t), interpolating by t/|Δ| beyond."""
@@ -117,6 +78,7 @@ def _quantile_index(q: float, n: int) -> int:
     ref="Arcee AI, Arcee Fusion (arcee.ai); mergekit arcee_fusion",
     formula="I = |θ₁−θ₀|·KL(softmax θ₁ ‖ softmax θ₀) per row; θ = θ₀ + [I ≥ Q₂+1.5(Q₃−Q₁)]·(θ₁−θ₀)",
     label="Arcee Fusion",
+    pure_inputs=True,
 )
 def arcee_fusion(base, models):
     """Move to the other model only where the importance |Δ|·KL (row-wise softmax divergence) is an upper
@@ -135,18 +97,3 @@ def arcee_fusion(base, models):
     threshold = med + 1.5 * (q3 - q1)
     mask = (importance >= threshold).float()
     return base + (other - base) * mask
-
-
-@method(
-    "passthrough",
-    params=[Param("scale", default=1.0, per_model=True, range=(0.0, 2.0), doc="multiply the tensor by this")],
-    includes_base=True,
-    min_models=1, max_models=1,
-    ref="mergekit passthrough",
-    formula="θ = scale·θ₁",
-    label="Passthrough",
-)
-def passthrough(base, models, *, scale):
-    """Copy the single input tensor, optionally scaled (mergekit's ``scale``; its default ``None`` means 1)."""
-    s = scale[0]
-    return models[0].clone() if s is None or float(s) == 1.0 else models[0] * float(s)

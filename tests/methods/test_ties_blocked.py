@@ -1,4 +1,4 @@
-"""The blocked CPU kernel for TIES / DARE-TIES (studio.methods.gta.gta_blocked) against the whole-tensor path.
+"""The blocked CPU kernel for TIES / DARE-TIES (studio.methods.ties_blocked) against the whole-tensor path.
 
 TIES must equal ``gta_merge`` (and so mergekit) bit for bit for every block size, dtype and tie pattern; DARE must
 draw exactly ``sparsify.bernoulli_mask``'s mask whatever the block size and reproduce per seed.
@@ -9,20 +9,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from studio.methods import gta
-from studio.methods import select as sel
+from studio.methods import cache_blocks, ties_blocked
+from studio.methods import order_statistics as sel
 from studio.methods import sparsify as sp
+from studio.methods import ties_dare_della as tdd
 
 
 def _old_ties(base, models, weight, density, normalize=True, lambda_=1.0):
     base, models = base.float(), [m.float() for m in models]
-    return gta.gta_merge(base, models, weight, lambda i, d, ws: sp.magnitude_(d, density[i], False, gta._scratch(ws, d)),
+    return tdd.gta_merge(base, models, weight,
+                         lambda i, d, ws: sp.magnitude_(d, density[i], False, sp.scratch_like(ws, d)),
                          consensus=True, normalize=normalize, lambda_=lambda_)
 
 
 def _old_dare(base, models, weight, density, generator, normalize=False, lambda_=1.0):
     base, models = base.float(), [m.float() for m in models]
-    return gta.gta_merge(base, models, weight, lambda i, d, ws: sp.bernoulli_(d, density[i], True, generator, ws),
+    return tdd.gta_merge(base, models, weight, lambda i, d, ws: sp.bernoulli_(d, density[i], True, generator, ws),
                          consensus=True, normalize=normalize, lambda_=lambda_, fold=True)
 
 
@@ -42,12 +44,12 @@ SHAPES = [(50,), (37, 29), (3, 70001), (131073,), (300, 1000)]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_ties_blocked_is_bit_exact(monkeypatch, shape, dtype, block):
-    monkeypatch.setattr(gta, "BLOCK", block)
+    monkeypatch.setattr(cache_blocks, "BLOCK", block)
     base, models = _family(shape, dtype)
     weight, density = [0.3, 1.0, -0.5, 0.7], [0.3, 0.55, 0.9, 0.2]
     before = [t.clone() for t in (base, *models)]
     for normalize, lambda_ in ((True, 1.0), (False, 0.8)):
-        out = gta.ties(base, models, weight=weight, density=density, normalize=normalize, rescale=False,
+        out = tdd.ties(base, models, weight=weight, density=density, normalize=normalize, rescale=False,
                        lambda_=lambda_)
         assert out.dtype == torch.float32 and out.shape == base.shape
         assert torch.equal(out, _old_ties(base, models, weight, density, normalize, lambda_))
@@ -58,18 +60,18 @@ def test_ties_blocked_is_bit_exact(monkeypatch, shape, dtype, block):
 @pytest.mark.parametrize("density", [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1e-6, 0.999999]])
 def test_ties_blocked_density_edges(density):
     base, models = _family((200, 700), torch.float16, n=2, seed=4)
-    out = gta.ties(base, models, weight=[1.0, 0.5], density=density, normalize=True, rescale=False, lambda_=1.0)
+    out = tdd.ties(base, models, weight=[1.0, 0.5], density=density, normalize=True, rescale=False, lambda_=1.0)
     assert torch.equal(out, _old_ties(base, models, [1.0, 0.5], density))
 
 
 def test_ties_blocked_single_model_and_rescale_fallback():
     base, models = _family((300, 500), torch.float16, n=1, seed=2)
-    out = gta.ties(base, models, weight=[0.7], density=[0.3], normalize=True, rescale=False, lambda_=1.0)
+    out = tdd.ties(base, models, weight=[0.7], density=[0.3], normalize=True, rescale=False, lambda_=1.0)
     assert torch.equal(out, _old_ties(base, models, [0.7], [0.3]))
     # rescale keeps the whole-tensor path (mergekit's L1 sums), now fed fp16 inputs
-    out = gta.ties(base, models, weight=[0.7], density=[0.3], normalize=True, rescale=True, lambda_=1.0)
-    ref = gta.gta_merge(base.float(), [models[0].float()], [0.7],
-                        lambda i, d, ws: sp.magnitude_(d, 0.3, True, gta._scratch(ws, d)),
+    out = tdd.ties(base, models, weight=[0.7], density=[0.3], normalize=True, rescale=True, lambda_=1.0)
+    ref = tdd.gta_merge(base.float(), [models[0].float()], [0.7],
+                        lambda i, d, ws: sp.magnitude_(d, 0.3, True, sp.scratch_like(ws, d)),
                         consensus=True, normalize=True, lambda_=1.0)
     assert torch.equal(out, ref)
 
@@ -78,13 +80,13 @@ def test_ties_blocked_equals_mergekit_on_large_tensors(monkeypatch):
     # several blocks and the sampled bracket (n > 2**17); continuous float32 deltas, so no ties at the threshold
     # (on tied magnitudes mergekit keeps whichever its unstable argsort puts first; we keep the lower indices)
     mk = pytest.importorskip("mergekit.merge_methods")
-    monkeypatch.setattr(gta, "BLOCK", 30000)
+    monkeypatch.setattr(cache_blocks, "BLOCK", 30000)
     g = torch.Generator().manual_seed(9)
     base = torch.randn(300, 1000, generator=g)
     models = [base + 0.05 * torch.randn(300, 1000, generator=g) for _ in range(3)]
     params = {"weight": [1.0, 0.7, -0.4], "density": 0.3}
     ref = mk.merge_tensors([base, *models], "ties", parameters=params, base_index=0)
-    out = gta.ties(base, models, weight=params["weight"], density=[0.3] * 3, normalize=True, rescale=False,
+    out = tdd.ties(base, models, weight=params["weight"], density=[0.3] * 3, normalize=True, rescale=False,
                    lambda_=1.0)
     assert torch.equal(out, ref)
 
@@ -126,10 +128,10 @@ def test_kth_sweep_small_without_sample():
 @pytest.mark.parametrize("block", [4096, 1 << 16])
 @pytest.mark.parametrize("shape", [(7,), (37, 29), (300, 1001)])
 def test_dare_blocked_draws_bernoulli_mask(monkeypatch, shape, block):
-    monkeypatch.setattr(gta, "BLOCK", block)
+    monkeypatch.setattr(cache_blocks, "BLOCK", block)
     base, models = _family(shape, torch.float16, n=3, seed=5)
     weight, density = [1.0, 0.6, -0.8], [0.3, 0.5, 1.0]
-    out = gta.dare_ties(base, models, weight=weight, density=density, normalize=False, rescale=True, lambda_=1.0,
+    out = tdd.dare_ties(base, models, weight=weight, density=density, normalize=False, rescale=True, lambda_=1.0,
                         generator=torch.Generator().manual_seed(11))
     ref = _old_dare(base, models, weight, density, torch.Generator().manual_seed(11))
     # same masks, so the same support; the L1 factors come from per-block sums, so values agree to rounding
@@ -137,12 +139,12 @@ def test_dare_blocked_draws_bernoulli_mask(monkeypatch, shape, block):
     # the stored masks are bernoulli_mask's, drawn model after model from one generator
     g = torch.Generator().manual_seed(11)
     b = base.reshape(-1)
-    blk = min(gta.BLOCK, b.numel())
+    blk = min(cache_blocks.BLOCK, b.numel())
     ws = {"words": torch.empty((blk + 3) // 4, dtype=torch.int64), "d": torch.empty(blk), "f": torch.empty(blk),
           "b32": torch.empty(blk)}
     g2 = torch.Generator().manual_seed(11)
     for m, p in zip(models, density):
-        keep = gta._prepare_dare(m.reshape(-1), b, p, True, g, blk, ws)
+        keep = ties_blocked.prepare_dare(m.reshape(-1), b, p, True, g, blk, ws)
         if p < 1:
             assert torch.equal(keep.mask, sp.bernoulli_mask((b.numel(),), p, g2))
             d = m.float() - base.float()
@@ -153,16 +155,16 @@ def test_dare_blocked_draws_bernoulli_mask(monkeypatch, shape, block):
 def test_dare_blocked_reproducible_and_statistics():
     base, models = _family((256, 1024), torch.bfloat16, n=3, seed=6)
     kw = dict(weight=[1.0, 1.0, 1.0], density=[0.3] * 3, normalize=False, rescale=True, lambda_=1.0)
-    a = gta.dare_ties(base, models, generator=torch.Generator().manual_seed(1), **kw)
-    b = gta.dare_ties(base, models, generator=torch.Generator().manual_seed(1), **kw)
-    c = gta.dare_ties(base, models, generator=torch.Generator().manual_seed(2), **kw)
+    a = tdd.dare_ties(base, models, generator=torch.Generator().manual_seed(1), **kw)
+    b = tdd.dare_ties(base, models, generator=torch.Generator().manual_seed(1), **kw)
+    c = tdd.dare_ties(base, models, generator=torch.Generator().manual_seed(2), **kw)
     assert torch.equal(a, b) and not torch.equal(a, c)
     b32 = base.reshape(-1)
     g = torch.Generator().manual_seed(3)
     blk = 1 << 16
     ws = {"words": torch.empty(blk // 4, dtype=torch.int64), "d": torch.empty(blk), "f": torch.empty(blk),
           "b32": torch.empty(blk)}
-    keep = gta._prepare_dare(models[0].reshape(-1), b32, 0.3, True, g, blk, ws)
+    keep = ties_blocked.prepare_dare(models[0].reshape(-1), b32, 0.3, True, g, blk, ws)
     p = keep.mask.float().mean().item()
     assert abs(p - 0.3) < 5 * (0.3 * 0.7 / keep.mask.numel()) ** 0.5
 
@@ -171,4 +173,4 @@ def test_l1_is_an_accurate_sum():
     # torch.linalg.vector_norm(ord=1) drifts ~1% on millions of float32 entries; the rescale factor must not
     g = torch.Generator().manual_seed(0)
     x = 0.01 * torch.randint(-3, 4, (2816 * 1024,), generator=g).float() + 0.02 * torch.randn(2816 * 1024, generator=g)
-    assert sp._l1(x) == pytest.approx(float(x.double().abs().sum()), rel=1e-6)
+    assert sp.l1_norm(x) == pytest.approx(float(x.double().abs().sum()), rel=1e-6)

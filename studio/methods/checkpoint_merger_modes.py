@@ -1,4 +1,5 @@
-"""SuperMerger's merge modes and calc modes as methods on any same-keyed checkpoints.
+"""The checkpoint merger's modes of A1111 (weighted sum, add difference) and SuperMerger (triple sum, sum twice,
+train difference, cosine A/B calc modes) as methods on any same-keyed checkpoints.
 
 Models arrive in A, B, C order (``includes_base``: a recipe's base is simply one of the inputs, by position).
 α follows A1111/SuperMerger: ``(1 − α)·A + α·B``, so α = 0 is model A and α = 1 is model B.
@@ -11,23 +12,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from functools import partial
+from .registry import Param, method
 
-from .registry import Param
-from .registry import method as _register
-
-# every method here only reads base/models (it writes into its own buffers), so the live engine may pass them uncopied
-method = partial(_register, pure_inputs=True)
 
 REF = "hako-mikan/sd-webui-supermerger (scripts/mergers/mergers.py); AUTOMATIC1111 checkpoint merger"
 
 
 def _alpha(default: float, doc: str = "0 → model A, 1 → model B") -> Param:
-    return Param("alpha", default=default, range=(0.0, 1.0), doc=doc)
+    return Param("alpha", default=default, range=(0.0, 1.0), doc=doc, label="α (alpha)")
 
 
-@method("weighted_sum", params=[_alpha(0.5)], includes_base=True, min_models=2, max_models=2,
-        category="supermerger", ref=REF, formula="θ = (1−α)·A + α·B", label="Weight sum (A1111)")
+def _beta(default: float, doc: str) -> Param:
+    return Param("beta", default=default, range=(0.0, 1.0), doc=doc, label="β (beta)")
+
+
+@method("weighted_sum", params=[_alpha(0.5)], includes_base=True, pure_inputs=True, min_models=2,
+        max_models=2, category="supermerger", ref=REF, formula="θ = (1−α)·A + α·B", label="Weight sum (A1111)")
 def sd_weighted_sum(base, models, *, alpha):
     """A1111's weighted sum ``(1 − α)·A + α·B``; α = 0 returns A exactly and α = 1 returns B exactly."""
     a, b = models
@@ -39,7 +39,7 @@ def sd_weighted_sum(base, models, *, alpha):
 
 
 @method("add_difference", params=[_alpha(1.0, "multiplier of the difference B − C")], includes_base=True,
-        min_models=3, max_models=3, category="supermerger", ref=REF, formula="θ = A + α·(B − C)",
+        pure_inputs=True, min_models=3, max_models=3, category="supermerger", ref=REF, formula="θ = A + α·(B − C)",
         label="Add difference (A1111)")
 def add_difference(base, models, *, alpha):
     """Graft what C → B changed onto A: ``A + α·(B − C)`` (e.g. B = inpainting model, C = its base)."""
@@ -47,9 +47,8 @@ def add_difference(base, models, *, alpha):
     return a + alpha * (b - c)
 
 
-@method("triple_sum", params=[_alpha(0.33, "share of model B"),
-                              Param("beta", default=0.33, range=(0.0, 1.0), doc="share of model C")],
-        includes_base=True, min_models=3, max_models=3, category="supermerger", ref=REF,
+@method("triple_sum", params=[_alpha(0.33, "share of model B"), _beta(0.33, "share of model C")],
+        includes_base=True, pure_inputs=True, min_models=3, max_models=3, category="supermerger", ref=REF,
         formula="θ = (1−α−β)·A + α·B + β·C", label="Triple sum")
 def triple_sum(base, models, *, alpha, beta):
     """Three-way weighted sum ``(1 − α − β)·A + α·B + β·C``."""
@@ -57,9 +56,8 @@ def triple_sum(base, models, *, alpha, beta):
     return (1 - alpha - beta) * a + alpha * b + beta * c
 
 
-@method("sum_twice", params=[_alpha(0.5), Param("beta", default=0.5, range=(0.0, 1.0),
-                                                 doc="0 → (A,B) mix, 1 → model C")],
-        includes_base=True, min_models=3, max_models=3, category="supermerger", ref=REF,
+@method("sum_twice", params=[_alpha(0.5), _beta(0.5, "0 → (A,B) mix, 1 → model C")],
+        includes_base=True, pure_inputs=True, min_models=3, max_models=3, category="supermerger", ref=REF,
         formula="θ = (1−β)·((1−α)·A + α·B) + β·C", label="Sum twice")
 def sum_twice(base, models, *, alpha, beta):
     """Two weighted sums in a row: first A with B by α, then the result with C by β."""
@@ -69,7 +67,7 @@ def sum_twice(base, models, *, alpha, beta):
 
 
 @method("train_difference", params=[_alpha(1.0, "multiplier of the trained difference (×1.8 as SuperMerger)")],
-        includes_base=True, min_models=3, max_models=3, category="supermerger", ref=REF,
+        includes_base=True, pure_inputs=True, min_models=3, max_models=3, category="supermerger", ref=REF,
         formula="θ = A + 1.8α·sign(B−C)·|B−C|·|B−A| / (|B−C| + |B−A|)", label="Train difference")
 def train_difference(base, models, *, alpha):
     """Add B − C as if it had been trained on A: each entry's difference is damped by how close A already is to
@@ -138,7 +136,7 @@ def _collect_b(base, models, *, alpha=None):
 
 
 @method("cosine_a", params=[_alpha(0.5, "subtracted from the normalised similarity; larger → more of B")],
-        includes_base=True, min_models=2, max_models=2, category="supermerger",
+        includes_base=True, pure_inputs=True, min_models=2, max_models=2, category="supermerger",
         collect=_collect_a, combine=similarity_range, ref=REF + " calcmode cosineA",
         formula="k = clamp((sim−min)/(max−min) − |α|, 0, 1) per column;  θ = k·A + (1−k)·B",
         label="Cosine A (keeps A's structure)")
@@ -150,7 +148,7 @@ def cosine_a(base, models, *, alpha, context=None):
 
 
 @method("cosine_b", params=[_alpha(0.5, "subtracted from the normalised similarity; larger → more of B")],
-        includes_base=True, min_models=2, max_models=2, category="supermerger",
+        includes_base=True, pure_inputs=True, min_models=2, max_models=2, category="supermerger",
         collect=_collect_b, combine=similarity_range, ref=REF + " calcmode cosineB",
         formula="k = clamp((sim−min)/(max−min) − α, 0, 1) per column;  θ = k·A + (1−k)·B",
         label="Cosine B (keeps B's structure)")
