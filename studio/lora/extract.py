@@ -12,7 +12,7 @@ import torch
 from ..errors import StudioError
 from ..sources import open_source
 from ..sources.base import PrefixedSource
-from ..sd.keys import UNET_PREFIX, unet_from_ldm, unet_to_ldm
+from ..layout.sd_keys import UNET_PREFIX, unet_from_ldm, unet_to_ldm
 from .combine import SvdReport, svd_factor
 from .io import check_output, parse_dtype, root_source
 from .names import target_index

@@ -1,8 +1,8 @@
 """Real-layout key/shape tables for SD1/SD2/SDXL (ldm single file and diffusers pipeline), full size or tiny.
 
 UNet and VAE shapes come from diffusers' own model classes built on the meta device (no memory, no download) and are
-renamed to ldm with :mod:`studio.sd.keys`; text encoders are generated from their known structure (HF CLIP names,
-OpenCLIP fused in_proj). Used by tests (tiny shapes, real names) and by ``bench/sd_memory.py`` (full SDXL shapes).
+renamed to ldm with :mod:`studio.layout.sd_keys`; text encoders are generated from their known structure (HF CLIP
+names, OpenCLIP fused in_proj). Used by tests (tiny shapes, real names) and by ``bench/sd_memory.py`` (full SDXL shapes).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .keys import UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openclip_text_keys, unet_to_ldm, vae_to_ldm
+from ..layout.sd_keys import (UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openclip_text_keys, unet_to_ldm,
+                              vae_to_ldm)
 
 Table = dict[str, tuple[tuple[int, ...], torch.dtype]]
 

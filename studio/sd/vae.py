@@ -10,9 +10,7 @@ import re
 
 from ..errors import StudioError
 from ..sources.base import TensorInfo, TensorSource
-from .keys import vae_from_ldm, vae_to_ldm
-
-VAE_PREFIXES = ("first_stage_model.", "vae.")
+from ..layout.sd_keys import VAE_PREFIX, VAE_PREFIXES, vae_from_ldm, vae_to_ldm
 
 
 def _levels(keys) -> int:
@@ -33,8 +31,8 @@ class VaeSource(TensorSource):
         for out_key, info in wanted.items():
             pre = next(p for p in VAE_PREFIXES if out_key.startswith(p))
             r = out_key[len(pre):]
-            ldm, diff = (r, vae_from_ldm(r, levels)) if pre == "first_stage_model." else (vae_to_ldm(r, levels), r)
-            cands = [c for c in ("first_stage_model." + (ldm or ""), ldm, "vae." + (diff or ""), diff) if c]
+            ldm, diff = (r, vae_from_ldm(r, levels)) if pre == VAE_PREFIX else (vae_to_ldm(r, levels), r)
+            cands = [c for c in (VAE_PREFIX + (ldm or ""), ldm, "vae." + (diff or ""), diff) if c]
             hit = next((c for c in cands if c in vae), None)
             if hit is None or math.prod(vae.info(hit).shape) != info.numel:
                 missing.append(out_key)
