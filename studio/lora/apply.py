@@ -8,13 +8,14 @@ is an error listing the offending names — never a silent no-op (peers.md: Supe
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..errors import StudioError
-from ..sources.base import TensorSource
+from ..sources import REFERENCE_MODIFIERS, TensorSource, open_source
 from .names import Target, target_index
 from .network import LoraModule, LoraNetwork, detect_lora_family, read_lora
 
@@ -228,3 +229,12 @@ def apply_lora_source(src: TensorSource, lora_src: TensorSource, strength: float
     """``model: BASE+LORA[:strength]``: the base with one LoRA applied lazily (validated from headers now)."""
     net = read_lora(lora_src)
     return LoraAppliedSource(src, [(net, float(strength), block_weight_fn(blocks, src))], ref=ref)
+
+
+def lora_reference(base: TensorSource, suffix: str, ref: str) -> LoraAppliedSource:
+    """``BASE+LORA[:strength]`` in a reference (a studio.sources reference modifier): the base with the LoRA applied."""
+    lora_text, _, strength = suffix.rpartition(":") if re.search(r":-?[\d.]+$", suffix) else (suffix, "", "")
+    return apply_lora_source(base, open_source(lora_text), float(strength) if strength else 1.0, ref=ref)
+
+
+REFERENCE_MODIFIERS.append(lora_reference)
