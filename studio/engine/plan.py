@@ -68,7 +68,8 @@ class Plan:
                 "models": [s.ref for s in self.sources]}
 
 
-# hooks that may adjust a finished plan (e.g. SD: bake a chosen VAE); each takes (plan) and edits it in place
+# Hooks that may adjust a finished plan, each taking (plan) and editing it in place. Families above the engine append
+# theirs when imported (studio.sd.vae: the VAE slot of SD merges).
 PLAN_HOOKS: list[Callable[[Plan], None]] = []
 
 
@@ -115,21 +116,9 @@ def build_plan(recipe: Recipe, opener: Callable[[str], TensorSource] = open_sour
         plan = _plan_models(recipe, spec, pool)
     else:
         plan = _plan_slices(recipe, spec, pool)
-    _register_builtin_hooks()
     for hook in PLAN_HOOKS:
         hook(plan)
     return plan
-
-
-def _register_builtin_hooks() -> None:
-    # imported on first use: studio.sd imports the layout package, which the engine imports too
-    if getattr(_register_builtin_hooks, "done", False):
-        return
-    from ..sd.vae import vae_plan_hook
-
-    if vae_plan_hook not in PLAN_HOOKS:
-        PLAN_HOOKS.append(vae_plan_hook)
-    _register_builtin_hooks.done = True
 
 
 def _params_for(recipe, spec, task_key, layout, t, group, global_scopes, model_scopes, where):

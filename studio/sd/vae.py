@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 import re
 
+from ..engine.plan import PLAN_HOOKS
 from ..errors import StudioError
-from ..sources.base import TensorInfo, TensorSource
+from ..sources import TensorInfo, TensorSource, open_source
 from ..layout.sd_keys import VAE_PREFIX, VAE_PREFIXES, vae_from_ldm, vae_to_ldm
 
 
@@ -57,8 +58,6 @@ def apply_vae(tasks: list, recipe, sources: list) -> None:
     vae_ref = getattr(recipe, "vae", None)
     idx = 0
     if vae_ref:
-        from ..sources import open_source
-
         src = VaeSource(open_source(str(vae_ref)), {t.out_key: t.info for t in vae_tasks})
         sources.append(src)
         idx = len(sources) - 1
@@ -70,6 +69,9 @@ def apply_vae(tasks: list, recipe, sources: list) -> None:
 
 
 def vae_plan_hook(plan) -> None:
-    """For ``studio.engine.plan.PLAN_HOOKS``."""
+    """A ``studio.engine.plan.PLAN_HOOKS`` entry: plans whose layout has a VAE slot get it filled by apply_vae."""
     if "VAE" in getattr(plan.layout, "groups", ()):
         apply_vae(plan.tasks, plan.recipe, plan.sources)
+
+
+PLAN_HOOKS.append(vae_plan_hook)
