@@ -12,10 +12,11 @@ from typing import Callable
 
 import torch
 
+from ..devices import parse_dtype
 from ..errors import RecipeError, StudioError
 from ..layout import LayerStackLayout, Layout, detect_layout, is_mergeable
 from ..methods import MethodSpec
-from ..recipe import Recipe
+from ..recipe import InputModel, Recipe
 from ..recipe.resolve import resolve_param
 from ..sources import TensorInfo, TensorSource, open_source
 
@@ -87,8 +88,6 @@ class _Sources:
 
 
 def _out_dtype(recipe: Recipe, info: TensorInfo) -> torch.dtype | None:
-    from ..devices import parse_dtype
-
     if not info.dtype.is_floating_point:
         return None
     return parse_dtype(recipe.out_dtype) or parse_dtype(recipe.dtype)
@@ -136,7 +135,6 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
     base = recipe.base_model
     entries = list(recipe.models)
     if base is not None and not any(m.model == base for m in entries):
-        from ..recipe import InputModel
         entries.append(InputModel(base, {}))  # mergekit: the base joins the inputs when not listed
     ref_model = base or entries[0].model
     ref_idx = pool.index(ref_model)
