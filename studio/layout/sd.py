@@ -93,6 +93,16 @@ def detect_family(source) -> str:
     return _family_diffusers(source, p)
 
 
+def diffusion_family(source) -> str | None:
+    """detect_family for any model: None when it has no denoiser keys (an LLM, a LoRA) or its family is unknown."""
+    if _naming(source.keys()) is None:
+        return None
+    try:
+        return detect_family(source)
+    except StudioError:
+        return None
+
+
 def _family_ldm(source, p: str) -> str:
     inch = _shape(source, p + "input_blocks.0.0.weight")
     variant = ""

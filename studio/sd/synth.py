@@ -68,13 +68,13 @@ def _meta_state(cls, cfg) -> Table:
 
 
 def diffusers_unet_table(family: str, tiny: bool = True) -> Table:
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # heavy (seconds to import): only when a table is built
 
     return _meta_state(UNet2DConditionModel, unet_config(family, tiny))
 
 
 def diffusers_vae_table(tiny: bool = True) -> Table:
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # heavy (seconds to import): only when a table is built
 
     return _meta_state(AutoencoderKL, TINY_VAE if tiny else VAE_CONFIG)
 
