@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
-from ..inspect import human_bytes, human_count
+from ..cli import print_json
+from ..describe import human_bytes, human_count
+from ..engine import build_plan, merge_to_disk
+from ..engine.output import check_target
+from ..errors import StudioError
+from ..recipe import Recipe
 
 
 def add_arguments(p):
@@ -21,8 +27,6 @@ def add_arguments(p):
 
 
 def parse_size(text: str) -> int:
-    from ..errors import StudioError
-
     text = text.strip().upper().rstrip("B")
     mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
     try:
@@ -47,12 +51,6 @@ def print_summary(summary: dict, out=None) -> None:
 
 
 def run(args) -> int:
-    from ..cli import print_json
-    from ..engine import build_plan, merge_to_disk
-    from ..engine.output import check_target
-    from ..recipe import Recipe
-    from pathlib import Path
-
     recipe = Recipe.load(args.recipe)
     if args.dry_run:
         plan = build_plan(recipe)
