@@ -17,7 +17,7 @@ from .plan import Plan, TensorTask
 
 
 def load_input(plan: Plan, inp, device) -> torch.Tensor:
-    """One task input ``(source index, key)`` as a float32 tensor on ``device`` that the caller owns."""
+    """Input ``inp`` = (source index, key) of the plan as a float32 tensor on ``device`` that the caller owns."""
     idx, key = inp
     src = plan.sources[idx]
     # copy=True: the method owns its inputs (it may work in place) and never sees a view of a mapped file
