@@ -297,4 +297,3 @@ def detect_sd_layout(keys, config, source):
         return layout_for(source)
     except StudioError:
         return None
-
