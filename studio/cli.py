@@ -13,7 +13,7 @@ from .errors import StudioError
 COMMANDS = {
     "merge": ("studio.commands.merge", "run a mergekit-style YAML recipe into an output folder or .safetensors file"),
     "inspect": ("studio.commands.inspect", "describe models from their headers; compare several"),
-    "lora": ("studio.lora.cli", "bake, combine, extract and inspect LoRAs"),
+    "lora": ("studio.commands.lora", "bake, combine, extract and inspect LoRAs"),
     "analyze": ("studio.analysis.cli", "sign conflicts, similarity and norms per layer/block; HTML report"),
     "learn": ("studio.learn.cli", "learn merge coefficients or weights from unlabeled data"),
     "zoo": ("studio.zoo.cli", "build, list and report on the built-in demo zoo"),
@@ -31,11 +31,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=help_line, add_help=False)
             continue
         p = sub.add_parser(name, help=help_line, description=help_line)
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            p.set_defaults(_missing=module)
-            continue
+        # Import only the command being run: one command should not pay for (or depend on) the others' imports. A
+        # command module that fails to import is a bug, so its ImportError propagates instead of being reported as
+        # "not available".
+        mod = importlib.import_module(module)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -48,9 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
-        return 2
-    if getattr(args, "_missing", None):
-        print(f"error: the {args.command} command is not available in this installation", file=sys.stderr)
         return 2
     try:
         return int(args._run(args) or 0)

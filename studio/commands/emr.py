@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..engine.emr import materialize_task
+
 
 def add_arguments(p):
     p.add_argument("merged", help="output folder of a merge_method: emr recipe")
@@ -11,8 +13,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..engine.emr import materialize_task
-
     out = materialize_task(args.merged, args.task, args.out, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..inspect import compare, describe, human_bytes, human_count
+from ..cli import print_json
+from ..describe import compare, describe, human_bytes, human_count
+from ..sources import open_source
 
 
 def add_arguments(p):
@@ -11,9 +13,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..cli import print_json
-    from ..sources import open_source
-
     sources = [open_source(s) for s in args.sources]
     infos = [describe(s) for s in sources]
     cmp = compare(sources) if len(sources) > 1 else None
@@ -26,8 +25,6 @@ def run(args) -> int:
               f"{i['tensors']} tensors · {human_bytes(i['bytes'])}")
         print(f"  dtypes {', '.join(f'{k}×{v}' for k, v in i['dtypes'].items())} · layout {i['layout']} "
               f"({i['groups']} groups)" + (f" · vocab {i['vocab_size']}" if "vocab_size" in i else ""))
-        if "lora" in i:
-            print(f"  lora {i['lora']}")
     if cmp:
         for e in cmp["against"]:
             verdict = "compatible" if e["compatible"] else "NOT compatible"

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
-from ..inspect import human_bytes, human_count
+from ..cli import print_json
+from ..describe import human_bytes, human_count
+from ..engine import build_plan, merge_to_disk
+from ..engine.output import check_target
+from ..errors import StudioError
+from ..recipe import Recipe
+from ..recipe.edit import with_assignments
 
 
 def add_arguments(p):
@@ -25,8 +32,6 @@ def add_arguments(p):
 
 
 def parse_size(text: str) -> int:
-    from ..errors import StudioError
-
     text = text.strip().upper().rstrip("B")
     mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
     try:
@@ -51,14 +56,6 @@ def print_summary(summary: dict, out=None) -> None:
 
 
 def run(args) -> int:
-    from ..cli import print_json
-    from ..engine import build_plan, merge_to_disk
-    from ..engine.output import check_target
-    from ..recipe import Recipe
-    from pathlib import Path
-
-    from ..recipe.edit import with_assignments
-
     recipe = with_assignments(Recipe.load(args.recipe), args.set)
     if args.dry_run:
         plan = build_plan(recipe)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from ..cli import print_json
+from ..methods import list_methods
+
 
 def add_arguments(p):
     p.add_argument("--json", action="store_true")
 
 
 def run(args) -> int:
-    from ..cli import print_json
-    from ..methods import list_methods
-
     specs = list_methods()
     if args.json:
         print_json([{"name": s.name, "label": s.label, "category": s.category, "needs_base": s.needs_base,

@@ -16,7 +16,7 @@ from ..errors import StudioError
 from ..methods.entry_selection import emr_masks, emr_rescalers, emr_stats, emr_task_tensor
 from ..recipe import Recipe
 from ..sources import open_source
-from .execute import _load
+from .execute import load_input
 from .output import AtomicTarget, check_target, copy_side_files
 from .plan import Plan
 from .writer import ShardWriter, plan_shards
@@ -33,8 +33,8 @@ def write_emr_artifacts(plan: Plan, folder: Path, device) -> dict:
     writer = ShardWriter(out, plan_shards(entries, 1 << 62, single_name="masks.safetensors"), {"format": "pt"})
     stats = []
     for t in tasks:
-        base = _load(plan, t.base, device)
-        models = [_load(plan, i, device) for i in t.inputs]
+        base = load_input(plan, t.base, device)
+        models = [load_input(plan, i, device) for i in t.inputs]
         for i, m in enumerate(emr_masks(base, models)):
             writer.write(f"task{i}.{t.out_key}", m.to("cpu", torch.bool))
         stats.append(emr_stats(base, models).cpu())

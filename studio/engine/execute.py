@@ -16,7 +16,8 @@ from ..errors import StudioError
 from .plan import Plan, TensorTask
 
 
-def _load(plan: Plan, inp, device) -> torch.Tensor:
+def load_input(plan: Plan, inp, device) -> torch.Tensor:
+    """Input ``inp`` = (source index, key) of the plan as a float32 tensor on ``device`` that the caller owns."""
     idx, key = inp
     src = plan.sources[idx]
     # copy=True: the method owns its inputs (it may work in place) and never sees a view of a mapped file
@@ -36,7 +37,9 @@ def _shares_input(out: torch.Tensor, base, models) -> bool:
     return any(t is not None and t.untyped_storage().data_ptr() == ptr for t in [base, *models])
 
 
-def _kwargs(plan: Plan, task: TensorTask, device, seed: int | None, context) -> dict:
+def method_kwargs(plan: Plan, task: TensorTask, device, seed: int | None, context) -> dict:
+    """The keyword arguments of the plan's method for one task: its resolved parameters, plus the per-tensor
+    generator (random methods), the whole-model context (global statistics) and the output dtype (methods that cast)."""
     kw = {p.py_name: task.params[p.name] for p in plan.spec.params}
     if plan.spec.random:
         g = torch.Generator(device=device)
@@ -58,11 +61,11 @@ def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int |
             t = t.to(task.out_dtype)
         return t.to(device)
     stored = plan.spec.stored_dtype_inputs and device.type == "cpu"
-    load = _view if stored else _load
+    load = _view if stored else load_input
     base = load(plan, task.base, device) if task.base is not None else None
     models = [load(plan, i, device) for i in task.inputs]
     try:
-        out = plan.spec.fn(base, models, **_kwargs(plan, task, device, seed, context))
+        out = plan.spec.fn(base, models, **method_kwargs(plan, task, device, seed, context))
     except StudioError:
         raise
     except (RuntimeError, ValueError) as e:
@@ -89,8 +92,8 @@ def collect_context(plan: Plan, device, progress: Callable | None = None):
         for task in plan.tasks:
             if task.op != "merge":
                 continue
-            base = _load(plan, task.base, device) if task.base is not None else None
-            models = [_load(plan, i, device) for i in task.inputs]
+            base = load_input(plan, task.base, device) if task.base is not None else None
+            models = [load_input(plan, i, device) for i in task.inputs]
             kw = {p.py_name: task.params[p.name] for p in spec.params}
             if r > 0:
                 kw["context"] = context

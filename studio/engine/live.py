@@ -17,7 +17,7 @@ import torch
 from ..devices import resolve_device
 from ..recipe import Recipe
 from ..sources import TensorSource, open_source
-from .execute import _kwargs, collect_context
+from .execute import collect_context, method_kwargs
 from .plan import Plan, TensorTask, build_plan
 
 
@@ -85,7 +85,7 @@ class LiveMerger:
                 fresh = (lambda t: t) if plan.spec.pure_inputs else (lambda t: t.clone())
                 base = fresh(self._tensor(plan, task.base)) if task.base is not None else None
                 models = [fresh(self._tensor(plan, i)) for i in task.inputs]
-                kw = _kwargs(plan, task, self.device, seed, context)
+                kw = method_kwargs(plan, task, self.device, seed, context)
                 if plan.spec.casts_output:
                     kw["out_dtype"] = self.out_dtype  # the live state's dtype, not the recipe's output dtype
                 prev = self.state.get(task.out_key)

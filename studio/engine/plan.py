@@ -12,10 +12,11 @@ from typing import Callable
 
 import torch
 
+from ..devices import parse_dtype
 from ..errors import RecipeError, StudioError
 from ..layout import LayerStackLayout, Layout, detect_layout, is_mergeable
 from ..methods import MethodSpec
-from ..recipe import Recipe
+from ..recipe import InputModel, Recipe
 from ..recipe.resolve import resolve_param
 from ..sources import TensorInfo, TensorSource, open_source
 
@@ -68,7 +69,8 @@ class Plan:
                 "models": [s.ref for s in self.sources]}
 
 
-# hooks that may adjust a finished plan (e.g. SD: bake a chosen VAE); each takes (plan) and edits it in place
+# Hooks that may adjust a finished plan, each taking (plan) and editing it in place. Families above the engine append
+# theirs when imported (studio.sd.vae: the VAE slot of SD merges).
 PLAN_HOOKS: list[Callable[[Plan], None]] = []
 
 
@@ -86,8 +88,6 @@ class _Sources:
 
 
 def _out_dtype(recipe: Recipe, info: TensorInfo) -> torch.dtype | None:
-    from ..devices import parse_dtype
-
     if not info.dtype.is_floating_point:
         return None
     return parse_dtype(recipe.out_dtype) or parse_dtype(recipe.dtype)
@@ -115,21 +115,9 @@ def build_plan(recipe: Recipe, opener: Callable[[str], TensorSource] = open_sour
         plan = _plan_models(recipe, spec, pool)
     else:
         plan = _plan_slices(recipe, spec, pool)
-    _register_builtin_hooks()
     for hook in PLAN_HOOKS:
         hook(plan)
     return plan
-
-
-def _register_builtin_hooks() -> None:
-    # imported on first use: studio.sd imports the layout package, which the engine imports too
-    if getattr(_register_builtin_hooks, "done", False):
-        return
-    from ..sd.vae import vae_plan_hook
-
-    if vae_plan_hook not in PLAN_HOOKS:
-        PLAN_HOOKS.append(vae_plan_hook)
-    _register_builtin_hooks.done = True
 
 
 def _params_for(recipe, spec, task_key, layout, t, group, global_scopes, model_scopes, where):
@@ -147,7 +135,6 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
     base = recipe.base_model
     entries = list(recipe.models)
     if base is not None and not any(m.model == base for m in entries):
-        from ..recipe import InputModel
         entries.append(InputModel(base, {}))  # mergekit: the base joins the inputs when not listed
     ref_model = base or entries[0].model
     ref_idx = pool.index(ref_model)

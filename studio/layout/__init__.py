@@ -6,10 +6,11 @@ from typing import Callable
 
 from .base import NEVER_MERGE, FlatLayout, Layout, is_mergeable
 from .llm import LayerStackLayout, detect_layer_stack
+from .sd import detect_sd_layout
 
-# Each detector takes (keys, config, source) and returns a Layout or None. Diffusion layouts register themselves
-# at the front (studio.layout.sd) because SD checkpoints also contain layer stacks (their text encoders).
-DETECTORS: list[Callable] = [lambda keys, config, source: detect_layer_stack(keys, config)]
+# Each detector takes (keys, config, source) and returns a Layout or None. Diffusion layouts come first because SD
+# checkpoints also contain layer stacks (their text encoders). A family defined above this package appends its own.
+DETECTORS: list[Callable] = [detect_sd_layout, lambda keys, config, source: detect_layer_stack(keys, config)]
 
 
 def detect_layout(source) -> Layout:
@@ -20,14 +21,5 @@ def detect_layout(source) -> Layout:
             return layout
     return FlatLayout()
 
-
-def _register_optional():
-    try:
-        from . import sd  # noqa: F401  (registers SD1/SD2/SDXL/Flux block layouts)
-    except ImportError:
-        pass
-
-
-_register_optional()
 
 __all__ = ["DETECTORS", "FlatLayout", "Layout", "LayerStackLayout", "NEVER_MERGE", "detect_layout", "is_mergeable"]

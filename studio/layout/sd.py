@@ -13,10 +13,8 @@ from __future__ import annotations
 import re
 
 from ..errors import StudioError
-from ..sd.keys import unet_to_ldm
 from .base import Layout
-
-MDM = "model.diffusion_model."
+from .sd_keys import UNET_PREFIX, VAE_PREFIXES, unet_to_ldm
 
 SD1_BLOCKS = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
 SDXL_BLOCKS = ["BASE"] + [f"IN{i:02d}" for i in range(9)] + ["M00"] + [f"OUT{i:02d}" for i in range(9)]
@@ -49,10 +47,11 @@ def _shape(source, key):
 
 
 def _naming(keys) -> tuple[str, str] | None:
-    """→ (naming, denoiser prefix): ("ldm", MDM), ("diffusers", "unet."/"transformer."), ("bfl", ""), ("diffusers", "")."""
+    """→ (naming, denoiser prefix): ("ldm", UNET_PREFIX), ("diffusers", "unet."/"transformer."), ("bfl", ""),
+    ("diffusers", "")."""
     has = {"mdm": False, "unet": False, "transformer": False, "bare_unet": False, "bfl": False}
     for k in keys:
-        if k.startswith(MDM):
+        if k.startswith(UNET_PREFIX):
             has["mdm"] = True
             break
         if k.startswith("unet."):
@@ -64,7 +63,7 @@ def _naming(keys) -> tuple[str, str] | None:
         elif k.startswith(("double_blocks.", "single_blocks.")):
             has["bfl"] = True
     if has["mdm"]:
-        return "ldm", MDM
+        return "ldm", UNET_PREFIX
     if has["unet"]:
         return "diffusers", "unet."
     if has["transformer"]:
@@ -94,6 +93,16 @@ def detect_family(source) -> str:
     return _family_diffusers(source, p)
 
 
+def diffusion_family(source) -> str | None:
+    """detect_family for any model: None when it has no denoiser keys (an LLM, a LoRA) or its family is unknown."""
+    if _naming(source.keys()) is None:
+        return None
+    try:
+        return detect_family(source)
+    except StudioError:
+        return None
+
+
 def _family_ldm(source, p: str) -> str:
     inch = _shape(source, p + "input_blocks.0.0.weight")
     variant = ""
@@ -110,7 +119,7 @@ def _family_ldm(source, p: str) -> str:
         return "sdxl-refiner"
     if p + "input_blocks.10.0.skip_connection.bias" in source:
         return "sd-x4-upscaler"
-    for q in (p, MDM, ""):
+    for q in (p, UNET_PREFIX, ""):
         if q + "joint_blocks.0.context_block.adaLN_modulation.1.bias" in source:
             return "sd3.5-large" if q + "joint_blocks.37.context_block.adaLN_modulation.1.bias" in source else "sd3"
         if q + "double_blocks.0.img_attn.norm.key_norm.scale" in source:
@@ -181,7 +190,6 @@ class SDBlockLayout(Layout):
         self.family, self.naming, self.unet_prefix = family, naming, unet_prefix
         self.up_attn = frozenset({0, 1}) if xl else frozenset({1, 2, 3})
         self.last_out = self.blocks[-1]
-        self.vae_prefixes = ("first_stage_model.", "vae.")
         n_in = 9 if xl else 12
         for i in range(n_in):
             self.labels[f"IN{i:02d}"] = "input block %d" % i
@@ -190,7 +198,7 @@ class SDBlockLayout(Layout):
         self.mbw_ids = list(self.blocks)
 
     def group_of(self, key: str) -> str:
-        if key.startswith(self.vae_prefixes):
+        if key.startswith(VAE_PREFIXES):
             return "VAE"
         p = self.unet_prefix
         if p and not key.startswith(p):
@@ -234,7 +242,7 @@ class FluxBlockLayout(Layout):
                             "OUT": "final layer", "VAE": "VAE (copied from the first model)"})
 
     def group_of(self, key: str) -> str:
-        if key.startswith(("vae.", "first_stage_model.")):
+        if key.startswith(VAE_PREFIXES):
             return "VAE"
         if key.startswith(("text_encoders.clip_l.", "text_encoder.")):
             return "CLIP"
@@ -286,13 +294,3 @@ def detect_sd_layout(keys, config, source):
         return layout_for(source)
     except StudioError:
         return None
-
-
-def _register():
-    from . import DETECTORS
-
-    if detect_sd_layout not in DETECTORS:
-        DETECTORS.insert(0, detect_sd_layout)
-
-
-_register()

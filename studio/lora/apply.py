@@ -8,13 +8,17 @@ is an error listing the offending names — never a silent no-op (peers.md: Supe
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..errors import StudioError
-from ..sources.base import TensorSource
+from ..layout import detect_layout
+from ..layout.presets import lookup_preset
+from ..layout.sd import base_family, diffusion_family
+from ..sources import REFERENCE_MODIFIERS, TensorSource, open_source
 from .names import Target, target_index
 from .network import LoraModule, LoraNetwork, detect_lora_family, read_lora
 
@@ -30,20 +34,10 @@ class Patch:
     bias: bool = False
 
 
-def _target_family(src) -> str | None:
-    from ..layout.sd import _naming, base_family, detect_family
-
-    if _naming(src.keys()) is None:
-        return None
-    try:
-        return base_family(detect_family(src))
-    except StudioError:
-        return None
-
-
-def check_family(net: LoraNetwork, base, base_family: str | None = None) -> None:
+def check_family(net: LoraNetwork, base, target_family: str | None = None) -> None:
+    """Refuse a LoRA made for another diffusion family than ``base``'s (``target_family``: its base family, known)."""
     lf = detect_lora_family(net)
-    tf = base_family if base_family is not None else _target_family(base)
+    tf = target_family if target_family is not None else base_family(diffusion_family(base))
     if lf is None or tf is None:
         return
     ok = lf == tf or (lf == "sd" and tf in ("sd1", "sd2"))
@@ -124,7 +118,7 @@ class LoraAppliedSource(TensorSource):
         self.loras = loras
         self.patches: dict[str, list[Patch]] = {}
         index = target_index(base)
-        tf = _target_family(base)
+        tf = base_family(diffusion_family(base))
         for net, strength, block_fn in loras:
             check_family(net, base, tf)
             for mod, t in match_network(net, base, index):
@@ -176,9 +170,6 @@ def block_weight_fn(spec, base) -> Callable[[str], float] | None:
     SDXL), "IN04=0.5,OUT=0,*=1" (block ids or prefixes; * is the default), a list, or a dict."""
     if spec is None or spec == "":
         return None
-    from ..layout import detect_layout
-    from ..layout.presets import lookup_preset
-
     layout = detect_layout(base)
     blocks = list(getattr(layout, "mbw_ids", layout.groups))
     values: dict[str, float] = {}
@@ -228,3 +219,12 @@ def apply_lora_source(src: TensorSource, lora_src: TensorSource, strength: float
     """``model: BASE+LORA[:strength]``: the base with one LoRA applied lazily (validated from headers now)."""
     net = read_lora(lora_src)
     return LoraAppliedSource(src, [(net, float(strength), block_weight_fn(blocks, src))], ref=ref)
+
+
+def lora_reference(base: TensorSource, suffix: str, ref: str) -> LoraAppliedSource:
+    """``BASE+LORA[:strength]`` in a reference (a studio.sources reference modifier): the base with the LoRA applied."""
+    lora_text, _, strength = suffix.rpartition(":") if re.search(r":-?[\d.]+$", suffix) else (suffix, "", "")
+    return apply_lora_source(base, open_source(lora_text), float(strength) if strength else 1.0, ref=ref)
+
+
+REFERENCE_MODIFIERS.append(lora_reference)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StudioError
+from ..layout.sd import diffusion_family
+from ..sd.metadata import sd_output_metadata
 from ..sources import open_source
 from .apply import LoraAppliedSource, block_weight_fn
 from .io import check_output, parse_dtype, save_like
@@ -46,20 +48,11 @@ def bake(base_ref: str, out: str | Path, loras: list[LoraSpec], blocks=None, dty
     applied = LoraAppliedSource(base, [(net, spec.strength, block_weight_fn(spec.blocks or blocks, base))
                                        for net, spec in zip(nets, loras)], ref=f"{base_ref}+lora")
     out = check_output(Path(out), [base] + [n.source for n in nets], overwrite)
-    family = None
-    from ..layout.sd import _naming, detect_family
-
-    if _naming(base.keys()) is not None:
-        try:
-            family = detect_family(base)
-        except StudioError:
-            family = None
+    family = diffusion_family(base)
     recipe = {"type": "lora-bake", "base": str(base_ref), "blocks": blocks,
               "loras": [{"model": s.ref, "strength": s.strength, "blocks": s.blocks} for s in loras]}
     metadata: dict[str, str] = {}
     if family is not None and out.suffix == ".safetensors":
-        from ..sd.metadata import sd_output_metadata
-
         metadata = sd_output_metadata(recipe, [base] + [n.source for n in nets], family)
     else:
         metadata = {"studio_recipe": json.dumps(recipe)}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..errors import StudioError
 from ..sources import open_source
@@ -89,8 +90,6 @@ def combine(out: str | Path, loras: list[tuple[str, float]], rank: int | None = 
     report = SvdReport()
     it = names
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(names, desc="combining", unit="module", leave=False)
     for name in it:
         parts = [(n, w, n.modules[name]) for n, w in zip(nets, weights) if name in n.modules]

@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..errors import StudioError
-from ..sources import open_source
-from ..sources.base import PrefixedSource
-from ..sd.keys import UNET_PREFIX, unet_from_ldm, unet_to_ldm
+from ..layout.sd import base_family, diffusion_family
+from ..layout.sd_keys import UNET_PREFIX, unet_from_ldm, unet_to_ldm
+from ..sources import PrefixedSource, open_source
 from .combine import SvdReport, svd_factor
 from .io import check_output, parse_dtype, root_source
 from .names import target_index
@@ -60,14 +61,7 @@ def extract(base_ref: str, tuned_ref: str, out: str | Path, rank: int, conv_rank
     out = check_output(Path(out), [base, tuned], overwrite)
     if rank < 1:
         raise StudioError("--rank must be at least 1")
-    family = None
-    from ..layout.sd import _naming, base_family, detect_family
-
-    if _naming(base.keys()) is not None:
-        try:
-            family = base_family(detect_family(base))
-        except StudioError:
-            family = None
+    family = base_family(diffusion_family(base))
     missing = [k for k in base.keys() if k not in tuned]
     if missing:
         raise StudioError(f"{len(missing)} tensors of the base are missing from the tuned model (e.g. {missing[0]})",
@@ -95,8 +89,6 @@ def extract(base_ref: str, tuned_ref: str, out: str | Path, rank: int, conv_rank
     skipped = 0
     it = work
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(work, desc="extracting", unit="module", leave=False)
     for k, part in it:
         d = tuned.get(k).to(torch.float32) - base.get(k).to(torch.float32)

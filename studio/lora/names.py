@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..sd.keys import UNET_PREFIX, openclip_to_hf, unet_from_ldm, unet_to_ldm
+from ..layout.sd_keys import UNET_PREFIX, openclip_to_hf, unet_from_ldm, unet_to_ldm
 
 
 @dataclass(frozen=True)

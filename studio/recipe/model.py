@@ -15,6 +15,7 @@ import yaml
 
 from ..errors import RecipeError
 from ..methods import get_method
+from .resolve import check_setting
 
 TOP_KEYS = ["name", "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "seed", "vae"]
@@ -208,7 +209,6 @@ class Recipe:
                 if per_model_only and not p.per_model:
                     raise RecipeError(f"{k!r} is a global parameter of {spec.name!r}; set it under top-level parameters",
                                       where=w)
-                from .resolve import check_setting
                 check_setting(p, v, f"{w}.{k}")
 
         check(self.parameters, f"{where}: parameters", False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import RecipeError
+from ..layout.presets import lookup_preset
 from ..methods.registry import Param
 
 
@@ -38,10 +39,6 @@ def expand_string(text: str, num_groups: int | None = None):
     nums = parse_number_list(text)
     if nums is not None:
         return nums
-    try:
-        from ..layout.presets import lookup_preset
-    except ImportError:
-        return text
     values = lookup_preset(text.strip(), num_groups or 0)
     return values if values is not None else text
 

@@ -1,1 +1,2 @@
-"""Diffusion-model specifics: ldm ↔ diffusers names, output metadata (modelspec, sd_merge_recipe), the VAE slot."""
+"""Diffusion-model specifics above the engine: output metadata (modelspec, sd_merge_recipe), the VAE slot, synthetic
+real-layout checkpoints for tests and benchmarks. Key-name conversions live in studio.layout.sd_keys."""

@@ -1,8 +1,9 @@
 """Real-layout key/shape tables for SD1/SD2/SDXL (ldm single file and diffusers pipeline), full size or tiny.
 
 UNet and VAE shapes come from diffusers' own model classes built on the meta device (no memory, no download) and are
-renamed to ldm with :mod:`studio.sd.keys`; text encoders are generated from their known structure (HF CLIP names,
-OpenCLIP fused in_proj). Used by tests (tiny shapes, real names) and by ``bench/sd_memory.py`` (full SDXL shapes).
+renamed to ldm with :mod:`studio.layout.sd_keys`; text encoders are generated from their known structure (HF CLIP
+names, OpenCLIP fused in_proj). Used by tests (tiny shapes, real names) and by ``bench/sd_memory.py`` (full SDXL
+shapes).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .keys import UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openclip_text_keys, unet_to_ldm, vae_to_ldm
+from ..engine.writer import ShardWriter, plan_shards
+from ..layout.sd_keys import (UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openclip_text_keys, unet_to_ldm,
+                              vae_to_ldm)
 
 Table = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
@@ -65,13 +68,13 @@ def _meta_state(cls, cfg) -> Table:
 
 
 def diffusers_unet_table(family: str, tiny: bool = True) -> Table:
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # heavy (seconds to import): only when a table is built
 
     return _meta_state(UNet2DConditionModel, unet_config(family, tiny))
 
 
 def diffusers_vae_table(tiny: bool = True) -> Table:
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # heavy (seconds to import): only when a table is built
 
     return _meta_state(AutoencoderKL, TINY_VAE if tiny else VAE_CONFIG)
 
@@ -164,16 +167,18 @@ def random_tensor(key: str, shape, dtype, seed: int) -> torch.Tensor:
 
 
 def write_random(path: Path, table: Table, seed: int = 0, dtype: torch.dtype | None = None,
-                 metadata: dict | None = None, progress: str | None = None) -> Path:
+                 metadata: dict | None = None) -> Path:
     """Write random tensors with ``table``'s names and shapes, one tensor in memory at a time."""
-    from ..sources.base import TensorInfo
-    from ..lora.io import write_safetensors
-
-    infos = {k: TensorInfo(s, (dtype if (dtype is not None and dt.is_floating_point) else dt))
-             for k, (s, dt) in table.items()}
-    write_safetensors(Path(path), infos, lambda k: random_tensor(k, infos[k].shape, infos[k].dtype, seed),
-                      metadata or {"format": "pt"}, progress=progress)
-    return Path(path)
+    path = Path(path)
+    entries = [(k, tuple(s), dtype if (dtype is not None and dt.is_floating_point) else dt)
+               for k, (s, dt) in table.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shards = plan_shards(entries, 1 << 62, single_name=path.name)  # one file, however large
+    writer = ShardWriter(path.parent, shards, metadata or {"format": "pt"})
+    for key, shape, dt in entries:
+        writer.write(key, random_tensor(key, shape, dt, seed))
+    writer.close()
+    return path
 
 
 def write_random_pipeline(folder: Path, family: str, seed: int = 0, tiny: bool = True) -> Path:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import math
 import re
 
+from ..engine.plan import PLAN_HOOKS
 from ..errors import StudioError
-from ..sources.base import TensorInfo, TensorSource
-from .keys import vae_from_ldm, vae_to_ldm
-
-VAE_PREFIXES = ("first_stage_model.", "vae.")
+from ..sources import TensorInfo, TensorSource, open_source
+from ..layout.sd_keys import VAE_PREFIX, VAE_PREFIXES, vae_from_ldm, vae_to_ldm
 
 
 def _levels(keys) -> int:
@@ -33,8 +32,8 @@ class VaeSource(TensorSource):
         for out_key, info in wanted.items():
             pre = next(p for p in VAE_PREFIXES if out_key.startswith(p))
             r = out_key[len(pre):]
-            ldm, diff = (r, vae_from_ldm(r, levels)) if pre == "first_stage_model." else (vae_to_ldm(r, levels), r)
-            cands = [c for c in ("first_stage_model." + (ldm or ""), ldm, "vae." + (diff or ""), diff) if c]
+            ldm, diff = (r, vae_from_ldm(r, levels)) if pre == VAE_PREFIX else (vae_to_ldm(r, levels), r)
+            cands = [c for c in (VAE_PREFIX + (ldm or ""), ldm, "vae." + (diff or ""), diff) if c]
             hit = next((c for c in cands if c in vae), None)
             if hit is None or math.prod(vae.info(hit).shape) != info.numel:
                 missing.append(out_key)
@@ -59,8 +58,6 @@ def apply_vae(tasks: list, recipe, sources: list) -> None:
     vae_ref = getattr(recipe, "vae", None)
     idx = 0
     if vae_ref:
-        from ..sources import open_source
-
         src = VaeSource(open_source(str(vae_ref)), {t.out_key: t.info for t in vae_tasks})
         sources.append(src)
         idx = len(sources) - 1
@@ -72,6 +69,9 @@ def apply_vae(tasks: list, recipe, sources: list) -> None:
 
 
 def vae_plan_hook(plan) -> None:
-    """For ``studio.engine.plan.PLAN_HOOKS``."""
+    """A ``studio.engine.plan.PLAN_HOOKS`` entry: plans whose layout has a VAE slot get it filled by apply_vae."""
     if "VAE" in getattr(plan.layout, "groups", ()):
         apply_vae(plan.tasks, plan.recipe, plan.sources)
+
+
+PLAN_HOOKS.append(vae_plan_hook)

@@ -2,8 +2,9 @@
 
 from .base import DictSource, PrefixedSource, TensorInfo, TensorSource
 from .pickle_file import safe_torch_load
-from .resolve import ModelRef, open_source, resolve_path
+from .resolve import REFERENCE_MODIFIERS, ModelRef, open_source, resolve_path
 from .safetensors_file import ST_DTYPES, ST_NAMES, SafetensorsFile, read_header
 
-__all__ = ["DictSource", "ModelRef", "PrefixedSource", "ST_DTYPES", "ST_NAMES", "SafetensorsFile", "TensorInfo",
-           "TensorSource", "open_source", "read_header", "resolve_path", "safe_torch_load"]
+__all__ = ["DictSource", "ModelRef", "PrefixedSource", "REFERENCE_MODIFIERS", "ST_DTYPES", "ST_NAMES",
+           "SafetensorsFile", "TensorInfo", "TensorSource", "open_source", "read_header", "resolve_path",
+           "safe_torch_load"]

@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import SourceError
 from .base import PrefixedSource, TensorSource
@@ -21,6 +22,11 @@ WEIGHT_INDEXES = ["model.safetensors.index.json", "diffusion_pytorch_model.safet
 WEIGHT_FILES = ["model.safetensors", "diffusion_pytorch_model.safetensors", "adapter_model.safetensors",
                 "pytorch_lora_weights.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.bin",
                 "adapter_model.bin", "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors"]
+
+# What may follow ``+`` in a reference (``base+lora.safetensors:0.7``). Each modifier takes (the opened base, the text
+# after ``+``, the whole reference) and returns the modified source, or None when the text is not its kind; the
+# first that answers wins. The kinds live above this package and append themselves (studio.lora: LoRA application).
+REFERENCE_MODIFIERS: list[Callable[[TensorSource, str, str], TensorSource | None]] = []
 
 
 @dataclass(frozen=True)
@@ -140,10 +146,11 @@ def open_source(ref: str | ModelRef) -> TensorSource:
     mref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
     path = resolve_path(mref.model)
     src = open_folder(path, ref=mref.model) if path.is_dir() else open_file(path, ref=mref.model, folder=None)
-    if mref.lora is not None:
-        from ..lora import apply_lora_source  # LoRA algebra lives in studio.lora
-
-        lora_text, _, strength = mref.lora.rpartition(":") if re.search(r":-?[\d.]+$", mref.lora) else (mref.lora, "", "")
-        lora_src = open_source(lora_text)
-        src = apply_lora_source(src, lora_src, float(strength) if strength else 1.0, ref=str(mref))
-    return src
+    if mref.lora is None:
+        return src
+    for modify in REFERENCE_MODIFIERS:
+        modified = modify(src, mref.lora, str(mref))
+        if modified is not None:
+            return modified
+    raise SourceError(f"nothing understands {'+' + mref.lora!r} after the model", where=str(mref),
+                      hint="write MODEL+LORA_FILE[:STRENGTH]")

@@ -424,7 +424,7 @@ class StudioUI:
             except StudioError as err:
                 gr.Warning(str(err))
                 return s, f"⚠ **Export failed:** {err}", ""
-            from ..inspect import human_bytes
+            from ..describe import human_bytes
 
             files = "\n".join(f"- `{f}`" for f in res["files"][:12])
             msg = (f"✓ **Exported** to `{res['path']}` — {human_bytes(res['bytes'])} in {res['seconds']:.2f} s, "
@@ -529,7 +529,7 @@ class StudioUI:
                 except StudioError as err:
                     gr.Warning(str(err))
                     return s, f"⚠ **Export failed:** {err}"
-                from ..inspect import human_bytes
+                from ..describe import human_bytes
 
                 files = "\n".join(f"- `{f}`" for f in res["files"])
                 return s, f"✓ **Exported** {human_bytes(res['bytes'])} in {res['seconds']:.2f} s\n\n{files}"

@@ -63,7 +63,7 @@ class StudioEnv:
     def describe(self, ref: str) -> dict:
         hit = self._describe.get(ref)
         if hit is None:
-            from ..inspect import describe
+            from ..describe import describe
 
             hit = describe(self.opener(ref))
             self._describe[ref] = hit
@@ -363,7 +363,7 @@ class Session:
 
     def models_table(self) -> list[list]:
         """Rows: model, role, kind, architecture, parameters, dtype, layout · groups (headers only)."""
-        from ..inspect import human_count
+        from ..describe import human_count
 
         base = self.recipe.get("base_model")
         included = set(self.included())
@@ -383,7 +383,7 @@ class Session:
     def dry_run(self) -> tuple[bool, str]:
         """The header-only verdict on the current recipe: (ok, markdown)."""
         from ..engine import build_plan
-        from ..inspect import human_bytes
+        from ..describe import human_bytes
 
         try:
             recipe = self.recipe_obj()

@@ -9,7 +9,7 @@ import torch
 
 from studio.cli import main
 from studio.sd import synth
-from studio.sd.keys import vae_from_ldm
+from studio.layout.sd_keys import vae_from_ldm
 from studio.sources import open_source
 
 

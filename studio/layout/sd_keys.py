@@ -16,6 +16,7 @@ LAYERS_PER_BLOCK = 2  # SD1/SD2/SDXL all use 2 resnets per down level (3 per up 
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
+VAE_PREFIXES = (VAE_PREFIX, "vae.")  # where a whole checkpoint keeps its VAE: ldm single file, diffusers pipeline
 
 RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
                  "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from ..errors import StudioError
+from ..cli import print_json
+from ..layout import detect_layout
+from ..lora.apply import LoraAppliedSource
+from ..lora.bake import LoraSpec, bake
+from ..lora.combine import combine
+from ..lora.extract import extract
+from ..lora.network import detect_lora_family, read_lora
+from ..sources import open_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,19 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--json", action="store_true")
 
 
-def _print(obj, as_json: bool):
-    if as_json:
-        print(json.dumps(obj, indent=2, default=str))
-        return
-    for k, v in obj.items():
-        if isinstance(v, dict) and len(v) > 12:
-            continue
-        print(f"{k}: {v}")
-
-
 def _cmd_bake(args) -> int:
-    from .bake import LoraSpec, bake
-
     specs = [LoraSpec.parse(t) for t in args.lora]
     s = bake(args.base, args.out, specs, blocks=args.blocks, dtype=args.dtype, overwrite=args.overwrite)
     for lo in s["loras"]:
@@ -75,14 +68,11 @@ def _cmd_bake(args) -> int:
 
 
 def _cmd_combine(args) -> int:
-    from .bake import LoraSpec
-    from .combine import combine
-
     specs = [LoraSpec.parse(t) for t in args.lora]
     s = combine(args.out, [(sp.ref, sp.strength) for sp in specs], rank=args.rank, conv_rank=args.conv_rank,
                 clamp_quantile=args.clamp_quantile, dtype=args.dtype, overwrite=args.overwrite)
     if args.json:
-        _print(s, True)
+        print_json(s)
         return 0
     print(f"{s['method']}: {s['modules']} modules → {s['output']}")
     if s["method"] == "svd":
@@ -93,13 +83,11 @@ def _cmd_combine(args) -> int:
 
 
 def _cmd_extract(args) -> int:
-    from .extract import extract
-
     s = extract(args.base, args.tuned, args.out, rank=args.rank, conv_rank=args.conv_rank,
                 clamp_quantile=args.clamp_quantile, fmt=args.format, min_diff=args.min_diff, dtype=args.dtype,
                 overwrite=args.overwrite)
     if args.json:
-        _print(s, True)
+        print_json(s)
         return 0
     print(f"{s['modules']} modules ({s['format']}) → {s['output']}  ({s['unchanged_skipped']} unchanged skipped)")
     print(f"relative Frobenius error overall: {s['overall_rel_error']:.4g}")
@@ -109,9 +97,6 @@ def _cmd_extract(args) -> int:
 
 
 def inspect_lora(lora_ref: str, base_ref: str | None = None) -> dict:
-    from ..sources import open_source
-    from .network import detect_lora_family, read_lora
-
     net = read_lora(open_source(lora_ref))
     info = {"lora": lora_ref, "style": net.style, "flavour": net.flavour, "family": detect_lora_family(net),
             "modules": len(net.modules)}
@@ -123,9 +108,6 @@ def inspect_lora(lora_ref: str, base_ref: str | None = None) -> dict:
     info["per_module"] = {n: {"algo": m.algo, "rank": m.rank, "alpha": m.alpha, "scale": m.scale,
                               "shape": m.delta_shape()} for n, m in net.modules.items()}
     if base_ref:
-        from ..layout import detect_layout
-        from .apply import LoraAppliedSource
-
         base = open_source(base_ref)
         applied = LoraAppliedSource(base, [(net, 1.0, None)])
         layout = detect_layout(base)
@@ -141,7 +123,7 @@ def inspect_lora(lora_ref: str, base_ref: str | None = None) -> dict:
 def _cmd_inspect(args) -> int:
     info = inspect_lora(args.lora, args.base)
     if args.json:
-        _print(info, True)
+        print_json(info)
         return 0
     for k in ("lora", "style", "flavour", "family", "modules", "rank_scale_counts", "tensors_patched"):
         if k in info:
@@ -154,18 +136,4 @@ def _cmd_inspect(args) -> int:
 
 def run(args) -> int:
     cmd = {"bake": _cmd_bake, "combine": _cmd_combine, "extract": _cmd_extract, "inspect": _cmd_inspect}
-    try:
-        return cmd[args.lora_command](args)
-    except StudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def main(argv=None) -> int:  # python -m studio.lora.cli … (until studio/cli.py dispatches here)
-    p = argparse.ArgumentParser(prog="python -m studio lora")
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    return cmd[args.lora_command](args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .layout import detect_layout
+from .layout.sd import diffusion_family
 from .sources import TensorSource
 
 
@@ -10,19 +11,13 @@ def describe(src: TensorSource) -> dict:
     """Kind, architecture, parameter count, dtypes and tensor count, from headers and config files only."""
     cfg = src.config or {}
     arch = None
-    family = None
     if src.kind == "peft-lora":
         arch = f"PEFT {cfg.get('peft_type', 'LORA')} adapter (r={cfg.get('r')}, alpha={cfg.get('lora_alpha')})"
     elif cfg.get("architectures"):
         arch = cfg["architectures"][0]
     elif cfg.get("_class_name"):
         arch = cfg["_class_name"]
-    try:
-        from .layout.sd import detect_family
-
-        family = detect_family(src)
-    except Exception:  # not a diffusion model, or the SD module is absent
-        family = None
+    family = diffusion_family(src)
     if family and not arch:
         arch = family
     layout = detect_layout(src)
@@ -34,14 +29,6 @@ def describe(src: TensorSource) -> dict:
     for field in ("vocab_size", "num_hidden_layers", "hidden_size", "model_type"):
         if field in cfg:
             info[field] = cfg[field]
-    try:
-        from .lora import describe_lora
-
-        lora = describe_lora(src)
-        if lora:
-            info["lora"] = lora
-    except ImportError:
-        pass
     return info
 
 

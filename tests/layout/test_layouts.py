@@ -11,7 +11,7 @@ from studio.errors import StudioError
 from studio.layout import detect_layout
 from studio.layout.presets import default_presets, load_presets, lookup_preset, sd1_to_sdxl
 from studio.layout.sd import SD1_BLOCKS, SDXL_BLOCKS, FluxBlockLayout, SDBlockLayout, detect_family
-from studio.sd.keys import UNET_PREFIX, VAE_PREFIX, unet_from_ldm, unet_to_ldm, vae_from_ldm, vae_to_ldm
+from studio.layout.sd_keys import UNET_PREFIX, VAE_PREFIX, unet_from_ldm, unet_to_ldm, vae_from_ldm, vae_to_ldm
 from studio.sources import DictSource, open_source
 
 
