@@ -6,6 +6,7 @@ import sys
 import time
 
 from ..inspect import human_bytes, human_count
+from ..output import check_target
 
 
 def add_arguments(p):
@@ -49,7 +50,6 @@ def print_summary(summary: dict, out=None) -> None:
 def run(args) -> int:
     from ..cli import print_json
     from ..engine import build_plan, merge_to_disk
-    from ..engine.output import check_target
     from ..recipe import Recipe
     from pathlib import Path
 

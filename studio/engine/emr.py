@@ -14,12 +14,11 @@ import torch
 
 from ..errors import StudioError
 from ..methods.survey import emr_masks, emr_rescalers, emr_stats, emr_task_tensor
+from ..output import AtomicTarget, ShardWriter, check_target, copy_side_files, plan_shards, recipe_path, write_json
 from ..recipe import Recipe
 from ..sources import open_source
-from .execute import _load
-from .output import AtomicTarget, check_target, copy_side_files
+from .execute import load_input
 from .plan import Plan
-from .writer import ShardWriter, plan_shards
 
 ARTIFACT_DIR = "emr"
 
@@ -33,8 +32,8 @@ def write_emr_artifacts(plan: Plan, folder: Path, device) -> dict:
     writer = ShardWriter(out, plan_shards(entries, 1 << 62, single_name="masks.safetensors"), {"format": "pt"})
     stats = []
     for t in tasks:
-        base = _load(plan, t.base, device)
-        models = [_load(plan, i, device) for i in t.inputs]
+        base = load_input(plan, t.base, device)
+        models = [load_input(plan, i, device) for i in t.inputs]
         for i, m in enumerate(emr_masks(base, models)):
             writer.write(f"task{i}.{t.out_key}", m.to("cpu", torch.bool))
         stats.append(emr_stats(base, models).cpu())
@@ -42,7 +41,7 @@ def write_emr_artifacts(plan: Plan, folder: Path, device) -> dict:
     info = {"base_model": plan.sources[tasks[0].base[0]].ref if tasks else None,
             "tasks": [plan.sources[i].ref for i, _ in tasks[0].inputs] if tasks else [],
             "rescalers": emr_rescalers(stats) if stats else []}
-    (out / "emr.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "emr.json", info)
     return info
 
 
@@ -86,7 +85,8 @@ def materialize_task(merged: str | Path, task: int | str, out: str | Path, overw
         writer.close()
         copy_side_files(merged, tmp, ["config.json", "generation_config.json", "tokenizer.json",
                                       "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"])
-        (tmp / "emr_task.json").write_text(json.dumps({"task": names[idx], "rescaler": r,
-                                                       "recipe": Recipe.load(merged / "mergekit_config.yml").to_dict()
-                                                       if (merged / "mergekit_config.yml").is_file() else None}))
+        recipe_file = recipe_path(merged)
+        write_json(tmp / "emr_task.json", {"task": names[idx], "rescaler": r,
+                                           "recipe": Recipe.load(recipe_file).to_dict() if recipe_file.is_file()
+                                           else None})
     return out

@@ -16,7 +16,8 @@ from ..errors import StudioError
 from .plan import Plan, TensorTask
 
 
-def _load(plan: Plan, inp, device) -> torch.Tensor:
+def load_input(plan: Plan, inp, device) -> torch.Tensor:
+    """Input ``inp`` = (source index, key) of the plan as a float32 tensor on ``device`` that the caller owns."""
     idx, key = inp
     src = plan.sources[idx]
     # copy=True: the method owns its inputs (it may work in place) and never sees a view of a mapped file
@@ -58,7 +59,7 @@ def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int |
             t = t.to(task.out_dtype)
         return t.to(device)
     stored = plan.spec.stored_dtype_inputs and device.type == "cpu"
-    load = _view if stored else _load
+    load = _view if stored else load_input
     base = load(plan, task.base, device) if task.base is not None else None
     models = [load(plan, i, device) for i in task.inputs]
     try:
@@ -89,8 +90,8 @@ def collect_context(plan: Plan, device, progress: Callable | None = None):
         for task in plan.tasks:
             if task.op != "merge":
                 continue
-            base = _load(plan, task.base, device) if task.base is not None else None
-            models = [_load(plan, i, device) for i in task.inputs]
+            base = load_input(plan, task.base, device) if task.base is not None else None
+            models = [load_input(plan, i, device) for i in task.inputs]
             kw = {p.py_name: task.params[p.name] for p in spec.params}
             if r > 0:
                 kw["context"] = context

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,15 +14,14 @@ import torch
 from .. import __version__
 from ..devices import dtype_name, parse_dtype, resolve_device
 from ..errors import StudioError
+from ..output import (AtomicTarget, ShardWriter, check_target, copy_non_weight_files, copy_side_files, model_card,
+                      plan_shards, recipe_path, write_index, write_json, write_text)
 from ..recipe import Recipe
 from ..sources import TensorSource, open_source
 from .execute import run_tasks
-from .output import AtomicTarget, check_target, copy_side_files, model_card, write_json
 from .plan import Plan, build_plan
-from .writer import ShardWriter, plan_shards, write_index
 
 DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
-RECIPE_FILE = "mergekit_config.yml"
 RECIPE_KEY = "merge_studio_recipe"
 
 
@@ -144,18 +144,11 @@ def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: i
 def _write_side_files(plan: Plan, tmp: Path) -> None:
     recipe, ref = plan.recipe, plan.reference
     if ref.kind == "diffusers":
-        import shutil
-
         for item in Path(ref.path).iterdir():
-            dst = tmp / item.name
             if item.is_file():
-                shutil.copy2(item, dst)
+                shutil.copy2(item, tmp / item.name)
             elif item.is_dir():
-                dst.mkdir(exist_ok=True)
-                for f in item.iterdir():
-                    if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and not f.name.endswith(
-                            ".index.json"):
-                        shutil.copy2(f, dst / f.name)
+                copy_non_weight_files(item, tmp / item.name)
         return
     if ref.config is not None and ref.kind in ("transformers", "diffusers-component"):
         config = dict(ref.config)
@@ -206,10 +199,9 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
                 from .emr import write_emr_artifacts
 
                 write_emr_artifacts(plan, tmp, dev)
-            (tmp / RECIPE_FILE).write_text(recipe_yaml)
-            base = recipe.base_model
-            (tmp / "README.md").write_text(model_card(recipe_yaml, plan.spec.label or plan.spec.name,
-                                                      recipe.referenced_models(), base))
+            write_text(recipe_path(tmp), recipe_yaml)
+            write_text(tmp / "README.md", model_card(recipe_yaml, plan.spec.label or plan.spec.name,
+                                                     recipe.referenced_models(), recipe.base_model))
     return plan.summary()
 
 

@@ -61,7 +61,7 @@ class LearnResult:
 
         from safetensors.torch import save_file
 
-        from ..engine.output import AtomicTarget
+        from ..output import AtomicTarget
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

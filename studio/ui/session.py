@@ -741,7 +741,7 @@ class Session:
         import torch
         from safetensors.torch import save_file
 
-        from ..engine.output import AtomicTarget, check_target
+        from ..output import AtomicTarget, check_target
 
         lr = self.learned
         if lr is None or not lr.result.state_dict:
@@ -803,7 +803,7 @@ class Session:
                progress: Callable[[float], None] | None = None) -> dict:
         """Stream the current recipe to ``target`` (a folder, or a path ending in .safetensors)."""
         from ..engine import merge_to_disk
-        from ..engine.output import model_card
+        from ..output import model_card
 
         out = self.env.roots.check_write(target)
         recipe = self.recipe_obj()
