@@ -6,7 +6,6 @@ import sys
 import time
 
 from ..inspect import human_bytes, human_count
-from ..output import check_target
 
 
 def add_arguments(p):
@@ -49,14 +48,14 @@ def print_summary(summary: dict, out=None) -> None:
 
 def run(args) -> int:
     from ..cli import print_json
-    from ..engine import build_plan, merge_to_disk
+    from ..engine import build_plan, check_merge_target, merge_to_disk
     from ..recipe import Recipe
     from pathlib import Path
 
     recipe = Recipe.load(args.recipe)
     if args.dry_run:
         plan = build_plan(recipe)
-        check_target(Path(args.out), args.overwrite, [Path(s.folder or s.path) for s in plan.sources])
+        check_merge_target(plan, Path(args.out), args.overwrite)
         summary = plan.summary()
         print_json(summary) if args.json else (print("dry run: headers only, nothing written"), print_summary(summary))
         return 0

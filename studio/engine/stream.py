@@ -14,8 +14,8 @@ import torch
 from .. import __version__
 from ..devices import dtype_name, parse_dtype, resolve_device
 from ..errors import StudioError
-from ..output import (AtomicTarget, ShardWriter, check_target, copy_non_weight_files, copy_side_files, model_card,
-                      plan_shards, recipe_path, write_index, write_json, write_text)
+from ..output import (AtomicTarget, ShardWriter, atomic_files, check_target, copy_non_weight_files, copy_side_files,
+                      is_single_file, model_card, plan_shards, recipe_path, write_index, write_json, write_text)
 from ..recipe import Recipe
 from ..sources import TensorSource, open_source
 from .execute import run_tasks
@@ -65,8 +65,13 @@ def _sd_metadata(plan: Plan) -> dict[str, str]:
     return sd_output_metadata(plan.recipe.to_dict(), plan.sources, family)
 
 
-def _input_paths(plan: Plan) -> list[Path]:
-    return [Path(s.folder or s.path) for s in plan.sources]
+def check_merge_target(plan: Plan, out: Path, overwrite: bool) -> None:
+    """Refuse what ``merge_to_disk`` would refuse, before anything is computed (``--dry-run`` checks it too): a
+    non-empty target without ``overwrite`` — for a single file, its ``.recipe.yml`` as well — or one in an input."""
+    inputs = [Path(s.folder or s.path) for s in plan.sources]
+    check_target(out, overwrite, inputs)
+    if is_single_file(out):
+        check_target(recipe_path(out), overwrite, inputs)
 
 
 def _components(plan: Plan) -> dict[str, list]:
@@ -176,20 +181,23 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
                   overwrite: bool = False, progress: bool = True, shard_bytes: int = DEFAULT_SHARD_BYTES,
                   opener: Callable[[str], TensorSource] = open_source,
                   progress_callback: Callable[[float], None] | None = None) -> dict:
-    """Run a recipe to an output folder (or a single ``.safetensors`` file). Returns the plan summary.
+    """Run a recipe to an output folder, or to a single ``.safetensors`` file with ``<stem>.recipe.yml`` beside it.
+    Either way everything appears at once or not at all; an existing target (either file) needs ``overwrite``.
+    Returns the plan summary.
 
     ``progress_callback(fraction)`` (optional) is called as output tensors are written, e.g. by a UI progress bar.
     """
     out = Path(out)
     seed = recipe.seed if seed is None else seed
     plan = build_plan(recipe, opener)
-    check_target(out, overwrite, _input_paths(plan))
+    check_merge_target(plan, out, overwrite)
     dev = resolve_device(device)
     recipe_yaml = recipe.to_yaml() if seed is None or recipe.seed == seed else _with_seed(recipe, seed).to_yaml()
-    if out.suffix == ".safetensors":
-        with AtomicTarget(out, is_file=True) as tmp_file:
+    if is_single_file(out):
+        with atomic_files(out, recipe_path(out)) as (tmp_file, tmp_recipe):
             _write_weights(plan, tmp_file.parent, dev, seed, progress, shard_bytes, single_file=tmp_file,
                            progress_callback=progress_callback)
+            tmp_recipe.write_text(recipe_yaml, encoding="utf-8")
     else:
         with AtomicTarget(out) as tmp:
             _write_weights(plan, tmp, dev, seed, progress, shard_bytes, single_file=None,

@@ -803,7 +803,7 @@ class Session:
                progress: Callable[[float], None] | None = None) -> dict:
         """Stream the current recipe to ``target`` (a folder, or a path ending in .safetensors)."""
         from ..engine import merge_to_disk
-        from ..output import model_card
+        from ..output import model_card, recipe_path
 
         out = self.env.roots.check_write(target)
         recipe = self.recipe_obj()
@@ -821,11 +821,7 @@ class Session:
         seconds = time.perf_counter() - t0
         recipe_yaml = recipe.to_yaml()
         if out.suffix == ".safetensors":
-            files = [out]
-            side = out.with_name(out.stem + ".recipe.yml")
-            if not side.exists() or overwrite:
-                side.write_text(recipe_yaml)
-                files.append(side)
+            files = [out, recipe_path(out)]  # merge_to_disk writes the recipe beside a single file
             card = model_card(recipe_yaml, self.spec.label or self.spec.name, recipe.referenced_models(),
                               recipe.base_model)
         else:
