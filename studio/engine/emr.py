@@ -2,7 +2,8 @@
 
 The ``emr`` method writes the unified model θ₀ + τ_uni like any merge; this module adds ``emr/masks.safetensors``
 (boolean Mᵢ for every merged tensor, keys ``task{i}.{tensor}``) and ``emr/emr.json`` (the task models and their
-rescalers rᵢ), and rebuilds task i's model θ₀ + rᵢ·Mᵢ⊙τ_uni from them (``python -m studio emr TASK ...``).
+rescalers rᵢ) to an output folder — registered as a side-file hook of the streaming engine — and rebuilds task i's
+model θ₀ + rᵢ·Mᵢ⊙τ_uni from them (``python -m studio emr TASK ...``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..recipe import Recipe
 from ..sources import open_source
 from .execute import load_input
 from .plan import Plan
+from .stream import SIDE_FILE_HOOKS
 
 ARTIFACT_DIR = "emr"
 
@@ -43,6 +45,15 @@ def write_emr_artifacts(plan: Plan, folder: Path, device) -> dict:
             "rescalers": emr_rescalers(stats) if stats else []}
     write_json(out / "emr.json", info)
     return info
+
+
+def write_emr_side_files(plan: Plan, folder: Path, device) -> None:
+    """The side-file hook: an ``emr`` merge's output folder gets its masks and rescalers; other merges nothing."""
+    if plan.spec.extra.get("artifacts") == "emr":
+        write_emr_artifacts(plan, folder, device)
+
+
+SIDE_FILE_HOOKS.append(write_emr_side_files)
 
 
 def materialize_task(merged: str | Path, task: int | str, out: str | Path, overwrite: bool = False) -> Path:

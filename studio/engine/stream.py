@@ -24,6 +24,13 @@ from .plan import Plan, build_plan
 DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
 RECIPE_KEY = "merge_studio_recipe"
 
+# What a method or model family adds to an output registers itself here, like layout.DETECTORS (studio/__init__.py
+# imports the built-in ones). A metadata hook ``hook(plan) -> dict[str, str]`` adds keys to a single-file output's
+# safetensors metadata ({} when the plan is not its family's); a side-file hook ``hook(plan, folder, device)`` writes
+# its files into an output folder before the folder is renamed into place.
+METADATA_HOOKS: list[Callable[[Plan], dict[str, str]]] = []
+SIDE_FILE_HOOKS: list[Callable[[Plan, Path, torch.device], None]] = []
+
 
 def _progress_bar(plan: Plan, enabled: bool, callback: Callable[[float], None] | None = None):
     if callback is not None:  # e.g. a UI progress bar: called with the fraction of output bytes written
@@ -46,23 +53,13 @@ def _progress_bar(plan: Plan, enabled: bool, callback: Callable[[float], None] |
     return bar, step
 
 
-def _metadata(plan: Plan) -> dict[str, str]:
+def _metadata(plan: Plan, single_file: bool) -> dict[str, str]:
     meta = {"format": "pt", "merge_studio_version": __version__,
             RECIPE_KEY: json.dumps(plan.recipe.to_dict(), ensure_ascii=False)}
+    if single_file:  # a single file is what A1111-style tools load: it carries their family's keys
+        for hook in METADATA_HOOKS:
+            meta.update(hook(plan))
     return meta
-
-
-def _sd_metadata(plan: Plan) -> dict[str, str]:
-    try:
-        from ..sd.metadata import sd_output_metadata
-        from ..layout.sd import detect_family
-    except ImportError:
-        return {}
-    try:
-        family = detect_family(plan.reference)
-    except StudioError:
-        return {}
-    return sd_output_metadata(plan.recipe.to_dict(), plan.sources, family)
 
 
 def check_merge_target(plan: Plan, out: Path, overwrite: bool) -> None:
@@ -90,11 +87,10 @@ def _entries(tasks, strip: str = ""):
 def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: int, single_file: Path | None,
                    progress_callback: Callable[[float], None] | None = None):
     """Stream every task's output into safetensors files under ``tmp``; returns nothing, raises on failure."""
-    meta = _metadata(plan)
+    meta = _metadata(plan, single_file is not None)
     ref = plan.reference
     writers: dict[str, tuple[ShardWriter, str]] = {}  # task-key prefix → (writer, prefix to strip)
     if single_file is not None:
-        meta.update(_sd_metadata(plan))
         shards = plan_shards(_entries(plan.tasks), 1 << 62, single_name=single_file.name)
         writers[""] = (ShardWriter(single_file.parent, shards, meta), "")
     elif ref.kind == "diffusers":
@@ -203,10 +199,8 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
             _write_weights(plan, tmp, dev, seed, progress, shard_bytes, single_file=None,
                            progress_callback=progress_callback)
             _write_side_files(plan, tmp)
-            if plan.spec.extra.get("artifacts") == "emr":
-                from .emr import write_emr_artifacts
-
-                write_emr_artifacts(plan, tmp, dev)
+            for hook in SIDE_FILE_HOOKS:
+                hook(plan, tmp, dev)
             write_text(recipe_path(tmp), recipe_yaml)
             write_text(tmp / "README.md", model_card(recipe_yaml, plan.spec.label or plan.spec.name,
                                                      recipe.referenced_models(), recipe.base_model))

@@ -1,5 +1,5 @@
 """What a merge writes through studio.output: a single-file merge is the weights plus ``<stem>.recipe.yml``, written
-together or not at all."""
+together or not at all; family hooks add metadata and side files; the built-in hooks are registered on import."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from studio.engine import merge_in_memory, merge_to_disk
+from studio.engine import METADATA_HOOKS, SIDE_FILE_HOOKS, merge_in_memory, merge_to_disk
 from studio.errors import StudioError
 from studio.recipe import Recipe
 
@@ -87,3 +87,49 @@ def test_dry_run_refuses_an_existing_recipe_beside_a_single_file(llama_family, t
     r = subprocess.run([sys.executable, "-m", "studio", "merge", str(recipe), str(tmp_path / "x.safetensors"),
                         "--dry-run"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "x.recipe.yml" in r.stderr
+
+
+def test_registered_hooks_add_metadata_to_single_files_and_files_to_folders(llama_family, tmp_path, monkeypatch):
+    seen = []
+
+    def metadata_hook(plan):
+        seen.append(plan.spec.name)
+        return {"family_key": "v"}
+
+    def side_file_hook(plan, folder, device):
+        (folder / "extra.json").write_text(json.dumps({"tensors": len(plan.tasks), "device": str(device)}))
+
+    monkeypatch.setattr("studio.engine.stream.METADATA_HOOKS", METADATA_HOOKS + [metadata_hook])
+    monkeypatch.setattr("studio.engine.stream.SIDE_FILE_HOOKS", SIDE_FILE_HOOKS + [side_file_hook])
+    recipe = ta_recipe(llama_family)
+    merge_to_disk(recipe, tmp_path / "one.safetensors", device="cpu", progress=False)
+    with safe_open(str(tmp_path / "one.safetensors"), "pt") as f:
+        assert f.metadata()["family_key"] == "v"
+    assert seen == ["task_arithmetic"]
+    merge_to_disk(recipe, tmp_path / "folder", device="cpu", progress=False)
+    n_tensors = len(load_file(tmp_path / "folder" / "model.safetensors"))
+    assert json.loads((tmp_path / "folder" / "extra.json").read_text()) == {"tensors": n_tensors, "device": "cpu"}
+    assert seen == ["task_arithmetic"]            # metadata hooks are for single files only
+    assert not (tmp_path / "folder" / "emr").exists()   # the EMR hook writes only for emr merges
+
+
+def test_importing_the_engine_registers_the_built_in_hooks():
+    code = ("import studio.engine as e; "
+            "print(sorted(f'{h.__module__}.{h.__name__}' for h in e.METADATA_HOOKS + e.SIDE_FILE_HOOKS))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == str(["studio.engine.emr.write_emr_side_files", "studio.sd.metadata.plan_metadata"])
+
+
+def test_emr_merge_folder_gets_masks_and_rescalers_through_its_hook(llama_family, tmp_path):
+    f = llama_family
+    recipe = Recipe.from_dict({"merge_method": "emr", "base_model": str(f["base"]),
+                               "models": [{"model": str(f["a"])}, {"model": str(f["b"])}], "dtype": "float32"})
+    merge_to_disk(recipe, tmp_path / "m", device="cpu", progress=False)
+    assert names(tmp_path / "m" / "emr") == ["emr.json", "masks.safetensors"]
+    info = json.loads((tmp_path / "m" / "emr" / "emr.json").read_text())
+    assert info["tasks"] == [str(f["a"]), str(f["b"])] and len(info["rescalers"]) == 2
+    masks = load_file(tmp_path / "m" / "emr" / "masks.safetensors")
+    merged = load_file(tmp_path / "m" / "model.safetensors")
+    key = next(k for k in merged if k.endswith("q_proj.weight"))
+    assert masks[f"task0.{key}"].dtype == torch.bool and masks[f"task0.{key}"].shape == merged[key].shape
