@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..output import write_safetensors
+from ..sources import TensorInfo
 from .keys import UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openclip_text_keys, unet_to_ldm, vae_to_ldm
 
 Table = dict[str, tuple[tuple[int, ...], torch.dtype]]
@@ -166,9 +168,6 @@ def random_tensor(key: str, shape, dtype, seed: int) -> torch.Tensor:
 def write_random(path: Path, table: Table, seed: int = 0, dtype: torch.dtype | None = None,
                  metadata: dict | None = None, progress: str | None = None) -> Path:
     """Write random tensors with ``table``'s names and shapes, one tensor in memory at a time."""
-    from ..sources.base import TensorInfo
-    from ..lora.io import write_safetensors
-
     infos = {k: TensorInfo(s, (dtype if (dtype is not None and dt.is_floating_point) else dt))
              for k, (s, dt) in table.items()}
     write_safetensors(Path(path), infos, lambda k: random_tensor(k, infos[k].shape, infos[k].dtype, seed),
