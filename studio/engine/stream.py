@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import __version__
 from ..devices import dtype_name, parse_dtype, resolve_device
@@ -43,8 +44,6 @@ def _progress_bar(plan: Plan, enabled: bool, callback: Callable[[float], None] |
         return None, report
     if not enabled:
         return None, None
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=plan.output_bytes(), unit="B", unit_scale=True, unit_divisor=1024, desc="merging", leave=False)
 
     def step(task):
