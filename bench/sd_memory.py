@@ -43,7 +43,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from studio.lora.io import write_safetensors
+    from studio.output import write_safetensors
     from studio.sources.base import TensorInfo
 
     d = Path(args.dir)

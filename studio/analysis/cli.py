@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import StudioError
+from ..output import write_text
 
 
 def add_arguments(p):
@@ -71,7 +72,7 @@ def run(args) -> int:
     from ..cli import print_json
     from ..recipe import Recipe
     from . import landscape_1d, landscape_random_plane, landscape_task_plane, task_vector_stats
-    from .report import build_report, write_text_atomic
+    from .report import build_report
 
     recipe = Recipe.load(args.recipe)
     if args.threads:
@@ -108,7 +109,7 @@ def run(args) -> int:
     if args.out:
         text = build_report(stats, landscapes, title=f"Merge Studio analysis — {Path(args.recipe).name}",
                             recipe_text=recipe.to_yaml())
-        path = write_text_atomic(args.out, text)
+        path = write_text(args.out, text)
         if not quiet:
             print(f"wrote {path} ({len(text) / 1e6:.1f} MB, {len(landscapes)} landscape(s))")
     if args.json:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import html
-import os
-import tempfile
-from pathlib import Path
 
 
 def _table(stats: dict) -> str:
@@ -52,18 +49,3 @@ def build_report(stats: dict, landscapes: list[dict] | None = None, title: str =
     if recipe_text:
         sections.append(("Recipe", f"<pre>{html.escape(recipe_text)}</pre>"))
     return report_html([(h, s) for h, s in sections], title=title)
-
-
-def write_text_atomic(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

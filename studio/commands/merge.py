@@ -9,8 +9,7 @@ from pathlib import Path
 
 from ..cli import print_json
 from ..describe import human_bytes, human_count
-from ..engine import build_plan, merge_to_disk
-from ..engine.output import check_target
+from ..engine import build_plan, check_merge_target, merge_to_disk
 from ..errors import StudioError
 from ..recipe import Recipe
 from ..recipe.edit import with_assignments
@@ -59,7 +58,7 @@ def run(args) -> int:
     recipe = with_assignments(Recipe.load(args.recipe), args.set)
     if args.dry_run:
         plan = build_plan(recipe)
-        check_target(Path(args.out), args.overwrite, [Path(s.folder or s.path) for s in plan.sources])
+        check_merge_target(plan, Path(args.out), args.overwrite)
         summary = plan.summary()
         print_json(summary) if args.json else (print("dry run: headers only, nothing written"), print_summary(summary))
         return 0

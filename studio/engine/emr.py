@@ -2,7 +2,8 @@
 
 The ``emr`` method writes the unified model θ₀ + τ_uni like any merge; this module adds ``emr/masks.safetensors``
 (boolean Mᵢ for every merged tensor, keys ``task{i}.{tensor}``) and ``emr/emr.json`` (the task models and their
-rescalers rᵢ), and rebuilds task i's model θ₀ + rᵢ·Mᵢ⊙τ_uni from them (``python -m studio emr TASK ...``).
+rescalers rᵢ) to an output folder — registered as a side-file hook of the streaming engine — and rebuilds task i's
+model θ₀ + rᵢ·Mᵢ⊙τ_uni from them (``python -m studio emr TASK ...``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import torch
 
 from ..errors import StudioError
 from ..methods.entry_selection import emr_masks, emr_rescalers, emr_stats, emr_task_tensor
+from ..output import AtomicTarget, ShardWriter, check_target, copy_side_files, plan_shards, recipe_path, write_json
 from ..recipe import Recipe
 from ..sources import open_source
 from .execute import load_input
-from .output import AtomicTarget, check_target, copy_side_files
 from .plan import Plan
-from .writer import ShardWriter, plan_shards
+from .stream import SIDE_FILE_HOOKS
 
 ARTIFACT_DIR = "emr"
 
@@ -42,8 +43,17 @@ def write_emr_artifacts(plan: Plan, folder: Path, device) -> dict:
     info = {"base_model": plan.sources[tasks[0].base[0]].ref if tasks else None,
             "tasks": [plan.sources[i].ref for i, _ in tasks[0].inputs] if tasks else [],
             "rescalers": emr_rescalers(stats) if stats else []}
-    (out / "emr.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "emr.json", info)
     return info
+
+
+def write_emr_side_files(plan: Plan, folder: Path, device) -> None:
+    """The side-file hook: an ``emr`` merge's output folder gets its masks and rescalers; other merges nothing."""
+    if plan.spec.extra.get("artifacts") == "emr":
+        write_emr_artifacts(plan, folder, device)
+
+
+SIDE_FILE_HOOKS.append(write_emr_side_files)
 
 
 def materialize_task(merged: str | Path, task: int | str, out: str | Path, overwrite: bool = False) -> Path:
@@ -86,7 +96,8 @@ def materialize_task(merged: str | Path, task: int | str, out: str | Path, overw
         writer.close()
         copy_side_files(merged, tmp, ["config.json", "generation_config.json", "tokenizer.json",
                                       "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"])
-        (tmp / "emr_task.json").write_text(json.dumps({"task": names[idx], "rescaler": r,
-                                                       "recipe": Recipe.load(merged / "mergekit_config.yml").to_dict()
-                                                       if (merged / "mergekit_config.yml").is_file() else None}))
+        recipe_file = recipe_path(merged)
+        write_json(tmp / "emr_task.json", {"task": names[idx], "rescaler": r,
+                                           "recipe": Recipe.load(recipe_file).to_dict() if recipe_file.is_file()
+                                           else None})
     return out

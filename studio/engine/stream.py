@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import __version__
 from ..devices import dtype_name, parse_dtype, resolve_device
 from ..errors import StudioError
+from ..output import (AtomicTarget, ShardWriter, atomic_files, check_target, copy_non_weight_files, copy_side_files,
+                      is_single_file, model_card, plan_shards, recipe_path, write_index, write_json, write_text)
 from ..recipe import Recipe
 from ..sources import TensorSource, open_source
 from .execute import run_tasks
-from .output import AtomicTarget, check_target, copy_side_files, model_card, write_json
 from .plan import Plan, build_plan
-from .writer import ShardWriter, plan_shards, write_index
 
 DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
-RECIPE_FILE = "mergekit_config.yml"
 RECIPE_KEY = "merge_studio_recipe"
+
+# What a method or model family adds to an output registers itself here, like layout.DETECTORS (studio/__init__.py
+# imports the built-in ones). A metadata hook ``hook(plan) -> dict[str, str]`` adds keys to a single-file output's
+# safetensors metadata ({} when the plan is not its family's); a side-file hook ``hook(plan, folder, device)`` writes
+# its files into an output folder before the folder is renamed into place.
+METADATA_HOOKS: list[Callable[[Plan], dict[str, str]]] = []
+SIDE_FILE_HOOKS: list[Callable[[Plan, Path, torch.device], None]] = []
 
 
 def _progress_bar(plan: Plan, enabled: bool, callback: Callable[[float], None] | None = None):
@@ -36,8 +44,6 @@ def _progress_bar(plan: Plan, enabled: bool, callback: Callable[[float], None] |
         return None, report
     if not enabled:
         return None, None
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=plan.output_bytes(), unit="B", unit_scale=True, unit_divisor=1024, desc="merging", leave=False)
 
     def step(task):
@@ -46,27 +52,22 @@ def _progress_bar(plan: Plan, enabled: bool, callback: Callable[[float], None] |
     return bar, step
 
 
-def _metadata(plan: Plan) -> dict[str, str]:
+def _metadata(plan: Plan, single_file: bool) -> dict[str, str]:
     meta = {"format": "pt", "merge_studio_version": __version__,
             RECIPE_KEY: json.dumps(plan.recipe.to_dict(), ensure_ascii=False)}
+    if single_file:  # a single file is what A1111-style tools load: it carries their family's keys
+        for hook in METADATA_HOOKS:
+            meta.update(hook(plan))
     return meta
 
 
-def _sd_metadata(plan: Plan) -> dict[str, str]:
-    try:
-        from ..sd.metadata import sd_output_metadata
-        from ..layout.sd import detect_family
-    except ImportError:
-        return {}
-    try:
-        family = detect_family(plan.reference)
-    except StudioError:
-        return {}
-    return sd_output_metadata(plan.recipe.to_dict(), plan.sources, family)
-
-
-def _input_paths(plan: Plan) -> list[Path]:
-    return [Path(s.folder or s.path) for s in plan.sources]
+def check_merge_target(plan: Plan, out: Path, overwrite: bool) -> None:
+    """Refuse what ``merge_to_disk`` would refuse, before anything is computed (``--dry-run`` checks it too): a
+    non-empty target without ``overwrite`` — for a single file, its ``.recipe.yml`` as well — or one in an input."""
+    inputs = [Path(s.folder or s.path) for s in plan.sources]
+    check_target(out, overwrite, inputs)
+    if is_single_file(out):
+        check_target(recipe_path(out), overwrite, inputs)
 
 
 def _components(plan: Plan) -> dict[str, list]:
@@ -85,11 +86,10 @@ def _entries(tasks, strip: str = ""):
 def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: int, single_file: Path | None,
                    progress_callback: Callable[[float], None] | None = None):
     """Stream every task's output into safetensors files under ``tmp``; returns nothing, raises on failure."""
-    meta = _metadata(plan)
+    meta = _metadata(plan, single_file is not None)
     ref = plan.reference
     writers: dict[str, tuple[ShardWriter, str]] = {}  # task-key prefix → (writer, prefix to strip)
     if single_file is not None:
-        meta.update(_sd_metadata(plan))
         shards = plan_shards(_entries(plan.tasks), 1 << 62, single_name=single_file.name)
         writers[""] = (ShardWriter(single_file.parent, shards, meta), "")
     elif ref.kind == "diffusers":
@@ -144,18 +144,11 @@ def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: i
 def _write_side_files(plan: Plan, tmp: Path) -> None:
     recipe, ref = plan.recipe, plan.reference
     if ref.kind == "diffusers":
-        import shutil
-
         for item in Path(ref.path).iterdir():
-            dst = tmp / item.name
             if item.is_file():
-                shutil.copy2(item, dst)
+                shutil.copy2(item, tmp / item.name)
             elif item.is_dir():
-                dst.mkdir(exist_ok=True)
-                for f in item.iterdir():
-                    if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and not f.name.endswith(
-                            ".index.json"):
-                        shutil.copy2(f, dst / f.name)
+                copy_non_weight_files(item, tmp / item.name)
         return
     if ref.config is not None and ref.kind in ("transformers", "diffusers-component"):
         config = dict(ref.config)
@@ -183,33 +176,33 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
                   overwrite: bool = False, progress: bool = True, shard_bytes: int = DEFAULT_SHARD_BYTES,
                   opener: Callable[[str], TensorSource] = open_source,
                   progress_callback: Callable[[float], None] | None = None) -> dict:
-    """Run a recipe to an output folder (or a single ``.safetensors`` file). Returns the plan summary.
+    """Run a recipe to an output folder, or to a single ``.safetensors`` file with ``<stem>.recipe.yml`` beside it.
+    Either way everything appears at once or not at all; an existing target (either file) needs ``overwrite``.
+    Returns the plan summary.
 
     ``progress_callback(fraction)`` (optional) is called as output tensors are written, e.g. by a UI progress bar.
     """
     out = Path(out)
     seed = recipe.seed if seed is None else seed
     plan = build_plan(recipe, opener)
-    check_target(out, overwrite, _input_paths(plan))
+    check_merge_target(plan, out, overwrite)
     dev = resolve_device(device)
     recipe_yaml = recipe.to_yaml() if seed is None or recipe.seed == seed else _with_seed(recipe, seed).to_yaml()
-    if out.suffix == ".safetensors":
-        with AtomicTarget(out, is_file=True) as tmp_file:
+    if is_single_file(out):
+        with atomic_files(out, recipe_path(out)) as (tmp_file, tmp_recipe):
             _write_weights(plan, tmp_file.parent, dev, seed, progress, shard_bytes, single_file=tmp_file,
                            progress_callback=progress_callback)
+            tmp_recipe.write_text(recipe_yaml, encoding="utf-8")
     else:
         with AtomicTarget(out) as tmp:
             _write_weights(plan, tmp, dev, seed, progress, shard_bytes, single_file=None,
                            progress_callback=progress_callback)
             _write_side_files(plan, tmp)
-            if plan.spec.extra.get("artifacts") == "emr":
-                from .emr import write_emr_artifacts
-
-                write_emr_artifacts(plan, tmp, dev)
-            (tmp / RECIPE_FILE).write_text(recipe_yaml)
-            base = recipe.base_model
-            (tmp / "README.md").write_text(model_card(recipe_yaml, plan.spec.label or plan.spec.name,
-                                                      recipe.referenced_models(), base))
+            for hook in SIDE_FILE_HOOKS:
+                hook(plan, tmp, dev)
+            write_text(recipe_path(tmp), recipe_yaml)
+            write_text(tmp / "README.md", model_card(recipe_yaml, plan.spec.label or plan.spec.name,
+                                                     recipe.referenced_models(), recipe.base_model))
     return plan.summary()
 
 

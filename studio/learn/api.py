@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,8 +10,9 @@ from typing import Callable
 
 import torch
 
-from ..devices import resolve_device
+from ..devices import parse_dtype, resolve_device
 from ..errors import StudioError
+from ..output import atomic_files, is_single_file, learned_summary_json, learned_summary_path, save_tensors, write_text
 from ..recipe import Recipe
 from .adapters import TaskAdapter, make_adapter
 from .coeffs import coefficient_recipe, group_means, task_coordinates
@@ -52,39 +54,53 @@ class LearnResult:
     group_weights: dict[str, dict[str, float]] | None = None
     model_config: dict | None = None   # a transformers config making the weights a loadable model folder (CLIP)
 
-    def save(self, out) -> list[str]:
-        """Write the result into folder ``out``: recipe.yml, merged.safetensors (with ``model_config``: config.json +
-        model.safetensors, a transformers model folder), trajectory.json. Each file is written to a temporary name
-        and renamed, so a failure never leaves a half-written file; other files in ``out`` are left alone. Returns
-        the names written."""
-        import json
+    def save(self, out, dtype: torch.dtype | str | None = None, *, label: str | None = None,
+             base: str | None = None, experts: list[str] | None = None) -> list[str]:
+        """Write the result; returns the names written.
 
-        from safetensors.torch import save_file
-
-        from ..engine.output import AtomicTarget
-
+        ``out`` ending in ``.safetensors``: the merged weights (floating tensors in ``dtype``, default float32) and
+        ``<stem>.learned.json`` beside them (what was merged, metrics, loss history), both or neither; ``label``,
+        ``base`` and ``experts`` say what was merged, in the JSON and in the weights' ``merge_studio_learned``
+        metadata. Any other ``out`` is a folder: recipe.yml, merged.safetensors (with ``model_config``: config.json
+        + model.safetensors, a transformers model folder), trajectory.json, each written through a temporary name so
+        a failure never leaves a half-written file; other files in ``out`` are left alone."""
         out = Path(out)
+        if is_single_file(out):
+            return self._save_weights_file(out, dtype, {"method": label or self.method, "base": base,
+                                                        "experts": list(experts or [])})
         out.mkdir(parents=True, exist_ok=True)
         written = []
-
-        def put(name: str, write) -> None:
-            with AtomicTarget(out / name, is_file=True) as tmp:
-                write(tmp)
-            written.append(name)
-
         if self.recipe is not None:
-            put("recipe.yml", lambda p: p.write_text(self.recipe.to_yaml(), encoding="utf-8"))
+            write_text(out / "recipe.yml", self.recipe.to_yaml())
+            written.append("recipe.yml")
         if self.state_dict is not None:
             sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict.items()}
             if self.model_config is not None:
-                put("config.json", lambda p: p.write_text(json.dumps(self.model_config, indent=2), encoding="utf-8"))
-            put("model.safetensors" if self.model_config is not None else "merged.safetensors",
-                lambda p: save_file(sd, str(p), metadata={"format": "pt", "learned_method": self.method}))
-        put("trajectory.json", lambda p: p.write_text(json.dumps(
+                write_text(out / "config.json", json.dumps(self.model_config, indent=2))
+                written.append("config.json")
+            name = "model.safetensors" if self.model_config is not None else "merged.safetensors"
+            save_tensors(out / name, sd, {"format": "pt", "learned_method": self.method})
+            written.append(name)
+        write_text(out / "trajectory.json", json.dumps(
             {"method": self.method, "tasks": self.tasks, "metrics": self.metrics, "history": self.history,
              "trajectory": self.trajectory, "group_weights": self.group_weights,
-             "coefficients": self.coefficients}, default=float), encoding="utf-8"))
+             "coefficients": self.coefficients}, default=float))
+        written.append("trajectory.json")
         return written
+
+    def _save_weights_file(self, out: Path, dtype: torch.dtype | str | None, inputs: dict) -> list[str]:
+        if not self.state_dict:
+            raise StudioError(f"{self.method} produced no merged weights to write", where=str(out),
+                              hint="save to a folder instead: it holds the learned recipe and trajectory")
+        dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+        sd = {k: v.detach().cpu() for k, v in self.state_dict.items()}
+        meta = {"format": "pt", "learned_method": self.method,
+                "merge_studio_learned": json.dumps(inputs, ensure_ascii=False)}
+        summary = learned_summary_path(out)
+        with atomic_files(out, summary) as (tmp_weights, tmp_summary):
+            save_tensors(tmp_weights, sd, meta, dtype or torch.float32)
+            tmp_summary.write_text(learned_summary_json(inputs, self.metrics, self.history), encoding="utf-8")
+        return [out.name, summary.name]
 
 
 def _learn(method: str, adapter: TaskAdapter, data, steps, progress, hp: dict):

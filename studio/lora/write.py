@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,9 @@ from pathlib import Path
 import torch
 
 from ..errors import StudioError
+from ..output import (ADAPTER_CONFIG, AtomicTarget, check_target, is_single_file, peft_adapter_config, write_json,
+                      write_safetensors)
 from ..sources.base import TensorInfo
-from .io import _AtomicDir, write_safetensors
 
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
 LORA_ARCH = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
@@ -88,20 +88,12 @@ def write_lora(out: Path, mods: dict[str, LoraOut], style: str = "kohya", family
     if style == "kohya":
         meta.update(_kohya_metadata(mods, family, out.stem))
     meta.update(metadata or {})
-    if style != "peft" or out.suffix == ".safetensors":
-        if out.exists() and not overwrite:
-            raise StudioError("output already exists", where=str(out), hint="pass --overwrite to replace it")
+    check_target(out, overwrite, [])
+    if style != "peft" or is_single_file(out):
         write_safetensors(out, infos, tensors.__getitem__, meta)
         return out
     ranks = {n: int(m.down.shape[0]) for n, m in mods.items() if m.down is not None}
-    r = Counter(ranks.values()).most_common(1)[0][0]
-    pattern = {re.escape(n): v for n, v in ranks.items() if v != r}
-    cfg = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model, "r": r, "lora_alpha": r,
-           "rank_pattern": pattern, "alpha_pattern": dict(pattern), "use_rslora": False, "use_dora": False,
-           "fan_in_fan_out": False, "bias": "none", "lora_dropout": 0.0, "init_lora_weights": True,
-           "modules_to_save": None, "inference_mode": True,
-           "target_modules": sorted({n.rsplit(".", 1)[-1] for n in ranks})}
-    with _AtomicDir(out, overwrite) as tmp:
-        (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    with AtomicTarget(out) as tmp:
+        write_json(tmp / ADAPTER_CONFIG, peft_adapter_config(ranks, base_model))
         write_safetensors(tmp / "adapter_model.safetensors", infos, tensors.__getitem__, meta)
     return out

@@ -1,5 +1,6 @@
 """safetensors metadata for single-file diffusion outputs: modelspec 1.0.1 keys, an A1111/SuperMerger-compatible
-``sd_merge_recipe`` and ``sd_merge_models`` (formats.md §5). The engine adds ``format: pt`` and its own recipe key."""
+``sd_merge_recipe`` and ``sd_merge_models`` (formats.md §5). The engine adds ``format: pt`` and its own recipe key;
+this module registers ``plan_metadata`` as its metadata hook."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..layout.sd import ARCHITECTURES, base_family
+from ..engine import METADATA_HOOKS
+from ..errors import StudioError
+from ..layout.sd import ARCHITECTURES, base_family, detect_family
 
 IMPLEMENTATIONS = {"flux": "https://github.com/black-forest-labs/flux"}
 SGM = "https://github.com/Stability-AI/generative-models"
@@ -115,3 +118,16 @@ def sd_output_metadata(recipe_dict: dict, sources: list, family: str | None) -> 
     meta["sd_merge_recipe"] = json.dumps(sm, default=str)
     meta["sd_merge_models"] = json.dumps(models, default=str)
     return meta
+
+
+def plan_metadata(plan) -> dict[str, str]:
+    """The metadata hook of single-file merges: these keys when the plan's reference is a diffusion checkpoint,
+    {} for any other model."""
+    try:
+        family = detect_family(plan.reference)
+    except StudioError:
+        return {}
+    return sd_output_metadata(plan.recipe.to_dict(), plan.sources, family)
+
+
+METADATA_HOOKS.append(plan_metadata)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..engine.writer import ShardWriter, plan_shards
 from ..layout.sd_keys import (UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openclip_text_keys, unet_to_ldm,
                               vae_to_ldm)
+from ..output import write_safetensors
+from ..sources import TensorInfo
 
 Table = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
@@ -169,16 +170,11 @@ def random_tensor(key: str, shape, dtype, seed: int) -> torch.Tensor:
 def write_random(path: Path, table: Table, seed: int = 0, dtype: torch.dtype | None = None,
                  metadata: dict | None = None) -> Path:
     """Write random tensors with ``table``'s names and shapes, one tensor in memory at a time."""
-    path = Path(path)
-    entries = [(k, tuple(s), dtype if (dtype is not None and dt.is_floating_point) else dt)
-               for k, (s, dt) in table.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shards = plan_shards(entries, 1 << 62, single_name=path.name)  # one file, however large
-    writer = ShardWriter(path.parent, shards, metadata or {"format": "pt"})
-    for key, shape, dt in entries:
-        writer.write(key, random_tensor(key, shape, dt, seed))
-    writer.close()
-    return path
+    infos = {k: TensorInfo(s, (dtype if (dtype is not None and dt.is_floating_point) else dt))
+             for k, (s, dt) in table.items()}
+    write_safetensors(Path(path), infos, lambda k: random_tensor(k, infos[k].shape, infos[k].dtype, seed),
+                      metadata or {"format": "pt"})
+    return Path(path)
 
 
 def write_random_pipeline(folder: Path, family: str, seed: int = 0, tiny: bool = True) -> Path:

@@ -736,12 +736,7 @@ class Session:
         """Write the learned merged weights: ``target`` ending in .safetensors → that file (+ a ``.learned.json``
         beside it); a folder → :meth:`studio.learn.LearnResult.save` (recipe.yml when there is one,
         merged.safetensors, trajectory.json). Written atomically, only inside the allowed folders."""
-        import json
-
-        import torch
-        from safetensors.torch import save_file
-
-        from ..engine.output import AtomicTarget, check_target
+        from ..output import AtomicTarget, check_target, learned_summary_path
 
         lr = self.learned
         if lr is None or not lr.result.state_dict:
@@ -752,19 +747,9 @@ class Session:
         t0 = time.perf_counter()
         with self.env.heavy:
             if out.suffix == ".safetensors":
-                dt = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype, torch.float32)
-                sd = {k: (v.detach().to("cpu", dt) if v.is_floating_point() else v.detach().cpu()).contiguous()
-                      for k, v in lr.result.state_dict.items()}
-                meta = {"format": "pt", "learned_method": lr.method,
-                        "merge_studio_learned": json.dumps({"method": lr.label, "base": lr.base,
-                                                            "experts": lr.experts}, ensure_ascii=False)}
-                with AtomicTarget(out, is_file=True) as tmp:
-                    save_file(sd, str(tmp), metadata=meta)
-                side = out.with_name(out.stem + ".learned.json")
-                side.write_text(json.dumps({"method": lr.label, "base": lr.base, "experts": lr.experts,
-                                            "metrics": lr.result.metrics, "history": lr.result.history},
-                                           default=float, indent=1))
-                files = [out, side]
+                check_target(learned_summary_path(out), overwrite, inputs)
+                lr.result.save(out, dtype, label=lr.label, base=lr.base, experts=lr.experts)
+                files = [out, learned_summary_path(out)]
             else:
                 with AtomicTarget(out) as tmp:
                     lr.result.save(tmp)
@@ -803,7 +788,7 @@ class Session:
                progress: Callable[[float], None] | None = None) -> dict:
         """Stream the current recipe to ``target`` (a folder, or a path ending in .safetensors)."""
         from ..engine import merge_to_disk
-        from ..engine.output import model_card
+        from ..output import model_card, recipe_path
 
         out = self.env.roots.check_write(target)
         recipe = self.recipe_obj()
@@ -821,11 +806,7 @@ class Session:
         seconds = time.perf_counter() - t0
         recipe_yaml = recipe.to_yaml()
         if out.suffix == ".safetensors":
-            files = [out]
-            side = out.with_name(out.stem + ".recipe.yml")
-            if not side.exists() or overwrite:
-                side.write_text(recipe_yaml)
-                files.append(side)
+            files = [out, recipe_path(out)]  # merge_to_disk writes the recipe beside a single file
             card = model_card(recipe_yaml, self.spec.label or self.spec.name, recipe.referenced_models(),
                               recipe.base_model)
         else:

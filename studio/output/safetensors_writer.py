@@ -4,6 +4,10 @@ Why our own writer: ``safetensors.torch.save_file`` needs every tensor of a shar
 every output tensor's name, shape and dtype before anything is computed, so we assign tensors to shards up front,
 write each shard's header first, and append tensor bytes as results arrive. Peak memory is the tensors in flight,
 not a shard. The files are standard safetensors (contiguous data, header padded with spaces to 8 bytes).
+
+``ShardWriter`` writes the engine's planned shards; ``write_safetensors`` streams one file atomically from a
+name → shape/dtype table and a fetch function (LoRA bakes, extractions, synthetic checkpoints); ``save_tensors``
+writes a dict of tensors already in memory (learned weights, LoRA factors, small exports).
 """
 
 from __future__ import annotations
@@ -13,9 +17,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from typing import Callable
 
+import torch
+from tqdm import tqdm
+
+from ..errors import StudioError
+from ..sources.base import TensorInfo
 from ..sources.safetensors_file import ST_NAMES
+from .target import AtomicTarget, write_text
 
 
 @dataclass
@@ -129,4 +139,40 @@ def write_index(folder: Path, writer: ShardWriter, index_name: str = "model.safe
                 extra_metadata: dict | None = None) -> None:
     meta = {"total_size": writer.total_size()}
     meta.update(extra_metadata or {})
-    (Path(folder) / index_name).write_text(json.dumps({"metadata": meta, "weight_map": writer.weight_map()}, indent=2))
+    write_text(Path(folder) / index_name, json.dumps({"metadata": meta, "weight_map": writer.weight_map()}, indent=2))
+
+
+def _written_dtype(stored: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
+    # integer and boolean tensors (position ids, masks) keep their dtype: casting them would change their meaning
+    return dtype if dtype is not None and stored.is_floating_point else stored
+
+
+def write_safetensors(path: Path, infos: dict[str, TensorInfo], fetch: Callable[[str], torch.Tensor],
+                      metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None,
+                      progress: str | None = None) -> Path:
+    """Write ``infos`` (name → shape/dtype, in order) to one file ``path`` atomically, calling ``fetch(name)`` per
+    tensor; floating tensors are cast to ``dtype`` when given. ``progress``: a label for a tqdm bar. Returns ``path``."""
+    path = Path(path)
+    entries = [(name, tuple(info.shape), _written_dtype(info.dtype, dtype)) for name, info in infos.items()]
+    with AtomicTarget(path, is_file=True) as tmp:
+        # one shard with no size limit, named like the temporary file so that the rename completes it
+        writer = ShardWriter(tmp.parent, plan_shards(entries, 1 << 62, single_name=tmp.name), metadata)
+        items = entries
+        if progress:
+            items = tqdm(entries, desc=progress, unit="tensor", leave=False)
+        for name, shape, out_dtype in items:
+            t = fetch(name)
+            if tuple(t.shape) != shape:
+                raise StudioError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
+            writer.write(name, t.to(out_dtype))
+            del t
+        writer.close()
+    return path
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                 dtype: torch.dtype | None = None) -> Path:
+    """Write ``tensors`` (in their order) as one ``.safetensors`` file atomically, floating ones cast to ``dtype``
+    when given. Returns ``path``."""
+    infos = {name: TensorInfo(tuple(t.shape), t.dtype) for name, t in tensors.items()}
+    return write_safetensors(path, infos, tensors.__getitem__, metadata, dtype)

@@ -1,4 +1,5 @@
-"""Output folders and files: written into a temporary sibling, then renamed — an interrupted merge leaves no target."""
+"""Atomic targets: everything is written into a temporary sibling and renamed into place, so an interrupted write
+leaves no target — and no half-written file — behind."""
 
 from __future__ import annotations
 
@@ -6,14 +7,11 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import StudioError
-
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-                   "vocab.txt", "spiece.model", "sentencepiece.bpe.model"]
-SIDE_FILES = TOKENIZER_FILES + ["generation_config.json"]
 
 
 def _is_within(child: Path, parent: Path) -> bool:
@@ -82,47 +80,22 @@ class AtomicTarget:
             p.unlink()
 
 
-def copy_side_files(src_folder: Path | None, dst: Path, names=SIDE_FILES) -> list[str]:
-    copied = []
-    if src_folder is None:
-        return copied
-    for name in names:
-        p = Path(src_folder) / name
-        if p.is_file():
-            shutil.copy2(p, dst / name)
-            copied.append(name)
-    return copied
+@contextmanager
+def atomic_files(*targets: Path) -> Iterator[list[Path]]:
+    """``with atomic_files(a, b) as (tmp_a, tmp_b):`` — files that belong together (weights and the file describing
+    them): all are renamed into place when the block succeeds, none when it raises."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(AtomicTarget(t, is_file=True)) for t in targets]
 
 
-def write_json(path: Path, data) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary sibling; returns ``path``."""
+    path = Path(path)
+    with AtomicTarget(path, is_file=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
 
 
-def model_card(recipe_yaml: str, method_label: str, models: list[str], base: str | None, extra: str = "") -> str:
-    from .. import __version__
-
-    tags = "\n".join(f"- {t}" for t in ("merge", "merge-studio", "mergekit"))
-    base_line = f"base_model:\n" + "".join(f"- {m}\n" for m in models) if models else ""
-    listing = "\n".join(f"* {m}" + (" (base)" if m == base else "") for m in models)
-    return f"""---
-library_name: transformers
-tags:
-{tags}
-{base_line}---
-# Merged model
-
-Made with Merge Studio {__version__} using **{method_label}**.
-
-## Models
-
-{listing}
-
-## Recipe
-
-The recipe below reproduces this model with `python -m studio merge recipe.yaml OUT` (it is also valid mergekit YAML
-where it uses only mergekit's keys).
-
-```yaml
-{recipe_yaml.rstrip()}
-```
-{extra}"""
+def write_json(path: Path, data) -> Path:
+    """``data`` as indented JSON (non-ASCII kept as is), written atomically; returns ``path``."""
+    return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

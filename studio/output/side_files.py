@@ -1,0 +1,78 @@
+"""The files written beside the weights: where a merge's recipe goes, the tokenizer and config files copied from an
+input, the learned-merge summary, a PEFT adapter's config. (The model card is in ``model_card.py``.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+                   "vocab.txt", "spiece.model", "sentencepiece.bpe.model"]
+SIDE_FILES = TOKENIZER_FILES + ["generation_config.json"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+RECIPE_FILE = "mergekit_config.yml"   # mergekit's name, so its tools find the recipe in our folders too
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_single_file(target: Path) -> bool:
+    """A target ending in ``.safetensors`` is one weights file with its side files beside it; any other is a folder."""
+    return Path(target).suffix == ".safetensors"
+
+
+def recipe_path(target: Path) -> Path:
+    """Where the recipe of a merge written to ``target`` goes: ``mergekit_config.yml`` inside an output folder,
+    ``<stem>.recipe.yml`` beside a single ``.safetensors`` file."""
+    target = Path(target)
+    return target.with_name(target.stem + ".recipe.yml") if is_single_file(target) else target / RECIPE_FILE
+
+
+def learned_summary_path(weights: Path) -> Path:
+    """``<stem>.learned.json`` beside a learned merge's single ``.safetensors`` file."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + ".learned.json")
+
+
+def learned_summary_json(inputs: dict, metrics: dict, history: list[float]) -> str:
+    """The learned-merge summary: what was merged (method label, base, experts), its metrics and loss history."""
+    return json.dumps({**inputs, "metrics": metrics, "history": history}, default=float, indent=1)
+
+
+def copy_side_files(src_folder: Path | None, dst: Path, names=SIDE_FILES) -> list[str]:
+    """Copy the files ``names`` that exist in ``src_folder`` into ``dst``; returns the names copied."""
+    copied = []
+    if src_folder is None:
+        return copied
+    for name in names:
+        p = Path(src_folder) / name
+        if p.is_file():
+            shutil.copy2(p, dst / name)
+            copied.append(name)
+    return copied
+
+
+def copy_non_weight_files(src_dir: Path, dst_dir: Path) -> None:
+    """Copy every file of ``src_dir`` (not its subfolders) into ``dst_dir`` except weights, shard indexes and hidden
+    files: the configs, tokenizer and scheduler files that make new weights a loadable model there."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for p in Path(src_dir).iterdir():
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json"):
+            continue
+        shutil.copy2(p, dst_dir / p.name)
+
+
+def peft_adapter_config(ranks: dict[str, int], base_model: str | None) -> dict:
+    """PEFT's ``adapter_config.json`` for LoRA modules with these ranks: the most common rank is ``r``, the others go
+    to ``rank_pattern``; alpha equals the rank (the factors are written with their scale folded in)."""
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {re.escape(n): v for n, v in ranks.items() if v != r}
+    return {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model, "r": r, "lora_alpha": r,
+            "rank_pattern": pattern, "alpha_pattern": dict(pattern), "use_rslora": False, "use_dora": False,
+            "fan_in_fan_out": False, "bias": "none", "lora_dropout": 0.0, "init_lora_weights": True,
+            "modules_to_save": None, "inference_mode": True,
+            "target_modules": sorted({n.rsplit(".", 1)[-1] for n in ranks})}
