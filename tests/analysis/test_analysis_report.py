@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from studio.cli import main
-from studio.ui import plots
+from studio import figures as plots
 
 ROOT = Path(__file__).resolve().parents[2]
 
