@@ -89,7 +89,7 @@ def _tokenizer(path: str):
     return _TOKENIZERS[path]
 
 
-def _describe(name: str, root: Path) -> ZooFamily:
+def describe_family(name: str, root: Path) -> ZooFamily:
     if name == "vision":
         from .vision import TASK_DOC, TASKS
 
@@ -129,12 +129,12 @@ def _built(fam: ZooFamily) -> bool:
 def list_families(root: str | Path | None = None) -> list[str]:
     """Names of the families whose assets are present."""
     root = Path(root) if root else assets_root()
-    return [n for n in FAMILIES if _built(_describe(n, root))]
+    return [n for n in FAMILIES if _built(describe_family(n, root))]
 
 
 def get_family(name: str, root: str | Path | None = None) -> ZooFamily:
     """The catalogue entry of family ``name``; raises ``StudioError`` if unknown or not built."""
-    fam = _describe(name, Path(root) if root else assets_root())
+    fam = describe_family(name, Path(root) if root else assets_root())
     if not _built(fam):
         raise StudioError(f"the zoo family {name!r} is not built", where=fam.root,
                           hint=f"run `python -m studio zoo build --family {name}`")

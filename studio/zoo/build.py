@@ -174,9 +174,9 @@ def _record(metrics_path: Path, name: str, m: dict) -> None:
 
 def _partial(name: str, root: Path, folder: Path):
     """A catalogue entry restricted to the experts that a quick/partial build produced."""
-    from . import _describe
+    from . import describe_family
 
-    fam = _describe(name, root)
+    fam = describe_family(name, root)
     present = [t for t in fam.tasks if Path(fam.experts[t]).exists()]
     fam.tasks = present
     fam.experts = {t: fam.experts[t] for t in present}

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import sys
 
+from tqdm.auto import tqdm
+
 from ..errors import StudioError
-from .api import METHODS, run_learned
+from ..learn.api import METHODS, run_learned
+from ..zoo import get_family
 
 
 def add_arguments(p) -> None:
@@ -54,8 +57,6 @@ def _value(text: str):
 def _expand_zoo(base: str, experts: list[str]) -> tuple[str, list[str]]:
     """``zoo:FAMILY`` as --base is the family's base; as --experts, all its experts (``zoo:FAMILY/TASK``: one)."""
     def family(ref):
-        from ..zoo import get_family
-
         name, _, task = ref[4:].partition("/")
         fam = get_family(name)
         if task and task not in fam.experts:
@@ -105,8 +106,6 @@ def run(args) -> int:
     bar = None
     progress = None
     if not args.quiet:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=1000, desc=args.method, leave=False, file=sys.stderr,
                    bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
