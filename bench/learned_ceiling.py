@@ -19,7 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from studio.learn.adapters import make_adapter  # noqa: E402
-from studio.learn.coeffs import CoefficientMerge  # noqa: E402
+from studio.learn.coefficient_merge import CoefficientMerge  # noqa: E402
 from studio.zoo import get_family  # noqa: E402
 
 

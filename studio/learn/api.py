@@ -13,7 +13,7 @@ from ..devices import resolve_device
 from ..errors import StudioError
 from ..recipe import Recipe
 from .adapters import TaskAdapter, make_adapter
-from .coeffs import coefficient_recipe, group_means, task_coordinates
+from .coefficient_merge import coefficient_recipe, group_means, task_coordinates
 from .data import resolve_data
 
 METHODS: dict[str, str] = {
@@ -89,10 +89,10 @@ class LearnResult:
 
 def _learn(method: str, adapter: TaskAdapter, data, steps, progress, hp: dict):
     if method == "adamerging":
-        from .coefficient import adamerging
+        from .coefficient_learners import adamerging
         return adamerging(adapter, data, steps=steps, progress=progress, **hp)
     if method == "samerging":
-        from .coefficient import samerging
+        from .coefficient_learners import samerging
         return samerging(adapter, data, steps=steps, progress=progress, **hp)
     if method == "fda":
         from .fda import fda

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import TaskAdapter
-from .coeffs import CoefficientMerge
+from .coefficient_merge import CoefficientMerge
 from .sam import SAM
 
 Progress = Callable[[float, str], None]
