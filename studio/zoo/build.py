@@ -112,15 +112,15 @@ def family_metrics(fam) -> dict:
     """Base and experts of a built family under the report budget: ``{"metric", "base": per_task,
     "experts": {task: value on its own task}}``."""
     ev = fam.evaluator("report")
-    base = ev.evaluate(_load_state(fam.kind, fam.base))
+    base = ev.evaluate(load_state(fam.kind, fam.base))
     experts = {}
     for task, path in fam.experts.items():
-        r = ev.evaluate(_load_state(fam.kind, path))
+        r = ev.evaluate(load_state(fam.kind, path))
         experts[task] = r["per_task"][task]
     return {"metric": base["metric"], "base": base["per_task"], "experts": experts}
 
 
-def _load_state(kind: str, path: str) -> dict[str, torch.Tensor]:
+def load_state(kind: str, path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     p = Path(path)

@@ -58,9 +58,9 @@ def recipe_dict(fam, method: str, needs_base: bool, per_model: dict | None = Non
 
 
 def _load(kind: str, path: str) -> dict[str, torch.Tensor]:
-    from .build import _load_state
+    from .build import load_state
 
-    return _load_state(kind, path)
+    return load_state(kind, path)
 
 
 def _row(method: str, result: dict, experts: dict[str, float], metric: str, seconds: float | None = None) -> dict:
