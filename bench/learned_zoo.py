@@ -32,7 +32,7 @@ def main() -> int:
 
     import torch
 
-    from studio.learn.zoo import zoo_rows
+    from studio.zoo.learned_report import zoo_rows
 
     steps = {k: int(v) for k, _, v in (s.partition("=") for s in args.steps)}
     t0 = time.perf_counter()

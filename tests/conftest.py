@@ -3,8 +3,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from tinymodels import load_state, make_llama
+
+VISION_TASKS = ["digits", "letters", "arrows"]
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +45,16 @@ def _synth():
     from studio.sd import synth
 
     return synth
+
+
+@pytest.fixture(scope="session")
+def vision_zoo(tmp_path_factory):
+    """A reduced vision zoo (3 tasks, short pretraining and fine-tuning) built once per session with the zoo's own
+    training functions; used by tests/learn, tests/zoo and tests/commands."""
+    from studio.zoo.learned_report import build_vision_zoo
+
+    torch.set_num_threads(1)
+    root = build_vision_zoo(tmp_path_factory.mktemp("zoo") / "vision", VISION_TASKS, pretrain_steps=150,
+                            finetune_steps=80, shots=5)
+    return {"root": root, "base": str(root / "base.safetensors"),
+            "experts": [str(root / "experts" / f"{t}.safetensors") for t in VISION_TASKS], "tasks": VISION_TASKS}

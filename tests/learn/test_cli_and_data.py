@@ -1,4 +1,4 @@
-"""The learn CLI, data specs, the causal-LM adapter, and the zoo-report rows."""
+"""The learn CLI, data specs and the causal-LM adapter."""
 
 from __future__ import annotations
 
@@ -80,14 +80,3 @@ def test_causal_lm_adapter_learns_on_tokens(llama_family):
         torch.testing.assert_close(merged[k], v, rtol=1e-5, atol=1e-6)
     reg = run_learned("regmean", base, experts, data)
     assert reg.metrics["objective_end"] < reg.metrics["objective_start"]
-
-
-def test_zoo_rows_shape(vision_zoo):
-    from studio.learn.zoo import zoo_rows
-
-    rows = zoo_rows("vision", budget=64, root=vision_zoo["root"], methods=["regmean", "adamerging_task"],
-                    steps={"adamerging_task": 3})
-    assert [r["method"] for r in rows] == ["regmean", "adamerging_task"]
-    for r in rows:
-        assert set(r["per_task"]) == set(vision_zoo["tasks"]) and 0 <= r["average"] <= 100
-        assert r["normalized"] is not None

@@ -118,7 +118,7 @@ def test_committed_vision_zoo_reproduces_the_learned_merge_bar():
     """The README's headline on the committed zoo, at the papers' defaults: SAMerging ≥ 95 % normalized and 5 points
     above task arithmetic (λ = 0.3); RegMean likewise (closed form). ~30 s on one CPU thread."""
     pytest.importorskip("studio.learn")
-    from studio.learn.zoo import zoo_rows
+    from studio.zoo.learned_report import zoo_rows
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the README's figures were measured single-threaded (reductions differ by thread count)
