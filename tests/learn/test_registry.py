@@ -1,6 +1,6 @@
 """The learned methods' declarations: every learner declares its hyperparameters as its function takes them, unknown
-hyperparameters are refused with the known names (library and CLI), and run_learned dispatches through the
-registry (a learner registered here runs end to end)."""
+hyperparameters are refused with the known names, and run_learned dispatches through the registry (a learner
+registered here runs end to end)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import inspect
 import pytest
 import torch
 
-from studio.cli import main
 from studio.errors import StudioError
 from studio.learn import (LearnerSpec, get_learner, get_variant, learner, list_learners, list_variants, registry,
                           run_learned)
@@ -82,32 +81,6 @@ def test_hyperparameters_are_coerced_and_unknown_ones_refused_with_the_known_nam
     # run_learned refuses before it opens any model
     with pytest.raises(StudioError, match="no hyperparameter 'lr'.*examples, alpha"):
         run_learned("regmean", "no/such/base.safetensors", ["no/such/expert.safetensors"], lr=0.1)
-
-
-@pytest.mark.parametrize("extra,message", [
-    (["--set", "rho=0.1"], "learned method 'fisher' has no hyperparameter 'rho'"),
-    (["--task-wise"], "no hyperparameter 'granularity'"),
-    (["--set", "examples=many"], "parameter 'examples' must be int"),
-    (["--set", "max_items=some"], "parameter 'max_items' must be int"),
-])
-def test_cli_set_is_checked_against_the_declaration_before_loading(tmp_path, capsys, extra, message):
-    rc = main(["learn", "fisher", "--base", str(tmp_path / "missing.safetensors"), "--experts",
-               str(tmp_path / "also-missing.safetensors"), "--out", str(tmp_path / "o"), "--quiet", *extra])
-    assert rc == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err
-    assert not (tmp_path / "o").exists()
-
-
-def test_cli_help_lists_every_declared_hyperparameter(capsys):
-    with pytest.raises(SystemExit):
-        main(["learn", "--help"])
-    out = capsys.readouterr().out
-    for s in list_learners():
-        assert f"  {s.name} ({s.label}; {s.produces}; {s.ref})" in out
-        for p in s.params:
-            assert f"      {p.name}=" in out
-    assert "max_items=None" in out and "seq_len=64" in out
 
 
 def test_registration_checks_the_declaration(scratch_registry):
