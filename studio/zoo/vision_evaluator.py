@@ -19,8 +19,9 @@ class VisionEvaluator:
     """Accuracy per task (percent, 0–100) of a backbone state dict.
 
     ``budget``: ``preview`` (96 test examples per task, spread evenly), ``report`` (the whole test split) or a number
-    of examples (the first ones of the test split). ``evaluate(state_dict)`` loads the backbone weights (keys ``embed.*``, ``blocks.<i>.*``, ``norm.*``) into one
-    resident module and scores every task with its own head from ``heads/<task>.safetensors``.
+    of examples (the first ones of the test split). ``evaluate(state_dict)`` loads the backbone weights (keys
+    ``embed.*``, ``blocks.<i>.*``, ``norm.*``) into one resident module and scores every task with its own head from
+    ``heads/<task>.safetensors``.
     Data-aware merge methods use :meth:`data` and :meth:`build_module`.
     """
 
