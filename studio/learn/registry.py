@@ -93,6 +93,15 @@ class LearnerSpec:
 LEARNERS: dict[str, LearnerSpec] = {}
 
 
+def signature_errors(fn: Callable, params: list[Param]) -> list[str]:
+    """What is wrong with a learner function for these declared hyperparameters (empty when nothing)."""
+    accepted = inspect.signature(fn).parameters
+    errors = [f"{p.name!r} is passed by run_learned, not declared" for p in params if p.name in RUN_ARGS]
+    errors += [f"the function lacks the declared {p.py_name!r}" for p in params if p.py_name not in accepted]
+    errors += [f"the function lacks {a!r}" for a in ("progress", "seed") if a not in accepted]
+    return errors
+
+
 def learner(name: str, params: list[Param] | None = None, *, produces: str, label: str = "", ref: str = "",
             variants: dict[str, tuple[str, dict]] | None = None) -> Callable:
     """Register a learned merge method. See the module docstring for the calling convention.
@@ -105,22 +114,16 @@ def learner(name: str, params: list[Param] | None = None, *, produces: str, labe
             raise ValueError(f"learned method {name!r} registered twice")
         if produces not in PRODUCES:
             raise ValueError(f"learned method {name}: produces is one of {PRODUCES}, got {produces!r}")
-        accepted = set(inspect.signature(fn).parameters)
-        declared = list(params or [])
-        clash = [p.name for p in declared if p.name in RUN_ARGS]
-        if clash:
-            raise TypeError(f"learned method {name}: {clash} are passed by run_learned, not declared")
-        missing = [p.py_name for p in declared if p.py_name not in accepted]
-        if missing or not {"progress", "seed"} <= accepted:
-            raise TypeError(f"learned method {name}: function lacks {missing or ['progress', 'seed']}")
-        spec = LearnerSpec(name=name, fn=fn, params=declared, produces=produces, label=label or name, ref=ref,
-                           takes_steps="steps" in accepted)
+        errors = signature_errors(fn, list(params or []))
+        if errors:
+            raise TypeError(f"learned method {name}: {'; '.join(errors)}")
+        spec = LearnerSpec(name=name, fn=fn, params=list(params or []), produces=produces, label=label or name,
+                           ref=ref, takes_steps="steps" in inspect.signature(fn).parameters)
         for key, (vlabel, hp) in (variants or {name: (spec.label, {})}).items():
             spec.check(hp)  # a variant's settings are declared values
+            if any(key in other.variants for other in LEARNERS.values()):
+                raise ValueError(f"learned method {name}: variant {key!r} is already registered")
             spec.variants[key] = Variant(key, vlabel, name, dict(hp))
-        taken = [v for v in spec.variants if any(v in s.variants for s in LEARNERS.values())]
-        if taken:
-            raise ValueError(f"learned method {name}: variant {taken[0]!r} is already registered")
         LEARNERS[name] = spec
         fn.spec = spec
         return fn
