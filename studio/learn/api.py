@@ -115,7 +115,7 @@ def run_learned(method: str, base: str, experts: list[str], data=None, *, device
         root = data[0] if isinstance(data, (list, tuple)) and len(data) == 1 else data
         root = str(root) if isinstance(root, (str, Path)) and Path(root).is_dir() else None
         adapter = make_adapter(base, list(experts), device=dev, tasks=tasks, heads=heads, data_root=root,
-                               **({"seq_len": seq_len} if seq_len is not None else {}))
+                               seq_len=seq_len)
     tensors = resolve_data(data, adapter, max_items=max_items)
     out = spec(adapter, tensors, steps=steps, progress=progress, seed=seed, **hp)
     res = LearnResult(method=spec.name, tasks=list(adapter.tasks), history=out.get("history", []),

@@ -45,6 +45,16 @@ def test_every_learner_is_declared_as_its_function_takes_it():
         assert [d["name"] for d in described["params"]] == [p.name for p in s.params]
 
 
+def test_run_options_are_run_learned_arguments():
+    from studio.learn import RUN_OPTIONS
+    from studio.learn.adapters import CausalLMAdapter
+
+    taken = inspect.signature(run_learned).parameters
+    assert [p.name for p in RUN_OPTIONS] == ["max_items", "seq_len"]
+    assert all(p.name in taken and p.doc for p in RUN_OPTIONS)
+    assert inspect.signature(CausalLMAdapter).parameters["seq_len"].default == RUN_OPTIONS[1].default
+
+
 def test_variants_are_declared_settings_of_registered_learners():
     variants = list_variants()
     assert [v.name for v in variants] == ["adamerging_task", "adamerging_layer", "samerging", "fda", "fisher",
