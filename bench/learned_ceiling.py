@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from studio.learn.adapters import make_adapter  # noqa: E402
-from studio.learn.coeffs import CoefficientMerge  # noqa: E402
+from studio.learn.coefficient_merge import CoefficientMerge  # noqa: E402
 from studio.zoo import get_family  # noqa: E402
 
 
@@ -38,8 +39,6 @@ def main() -> int:
     merge = CoefficientMerge(adapter.base, adapter.task_vectors(), adapter.keys, args.granularity, 0.3)
     data = {t: fam.data(t, args.split) for t in tasks}
     ev = fam.evaluator("report")
-    from safetensors.torch import load_file
-
     expert = {t: ev.evaluate(load_file(p))["per_task"][t] for t, p in fam.experts.items()}
 
     def normalized() -> float:

@@ -18,22 +18,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
+from studio.zoo.learned_report import zoo_rows  # noqa: E402
+
 
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--family", default="vision")
     p.add_argument("--root", default=None, help="a vision zoo folder instead of the catalogue")
-    p.add_argument("--methods", nargs="*", default=None)
-    p.add_argument("--steps", nargs="*", default=[], metavar="LABEL=N")
+    p.add_argument("--methods", nargs="*", default=None, help="learned variants (default: every declared one)")
+    p.add_argument("--steps", nargs="*", default=[], metavar="VARIANT=N")
     p.add_argument("--device", default="cpu")
     p.add_argument("--budget", default=None)
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args()
-
-    import torch
-
-    from studio.learn.zoo import zoo_rows
-
     steps = {k: int(v) for k, _, v in (s.partition("=") for s in args.steps)}
     t0 = time.perf_counter()
     rows = zoo_rows(args.family, args.budget, methods=args.methods, device=args.device, root=args.root,

@@ -14,9 +14,9 @@ COMMANDS = {
     "merge": ("studio.commands.merge", "run a mergekit-style YAML recipe into an output folder or .safetensors file"),
     "inspect": ("studio.commands.inspect", "describe models from their headers; compare several"),
     "lora": ("studio.commands.lora", "bake, combine, extract and inspect LoRAs"),
-    "analyze": ("studio.analysis.cli", "sign conflicts, similarity and norms per layer/block; HTML report"),
-    "learn": ("studio.learn.cli", "learn merge coefficients or weights from unlabeled data"),
-    "zoo": ("studio.zoo.cli", "build, list and report on the built-in demo zoo"),
+    "analyze": ("studio.commands.analyze", "sign conflicts, similarity and norms per layer/block; HTML report"),
+    "learn": ("studio.commands.learn", "learn merge coefficients or weights from unlabeled data"),
+    "zoo": ("studio.commands.zoo", "build, list and report on the built-in demo zoo"),
     "methods": ("studio.commands.methods", "list merge methods and their parameters"),
     "emr": ("studio.commands.emr", "rebuild one task's model from an EMR merge's masks and rescalers"),
 }

@@ -3,8 +3,12 @@
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from tinymodels import load_state, make_llama
+
+VISION_TASKS = ["digits", "letters", "arrows"]
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +46,40 @@ def _synth():
     from studio.sd import synth
 
     return synth
+
+
+@pytest.fixture(scope="session")
+def vision_zoo(tmp_path_factory):
+    """A reduced vision zoo (3 tasks, short pretraining and fine-tuning) built once per session with the zoo's own
+    training functions; used by tests/learn, tests/zoo and tests/commands."""
+    from studio.zoo.learned_report import build_vision_zoo
+
+    torch.set_num_threads(1)
+    root = build_vision_zoo(tmp_path_factory.mktemp("zoo") / "vision", VISION_TASKS, pretrain_steps=150,
+                            finetune_steps=80, shots=5)
+    return {"root": root, "base": str(root / "base.safetensors"),
+            "experts": [str(root / "experts" / f"{t}.safetensors") for t in VISION_TASKS], "tasks": VISION_TASKS}
+
+
+# A base and three experts (base + noise) with layer-like keys, and a TIES recipe over them (density 0.5): the
+# analysis numbers, their figures and the analyze command's report.
+@pytest.fixture(scope="module")
+def recipe_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("an_cli")
+    g = torch.Generator().manual_seed(0)
+    base = {f"blocks.{i}.mlp.fc1.weight": torch.randn(6, 4, generator=g) for i in range(3)}
+    base.update({f"blocks.{i}.attn.qkv.weight": torch.randn(12, 4, generator=g) for i in range(3)})
+    base["embed.weight"] = torch.randn(5, 4, generator=g)
+    base["head.weight"] = torch.randn(2, 4, generator=g)
+    save_file(base, str(root / "base.safetensors"))
+    models = []
+    for n in range(3):
+        gn = torch.Generator().manual_seed(n + 1)
+        save_file({k: v + 0.1 * torch.randn(v.shape, generator=gn) for k, v in base.items()},
+                  str(root / f"e{n}.safetensors"))
+        models.append(f"  - model: {root / f'e{n}.safetensors'}\n    parameters: {{weight: 1.0}}")
+    text = (f"merge_method: ties\nbase_model: {root / 'base.safetensors'}\nparameters: {{density: 0.5}}\n"
+            "models:\n" + "\n".join(models) + "\n")
+    path = root / "recipe.yaml"
+    path.write_text(text)
+    return path

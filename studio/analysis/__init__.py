@@ -7,7 +7,7 @@
   :func:`landscape_random_plane`) — a scorer evaluated over merges, with markers and projected trajectories.
 * :mod:`.params` — the addressing scheme for recipe settings (``"parameters.lambda"``, ``"models.0.weight"``).
 
-Figures are drawn from these numbers by :mod:`studio.ui.plots`; ``python -m studio analyze`` writes both.
+Figures are drawn from these numbers by :mod:`studio.figures`; ``python -m studio analyze`` writes both.
 """
 
 from .landscape import (Plane, as_scorer, filter_normalized_direction, landscape_1d, landscape_2d, landscape_params,

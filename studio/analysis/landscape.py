@@ -36,10 +36,13 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from ..devices import resolve_device
+from ..engine import merge_in_memory
+from ..engine.live import LiveMerger
 from ..errors import StudioError
 from ..layout import is_mergeable
+from ..recipe import Recipe
 from .params import get_param, parse_path, path_label, set_param
-from .stats import _resolve_inputs
+from .stats import resolve_inputs
 
 Scorer = Callable[[dict], float]
 
@@ -68,8 +71,6 @@ def _score_name(scorer, given: str | None) -> str:
 
 
 def _as_recipe(obj):
-    from ..recipe import Recipe
-
     if isinstance(obj, str):
         return Recipe.load(obj)
     if isinstance(obj, dict):
@@ -79,8 +80,6 @@ def _as_recipe(obj):
 
 def _live(live_or_recipe, device):
     """→ (LiveMerger, the recipe it currently holds)."""
-    from ..engine.live import LiveMerger
-
     if isinstance(live_or_recipe, LiveMerger):
         return live_or_recipe, live_or_recipe.plan.recipe
     recipe = _as_recipe(live_or_recipe)
@@ -231,7 +230,7 @@ class _Models:
 
     def __init__(self, recipe_or_sources, device, base=None):
         self.device = resolve_device(device)
-        base_src, experts, names = _resolve_inputs(recipe_or_sources, base)
+        base_src, experts, names = resolve_inputs(recipe_or_sources, base)
         self.names = names
         self.base_src, self.experts = base_src, experts
         self.keys, self.fixed, self.base = [], {}, {}
@@ -362,16 +361,12 @@ def _linspace(lo, hi, steps) -> list[float]:
 
 def _current_state(current, device):
     """A state dict for the 'current recipe' marker from a LiveMerger, a Recipe, or a state dict."""
-    from ..engine.live import LiveMerger
-
     if current is None:
         return None
     if isinstance(current, LiveMerger):
         return current.state
     if isinstance(current, dict) and current and all(isinstance(v, torch.Tensor) for v in current.values()):
         return current
-    from ..engine import merge_in_memory
-
     return merge_in_memory(_as_recipe(current), device=str(device))
 
 
@@ -386,8 +381,6 @@ def landscape_task_plane(recipe_or_sources, scorer, i=0, j=1, *, alphas: Sequenc
     ``current``: the merge to mark (LiveMerger, Recipe or state dict); defaults to the recipe's own merge.
     Markers: base, both experts, their average, the current merge (projected; its score is the true merge's).
     """
-    from ..engine.live import LiveMerger
-
     t0 = time.perf_counter()
     score = as_scorer(scorer)
     src = recipe_or_sources

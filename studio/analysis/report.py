@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 
+from ..figures import landscape_figure, report_html, stats_figures
+
 
 def _table(stats: dict) -> str:
     ov = stats["overall"]
@@ -37,8 +39,6 @@ NOTES = ("<p>τ<sub>i</sub> = θ<sub>i</sub> − θ<sub>base</sub>. <b>Sign conf
 def build_report(stats: dict, landscapes: list[dict] | None = None, title: str = "Merge Studio analysis",
                  recipe_text: str | None = None) -> str:
     """HTML text with every figure (plotly.js inlined once)."""
-    from ..ui.plots import landscape_figure, report_html, stats_figures
-
     sections: list = [("Summary", _table(stats) + NOTES)]
     sections += stats_figures(stats)
     for res in landscapes or []:

@@ -32,7 +32,9 @@ import torch
 from ..devices import resolve_device
 from ..errors import StudioError
 from ..layout import detect_layout, is_mergeable
-from ..sources import TensorSource, open_source
+from ..methods.order_statistics import kth_largest
+from ..recipe import Recipe
+from ..sources import DictSource, TensorSource, open_source
 
 CHUNK = 1 << 22
 SIGN_KEYS = ("sign_conflict", "sign_conflict_active", "mass_agreement", "pairwise_disagreement", "elected_keep",
@@ -181,8 +183,6 @@ def _ratio(a: float, b: float):
 
 def _trim_threshold(tau: torch.Tensor, density: float) -> float | None:
     """Magnitude threshold keeping the top ``density`` fraction (None: keep all; +inf: keep none)."""
-    from ..methods.order_statistics import kth_largest
-
     n = tau.numel()
     if density >= 1 or n == 0:
         return None
@@ -192,10 +192,8 @@ def _trim_threshold(tau: torch.Tensor, density: float) -> float | None:
     return float(kth_largest(tau.abs().reshape(-1), k))
 
 
-def _resolve_inputs(recipe_or_sources, base=None):
+def resolve_inputs(recipe_or_sources, base=None):
     """→ (base source, [expert sources], [names])."""
-    from ..recipe import Recipe
-
     if isinstance(recipe_or_sources, (str, dict)) or hasattr(recipe_or_sources, "merge_method"):
         r = recipe_or_sources
         if isinstance(r, str):
@@ -226,7 +224,6 @@ def _open(x) -> TensorSource:
     if isinstance(x, TensorSource):
         return x
     if isinstance(x, dict):
-        from ..sources import DictSource
         return DictSource(x)
     return open_source(str(x))
 
@@ -250,7 +247,7 @@ def task_vector_stats(recipe_or_sources, density: float | None = None,
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    base_src, experts, names = _resolve_inputs(recipe_or_sources, base)
+    base_src, experts, names = resolve_inputs(recipe_or_sources, base)
     if density is not None and not 0 <= float(density) <= 1:
         raise StudioError(f"density must be in [0, 1], got {density}")
     n = len(experts)

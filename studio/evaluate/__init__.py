@@ -1,4 +1,5 @@
-"""Evaluators: task accuracy, perplexity + generations, diffusion samples + style scores.
+"""Evaluators of any model: perplexity + generations of causal LMs, images of Stable Diffusion pipelines, and the
+one result shape every evaluator returns (the demo zoo's own evaluators live with the zoo, in :mod:`studio.zoo`).
 
 Every evaluator returns the same shape from ``evaluate(state_dict)`` (and ``evaluate_module(module)``)::
 
@@ -10,11 +11,7 @@ Build an evaluator once and call ``evaluate`` repeatedly: modules and data are r
 """
 
 from .common import BUDGETS, normalized, result
-from .diffusion import DiffusionEvaluator, SDImageEvaluator
-from .text import LLMEvaluator, TextEvaluator, greedy, perplexity_of
-from .vision import VisionEvaluator
+from .diffusion import SDImageEvaluator
+from .text import LLMEvaluator, greedy, perplexity_of
 
-__all__ = [
-    "BUDGETS", "normalized", "result", "VisionEvaluator", "TextEvaluator", "LLMEvaluator", "DiffusionEvaluator",
-    "SDImageEvaluator", "greedy", "perplexity_of",
-]
+__all__ = ["BUDGETS", "normalized", "result", "LLMEvaluator", "SDImageEvaluator", "greedy", "perplexity_of"]

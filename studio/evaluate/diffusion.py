@@ -1,4 +1,4 @@
-"""Diffusion evaluators: the zoo's fixed-seed sample grid + style scores, and prompt/seed images from SD pipelines."""
+"""Prompt/seed images from Stable Diffusion pipelines (the diffusion zoo's evaluator lives with the zoo)."""
 
 from __future__ import annotations
 
@@ -8,45 +8,6 @@ import torch
 
 from ..errors import StudioError
 from .common import check_budget, result
-
-# (samples, DDIM steps)
-BUDGET_SIZES = {"preview": (8, 8), "report": (64, 25)}
-
-
-class DiffusionEvaluator:
-    """Samples the zoo UNet from fixed seeds; ``per_task`` holds one style score per style (0 = the base look of
-    the training images, 1 = that style's training images); ``samples`` is an ``H×W×3`` uint8 grid."""
-
-    metric = "style"
-
-    def __init__(self, base: str | Path, styles: list[str] | None = None, budget: str = "preview",
-                 device: str = "cpu", seed: int = 0):
-        from diffusers import UNet2DModel
-
-        from ..zoo import diffusion as D
-
-        check_budget(budget)
-        self.D = D
-        self.styles = list(styles or D.STYLES)
-        self.seed = seed
-        self.n, self.steps = BUDGET_SIZES[budget]
-        self.unet = UNet2DModel.from_pretrained(str(base)).to(device).eval()
-
-    @torch.no_grad()
-    def evaluate_module(self, unet) -> dict:
-        images = self.D.sample(unet, self.n, self.steps, self.seed)
-        scores = self.D.style_scores(images)
-        return result(self.metric, {s: scores[s] for s in self.styles}, self.D.grid(images))
-
-    def evaluate(self, state_dict: dict[str, torch.Tensor]) -> dict:
-        own = self.unet.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        if missing:
-            raise StudioError(f"UNet weights are missing {len(missing)} keys (e.g. {missing[0]!r})")
-        with torch.no_grad():
-            for k, v in own.items():
-                v.copy_(state_dict[k].to(v.dtype))
-        return self.evaluate_module(self.unet)
 
 
 class SDImageEvaluator:
@@ -63,7 +24,7 @@ class SDImageEvaluator:
     def __init__(self, model: str | Path, prompts: list[str], seeds: list[int] | None = None,
                  budget: str = "preview", device: str = "cpu", config: str | Path | None = None,
                  size: int | None = None):
-        from diffusers import DiffusionPipeline, StableDiffusionPipeline
+        from diffusers import DiffusionPipeline, StableDiffusionPipeline  # optional and heavy: only for SD images
 
         check_budget(budget)
         path = Path(model)

@@ -1,4 +1,5 @@
-"""Perplexity per corpus and greedy generations for causal LMs (the text zoo, and users' own models)."""
+"""Perplexity and greedy generations for causal LMs (any transformers model; the text zoo's evaluator builds on
+these)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,6 @@ import torch.nn.functional as F
 
 from ..errors import StudioError
 from .common import check_budget, result
-
-# (windows per corpus, new tokens per prompt); windows are SEQ_LEN tokens long
-BUDGET_SIZES = {"preview": (6, 10), "report": (None, 40)}
 
 
 @torch.no_grad()
@@ -44,63 +42,6 @@ def perplexity_of(model, windows: torch.Tensor, chunk: int = 32) -> float:
     return math.exp(total / max(1, count))
 
 
-class TextEvaluator:
-    """Perplexity on each zoo corpus' test text plus greedy generations for one prompt per corpus.
-
-    ``evaluate(state_dict)`` loads the full LM weights (the keys of ``LlamaForCausalLM``; ``lm_head.weight`` may be
-    absent because embeddings are tied) into one resident model.
-    """
-
-    metric = "perplexity"
-
-    def __init__(self, base: str | Path, corpora: list[str] | None = None, budget: str = "preview",
-                 device: str = "cpu"):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ..zoo import text as T
-
-        check_budget(budget)
-        self.budget = budget
-        self.corpora = list(corpora or T.CORPORA)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(base))
-        self.model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(device).eval()
-        n, self.new_tokens = BUDGET_SIZES[budget]
-        self.prompts = {c: T.PROMPTS[c] for c in self.corpora}
-        self._windows = {c: T.token_batches(self.tokenizer, c, "test", n) for c in self.corpora}
-
-    def batches(self, corpus: str, split: str = "train", n: int | None = 64) -> torch.Tensor:
-        """``[n, 64]`` token windows of ``corpus`` (``train`` or ``test`` split), for data-aware merging."""
-        from ..zoo import text as T
-
-        if corpus not in self.corpora:
-            raise StudioError(f"unknown corpus {corpus!r}", hint=f"corpora: {', '.join(self.corpora)}")
-        return T.token_batches(self.tokenizer, corpus, split, n)
-
-    def data(self, task: str, split: str = "unlabeled") -> tuple[torch.Tensor, torch.Tensor]:
-        """``(input_ids, labels)`` windows of a corpus; labels are the inputs (next-token targets are shifted
-        inside the loss). ``unlabeled`` maps to the training text, ``test`` to the held-out text."""
-        ids = self.batches(task, "test" if split == "test" else "train")
-        return ids, ids.clone()
-
-    @torch.no_grad()
-    def evaluate_module(self, model) -> dict:
-        per_task = {c: perplexity_of(model, w) for c, w in self._windows.items()}
-        samples = {c: greedy(model, self.tokenizer, p, self.new_tokens) for c, p in self.prompts.items()}
-        return result(self.metric, per_task, samples)
-
-    def evaluate(self, state_dict: dict[str, torch.Tensor]) -> dict:
-        own = self.model.state_dict()
-        tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
-        missing = [k for k in own if k not in state_dict and k not in tied]
-        if missing:
-            raise StudioError(f"LM weights are missing {len(missing)} keys (e.g. {missing[0]!r})")
-        with torch.no_grad():
-            for k, v in own.items():
-                if k in state_dict:
-                    v.copy_(state_dict[k].to(v.dtype))
-        return self.evaluate_module(self.model)
-
-
 class LLMEvaluator:
     """Users' own causal LMs: perplexity on a text file and greedy generations for prompts.
 
@@ -113,7 +54,7 @@ class LLMEvaluator:
 
     def __init__(self, model_dir: str | Path, text_file: str | Path | None = None, prompts: list[str] | None = None,
                  budget: str = "preview", device: str = "cpu", seq_len: int = 512, model=None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # optional and heavy: only when text is scored
 
         check_budget(budget)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

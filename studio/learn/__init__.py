@@ -1,16 +1,16 @@
 """Data-aware merging: AdaMerging, SAMerging, FDA, Fisher and RegMean → coefficients (a recipe) or weights.
 
 Entry point: ``run_learned(method, base, experts, data, device=..., steps=..., progress=...) -> LearnResult``.
+The learners are declared with ``@learner`` (registry.py): ``list_learners()``, ``get_learner(name)``,
+``list_variants()``.
 """
 
-from .api import COEFFICIENT_METHODS, METHODS, LearnResult, run_learned
+from .api import RUN_OPTIONS, LearnResult, run_learned
+from .registry import LearnerSpec, Variant, get_learner, get_variant, learner, list_learners, list_variants
 
+# importing the learner modules registers them, in this order (the order of the CLI's help, the Optimize panel's
+# choices and the zoo report's rows): AdaMerging, SAMerging; FDA; Fisher, RegMean
+from . import coefficient_learners, fda, closed_form  # noqa: E402,F401  isort: skip
 
-def zoo_rows(family: str = "vision", budget: int | None = None, **kw) -> list[dict]:
-    """Learned-method rows for the zoo report (see ``studio.learn.zoo.zoo_rows``)."""
-    from .zoo import zoo_rows as _rows
-
-    return _rows(family, budget, **kw)
-
-
-__all__ = ["COEFFICIENT_METHODS", "METHODS", "LearnResult", "run_learned", "zoo_rows"]
+__all__ = ["RUN_OPTIONS", "LearnResult", "LearnerSpec", "Variant", "get_learner", "get_variant", "learner",
+           "list_learners", "list_variants", "run_learned"]

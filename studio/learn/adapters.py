@@ -3,8 +3,8 @@
 An adapter maps ``(merged parameters, task, batch) → logits`` through ``torch.func.functional_call`` on one
 architecture module, so coefficients (or weights) can be optimised with gradients without rebuilding modules.
 
-* ``VisionAdapter`` — the zoo's vision family (``studio.zoo.vision.Backbone`` + one frozen linear head per task), or
-  any user backbone of the same shape. Logits: ``[N, classes]``.
+* ``VisionAdapter`` (in ``studio.zoo.vision_adapter``, found through ``ADAPTER_DETECTORS``) — the zoo's vision
+  family (backbone + one frozen linear head per task), or any user backbone of the same shape. Logits: ``[N, classes]``.
 * ``ClipAdapter`` — CLIP image classifiers as in the seed papers' benchmark: a transformers CLIP model as θ0,
   fine-tuned vision towers as experts, each task's frozen zero-shot head from its class names. Logits: ``[N, classes]``.
 * ``CausalLMAdapter`` — a transformers causal LM folder (the zoo's text family or a user's Llama-style model).
@@ -16,8 +16,10 @@ names the checkpoint files use, so learned coefficients map one-to-one to tensor
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ from torch.func import functional_call
 from ..errors import StudioError
 from ..layout import is_mergeable
 from ..sources import open_source
+from ..sources.resolve import resolve_path
 
 
 def read_state(ref: str, device: torch.device, keep=None, rename=None) -> dict[str, torch.Tensor]:
@@ -149,68 +152,6 @@ class ClassifierAdapter(TaskAdapter):
         return {t: self.head(t, f) for t, f in zip(order, feats.split(sizes))}
 
 
-class VisionAdapter(ClassifierAdapter):
-    """Backbone (``embed``, ``blocks.<i>``, ``norm``) + a frozen linear head per task (``head.weight``/``head.bias``).
-
-    Heads come from ``heads`` (task → safetensors path); by default from the zoo's layout, where an expert at
-    ``<family>/experts/<task>.safetensors`` has its head at ``<family>/heads/<task>.safetensors``.
-    """
-
-    kind = "vision"
-
-    def __init__(self, base_ref, expert_refs, tasks, device, heads: dict[str, str] | None = None):
-        super().__init__(base_ref, expert_refs, tasks, device)
-        self.heads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for t, ref in zip(self.tasks, self.expert_refs):
-            path = (heads or {}).get(t) or str(Path(ref).parent.parent / "heads" / f"{t}.safetensors")
-            if not Path(path).exists():
-                raise StudioError(f"no classification head for task {t!r} at {path}", where=ref,
-                                  hint="pass --heads TASK=PATH (a safetensors file with head.weight and head.bias)")
-            h = read_state(path, device)
-            if "head.weight" not in h or "head.bias" not in h:
-                raise StudioError("a head file needs head.weight and head.bias", where=path)
-            self.heads[t] = (h["head.weight"], h["head.bias"])
-
-    def _build_module(self):
-        from ..zoo.vision import Backbone, VisionConfig
-
-        src = open_source(self.base_ref)
-        try:
-            if "embed.weight" not in src or not any(k.startswith("blocks.") for k in src.keys()):
-                raise StudioError("not a zoo vision backbone (embed.weight, blocks.<i>.…)", where=self.base_ref)
-            dim, pixels = src.info("embed.weight").shape
-            depth = 1 + max(int(k.split(".")[1]) for k in src.keys() if k.startswith("blocks."))
-            mlp = src.info("blocks.0.fc1.weight").shape[0]
-        finally:
-            src.close()
-        side = int(round(pixels ** 0.5))
-        return Backbone(VisionConfig(image=side, dim=dim, depth=depth, mlp=mlp))
-
-    def head(self, task, feats):
-        w, b = self.heads[task]
-        return F.linear(feats, w, b)
-
-    def units(self):
-        cfg = self.module.cfg
-        return ([("embed", (cfg.image * cfg.image,))] + [(f"blocks.{i}", (cfg.dim,)) for i in range(cfg.depth)]
-                + [("norm", (cfg.dim,))])
-
-    def load_data(self, task, items):
-        """Image files → grayscale, resized to the backbone's side, scaled to [0, 1]: ``[N, 1, side, side]``."""
-        if isinstance(items, torch.Tensor):
-            return items.float()
-        from PIL import Image
-
-        side = self.module.cfg.image
-        out = []
-        for p in items:
-            img = Image.open(p).convert("L").resize((side, side), Image.BILINEAR)
-            out.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float().view(side, side) / 255)
-        if not out:
-            raise StudioError(f"no images for task {task!r}")
-        return torch.stack(out).unsqueeze(1)
-
-
 class _ClipVision(nn.Module):
     """CLIP's vision tower under CLIPModel's parameter names (``vision_model.…``); forward → pooled output."""
 
@@ -276,7 +217,7 @@ class ClipAdapter(ClassifierAdapter):
         return key
 
     def _build_module(self):
-        from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel
+        from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel  # optional and heavy: CLIP only
 
         cfg = AutoConfig.from_pretrained(self.base_ref)
         vcfg = cfg.vision_config if hasattr(cfg, "vision_config") else cfg
@@ -324,7 +265,7 @@ class ClipAdapter(ClassifierAdapter):
     def zero_shot_head(self, class_names: list[str]) -> torch.Tensor:
         """CLIP's zero-shot classifier: per class the mean of the normalised text embeddings of ``TEMPLATES``."""
         if self._text is None:
-            from transformers import AutoTokenizer, CLIPModel
+            from transformers import AutoTokenizer, CLIPModel  # optional and heavy: CLIP's text tower, once
 
             try:
                 model = CLIPModel.from_pretrained(self.base_ref, torch_dtype=torch.float32)
@@ -352,10 +293,10 @@ class ClipAdapter(ClassifierAdapter):
             if items.dim() != 4 or items.shape[1] != 3:
                 raise StudioError(f"task {task!r}: CLIP inputs are pixel_values [N, 3, H, W], got {list(items.shape)}")
             return items.float()
-        from PIL import Image
+        from PIL import Image  # optional: only user image folders need decoding
 
         if self._processor is None:
-            from transformers import AutoImageProcessor, CLIPImageProcessor
+            from transformers import AutoImageProcessor, CLIPImageProcessor  # optional and heavy: CLIP only
 
             try:
                 self._processor = AutoImageProcessor.from_pretrained(self.base_ref)
@@ -380,7 +321,7 @@ class CausalLMAdapter(TaskAdapter):
         self._tokenizer = None
 
     def _build_module(self):
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM  # optional and heavy: causal LMs only
 
         cfg = AutoConfig.from_pretrained(self.base_ref)
         # built on the CPU (not meta) so computed buffers such as rotary frequencies are real; weights are replaced
@@ -401,7 +342,7 @@ class CausalLMAdapter(TaskAdapter):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # optional and heavy: only text data needs the tokenizer
 
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(self.base_ref)
@@ -423,37 +364,48 @@ class CausalLMAdapter(TaskAdapter):
         return torch.tensor(ids[: n * self.seq_len]).view(n, self.seq_len)
 
 
-def _model_config(base: str) -> dict | None:
+def model_config(base: str) -> dict | None:
     """``config.json`` of a transformers model folder or hub id (None for a single checkpoint file). Hub ids resolve
     through the sources' HF-cache snapshot (downloaded only when online and not cached), as every model reference."""
-    from ..sources.resolve import resolve_path
-
     path = resolve_path(str(base))
     if path.is_dir() and (path / "config.json").exists():
         return json.loads((path / "config.json").read_text())
     return None
 
 
+def detect_transformers(base: str, config: dict | None):
+    """A CLIP model → CLIP classifiers; another transformers model → a causal LM."""
+    if config is None:
+        return None
+    if config.get("model_type") in ("clip", "clip_vision_model"):
+        return ClipAdapter
+    if any(a.endswith("ForCausalLM") for a in config.get("architectures") or []) or config.get("model_type"):
+        return CausalLMAdapter
+    return None
+
+
+# Each detector takes (base reference, its config.json or None) and returns the TaskAdapter class for it, or None;
+# the first that recognises the base wins. Model kinds of other packages append theirs (studio.zoo: its vision
+# backbones).
+ADAPTER_DETECTORS: list[Callable[[str, dict | None], type[TaskAdapter] | None]] = [detect_transformers]
+
+
 def make_adapter(base: str, experts: list[str], *, device: torch.device, tasks: list[str] | None = None,
-                 heads: dict[str, str] | None = None, **kw) -> TaskAdapter:
-    """The adapter for ``base``'s kind: a CLIP model → CLIP classifiers, another transformers model → causal LM,
-    a zoo-style backbone file → the zoo's vision kind."""
+                 heads: dict[str, str] | None = None, data_root=None, seq_len: int | None = None) -> TaskAdapter:
+    """The adapter for ``base``'s kind, from the first of ``ADAPTER_DETECTORS`` that recognises it. ``heads``,
+    ``data_root`` and ``seq_len`` go to the adapters that take them (classifier heads; CLIP's classes.txt beside the
+    data; causal LMs' row length)."""
     tasks = list(tasks) if tasks else [task_name(e) for e in experts]
     if len(tasks) != len(experts):
         raise StudioError(f"{len(tasks)} task names for {len(experts)} experts")
-    cfg = _model_config(base)
-    if cfg is not None:
-        if cfg.get("model_type") in ("clip", "clip_vision_model"):
-            return ClipAdapter(base, experts, tasks, device, heads=heads, data_root=kw.get("data_root"))
-        if any(a.endswith("ForCausalLM") for a in cfg.get("architectures") or []) or cfg.get("model_type"):
-            return CausalLMAdapter(base, experts, tasks, device, **{k: v for k, v in kw.items() if k == "seq_len"})
-    src = open_source(str(base))
-    try:
-        vision = "embed.weight" in src and any(k.startswith("blocks.") for k in src.keys())
-    finally:
-        src.close()
-    if vision:
-        return VisionAdapter(base, experts, tasks, device, heads=heads)
+    cfg = model_config(base)
+    for detect in ADAPTER_DETECTORS:
+        cls = detect(base, cfg)
+        if cls is not None:
+            accepted = inspect.signature(cls).parameters
+            options = {k: v for k, v in {"heads": heads, "data_root": data_root, "seq_len": seq_len}.items()
+                       if v is not None and k in accepted}
+            return cls(base, experts, tasks, device, **options)
     raise StudioError("learned merging supports CLIP image classifiers, transformers causal LMs and the zoo's "
                       "vision backbones", where=str(base),
                       hint="give a CLIP or causal-LM model folder / hub id, or a zoo-style backbone .safetensors")

@@ -12,20 +12,22 @@ import torch
 
 from ..devices import parse_dtype, resolve_device
 from ..errors import StudioError
-from ..output import atomic_files, is_single_file, learned_summary_json, learned_summary_path, save_tensors, write_text
+from ..methods.registry import Param
+from ..output import (atomic_files, is_single_file, learned_summary_json, learned_summary_path, save_tensors,
+                      write_text)
 from ..recipe import Recipe
 from .adapters import TaskAdapter, make_adapter
-from .coeffs import coefficient_recipe, group_means, task_coordinates
+from .coefficient_merge import coefficient_recipe, group_means, task_coordinates
 from .data import resolve_data
+from .registry import get_learner
 
-METHODS: dict[str, str] = {
-    "adamerging": "coefficients λ (layer-wise, or task-wise with granularity='task') minimising prediction entropy",
-    "samerging": "layer-wise λ minimising KL(expert ‖ merged) at temperature T with adaptive SAM around Adam",
-    "fda": "functional dual anchors per layer, then layer-wise adaptation from θ0 or from a pre-merge",
-    "fisher": "diagonal-Fisher-weighted average of the experts",
-    "regmean": "closed-form least squares on the Gram matrices of every linear layer's inputs",
-}
-COEFFICIENT_METHODS = ("adamerging", "samerging")
+# settings of a run rather than of a learner: what run_learned itself takes besides a learner's hyperparameters
+# (the CLI's ``--set`` accepts them for every method)
+RUN_OPTIONS = [
+    Param("max_items", default=None, kind=int, range=(1, 100000),
+          doc="at most this many unlabeled inputs per task (image files are decoded in sorted order up to it)"),
+    Param("seq_len", default=64, kind=int, range=(2, 4096), doc="causal LMs: tokens per row the text is cut into"),
+]
 
 
 @dataclass
@@ -103,40 +105,22 @@ class LearnResult:
         return [out.name, summary.name]
 
 
-def _learn(method: str, adapter: TaskAdapter, data, steps, progress, hp: dict):
-    if method == "adamerging":
-        from .coefficient import adamerging
-        return adamerging(adapter, data, steps=steps, progress=progress, **hp)
-    if method == "samerging":
-        from .coefficient import samerging
-        return samerging(adapter, data, steps=steps, progress=progress, **hp)
-    if method == "fda":
-        from .fda import fda
-        return fda(adapter, data, steps=steps, progress=progress, **hp)
-    if method == "fisher":
-        from .closed_form import fisher_merge
-        return fisher_merge(adapter, data, progress=progress, **hp)
-    if method == "regmean":
-        from .closed_form import regmean_merge
-        return regmean_merge(adapter, data, progress=progress, **hp)
-    raise StudioError(f"unknown learned method {method!r}", hint=f"choose one of {', '.join(METHODS)}")
-
-
 def run_learned(method: str, base: str, experts: list[str], data=None, *, device: str = "cpu",
                 steps: int | None = None, progress: Callable[[float, str], None] | None = None,
                 tasks: list[str] | None = None, heads: dict[str, str] | None = None, seed: int = 0,
-                adapter: TaskAdapter | None = None, **hparams) -> LearnResult:
+                adapter: TaskAdapter | None = None, max_items: int | None = None, seq_len: int | None = None,
+                **hparams) -> LearnResult:
     """Run a learned merge.
 
-    ``method``: adamerging | samerging | fda | fisher | regmean. ``base``/``experts``: model references (a zoo-style
-    vision backbone .safetensors, or transformers causal-LM folders). ``data``: see ``studio.learn.data`` (default:
-    the zoo's unlabeled splits). ``progress(fraction, message)`` is called as work advances. ``hparams`` go to the
-    method (e.g. ``granularity="task"`` for task-wise AdaMerging, ``rho``, ``temperature``, ``init`` for FDA's
-    pre-merge: ``"base" | "task_arithmetic" | "tsv_m" | "wudi"``).
+    ``method``: a registered learner (``list_learners()``: adamerging | samerging | fda | fisher | regmean).
+    ``base``/``experts``: model references (a CLIP model, transformers causal-LM folders, or any kind an adapter
+    detector recognises, such as the zoo's vision backbones). ``data``: see ``studio.learn.data`` (default: ``zoo``).
+    ``progress(fraction, message)`` is called as work advances. ``max_items``, ``seq_len``: see ``RUN_OPTIONS``.
+    ``hparams``: the learner's declared hyperparameters (e.g. ``granularity="task"`` for task-wise AdaMerging,
+    ``rho``, ``temperature``, ``init`` for FDA's pre-merge); an undeclared one is a StudioError naming them.
     """
-    method = method.lower().replace("-", "_")
-    if method not in METHODS:
-        raise StudioError(f"unknown learned method {method!r}", hint=f"choose one of {', '.join(METHODS)}")
+    spec = get_learner(method)
+    hp = spec.check(hparams)
     if steps is not None and steps < 1:
         raise StudioError("steps must be at least 1")
     dev = resolve_device(device)
@@ -148,22 +132,21 @@ def run_learned(method: str, base: str, experts: list[str], data=None, *, device
         root = data[0] if isinstance(data, (list, tuple)) and len(data) == 1 else data
         root = str(root) if isinstance(root, (str, Path)) and Path(root).is_dir() else None
         adapter = make_adapter(base, list(experts), device=dev, tasks=tasks, heads=heads, data_root=root,
-                               **({"seq_len": hparams.pop("seq_len")} if "seq_len" in hparams else {}))
-    max_items = hparams.pop("max_items", None)
+                               seq_len=seq_len)
     tensors = resolve_data(data, adapter, max_items=max_items)
-    out = _learn(method, adapter, tensors, steps, progress, dict(hparams, seed=seed))
-    res = LearnResult(method=method, tasks=list(adapter.tasks), history=out.get("history", []),
+    out = spec(adapter, tensors, steps=steps, progress=progress, seed=seed, **hp)
+    res = LearnResult(method=spec.name, tasks=list(adapter.tasks), history=out.get("history", []),
                       trajectory=out.get("trajectory", []), metrics=dict(out.get("metrics", {})),
                       model_config=adapter.export_config())
     tv = adapter.task_vectors()
-    if "merge" in out:
+    if spec.produces == "coefficients":
         merge = out["merge"]
         res.coefficients = merge.per_tensor()
         task_wise = merge.granularity == "task"
         if adapter.recipe_applies:
             res.recipe = coefficient_recipe(adapter.base_ref, adapter.expert_refs, adapter.tasks, res.coefficients,
                                             task_wise=task_wise,
-                                            name=f"{method} ({'task' if task_wise else 'layer'}-wise)")
+                                            name=f"{spec.name} ({'task' if task_wise else 'layer'}-wise)")
         res.state_dict = {k: v.detach() for k, v in adapter.full_params(merge.merged_state()).items()}
         try:
             res.group_weights = group_means(res.coefficients, adapter.base_ref)

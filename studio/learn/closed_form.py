@@ -16,7 +16,12 @@ import time
 import torch
 from torch import nn
 
+from ..methods.registry import Param
 from .adapters import TaskAdapter
+from .registry import learner
+
+EXAMPLES = Param("examples", default=256, kind=int, range=(1, 4096),
+                 doc="unlabeled inputs per task the statistics are taken on (FusionBench: 256)")
 
 
 def _examples(data: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -47,8 +52,17 @@ def fisher_objective(state, experts: list[dict], fishers: list[dict], keys) -> f
     return float(sum(((state[k] - e[k]) ** 2 * f[k]).sum() for e, f in zip(experts, fishers) for k in keys))
 
 
+@learner("fisher", [
+    EXAMPLES,
+    Param("floor", default=1e-6, range=(0, 1e-3),
+          doc="added to every (normalised) Fisher value, so no weight divides by zero"),
+    Param("normalize", default=True, kind=bool, doc="divide each expert's Fisher by its global L2 norm (FusionBench)"),
+], produces="weights", label="Fisher merging", ref="Matena & Raffel, NeurIPS 2022", variants={
+    "fisher": ("Fisher · merged weights", {}),
+})
 def fisher_merge(adapter: TaskAdapter, data: dict[str, torch.Tensor], *, examples: int = 256, floor: float = 1e-6,
-                 normalize: bool = True, seed: int = 0, progress=None, **_) -> dict:
+                 normalize: bool = True, seed: int = 0, progress=None) -> dict:
+    """Diagonal-Fisher-weighted average of the experts (labels sampled from each expert's own predictions)."""
     t0 = time.perf_counter()
     fishers = []
     for i, t in enumerate(adapter.tasks):
@@ -121,8 +135,16 @@ def regmean_objective(state, experts, grams_per_task, keys) -> float:
     return total
 
 
+@learner("regmean", [
+    EXAMPLES,
+    Param("alpha", default=0.95, range=(0, 1),
+          doc="α: weight of the Gram matrices' off-diagonal (1 = exact least squares; the diagonal always counts)"),
+], produces="weights", label="RegMean", ref="Jin et al., ICLR 2023", variants={
+    "regmean": ("RegMean · merged weights", {}),
+})
 def regmean_merge(adapter: TaskAdapter, data: dict[str, torch.Tensor], *, examples: int = 256, alpha: float = 0.95,
-                  seed: int = 0, progress=None, **_) -> dict:
+                  seed: int = 0, progress=None) -> dict:
+    """Closed-form least squares on the Gram matrices of every linear layer's inputs; other tensors averaged."""
     t0 = time.perf_counter()
     grams = []
     for i, t in enumerate(adapter.tasks):

@@ -2,7 +2,8 @@
 
 A spec is one of:
 
-* ``zoo`` or ``zoo:<family>`` — the demo zoo's ``unlabeled`` split of each expert's task (never its labels);
+* ``zoo`` or ``zoo:<family>`` — the demo zoo's ``unlabeled`` split of each expert's task (never its labels),
+  resolved by ``studio.zoo.unlabeled_data`` through ``DATA_RESOLVERS``;
 * one folder with a subfolder per task (named like the tasks, or — when the names differ — in sorted order matching
   the experts), each holding images (vision) or ``.txt`` files (text);
 * one entry per expert, in the experts' order: a folder of images, a ``.txt`` file, or a ``.pt``/``.safetensors``
@@ -14,36 +15,28 @@ A spec is one of:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import StudioError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
+# Each resolver takes (a spec string, the adapter) and returns ``{task: unlabeled items}`` (anything the adapter's
+# ``load_data`` accepts) for the specs it recognises, else None; tried before a spec is read as a path. studio.zoo
+# appends the resolver of ``zoo`` / ``zoo:<family>``.
+DATA_RESOLVERS: list[Callable[[str, Any], dict | None]] = []
 
-def zoo_unlabeled(family: str, task: str):
-    """The zoo's unlabeled inputs of ``task`` (the catalogue's ``data`` when present, else the vision module's)."""
-    try:
-        from ..zoo import get_family  # type: ignore[attr-defined]
-    except ImportError:
-        get_family = None
-    if get_family is not None:
-        try:
-            fam = get_family(family)
-        except StudioError:
-            fam = None  # not built: the vision data needs no assets
-            if family != "vision":
-                raise
-        data = fam.data(task, "unlabeled") if fam is not None and hasattr(fam, "data") else None
-        if data is not None:
-            return data[0] if isinstance(data, tuple) else data
-    if family == "vision":
-        from ..zoo.vision import task_data
 
-        return task_data(task, "unlabeled")[0]
-    raise StudioError(f"the zoo family {family!r} has no unlabeled data here", hint="build the zoo first "
-                      "(python -m studio zoo build) or pass --data with your own files")
+def registered_items(spec: str, adapter) -> dict | None:
+    """``{task: items}`` from the first of ``DATA_RESOLVERS`` that recognises ``spec``, else None."""
+    for resolve in DATA_RESOLVERS:
+        items = resolve(spec, adapter)
+        if items is not None:
+            return items
+    return None
 
 
 def _load_entry(adapter, task: str, path: Path, max_items: int | None = None):
@@ -70,8 +63,6 @@ def _load_entry(adapter, task: str, path: Path, max_items: int | None = None):
             raise StudioError("a .pt data file must hold one tensor", where=str(path))
         return adapter.load_data(task, t)
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         tensors = load_file(str(path))
         if len(tensors) != 1:
             raise StudioError("a .safetensors data file must hold exactly one tensor", where=str(path))
@@ -98,13 +89,9 @@ def resolve_data(spec, adapter, max_items: int | None = None) -> dict[str, torch
             v = spec[t]
             out[t] = _load_entry(adapter, t, Path(v), max_items) if isinstance(v, (str, Path)) and Path(v).exists() \
                 else adapter.load_data(t, v)
-    elif isinstance(spec, str) and (spec == "zoo" or spec.startswith("zoo:")):
-        family = spec.partition(":")[2] or {"vision": "vision", "causal_lm": "text"}.get(adapter.kind)
-        if family is None:
-            raise StudioError(f"the demo zoo has no data for {adapter.kind} models",
-                              hint="pass --data: a folder with a subfolder of unlabeled images per task")
+    elif isinstance(spec, str) and (items := registered_items(spec, adapter)) is not None:
         for t in tasks:
-            out[t] = adapter.load_data(t, zoo_unlabeled(family, t))
+            out[t] = adapter.load_data(t, items[t])
     elif isinstance(spec, (str, Path)):
         root = Path(spec)
         if not root.is_dir():

@@ -21,9 +21,13 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..errors import StudioError
+from ..methods import get_method
+from ..methods.registry import Param
 from .adapters import TaskAdapter
+from .registry import learner
 
 PRE_MERGES = ("base", "task_arithmetic", "tsv_m", "wudi")
+ANCHOR_INITS = ("gauss", "weight")
 
 
 def _unit_keys(adapter: TaskAdapter, unit: str) -> list[str]:
@@ -112,8 +116,6 @@ def _pre_merge(adapter: TaskAdapter, init: str) -> tuple[dict[str, list[torch.Te
             deltas[k] = [tv[t][k] for t in adapter.tasks]
             alphas[k] = [0.3] * len(adapter.tasks)
     elif init in ("tsv_m", "wudi"):
-        from ..methods import get_method
-
         spec = get_method(init)
         kw = {p.py_name: p.default for p in spec.params}
         for k in adapter.keys:
@@ -131,14 +133,34 @@ def _pre_merge(adapter: TaskAdapter, init: str) -> tuple[dict[str, list[torch.Te
     return deltas, alphas, merged
 
 
+@learner("fda", [
+    Param("init", default="task_arithmetic", kind=str, choices=PRE_MERGES,
+          doc="stage II: base adapts every layer weight from θ0 (Eq. 5); task_arithmetic, tsv_m or wudi refine that "
+              "pre-merge with element-wise α (Eq. 6)"),
+    Param("anchors", default=64, kind=int, range=(1, 512), doc="anchors per layer and expert"),
+    Param("anchor_init", default="gauss", kind=str, choices=ANCHOR_INITS,
+          doc="gauss: Gaussian anchors of scale sigma; weight: rows of the expert layer's weights"),
+    Param("sigma", default=0.01, range=(1e-3, 0.1), doc="scale of the Gaussian anchor initialisation"),
+    Param("anchor_lr", default=1e-2, range=(1e-4, 1e-1), doc="stage I: AdamW learning rate of the anchors"),
+    Param("epochs", default=100, kind=int, range=(1, 500), doc="stage II: passes over every task's anchors"),
+    Param("batch_size", default=128, kind=int, range=(1, 1024), doc="stage II: anchors per step"),
+    Param("lr", default=None, range=(1e-5, 1e-1),
+          doc="stage II: Adam learning rate; default 1e-2 refining a pre-merge, 1e-3 from θ0"),
+    Param("snapshot_every", default=5, kind=int, range=(1, 100),
+          doc="record the merged weights' task-vector coordinates every this many stage-II epochs"),
+], produces="weights", label="FDA", ref="Shi, Wen, Liu, arXiv 2510.21223", variants={
+    "fda": ("FDA · merged weights", {"init": "task_arithmetic"}),
+})
 def fda(adapter: TaskAdapter, data=None, *, steps: int | None = None, init: str = "task_arithmetic",
         anchors: int = 64, anchor_init: str = "gauss", sigma: float = 0.01, anchor_lr: float = 1e-2,
         epochs: int = 100, batch_size: int = 128, lr: float | None = None, snapshot_every: int = 5, seed: int = 0,
-        progress=None, **_) -> dict:
-    """Both stages. ``steps``: stage-I construction steps per (layer, expert) (paper 1,200; default 1,200 on CUDA,
-    300 on the CPU). ``init``: "base" (Eq. 5), or a pre-merge to refine (Eq. 6): task_arithmetic, tsv_m, wudi.
-    ``lr``: stage II (default 1e-2 for Eq. 6; 1e-3 for Eq. 5 — see the README for why not the paper's 1e-5).
-    ``data`` is not used: FDA is data-free (the anchors stand in for data)."""
+        progress=None) -> dict:
+    """Functional dual anchors per layer, then layer-wise adaptation from θ0 or from a pre-merge.
+
+    ``steps``: stage-I construction steps per (layer, expert) (paper 1,200; default 1,200 on CUDA, 300 on the CPU).
+    ``init``: "base" (Eq. 5), or a pre-merge to refine (Eq. 6): task_arithmetic, tsv_m, wudi. ``lr``: stage II
+    (default 1e-2 for Eq. 6; 1e-3 for Eq. 5 — see the README for why not the paper's 1e-5). ``data`` is not used:
+    FDA is data-free (the anchors stand in for data)."""
     if steps is None:
         steps = 1200 if adapter.device.type == "cuda" else 300
     units = adapter.units()

@@ -678,7 +678,7 @@ def learned_figure(lr):
 
 def sweep_figure(data: dict):
     """studio.ui.plots' line of the average, with each task's score as a thin line underneath."""
-    from . import plots
+    from .. import figures as plots
 
     fig = plots.landscape_line(data)
     xs = data["x"]["values"]
@@ -693,7 +693,7 @@ def sweep_figure(data: dict):
 
 
 def plane_figure(data: dict):
-    from . import plots
+    from .. import figures as plots
 
     return plots.landscape_contour(data)
 
@@ -713,7 +713,7 @@ def plane_note(data: dict) -> str:
 def diagnostics_figures(s: Session) -> tuple[str, list]:
     """Figures from studio.analysis + studio.ui.plots (the diagnostics engineer's); a note when absent."""
     try:
-        from . import plots
+        from .. import figures as plots
         from .. import analysis
     except ImportError as e:
         return f"Diagnostics are not available in this build ({e}).", []

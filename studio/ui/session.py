@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import RecipeError, StudioError
+from ..learn import list_variants
 from ..methods import get_method, list_methods
 from ..recipe import Recipe
 from . import controls as C
@@ -108,15 +109,8 @@ class HistoryEntry:
     latency_ms: float
 
 
-LEARNED_CHOICES: dict[str, tuple[str, str, dict]] = {
-    # choice → (label, studio.learn method, hyperparameters)
-    "adamerging_task": ("AdaMerging · task-wise", "adamerging", {"granularity": "task"}),
-    "adamerging_layer": ("AdaMerging · layer-wise", "adamerging", {"granularity": "layer"}),
-    "samerging": ("SAMerging · layer-wise", "samerging", {}),
-    "fda": ("FDA · merged weights", "fda", {"init": "task_arithmetic"}),
-    "fisher": ("Fisher · merged weights", "fisher", {}),
-    "regmean": ("RegMean · merged weights", "regmean", {}),
-}
+# choice → (label, studio.learn method, hyperparameters): the learners' declared variants
+LEARNED_CHOICES = {v.name: (v.label, v.learner, dict(v.hparams)) for v in list_variants()}
 
 
 @dataclass

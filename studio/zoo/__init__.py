@@ -2,7 +2,8 @@
 
 ``list_families()`` → ``["vision", "text", "diffusion"]`` (those whose files exist);
 ``get_family(name)`` → :class:`ZooFamily` with paths of the base, the experts and the LoRAs, and
-``family.evaluator(budget, device)`` → the family's evaluator (see :mod:`studio.evaluate`).
+``family.evaluator(budget, device)`` → the family's evaluator (``vision_evaluator``, ``text_evaluator``,
+``diffusion_evaluator``: the shape of :mod:`studio.evaluate`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import StudioError
+from .diffusion import STYLE_DOC, STYLES
+from .diffusion_evaluator import DiffusionEvaluator
+from .text import CORPORA, CORPUS_DOC, token_batches
+from .text_evaluator import TextEvaluator
+from .vision import TASK_DOC, TASKS, sample_sheet, task_data
+from .vision_evaluator import VisionEvaluator
 
 FAMILIES = ("vision", "text", "diffusion")
 
@@ -39,8 +46,6 @@ class ZooFamily:
 
     def evaluator(self, budget: str = "preview", device: str = "cpu"):
         """The family's evaluator (vision: accuracy %, text: perplexity + generations, diffusion: style scores)."""
-        from ..evaluate import DiffusionEvaluator, TextEvaluator, VisionEvaluator
-
         if self.kind == "vision":
             return VisionEvaluator(self.root, self.tasks, budget, device)
         if self.kind == "text":
@@ -51,8 +56,6 @@ class ZooFamily:
         """A picture of the family's tasks (vision: a row of test images per dataset, uint8 ``[H, W]``), or None."""
         if self.kind != "vision":
             return None
-        from .vision import sample_sheet
-
         return sample_sheet(self.tasks)
 
     def data(self, task: str, split: str = "unlabeled"):
@@ -62,12 +65,8 @@ class ZooFamily:
         if task not in self.tasks:
             raise StudioError(f"unknown task {task!r} in zoo family {self.name!r}", hint=", ".join(self.tasks))
         if self.kind == "vision":
-            from .vision import task_data
-
             return task_data(task, split)
         if self.kind == "text":
-            from .text import token_batches
-
             ids = token_batches(_tokenizer(self.base), task, "test" if split == "test" else "train", 64)
             return ids, ids.clone()
         return None
@@ -83,16 +82,14 @@ _TOKENIZERS: dict = {}
 
 def _tokenizer(path: str):
     if path not in _TOKENIZERS:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # optional and heavy: only the text family's data needs it
 
         _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
     return _TOKENIZERS[path]
 
 
-def _describe(name: str, root: Path) -> ZooFamily:
+def describe_family(name: str, root: Path) -> ZooFamily:
     if name == "vision":
-        from .vision import TASK_DOC, TASKS
-
         d = root / "vision"
         return ZooFamily(
             name, "vision", str(d / "base.safetensors"),
@@ -102,8 +99,6 @@ def _describe(name: str, root: Path) -> ZooFamily:
             "setting in miniature). Backbones merge; each task keeps its frozen head.",
             str(d), heads={t: str(d / "heads" / f"{t}.safetensors") for t in TASKS}, task_docs=dict(TASK_DOC))
     if name == "text":
-        from .text import CORPORA, CORPUS_DOC
-
         d = root / "text"
         return ZooFamily(
             name, "text", str(d / "base"), {c: str(d / "experts" / c) for c in CORPORA},
@@ -111,8 +106,6 @@ def _describe(name: str, root: Path) -> ZooFamily:
             "Tiny Llama (3 layers, 96 wide, byte-level BPE 512) pretrained on a mix, fine-tuned per corpus; "
             "PEFT LoRA (r=8) versions of the experts.", str(d), task_docs=dict(CORPUS_DOC))
     if name == "diffusion":
-        from .diffusion import STYLE_DOC, STYLES
-
         d = root / "diffusion"
         return ZooFamily(
             name, "diffusion", str(d / "base"), {s: str(d / "experts" / s) for s in STYLES},
@@ -129,16 +122,16 @@ def _built(fam: ZooFamily) -> bool:
 def list_families(root: str | Path | None = None) -> list[str]:
     """Names of the families whose assets are present."""
     root = Path(root) if root else assets_root()
-    return [n for n in FAMILIES if _built(_describe(n, root))]
+    return [n for n in FAMILIES if _built(describe_family(n, root))]
 
 
 def get_family(name: str, root: str | Path | None = None) -> ZooFamily:
     """The catalogue entry of family ``name``; raises ``StudioError`` if unknown or not built."""
-    fam = _describe(name, Path(root) if root else assets_root())
+    fam = describe_family(name, Path(root) if root else assets_root())
     if not _built(fam):
         raise StudioError(f"the zoo family {name!r} is not built", where=fam.root,
                           hint=f"run `python -m studio zoo build --family {name}`")
     return fam
 
 
-__all__ = ["ZooFamily", "list_families", "get_family", "assets_root", "FAMILIES"]
+__all__ = ["ZooFamily", "list_families", "get_family", "describe_family", "assets_root", "FAMILIES"]

@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ..errors import StudioError
+from . import FAMILIES, assets_root, describe_family, get_family
+from . import diffusion as D
+from . import text as T
+from . import vision as V
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,6 @@ def _save(module_state: dict, path: Path) -> None:
 
 
 def build_vision(out: Path, quick: bool = False, tasks=None) -> None:
-    from . import vision as V
-
     steps = (QUICK if quick else FULL)["vision"]
     tasks = list(tasks or (QUICK_TASKS["vision"] if quick else V.TASKS))
     bb = V.pretrain(steps.pretrain, seed=0, batch=64)
@@ -51,10 +53,8 @@ def build_vision(out: Path, quick: bool = False, tasks=None) -> None:
 
 
 def build_text(out: Path, quick: bool = False, tasks=None) -> None:
-    from peft import get_peft_model
-    from transformers import LlamaForCausalLM
-
-    from . import text as T
+    from peft import get_peft_model  # optional and heavy: building only
+    from transformers import LlamaForCausalLM  # optional and heavy: building only
 
     T.threads_env()
     steps = (QUICK if quick else FULL)["text"]
@@ -80,9 +80,7 @@ def build_text(out: Path, quick: bool = False, tasks=None) -> None:
 
 
 def build_diffusion(out: Path, quick: bool = False, tasks=None) -> None:
-    from peft import get_peft_model
-
-    from . import diffusion as D
+    from peft import get_peft_model  # optional and heavy: building only
 
     steps = (QUICK if quick else FULL)["diffusion"]
     styles = list(tasks or (QUICK_TASKS["diffusion"] if quick else D.STYLES))
@@ -112,17 +110,15 @@ def family_metrics(fam) -> dict:
     """Base and experts of a built family under the report budget: ``{"metric", "base": per_task,
     "experts": {task: value on its own task}}``."""
     ev = fam.evaluator("report")
-    base = ev.evaluate(_load_state(fam.kind, fam.base))
+    base = ev.evaluate(load_state(fam.kind, fam.base))
     experts = {}
     for task, path in fam.experts.items():
-        r = ev.evaluate(_load_state(fam.kind, path))
+        r = ev.evaluate(load_state(fam.kind, path))
         experts[task] = r["per_task"][task]
     return {"metric": base["metric"], "base": base["per_task"], "experts": experts}
 
 
-def _load_state(kind: str, path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+def load_state(kind: str, path: str) -> dict[str, torch.Tensor]:
     p = Path(path)
     if p.is_file():
         return load_file(str(p))
@@ -135,8 +131,6 @@ def _load_state(kind: str, path: str) -> dict[str, torch.Tensor]:
 def build(families=None, root: str | Path | None = None, quick: bool = False, tasks=None,
           log=print) -> dict:
     """Build ``families`` (all by default) into ``root``; returns and records the metrics per family."""
-    from . import FAMILIES, assets_root, get_family
-
     root = Path(root) if root else assets_root()
     root.mkdir(parents=True, exist_ok=True)
     families = list(families or FAMILIES)
@@ -174,9 +168,7 @@ def _record(metrics_path: Path, name: str, m: dict) -> None:
 
 def _partial(name: str, root: Path, folder: Path):
     """A catalogue entry restricted to the experts that a quick/partial build produced."""
-    from . import _describe
-
-    fam = _describe(name, root)
+    fam = describe_family(name, root)
     present = [t for t in fam.tasks if Path(fam.experts[t]).exists()]
     fam.tasks = present
     fam.experts = {t: fam.experts[t] for t in present}

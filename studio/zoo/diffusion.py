@@ -37,7 +37,7 @@ def unet_config() -> dict:
 
 
 def make_unet():
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DModel  # optional and heavy: the diffusion family only
 
     return UNet2DModel(**unet_config())
 
@@ -48,7 +48,7 @@ def scheduler_config() -> dict:
 
 
 def make_schedulers():
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler  # optional and heavy: the diffusion family only
 
     return DDPMScheduler(**scheduler_config()), DDIMScheduler(**scheduler_config())
 
@@ -56,7 +56,7 @@ def make_schedulers():
 @lru_cache(maxsize=1)
 def _gray() -> torch.Tensor:
     """All 1,797 digits as ``[N, 1, 16, 16]`` in [0, 1]."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional and heavy: read once, then cached
 
     img = torch.from_numpy(load_digits().images.astype(np.float32) / 16.0).unsqueeze(1)
     img = F.interpolate(img, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
@@ -159,7 +159,7 @@ def grid(images: torch.Tensor, cols: int = 8, scale: int = 4, gap: int = 1) -> n
 
 
 def lora_config():
-    from peft import LoraConfig
+    from peft import LoraConfig  # optional and heavy: building the LoRAs only
 
     return LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, bias="none",
                       target_modules=["conv1", "conv2", "time_emb_proj"])

@@ -11,10 +11,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
+from ..engine import merge_in_memory
 from ..errors import StudioError
 from ..evaluate.common import normalized
+from ..methods import list_methods
+from ..recipe import Recipe
+from . import get_family, list_families
+from .build import load_state
+from .learned_report import zoo_rows
 
 # Parameters used for the canonical methods (papers' defaults): TA λ = 0.3 (FusionBench), TIES keeps 20 %.
 PRESETS: dict[str, dict] = {
@@ -57,12 +61,6 @@ def recipe_dict(fam, method: str, needs_base: bool, per_model: dict | None = Non
     return d
 
 
-def _load(kind: str, path: str) -> dict[str, torch.Tensor]:
-    from .build import _load_state
-
-    return _load_state(kind, path)
-
-
 def _row(method: str, result: dict, experts: dict[str, float], metric: str, seconds: float | None = None) -> dict:
     per = {t: float(v) for t, v in result["per_task"].items()}
     row = {"method": method, "per_task": per, "average": sum(per.values()) / len(per),
@@ -75,12 +73,10 @@ def _row(method: str, result: dict, experts: dict[str, float], metric: str, seco
 def family_report(name: str, budget: str = "report", device: str = "cpu", methods: list[str] | None = None,
                   learned: bool = False, log=None) -> dict:
     """``{"rows": [...], "skipped": {method: reason}}`` for one family."""
-    from . import get_family
-
     fam = get_family(name)
     ev = fam.evaluator(budget, device)
-    base = ev.evaluate(_load(fam.kind, fam.base))
-    expert_results = {t: ev.evaluate(_load(fam.kind, p)) for t, p in fam.experts.items()}
+    base = ev.evaluate(load_state(fam.kind, fam.base))
+    expert_results = {t: ev.evaluate(load_state(fam.kind, p)) for t, p in fam.experts.items()}
     metric = base["metric"]
     experts = {t: r["per_task"][t] for t, r in expert_results.items()}
     rows = [_row("experts", {"per_task": experts}, experts, metric), _row("base", base, experts, metric)]
@@ -92,9 +88,6 @@ def family_report(name: str, budget: str = "report", device: str = "cpu", method
             skipped[method] = "an A/B/C diffusion mode, not a multi-task merge"
             continue
         try:
-            from ..engine import merge_in_memory
-            from ..recipe import Recipe
-
             recipe = Recipe.from_dict(recipe_dict(fam, method, spec.needs_base, preset.get("model"),
                                                   preset.get("global")))
             t0 = time.time()
@@ -112,11 +105,7 @@ def family_report(name: str, budget: str = "report", device: str = "cpu", method
 
 
 def _learned_rows(name, experts, metric, skipped) -> list[dict]:
-    try:
-        from ..learn.zoo import zoo_rows
-    except ImportError as exc:   # the learned-merging package is optional here
-        skipped["learned"] = f"studio.learn not available: {exc}"
-        return []
+    """One row per declared learned variant (``learned_report.zoo_rows``), normalized like the other rows."""
     out = []
     try:
         for r in zoo_rows(name):
@@ -128,8 +117,6 @@ def _learned_rows(name, experts, metric, skipped) -> list[dict]:
 
 
 def _methods(names: list[str] | None):
-    from ..methods import list_methods
-
     specs = {m.name: m for m in list_methods()}
     order = [m for m in FIRST if m in specs] + sorted(m for m in specs if m not in FIRST)
     if names:
@@ -142,8 +129,6 @@ def _methods(names: list[str] | None):
 
 def report(families: list[str] | None = None, budget: str = "report", device: str = "cpu",
            methods: list[str] | None = None, learned: bool = False, log=None) -> dict:
-    from . import list_families
-
     families = families or list_families()
     return {f: family_report(f, budget, device, methods, learned, log) for f in families}
 

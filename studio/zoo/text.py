@@ -52,7 +52,7 @@ CORPUS_CHARS = 200_000
 
 
 def _prose() -> str:
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # a megabyte of help text: read only when a corpus is built
 
     return "\n\n".join(topics[k].strip() for k in sorted(topics))
 
@@ -68,7 +68,7 @@ def _code() -> str:
 
 
 def _tables() -> str:
-    import sklearn
+    import sklearn  # optional and heavy: only its bundled CSV files are read
 
     data = Path(sklearn.__file__).parent / "datasets" / "data"
     parts = []
@@ -97,8 +97,8 @@ def corpus_text(corpus: str, split: str) -> str:
 
 def train_tokenizer():
     """Byte-level BPE with ``VOCAB`` entries trained on the three training corpora (deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # optional: building only
+    from transformers import PreTrainedTokenizerFast  # optional and heavy: building only
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -144,7 +144,7 @@ def token_batches(tokenizer, corpus: str, split: str = "test", n: int | None = N
 
 
 def model_config(vocab_size: int):
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # optional and heavy: the text family only
 
     return LlamaConfig(
         vocab_size=vocab_size, hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
@@ -194,7 +194,7 @@ def perplexity(model, batches: torch.Tensor, chunk: int = 64) -> float:
 
 
 def lora_config():
-    from peft import LoraConfig
+    from peft import LoraConfig  # optional and heavy: building the LoRAs only
 
     return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])

@@ -20,7 +20,7 @@ CANVAS = 32
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional and heavy: read once, then cached
 
     d = load_digits()
     return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
@@ -33,7 +33,7 @@ def _noisy(x: np.ndarray, sigma: float, seed: int) -> np.ndarray:
 
 def _drawn(draw: Callable, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``SIZE`` drawings: ``draw(ImageDraw, rng) → label`` on a black 32×32 canvas, box-filtered to 8×8."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # optional: drawing the datasets only (cached)
 
     rng = np.random.default_rng(seed)
     xs, ys = [], []
@@ -58,7 +58,7 @@ def numbers(seed: int = 16) -> tuple[np.ndarray, np.ndarray]:
 
 def letters(seed: int = 11, alphabet: str = "BDEFHKNPRU") -> tuple[np.ndarray, np.ndarray]:
     """Ten capital letters in Pillow's bundled font at three sizes, randomly placed, with pixel noise."""
-    from PIL import ImageFont
+    from PIL import ImageFont  # optional: drawing the datasets only (cached)
 
     fonts = [ImageFont.load_default(size=s) for s in (22, 26, 30)]
 

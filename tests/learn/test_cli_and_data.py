@@ -1,40 +1,13 @@
-"""The learn CLI, data specs, the causal-LM adapter, and the zoo-report rows."""
+"""Data specs and the causal-LM adapter."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 
-from studio.cli import main
 from studio.errors import StudioError
 from studio.learn import run_learned
 from studio.learn.data import resolve_data
-
-
-def test_cli_writes_recipe_weights_and_trajectory(vision_zoo, tmp_path, capsys):
-    out = tmp_path / "learned"
-    rc = main(["learn", "samerging", "--base", vision_zoo["base"], "--experts", *vision_zoo["experts"],
-               "--data", "zoo:vision", "--out", str(out), "--device", "cpu", "--steps", "5", "--quiet", "--json",
-               "--set", "max_items=32"])
-    assert rc == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["tasks"] == vision_zoo["tasks"]
-    assert (out / "recipe.yml").exists() and (out / "merged.safetensors").exists()
-    traj = json.loads((out / "trajectory.json").read_text())
-    assert len(traj["history"]) == 5 and traj["trajectory"][-1]["step"] == 5
-    # the written recipe runs through `studio merge`
-    rc = main(["merge", str(out / "recipe.yml"), str(tmp_path / "merged"), "--device", "cpu", "--quiet"])
-    assert rc == 0
-
-
-def test_cli_bad_input_is_one_line(vision_zoo, tmp_path, capsys):
-    rc = main(["learn", "adamerging", "--base", vision_zoo["base"], "--experts", *vision_zoo["experts"],
-               "--data", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "--out", str(tmp_path / "o"), "--quiet"])
-    assert rc == 2
-    err = capsys.readouterr().err.strip()
-    assert "data entries for 3 experts" in err and "\n" not in err
 
 
 def test_data_folder_of_images(vision_adapter, tmp_path):
@@ -80,14 +53,3 @@ def test_causal_lm_adapter_learns_on_tokens(llama_family):
         torch.testing.assert_close(merged[k], v, rtol=1e-5, atol=1e-6)
     reg = run_learned("regmean", base, experts, data)
     assert reg.metrics["objective_end"] < reg.metrics["objective_start"]
-
-
-def test_zoo_rows_shape(vision_zoo):
-    from studio.learn.zoo import zoo_rows
-
-    rows = zoo_rows("vision", budget=64, root=vision_zoo["root"], methods=["regmean", "adamerging_task"],
-                    steps={"adamerging_task": 3})
-    assert [r["method"] for r in rows] == ["regmean", "adamerging_task"]
-    for r in rows:
-        assert set(r["per_task"]) == set(vision_zoo["tasks"]) and 0 <= r["average"] <= 100
-        assert r["normalized"] is not None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from studio.learn import run_learned
-from studio.learn.coefficient import adamerging, samerging
+from studio.learn.coefficient_learners import adamerging, samerging
 from studio.learn.sam import SAM
 
 
@@ -86,7 +86,7 @@ def test_recipe_reproduces_learned_model_through_engine(vision_zoo, granularity,
 
 
 def test_filter_rules_longest_first():
-    from studio.learn.coeffs import coefficient_recipe
+    from studio.learn.coefficient_merge import coefficient_recipe
     from studio.recipe.resolve import evaluate_setting
 
     vals = {"t": {"norm.weight": 0.1, "blocks.0.norm.weight": 0.2, "blocks.10.norm.weight": 0.3}}

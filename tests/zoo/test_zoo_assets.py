@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from studio.zoo import assets_root, get_family, list_families
-from studio.zoo.build import _load_state
+from studio.zoo.build import load_state
 
 ROOT = assets_root()
 METRICS = json.loads((ROOT / "metrics.json").read_text()) if (ROOT / "metrics.json").exists() else {}
@@ -32,7 +32,7 @@ def test_catalogue_lists_every_family():
 
 @needs
 def test_vision_keys_have_numbered_blocks():
-    keys = _load_state("vision", get_family("vision").base)
+    keys = load_state("vision", get_family("vision").base)
     assert {k.split(".")[1] for k in keys if k.startswith("blocks.")} == {"0", "1", "2", "3"}
 
 
@@ -41,11 +41,11 @@ def test_vision_reproduces_recorded_accuracy():
     fam = get_family("vision")
     ev = fam.evaluator("report")
     rec = METRICS["vision"]
-    base = ev.evaluate(_load_state("vision", fam.base))["per_task"]
+    base = ev.evaluate(load_state("vision", fam.base))["per_task"]
     gains = []
     for t in fam.tasks:
         assert base[t] == pytest.approx(rec["base"][t], abs=0.5)
-        own = ev.evaluate(_load_state("vision", fam.experts[t]))["per_task"][t]
+        own = ev.evaluate(load_state("vision", fam.experts[t]))["per_task"][t]
         assert own == pytest.approx(rec["experts"][t], abs=0.5)
         assert own > base[t] + 1.0  # every expert beats the base on its own task
         gains.append(own - base[t])
@@ -58,7 +58,7 @@ def test_vision_simple_average_matches_report():
     if "vision" not in REPORT:
         pytest.skip("no report recorded")
     fam = get_family("vision")
-    states = [_load_state("vision", p) for p in fam.experts.values()]
+    states = [load_state("vision", p) for p in fam.experts.values()]
     avg = {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
     got = fam.evaluator("report").evaluate(avg)
     row = next(r for r in REPORT["vision"] if r["method"] == "linear")
@@ -78,10 +78,10 @@ def test_text_loads_offline_and_reproduces_perplexity():
     AutoModelForCausalLM.from_pretrained(fam.experts["code"])
     ev = fam.evaluator("report")
     rec = METRICS["text"]
-    base = ev.evaluate(_load_state("text", fam.base))["per_task"]
+    base = ev.evaluate(load_state("text", fam.base))["per_task"]
     for t in fam.tasks:
         assert base[t] == pytest.approx(rec["base"][t], rel=0.01)
-    own = ev.evaluate(_load_state("text", fam.experts["prose"]))["per_task"]["prose"]
+    own = ev.evaluate(load_state("text", fam.experts["prose"]))["per_task"]["prose"]
     assert own == pytest.approx(rec["experts"]["prose"], rel=0.01)
     assert own < base["prose"]
 
@@ -96,7 +96,7 @@ def test_text_lora_is_a_peft_adapter():
     merged = model.merge_and_unload()
     ev = fam.evaluator("preview")
     r = ev.evaluate_module(merged)
-    base = ev.evaluate(_load_state("text", fam.base))
+    base = ev.evaluate(load_state("text", fam.base))
     assert r["per_task"]["tables"] < base["per_task"]["tables"]
 
 
@@ -106,7 +106,7 @@ def test_diffusion_reproduces_style_scores():
     ev = fam.evaluator("report")
     rec = METRICS["diffusion"]
     style = "ember"
-    own = ev.evaluate(_load_state("diffusion", fam.experts[style]))
+    own = ev.evaluate(load_state("diffusion", fam.experts[style]))
     assert own["per_task"][style] == pytest.approx(rec["experts"][style], abs=0.05)
     assert own["per_task"][style] > rec["base"][style] + 0.3
     assert own["samples"].dtype.name == "uint8" and own["samples"].shape[2] == 3
@@ -118,7 +118,7 @@ def test_committed_vision_zoo_reproduces_the_learned_merge_bar():
     """The README's headline on the committed zoo, at the papers' defaults: SAMerging ≥ 95 % normalized and 5 points
     above task arithmetic (λ = 0.3); RegMean likewise (closed form). ~30 s on one CPU thread."""
     pytest.importorskip("studio.learn")
-    from studio.learn.zoo import zoo_rows
+    from studio.zoo.learned_report import zoo_rows
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the README's figures were measured single-threaded (reductions differ by thread count)

@@ -1,4 +1,4 @@
-"""``python -m studio zoo build|list|report`` (dispatched here by ``studio/cli.py``)."""
+"""``python -m studio zoo build|list|report``: the built-in demo zoo."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import json
 import sys
 
 from ..errors import StudioError
+from ..zoo import FAMILIES, assets_root, describe_family, list_families
+from ..zoo.build import build
+from ..zoo.report import markdown, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,15 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cmd = getattr(args, "zoo_command", None)
     if cmd == "build":
-        from .build import build
-
         build(args.family, root=args.root, quick=args.quick, log=lambda m: print(m, file=sys.stderr))
         return 0
     if cmd == "list":
-        from . import FAMILIES, _describe, assets_root, list_families
-
         built = set(list_families())
-        entries = {n: {**_describe(n, assets_root()).to_dict(), "built": n in built} for n in FAMILIES}
+        entries = {n: {**describe_family(n, assets_root()).to_dict(), "built": n in built} for n in FAMILIES}
         if args.json:
             print(json.dumps(entries, indent=2))
         else:
@@ -52,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
                     print(f"  - {t}: {e['task_docs'].get(t, '')}{lora}")
         return 0
     if cmd == "report":
-        from .report import markdown, report
-
         log = None if args.json else (lambda m: print(m, file=sys.stderr))
         reps = report(args.family, args.budget, args.device, args.method, args.learned, log)
         if args.json:
@@ -65,17 +62,3 @@ def run(args: argparse.Namespace) -> int:
         return 0
     raise StudioError("missing zoo command", hint="use build, list or report")
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studio zoo")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,10 @@
-"""Plotly figures from :mod:`studio.analysis` numbers, shared by the Gradio UI and ``python -m studio analyze``.
+"""Plotly figures from :mod:`studio.analysis` numbers, shared by the studio and ``python -m studio analyze``'s HTML
+report.
 
 Colour conventions: fractions in [0, 1] use a sequential scale pinned to [0, 1] (so a pale cell always means a small
 fraction); signed values (cosine similarity) use a diverging scale centred on 0 and pinned to [−1, 1]; landscapes use a
 sequential scale over the observed range. Every figure carries a title, axis titles and hover text with the exact value.
-No gradio here: this module only imports plotly.
+No gradio here (the HTML report runs without the UI): this module only imports plotly.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`python -m studio analyze`: the JSON contract, the figures, and the HTML report rendered in headless Chromium."""
+"""`python -m studio analyze`: the JSON contract, one-line errors, and the HTML report rendered in headless
+Chromium."""
 
 from __future__ import annotations
 
@@ -7,35 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from studio.cli import main
-from studio.ui import plots
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def recipe_path(tmp_path_factory):
-    root = tmp_path_factory.mktemp("an_cli")
-    g = torch.Generator().manual_seed(0)
-    base = {f"blocks.{i}.mlp.fc1.weight": torch.randn(6, 4, generator=g) for i in range(3)}
-    base.update({f"blocks.{i}.attn.qkv.weight": torch.randn(12, 4, generator=g) for i in range(3)})
-    base["embed.weight"] = torch.randn(5, 4, generator=g)
-    base["head.weight"] = torch.randn(2, 4, generator=g)
-    save_file(base, str(root / "base.safetensors"))
-    models = []
-    for n in range(3):
-        gn = torch.Generator().manual_seed(n + 1)
-        save_file({k: v + 0.1 * torch.randn(v.shape, generator=gn) for k, v in base.items()},
-                  str(root / f"e{n}.safetensors"))
-        models.append(f"  - model: {root / f'e{n}.safetensors'}\n    parameters: {{weight: 1.0}}")
-    text = (f"merge_method: ties\nbase_model: {root / 'base.safetensors'}\nparameters: {{density: 0.5}}\n"
-            "models:\n" + "\n".join(models) + "\n")
-    path = root / "recipe.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_json_contract(recipe_path, capsys):
@@ -55,29 +31,6 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["analyze", str(bad), "--json"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
-
-
-def test_figures_from_numbers(recipe_path):
-    from studio.analysis import task_vector_stats
-
-    stats = task_vector_stats(str(recipe_path), density=0.5)
-    fig = plots.sign_conflict_heatmap(stats)
-    hm = fig.data[0]
-    assert list(hm.x) == ["EMB", "L00", "L01", "L02", "HEAD", "overall"]
-    assert (hm.zmin, hm.zmax) == (0, 1) and len(hm.y) == 8  # 4 statistics × (raw, trimmed)
-    assert hm.z[0][1] == pytest.approx(stats["groups"][1]["sign_conflict"])
-    cos = plots.cosine_matrix(stats).data[0]
-    assert (cos.zmin, cos.zmax, cos.zmid) == (-1, 1, 0) and list(cos.x) == ["e0", "e1", "e2"]
-    from studio import analysis
-
-    ui = plots.studio_figures(analysis, stats["base"], stats["models"], labels={stats["models"][0]: "First"})
-    assert len(ui) == 4 and list(ui[1].data[0].x) == ["First", "e1", "e2"]
-    names = [t for t, _ in plots.stats_figures(stats)]
-    assert "Norms" in names and "Cosine similarity" in names
-    line = plots.landscape_figure({"kind": "param1d", "x": {"label": "lambda", "values": [0, 1]}, "z": [1.0, 2.0],
-                                   "score_name": "loss", "markers": [{"name": "current", "x": 0.5, "y": None,
-                                                                      "score": 1.5}]})
-    assert list(line.data[0].y) == [1.0, 2.0] and line.data[1].name == "current"
 
 
 def test_html_report_renders_in_chromium(recipe_path, tmp_path):

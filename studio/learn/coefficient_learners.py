@@ -17,8 +17,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..methods.registry import Param
 from .adapters import TaskAdapter
-from .coeffs import CoefficientMerge
+from .coefficient_merge import CoefficientMerge
+from .registry import learner
 from .sam import SAM
 
 Progress = Callable[[float, str], None]
@@ -129,18 +131,58 @@ def learn_coefficients(adapter: TaskAdapter, data: dict[str, torch.Tensor], *, o
     return {"merge": merge, "history": history, "trajectory": trajectory, "metrics": metrics}
 
 
+# shared by both coefficient learners: one declaration each
+GRANULARITY = Param("granularity", default="layer", kind=str, choices=("layer", "task"),
+                    doc="layer: one λ per parameter tensor and model (weight and bias apart); task: one λ per model")
+LR = Param("lr", default=1e-3, range=(1e-4, 1e-1), doc="Adam learning rate of λ")
+BATCH_SIZE = Param("batch_size", default=16, kind=int, range=(1, 256), doc="unlabeled inputs per task and step")
+
+
+@learner("adamerging", [
+    GRANULARITY,
+    Param("init", default=0.3, range=(0, 1), doc="λ every coefficient starts from"),
+    LR,
+    BATCH_SIZE,
+    Param("clamp", default=None, kind=tuple,
+          doc="(low, high): clip λ into this interval after each step (the original code: [0, 1]); none by default, "
+              "as FusionBench"),
+], produces="coefficients", label="AdaMerging", ref="Yang et al., ICLR 2024", variants={
+    "adamerging_task": ("AdaMerging · task-wise", {"granularity": "task"}),
+    "adamerging_layer": ("AdaMerging · layer-wise", {"granularity": "layer"}),
+})
 def adamerging(adapter, data, *, granularity="layer", steps=None, init=0.3, lr=1e-3, batch_size=16, clamp=None,
-               progress=None, seed=0, **_):
-    """AdaMerging defaults: 500 steps (original code), init 0.3, Adam 1e-3, no clamp (FusionBench)."""
+               progress=None, seed=0):
+    """Coefficients λ (layer-wise, or task-wise with granularity='task') minimising the merged model's prediction
+    entropy on each task's unlabeled inputs.
+
+    Defaults: 500 steps (original code), init 0.3, Adam 1e-3, no clamp (FusionBench)."""
     return learn_coefficients(adapter, data, objective="entropy", granularity=granularity, init=init,
                               steps=500 if steps is None else steps, lr=lr, batch_size=batch_size,
                               clamp=(tuple(clamp) if clamp else None), progress=progress, seed=seed)
 
 
+@learner("samerging", [
+    GRANULARITY,
+    Param("init", default=0.0, range=(0, 1), doc="λ every coefficient starts from (the paper: 0)"),
+    LR,
+    Param("weight_decay", default=5e-4, range=(0, 1e-2), doc="Adam weight decay on λ"),
+    Param("rho", default=0.07, range=(0, 0.5), doc="ρ: radius of the sharpness-aware perturbation"),
+    Param("adaptive", default=True, kind=bool, doc="adaptive SAM (ASAM): the perturbation scales with |λ|"),
+    Param("temperature", default=None, range=(0.5, 5),
+          doc="T of the softened teacher and student distributions; default 2 for classifiers, 1 for language "
+              "models"),
+    BATCH_SIZE,
+    Param("max_batches", default=100, kind=int, range=(1, 1000),
+          doc="batches cached per task (with their teacher logits) and cycled through, epoch after epoch"),
+], produces="coefficients", label="SAMerging", ref="Dalili & Mahdavi, arXiv 2512.21288", variants={
+    "samerging": ("SAMerging · layer-wise", {}),
+})
 def samerging(adapter, data, *, granularity="layer", steps=None, init=0.0, lr=1e-3, weight_decay=5e-4, rho=0.07,
-              adaptive=True, temperature=None, batch_size=16, max_batches=100, progress=None, seed=0, **_):
-    """SAMerging defaults: 1,000 ASAM updates (100 cached batches × 10 epochs in the paper), T = 2 for
-    classifiers and 1 for language models."""
+              adaptive=True, temperature=None, batch_size=16, max_batches=100, progress=None, seed=0):
+    """Layer-wise λ minimising KL(expert ‖ merged) at temperature T with adaptive SAM around Adam.
+
+    Defaults: 1,000 ASAM updates (100 cached batches × 10 epochs in the paper), T = 2 for classifiers and 1 for
+    language models."""
     if temperature is None:
         temperature = 1.0 if adapter.kind == "causal_lm" else 2.0
     return learn_coefficients(adapter, data, objective="kl", granularity=granularity, init=init,

@@ -5,8 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
+from ..analysis import landscape_1d, landscape_random_plane, landscape_task_plane, task_vector_stats
+from ..analysis.report import build_report
+from ..cli import print_json
 from ..errors import StudioError
 from ..output import write_text
+from ..recipe import Recipe
+from ..zoo import get_family, list_families
 
 
 def add_arguments(p):
@@ -45,12 +52,6 @@ def _density(arg: str, recipe) -> float | None:
 def _zoo_evaluator(arg: str, recipe, device: str):
     if arg in (None, "none"):
         return None, None
-    try:
-        from ..zoo import get_family, list_families
-    except ImportError:
-        if arg != "auto":
-            raise StudioError("the demo zoo is not available in this installation") from None
-        return None, None
     if arg != "auto":
         fam = get_family(arg)
         return fam, fam.evaluator("preview", device)
@@ -69,14 +70,8 @@ def _zoo_evaluator(arg: str, recipe, device: str):
 
 
 def run(args) -> int:
-    from ..cli import print_json
-    from ..recipe import Recipe
-    from . import landscape_1d, landscape_random_plane, landscape_task_plane, task_vector_stats
-    from .report import build_report
-
     recipe = Recipe.load(args.recipe)
     if args.threads:
-        import torch
         torch.set_num_threads(max(1, args.threads))
     density = _density(args.density, recipe)
     quiet = args.json

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import StudioError
-from ..zoo import vision as V
-from .common import BUDGETS, check_budget, result
+from ..evaluate.common import check_budget, result
+from . import vision as V
 
 # examples per task; the preview slice is spread evenly over the test split
 PREVIEW_EXAMPLES = 96
@@ -18,16 +18,19 @@ PREVIEW_EXAMPLES = 96
 class VisionEvaluator:
     """Accuracy per task (percent, 0–100) of a backbone state dict.
 
-    ``evaluate(state_dict)`` loads the backbone weights (keys ``embed.*``, ``blocks.<i>.*``, ``norm.*``) into one
-    resident module and scores every task with its own head from ``heads/<task>.safetensors``.
+    ``budget``: ``preview`` (96 test examples per task, spread evenly), ``report`` (the whole test split) or a number
+    of examples (the first ones of the test split). ``evaluate(state_dict)`` loads the backbone weights (keys
+    ``embed.*``, ``blocks.<i>.*``, ``norm.*``) into one resident module and scores every task with its own head from
+    ``heads/<task>.safetensors``.
     Data-aware merge methods use :meth:`data` and :meth:`build_module`.
     """
 
     metric = "accuracy"
 
-    def __init__(self, root: str | Path, tasks: list[str] | None = None, budget: str = "preview",
+    def __init__(self, root: str | Path, tasks: list[str] | None = None, budget: str | int = "preview",
                  device: str = "cpu"):
-        check_budget(budget)
+        if not isinstance(budget, int):
+            check_budget(budget)
         self.root = Path(root)
         self.tasks = list(tasks or V.TASKS)
         self.budget = budget
@@ -43,7 +46,9 @@ class VisionEvaluator:
         self._eval_data = {t: self._slice(*V.task_data(t, "test")) for t in self.tasks}
 
     def _slice(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.budget == "preview" and len(y) > PREVIEW_EXAMPLES:
+        if isinstance(self.budget, int):
+            x, y = x[:self.budget], y[:self.budget]
+        elif self.budget == "preview" and len(y) > PREVIEW_EXAMPLES:
             pick = torch.linspace(0, len(y) - 1, PREVIEW_EXAMPLES).round().long()
             x, y = x[pick], y[pick]
         return x.to(self.device), y.to(self.device)
@@ -100,6 +105,3 @@ class VisionEvaluator:
             for k, v in own.items():
                 v.copy_(state_dict[k].to(v.dtype))
         return self.evaluate_module(self.backbone)
-
-
-__all__ = ["VisionEvaluator", "BUDGETS"]

@@ -8,15 +8,24 @@ recipe — run it on full-size checkpoints with ``python -m studio merge DIR/rec
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
+from tqdm.auto import tqdm
+
 from ..errors import StudioError
-from .api import METHODS, run_learned
+from ..learn import RUN_OPTIONS, LearnerSpec, get_learner, list_learners, run_learned
+from ..methods.registry import Param
+from ..zoo import get_family
 
 
 def add_arguments(p) -> None:
-    p.add_argument("method", choices=sorted(METHODS), help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    learners = list_learners()
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = hyperparameters_help(learners)
+    p.add_argument("method", choices=[s.name for s in learners],
+                   help="; ".join(f"{s.name}: {s.summary}" for s in learners))
     p.add_argument("--base", required=True, help="the pretrained model θ0: a CLIP or causal-LM model folder or hub "
                    "id, a zoo-style backbone file, or zoo:FAMILY")
     p.add_argument("--experts", nargs="+", required=True,
@@ -39,9 +48,51 @@ def add_arguments(p) -> None:
     p.add_argument("--tasks", nargs="*", default=None, help="task names, one per expert (default: file stems)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="other hyperparameters, e.g. rho=0.05 temperature=2 examples=128 epochs=50")
+                   help="the method's other hyperparameters and the run options listed below, e.g. rho=0.05 "
+                        "temperature=2 examples=128 epochs=50 max_items=1600")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _param_line(p: Param) -> str:
+    default = "|".join(map(str, p.choices)) + f" (default {p.default})" if p.choices else f"{p.default}"
+    return f"      {p.name}={default}  {p.doc}"
+
+
+def hyperparameters_help(learners: list[LearnerSpec]) -> str:
+    """Every learner's declared hyperparameters and the run options, for ``--help``."""
+    lines = ["hyperparameters (--set KEY=VALUE; --task-wise, --lr and --init are short for granularity=task, lr and "
+             "init):"]
+    for s in learners:
+        lines.append(f"  {s.name} ({s.label}; {s.produces}; {s.ref})")
+        lines += [_param_line(p) for p in s.params]
+    lines.append("  run options, every method:")
+    lines += [_param_line(p) for p in RUN_OPTIONS]
+    return "\n".join(lines)
+
+
+def settings(args, spec: LearnerSpec) -> tuple[dict, dict]:
+    """(run options, the learner's hyperparameters) from ``--set`` and the shortcut flags, checked against the
+    declarations before any model is loaded."""
+    run_params = {p.name: p for p in RUN_OPTIONS}
+    options, hp = {}, {}
+    for item in args.set or []:
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise StudioError(f"--set takes KEY=VALUE, got {item!r}")
+        key = k.replace("-", "_")
+        if key in run_params:
+            options[key] = run_params[key].coerce(_value(v), where="--set")
+        else:
+            hp[key] = _value(v)
+    if args.task_wise:
+        hp["granularity"] = "task"
+    if args.lr is not None:
+        hp["lr"] = args.lr
+    if args.init is not None:
+        hp["init"] = args.init  # λ₀ (AdaMerging, SAMerging) or a pre-merge's name (FDA): coerced as declared
+    spec.check(hp)
+    return options, hp
 
 
 def _value(text: str):
@@ -54,8 +105,6 @@ def _value(text: str):
 def _expand_zoo(base: str, experts: list[str]) -> tuple[str, list[str]]:
     """``zoo:FAMILY`` as --base is the family's base; as --experts, all its experts (``zoo:FAMILY/TASK``: one)."""
     def family(ref):
-        from ..zoo import get_family
-
         name, _, task = ref[4:].partition("/")
         fam = get_family(name)
         if task and task not in fam.experts:
@@ -75,24 +124,8 @@ def _expand_zoo(base: str, experts: list[str]) -> tuple[str, list[str]]:
 
 
 def run(args) -> int:
-    hp = {}
-    for item in args.set or []:
-        k, eq, v = item.partition("=")
-        if not eq or not k:
-            raise StudioError(f"--set takes KEY=VALUE, got {item!r}")
-        hp[k.replace("-", "_")] = _value(v)
-    if args.task_wise:
-        hp["granularity"] = "task"
-    if args.lr is not None:
-        hp["lr"] = args.lr
-    if args.init is not None:
-        if args.method == "fda":
-            hp["init"] = args.init
-        else:
-            try:
-                hp["init"] = float(args.init)
-            except ValueError:
-                raise StudioError(f"--init for {args.method} is a number, got {args.init!r}") from None
+    spec = get_learner(args.method)
+    options, hp = settings(args, spec)
     heads = None
     if args.heads:
         heads = {}
@@ -105,8 +138,6 @@ def run(args) -> int:
     bar = None
     progress = None
     if not args.quiet:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=1000, desc=args.method, leave=False, file=sys.stderr,
                    bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
@@ -115,10 +146,8 @@ def run(args) -> int:
             bar.set_postfix_str(msg, refresh=False)
             bar.refresh()
     try:
-        res = run_learned(args.method, base, experts, args.data, device=args.device, steps=args.steps,
-                          progress=progress, tasks=args.tasks, heads=heads, seed=args.seed, **hp)
-    except TypeError as e:
-        raise StudioError(f"bad hyperparameter for {args.method}: {e}") from None
+        res = run_learned(spec.name, base, experts, args.data, device=args.device, steps=args.steps,
+                          progress=progress, tasks=args.tasks, heads=heads, seed=args.seed, **options, **hp)
     finally:
         if bar is not None:
             bar.close()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ..layout import detect_layout
 from ..recipe import Recipe
+from ..sources import open_source
 
 
 class CoefficientMerge:
@@ -75,9 +77,6 @@ def coefficient_recipe(base_ref: str, expert_refs: list[str], tasks: list[str], 
 
 def group_means(per_tensor: dict[str, dict[str, float]], base_ref: str) -> dict[str, dict[str, float]]:
     """Per model, the mean λ of each layout group (``L00``…, ``EMB``, ``HEAD``) — what a slider panel can show."""
-    from ..layout import detect_layout
-    from ..sources import open_source
-
     src = open_source(base_ref)
     try:
         layout = detect_layout(src)
