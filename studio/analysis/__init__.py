@@ -5,16 +5,13 @@
   group and overall; streamed tensor by tensor.
 * :func:`landscape_1d`, :func:`landscape_2d` (→ :func:`landscape_params`, :func:`landscape_task_plane`,
   :func:`landscape_random_plane`) — a scorer evaluated over merges, with markers and projected trajectories.
-* :mod:`.params` — the addressing scheme for recipe settings (``"parameters.lambda"``, ``"models.0.weight"``).
 
 Figures are drawn from these numbers by :mod:`studio.figures`; ``python -m studio analyze`` writes both.
 """
 
 from .landscape import (Plane, as_scorer, filter_normalized_direction, landscape_1d, landscape_2d, landscape_params,
                         landscape_random_plane, landscape_task_plane)
-from .params import get_param, parse_path, path_label, set_param
 from .stats import KINDS, kind_of, task_vector_stats
 
-__all__ = ["KINDS", "Plane", "as_scorer", "filter_normalized_direction", "get_param", "kind_of", "landscape_1d",
-           "landscape_2d", "landscape_params", "landscape_random_plane", "landscape_task_plane", "parse_path",
-           "path_label", "set_param", "task_vector_stats"]
+__all__ = ["KINDS", "Plane", "as_scorer", "filter_normalized_direction", "kind_of", "landscape_1d",
+           "landscape_2d", "landscape_params", "landscape_random_plane", "landscape_task_plane", "task_vector_stats"]

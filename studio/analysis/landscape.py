@@ -2,7 +2,7 @@
 
 Three kinds of 2-D grids (algorithms.md §5), one 1-D sweep:
 
-* ``landscape_1d``      — one recipe setting (see :mod:`.params` for the addressing scheme) over a list of values;
+* ``landscape_1d``      — one recipe setting (a :class:`~studio.recipe.edit.SettingPath`) over a list of values;
 * ``landscape_params``  — two recipe settings; each grid point is the recipe with both replaced, re-merged by the
                           live engine (only the tensors whose parameters changed are recomputed);
 * ``landscape_task_plane`` — θ(α, β) = θ0 + α·τ_i + β·τ_j: base at (0, 0), experts at (1, 0) and (0, 1), their
@@ -41,7 +41,7 @@ from ..engine.live import LiveMerger
 from ..errors import StudioError
 from ..layout import is_mergeable
 from ..recipe import Recipe
-from .params import get_param, parse_path, path_label, set_param
+from ..recipe.edit import SettingPath, plain_value, set_value
 from .stats import resolve_inputs
 
 Scorer = Callable[[dict], float]
@@ -78,6 +78,15 @@ def _as_recipe(obj):
     return obj
 
 
+def _with(recipe: Recipe, path: SettingPath, value, layout) -> Recipe:
+    """The recipe with one setting replaced (validated)."""
+    return Recipe.from_dict(set_value(recipe.to_dict(), path, value, layout), where="landscape")
+
+
+def _axis(path: SettingPath, values: list[float]) -> dict:
+    return {"label": path.label, "values": values, "path": path.parts}
+
+
 def _live(live_or_recipe, device):
     """→ (LiveMerger, the recipe it currently holds)."""
     if isinstance(live_or_recipe, LiveMerger):
@@ -110,26 +119,27 @@ def landscape_1d(live_or_recipe, param_path, values: Sequence[float], scorer, *,
     A LiveMerger passed in is left holding its original recipe.
     """
     t0 = time.perf_counter()
-    path = parse_path(param_path)
+    path = SettingPath.parse(param_path)
     score = as_scorer(scorer)
     live, recipe = _live(live_or_recipe, device)
+    layout = live.plan.layout
     values = [float(v) for v in values]
     z = []
     try:
         for n, v in enumerate(values):
-            live.update(set_param(recipe, path, v))
+            live.update(_with(recipe, path, v, layout))
             z.append(score(live.state))
             _tick(progress, n + 1, len(values) + 1, "landscape point")
     finally:
         live.update(recipe)
     markers = []
-    cur = get_param(recipe, path)
-    if _numeric(cur):
-        markers.append({"name": "current", "x": float(cur), "y": None, "score": score(live.state), "residual": 0.0})
+    cur = plain_value(recipe.to_dict(), path, layout)
+    if cur is not None:
+        markers.append({"name": "current", "x": cur, "y": None, "score": score(live.state), "residual": 0.0})
     _tick(progress, len(values) + 1, len(values) + 1, "landscape point")
-    return {"kind": "param1d", "x": {"label": path_label(path), "values": values, "path": list(path)},
-            "z": z, "score_name": _score_name(scorer, score_name), "markers": markers, "trajectories": [],
-            "evaluations": len(values) + len(markers), "seconds": time.perf_counter() - t0}
+    return {"kind": "param1d", "x": _axis(path, values), "z": z, "score_name": _score_name(scorer, score_name),
+            "markers": markers, "trajectories": [], "evaluations": len(values) + len(markers),
+            "seconds": time.perf_counter() - t0}
 
 
 def landscape_params(live_or_recipe, path_x, values_x: Sequence[float], path_y, values_y: Sequence[float], scorer, *,
@@ -137,30 +147,31 @@ def landscape_params(live_or_recipe, path_x, values_x: Sequence[float], path_y, 
                      progress=None) -> dict:
     """Score a grid over two recipe settings; z[j][i] is the merge with x = values_x[i], y = values_y[j]."""
     t0 = time.perf_counter()
-    px, py = parse_path(path_x), parse_path(path_y)
+    px, py = SettingPath.parse(path_x), SettingPath.parse(path_y)
     score = as_scorer(scorer)
     live, recipe = _live(live_or_recipe, device)
+    layout = live.plan.layout
     xs, ys = [float(v) for v in values_x], [float(v) for v in values_y]
     total = len(xs) * len(ys) + 1
     z = []
     try:
         for j, y in enumerate(ys):
-            row_recipe = set_param(recipe, py, y)
+            row_recipe = _with(recipe, py, y, layout)
             row = []
             # serpentine order: consecutive points differ in one setting, so fewer tensors re-merge
             order = range(len(xs)) if j % 2 == 0 else range(len(xs) - 1, -1, -1)
             vals = {}
             for i in order:
-                live.update(set_param(row_recipe, px, xs[i]))
+                live.update(_with(row_recipe, px, xs[i], layout))
                 vals[i] = score(live.state)
                 _tick(progress, j * len(xs) + len(vals), total, "landscape point")
             z.append([vals[i] for i in range(len(xs))])
     finally:
         live.update(recipe)
     markers = []
-    cx, cy = get_param(recipe, px), get_param(recipe, py)
-    if _numeric(cx) and _numeric(cy):
-        markers.append({"name": "current", "x": float(cx), "y": float(cy), "score": score(live.state), "residual": 0.0})
+    cx, cy = plain_value(recipe.to_dict(), px, layout), plain_value(recipe.to_dict(), py, layout)
+    if cx is not None and cy is not None:
+        markers.append({"name": "current", "x": cx, "y": cy, "score": score(live.state), "residual": 0.0})
     trajs = []
     for n, tr in enumerate(_norm_trajectories(trajectories)):
         x, y, s, steps = [], [], [], []
@@ -178,8 +189,7 @@ def landscape_params(live_or_recipe, path_x, values_x: Sequence[float], path_y, 
         trajs.append({"name": tr.get("name") or f"trajectory {n + 1}", "x": x, "y": y, "score": s,
                       "residual": [0.0] * len(x), "step": steps})
     _tick(progress, total, total, "landscape point")
-    return {"kind": "params", "x": {"label": path_label(px), "values": xs, "path": list(px)},
-            "y": {"label": path_label(py), "values": ys, "path": list(py)}, "z": z,
+    return {"kind": "params", "x": _axis(px, xs), "y": _axis(py, ys), "z": z,
             "score_name": _score_name(scorer, score_name), "markers": markers, "trajectories": trajs,
             "evaluations": len(xs) * len(ys) + len(markers), "seconds": time.perf_counter() - t0}
 

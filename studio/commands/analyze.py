@@ -98,7 +98,7 @@ def run(args) -> int:
                 landscapes.append(landscape_task_plane(recipe, evaluator, i, j, steps=steps, device=args.device))
             if "lambda" in kinds:
                 vals = [round(0.1 * k, 3) for k in range(0, 16)]
-                landscapes.append(landscape_1d(recipe, ("parameters", "lambda"), vals, evaluator, device=args.device))
+                landscapes.append(landscape_1d(recipe, "parameters.lambda", vals, evaluator, device=args.device))
             if "random" in kinds:
                 landscapes.append(landscape_random_plane(recipe, evaluator, steps=steps, device=args.device))
     if args.out:

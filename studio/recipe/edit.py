@@ -77,8 +77,16 @@ class SettingPath:
 
     @property
     def parts(self) -> list:
-        """The path as a list (``["parameters", "lambda"]``, ``["models", 1, "weight"]``), for JSON results."""
-        return ["parameters", self.name] if self.index is None else ["models", self.index, self.name]
+        """The path as a list for JSON results: ``["parameters", "lambda"]``, ``["models", 1, "weight", "L03"]``."""
+        head = ["parameters", self.name] if self.index is None else ["models", self.index, self.name]
+        return head + ([] if self.first is None else [self.first + (f"..{self.last}" if self.last else "")])
+
+    @property
+    def label(self) -> str:
+        """A plain axis label: ``lambda``, ``weight (model 0)``, ``density (all models) [L03]``."""
+        who = "" if self.index is None else " (all models)" if self.index == "*" else f" (model {self.index})"
+        groups = "" if self.first is None else f" [{self.first}" + (f"..{self.last}]" if self.last else "]")
+        return f"{self.name}{who}{groups}"
 
     @property
     def setting(self) -> "SettingPath":
@@ -152,8 +160,10 @@ def join_setting(rules: list[dict], body):
     return out
 
 
-def compress_groups(values: dict[str, float], groups: list[str]):
-    """A per-group mapping in its shortest faithful spelling: a scalar when all equal, else ``{"*": mode, g: v}``."""
+def compress_groups(values: dict[str, float], groups: list[str], default=None):
+    """A per-group mapping in its shortest faithful spelling: a scalar when all equal, else ``{"*": d, g: v}`` with
+    d = ``default`` when given (the setting keeps its default while single groups change), else the most common
+    value."""
     vals = [values[g] for g in groups if g in values]
     if not vals:
         return None
@@ -162,7 +172,7 @@ def compress_groups(values: dict[str, float], groups: list[str]):
     counts: dict[float, int] = {}
     for v in vals:
         counts[v] = counts.get(v, 0) + 1
-    mode = max(counts, key=lambda v: (counts[v], -vals.index(v)))
+    mode = default if default is not None else max(counts, key=lambda v: (counts[v], -vals.index(v)))
     out: dict[str, Any] = {"*": mode} if len(vals) == len(groups) else {}
     for g in groups:
         if g in values and (values[g] != mode or "*" not in out):
@@ -226,7 +236,8 @@ def scalar_value(recipe: dict, path: SettingPath) -> tuple[Any, bool, bool]:
     path = path.setting
     p = param_of(recipe, path)
     rules, body = split_setting(effective_setting(recipe, path))
-    return scalar_of(body, p.initial), is_per_group(body), bool(rules)
+    per_group = is_per_group(body) and not (p.kind is str and isinstance(body, str))
+    return scalar_of(body, p.initial), per_group, bool(rules)
 
 
 def group_values(recipe: dict, path: SettingPath, layout: Layout) -> list[float]:
@@ -243,6 +254,17 @@ def group_values(recipe: dict, path: SettingPath, layout: Layout) -> list[float]
         except (TypeError, ValueError):
             out.append(fallback)
     return out
+
+
+def plain_value(recipe: dict, path: SettingPath, layout: Layout | None = None) -> float | None:
+    """The one number a setting has where ``path`` points (one group's value for a group path, else the setting's
+    when it is the same for every tensor); None when it varies (per group, by rules) or is not a number."""
+    path = SettingPath.parse(path)
+    if path.first is not None and layout is not None and path.last is None:
+        return group_values(recipe, path, layout)[layout.groups.index(path.first)]
+    value, per_group, rules = scalar_value(recipe, path)
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if numeric and not per_group and not rules and path.first is None else None
 
 
 def rules_of(recipe: dict, path: SettingPath) -> list[dict]:
@@ -300,7 +322,12 @@ def set_group_values(recipe: dict, path: SettingPath, layout: Layout, values: di
     merged.update(values)
     clean = {g: int(round(v)) if p.kind is int else round(float(p.coerce(v, f"{path}@{g}")), 6)
              for g, v in merged.items()}
-    return _put(recipe, path, join_setting(rules_of(recipe, path), compress_groups(clean, groups)))
+    default = None
+    if len(values) < len(groups):  # some groups change: the others keep the setting's plain default, if it has one
+        body = _effective_body(recipe, path)
+        default = body.get("*", body.get("default")) if isinstance(body, dict) else body
+        default = default if _numeric(default) else None
+    return _put(recipe, path, join_setting(rules_of(recipe, path), compress_groups(clean, groups, default)))
 
 
 def set_value(recipe: dict, path: "SettingPath | str", value, layout: Layout | None = None) -> dict:

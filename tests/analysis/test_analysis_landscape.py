@@ -6,12 +6,25 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from studio.analysis import (filter_normalized_direction, get_param, landscape_1d, landscape_2d, landscape_params,
-                             landscape_random_plane, landscape_task_plane, parse_path, set_param)
+from studio.analysis import (filter_normalized_direction, landscape_1d, landscape_2d, landscape_params,
+                             landscape_random_plane, landscape_task_plane)
 from studio.engine import merge_in_memory
 from studio.engine.live import LiveMerger
 from studio.errors import StudioError
+from studio.layout import detect_layout
 from studio.recipe import Recipe
+from studio.recipe import edit as E
+from studio.recipe.edit import SettingPath
+from studio.sources import open_source
+
+
+def set_param(recipe: Recipe, path, value) -> Recipe:
+    return Recipe.from_dict(E.set_value(recipe.to_dict(), path, value, detect_layout(open_source(recipe.base_model))))
+
+
+def get_param(recipe: Recipe, path):
+    layout = detect_layout(open_source(recipe.base_model))
+    return E.plain_value(recipe.to_dict(), SettingPath.parse(path), layout)
 
 D = 8
 
@@ -71,20 +84,20 @@ def ta_recipe(fam, weights, lam=1.0, names="ab"):
 
 
 def test_param_paths(fam):
+    """Landscapes address settings with the recipe's one setting path (studio.recipe.edit)."""
     r = ta_recipe(fam, [0.3, 0.7], lam=0.9)
-    assert parse_path("models.0.weight") == ("models", 0, "weight")
+    assert SettingPath.parse("models.0.weight").parts == ["models", 0, "weight"]
     assert get_param(r, "parameters.lambda") == 0.9
-    assert get_param(r, ("models", 1, "weight")) == 0.7
-    assert get_param(r, ("models", str(fam["b"]), "weight")) == 0.7
+    assert get_param(r, "models.1.weight") == 0.7
     r2 = set_param(r, "models.*.weight", 0.5)
     assert [m.parameters["weight"] for m in r2.models] == [0.5, 0.5]
     assert r.models[0].parameters["weight"] == 0.3  # the original is untouched
-    r3 = set_param(r, ("models", 0, "weight", "L01"), 2.0)
+    r3 = set_param(r, "models.0.weight@L01", 2.0)
     assert r3.models[0].parameters["weight"] == {"*": 0.3, "L01": 2.0}
-    assert get_param(r3, ("models", 0, "weight", "L01")) == 2.0
-    assert get_param(r3, ("models", 0, "weight", "L00")) == 0.3
+    assert get_param(r3, "models.0.weight@L01") == 2.0
+    assert get_param(r3, "models.0.weight@L00") == 0.3
     with pytest.raises(StudioError):
-        parse_path("weights.0")
+        SettingPath.parse("weights.0")
     with pytest.raises(StudioError):
         set_param(r, "models.5.weight", 1.0)
 
@@ -94,7 +107,7 @@ def test_param_grid_points_equal_direct_merges(fam):
     r = ta_recipe(fam, [0.3, 0.7], lam=0.9)
     xs, ys = [0.0, 0.5, 1.0], [0.5, 1.0]
     out = landscape_2d(r, scorer, plane="params", path_x="models.0.weight", values_x=xs,
-                       path_y=("parameters", "lambda"), values_y=ys, trajectories=[{"name": "t", "points": [[0.1, 0.6]]}])
+                       path_y="parameters.lambda", values_y=ys, trajectories=[{"name": "t", "points": [[0.1, 0.6]]}])
     assert out["kind"] == "params" and len(out["z"]) == 2 and len(out["z"][0]) == 3
     for j, y in enumerate(ys):
         for i, x in enumerate(xs):
@@ -111,7 +124,7 @@ def test_1d_sweep_restores_live(fam):
     scorer = Loss(fam["states"]["a"])
     r = ta_recipe(fam, [0.3, 0.7])
     live = LiveMerger(r, device="cpu")
-    out = landscape_1d(live, ("parameters", "lambda"), [0.0, 0.5, 2.0], scorer)
+    out = landscape_1d(live, "parameters.lambda", [0.0, 0.5, 2.0], scorer)
     assert out["z"][0] == pytest.approx(score(scorer, fam["states"]["base"]), rel=1e-5)
     direct = merge_in_memory(set_param(r, "parameters.lambda", 2.0))
     assert out["z"][2] == pytest.approx(score(scorer, direct), rel=1e-5)

@@ -13,7 +13,7 @@ import yaml
 
 from studio.engine import build_plan, merge_in_memory
 from studio.errors import RecipeError
-from studio.layout import FlatLayout, LayerStackLayout, detect_layout
+from studio.layout import FlatLayout, LayerStackLayout, Layout, detect_layout
 from studio.recipe import Recipe
 from studio.recipe import edit as E
 from studio.recipe.edit import SettingPath
@@ -85,6 +85,9 @@ def test_edits_are_pure_and_keep_what_they_do_not_touch():
     one = E.set_group_values(r, SettingPath("lambda"), lay, {"L01": 0.9})
     assert r == before  # the input is never changed
     assert one["parameters"]["lambda"] == [{"filter": "mlp", "value": 0.25}, {"value": {"*": 0.5, "L01": 0.9}}]
+    # single groups change around the setting's default, even when most groups end up elsewhere
+    most = E.set_group_values(one, SettingPath("lambda"), lay, {"L00": 0.9, "L02": 0.9, "HEAD": 0.9})
+    assert most["parameters"]["lambda"][-1] == {"value": {"*": 0.5, "L00": 0.9, "L01": 0.9, "L02": 0.9, "HEAD": 0.9}}
     flat = E.set_group_values(one, SettingPath("lambda"), lay, [0.4] * 5)
     assert flat["parameters"]["lambda"] == [{"filter": "mlp", "value": 0.25}, {"value": 0.4}]  # all equal → scalar
     scalar = E.set_scalar(one, SettingPath("lambda"), 0.6)
@@ -184,3 +187,14 @@ def test_cli_set_changes_the_merge_exactly_like_the_edited_recipe(llama_family, 
     assert bad.returncode == 2 and "no model #7" in bad.stderr and bad.stderr.strip().count("\n") == 0
     bad = run_cli("merge", recipe, tmp_path / "out2", "--set", "parameters.lambda@IN04=1", "--dry-run")
     assert bad.returncode == 2 and "no group 'IN04'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_setting_helpers():
+    assert E.compress_groups({"A": 1, "B": 1}, ["A", "B"]) == 1
+    assert E.compress_groups({"A": 1, "B": 2, "C": 2}, ["A", "B", "C"]) == {"*": 2, "A": 1}
+    assert E.split_setting([{"filter": "x", "value": 1}, {"value": 2}]) == ([{"filter": "x", "value": 1}], 2)
+    abc = Layout(name="abc", groups=["A", "B", "C"])  # a block layout: group i sits at t = i / 2
+    r = {"merge_method": "task_arithmetic", "base_model": "b", "models": [{"model": "a"}], "parameters": {"lambda": [0, 1]}}
+    assert E.group_values(r, SettingPath("lambda"), abc) == [0, 0.5, 1]
+    with pytest.raises(RecipeError):
+        E.parse_rules("no separator here")
