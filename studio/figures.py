@@ -15,11 +15,19 @@ import os
 from typing import Sequence
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 SEQUENTIAL = "Viridis"
 FRACTION = "Blues"
 DIVERGING = "RdBu"
-LAYOUT = dict(template="plotly_white", font=dict(size=12), margin=dict(l=70, r=30, t=60, b=60))
+# plotly_white's page look (colours, grid, fonts) without its defaults for every trace type: plotly copies a
+# figure's whole template into each new figure, and the full one costs 10–20 ms a figure — more than a slider
+# release's merge and evaluation together; this one about 2 ms.
+_WHITE = pio.templates["plotly_white"].layout.to_plotly_json()
+TEMPLATE = go.layout.Template(layout={k: _WHITE[k] for k in (
+    "autotypenumbers", "colorway", "font", "hovermode", "hoverlabel", "paper_bgcolor", "plot_bgcolor", "xaxis",
+    "yaxis", "coloraxis", "colorscale", "shapedefaults", "annotationdefaults", "title")})
+LAYOUT = dict(template=TEMPLATE, font=dict(size=12), margin=dict(l=70, r=30, t=60, b=60))
 MARKER_STYLE = {
     "base": dict(symbol="square", color="#444444"),
     "average": dict(symbol="diamond", color="#ff7f0e"),
@@ -34,6 +42,11 @@ STAT_ROWS = [
     ("mass_agreement", "mass agreement"),
     ("elected_keep", "elected-sign keep"),
 ]
+
+
+def _figure(*traces) -> go.Figure:
+    """A figure on the light template (see TEMPLATE), so plotly never copies its default one."""
+    return go.Figure(list(traces), layout={"template": TEMPLATE})
 
 
 def short_name(ref: str) -> str:
@@ -84,7 +97,7 @@ def sign_conflict_heatmap(stats: dict, include_overall: bool = True) -> go.Figur
     text = [[_fmt(v) for v in r] for r in z]
     hover = [[f"{g.get('label', g['group'])}<br>{lab}: {_fmt(v, 4)}" for g, v in zip(groups, r)]
              for lab, r in zip(labels, z)]
-    fig = go.Figure(go.Heatmap(z=z, x=xs, y=labels, zmin=0, zmax=1, colorscale=FRACTION, text=text,
+    fig = _figure(go.Heatmap(z=z, x=xs, y=labels, zmin=0, zmax=1, colorscale=FRACTION, text=text,
                                texttemplate="%{text}" if len(xs) <= 30 else None, hovertext=hover,
                                hoverinfo="text", colorbar=dict(title="fraction"), xgap=1, ygap=1))
     fig.update_yaxes(autorange="reversed")
@@ -99,7 +112,7 @@ def kind_heatmap(stats: dict) -> go.Figure:
     xs = _group_labels(stats)
     z = [[(stats["cells"].get(g, {}).get(k) or {}).get("sign_conflict") for g in xs] for k in kinds]
     hover = [[f"{g} · {k}: {_fmt(v, 4)}" for g, v in zip(xs, row)] for k, row in zip(kinds, z)]
-    fig = go.Figure(go.Heatmap(z=z, x=xs, y=kinds, zmin=0, zmax=1, colorscale=FRACTION, hovertext=hover,
+    fig = _figure(go.Heatmap(z=z, x=xs, y=kinds, zmin=0, zmax=1, colorscale=FRACTION, hovertext=hover,
                                hoverinfo="text", colorbar=dict(title="conflict"), xgap=1, ygap=1))
     fig.update_yaxes(autorange="reversed", title="tensor kind")
     fig.update_xaxes(title="layer / block group", type="category")
@@ -110,7 +123,7 @@ def _matrix(values, names, title, zmin, zmax, scale, what, zmid=None) -> go.Figu
     z = [[None if v is None else float(v) for v in row] for row in values]
     text = [[_fmt(v, 2) for v in row] for row in z]
     hover = [[f"{names[i]} × {names[j]}<br>{what}: {_fmt(v, 4)}" for j, v in enumerate(row)] for i, row in enumerate(z)]
-    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, zmin=zmin, zmax=zmax, zmid=zmid, colorscale=scale, text=text,
+    fig = _figure(go.Heatmap(z=z, x=names, y=names, zmin=zmin, zmax=zmax, zmid=zmid, colorscale=scale, text=text,
                                texttemplate="%{text}", hovertext=hover, hoverinfo="text",
                                colorbar=dict(title=what), xgap=2, ygap=2))
     fig.update_yaxes(autorange="reversed")
@@ -146,7 +159,7 @@ def cosine_by_group(stats: dict) -> go.Figure:
     z = [[g["cosine"][i][j] for g in stats["groups"]] for i, j in pairs]
     ys = [f"{names[i]} · {names[j]}" for i, j in pairs]
     hover = [[f"{g} · {y}: {_fmt(v, 4)}" for g, v in zip(xs, row)] for y, row in zip(ys, z)]
-    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, zmin=-1, zmax=1, zmid=0, colorscale=DIVERGING, hovertext=hover,
+    fig = _figure(go.Heatmap(z=z, x=xs, y=ys, zmin=-1, zmax=1, zmid=0, colorscale=DIVERGING, hovertext=hover,
                                hoverinfo="text", colorbar=dict(title="cosine"), xgap=1, ygap=1))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title="layer / block group", type="category")
@@ -155,7 +168,7 @@ def cosine_by_group(stats: dict) -> go.Figure:
 
 def norms_figure(stats: dict, relative: bool = False) -> go.Figure:
     """L2 norm of each task vector per group (grouped bars; ``relative``: divided by √(entries) = RMS)."""
-    fig = go.Figure()
+    fig = _figure()
     xs = _group_labels(stats)
     for i, name in enumerate(_names(stats)):
         ys = []
@@ -185,13 +198,9 @@ def stats_figures(stats: dict) -> list[tuple[str, go.Figure]]:
     return figs
 
 
-def studio_figures(analysis, base: str, experts: Sequence[str], labels: dict | None = None,
-                   density: float | None = 0.2, limit: int = 4) -> list[go.Figure]:
-    """For the studio's diagnostics panel: statistics of ``experts`` against ``base`` and the first ``limit`` figures
-    (sign conflicts, cosine matrix, pairwise disagreement, norms). ``labels``: model reference → display name."""
-    stats = analysis.task_vector_stats([base, *experts], density=density)
-    if labels:
-        stats["display_names"] = {m: labels[m] for m in stats["models"] if labels.get(m)}
+def diagnostic_figures(stats: dict, limit: int = 4) -> list[go.Figure]:
+    """The studio's diagnostics: the first ``limit`` figures in the order a reader needs them (sign conflicts,
+    cosine matrix, pairwise disagreement, norms, then the rest). Model names from ``stats["display_names"]``."""
     order = ["Sign conflicts", "Cosine similarity", "Pairwise sign disagreement", "Norms"]
     figs = dict(stats_figures(stats))
     chosen = [figs[k] for k in order if k in figs]
@@ -216,7 +225,7 @@ def _marker_hover(m: dict, score_name: str) -> str:
 def landscape_line(result: dict) -> go.Figure:
     """A 1-D sweep: the score over the setting, the current value as a dashed line and a star."""
     name = result.get("score_name", "score")
-    fig = go.Figure(go.Scatter(x=result["x"]["values"], y=result["z"], mode="lines+markers", name=name,
+    fig = _figure(go.Scatter(x=result["x"]["values"], y=result["z"], mode="lines+markers", name=name,
                                hovertemplate=f"{result['x']['label']}: %{{x:.4g}}<br>{name}: %{{y:.4g}}<extra></extra>"))
     for m in result.get("markers", []):
         if m.get("x") is None:
@@ -234,7 +243,7 @@ def landscape_contour(result: dict, show_markers: bool = True) -> go.Figure:
     """A 2-D grid as filled contours (z rows over y), with markers and projected trajectories on top."""
     name = result.get("score_name", "score")
     xs, ys = result["x"]["values"], result["y"]["values"]
-    fig = go.Figure(go.Contour(
+    fig = _figure(go.Contour(
         z=result["z"], x=xs, y=ys, colorscale=SEQUENTIAL, colorbar=dict(title=name), ncontours=20,
         contours=dict(showlabels=True, labelfont=dict(size=9, color="white")),
         hovertemplate=f"x: %{{x:.3g}}<br>y: %{{y:.3g}}<br>{name}: %{{z:.4g}}<extra></extra>"))
@@ -272,6 +281,86 @@ def landscape_contour(result: dict, show_markers: bool = True) -> go.Figure:
 def landscape_figure(result: dict) -> go.Figure:
     """Line for a 1-D result, contour for a 2-D one."""
     return landscape_line(result) if "y" not in result else landscape_contour(result)
+
+
+def sweep_line(result: dict) -> go.Figure:
+    """A 1-D sweep (:func:`landscape_line`) with each task's score as a thin line underneath, when the result holds
+    the evaluator's full result per point (``results``)."""
+    fig = landscape_line(result)
+    xs = result["x"]["values"]
+    rows = result.get("results") or []
+    tasks = list((rows[0].get("per_task") or {})) if rows else []
+    for t in tasks:
+        fig.add_scatter(x=xs, y=[r["per_task"].get(t) for r in rows], mode="lines", name=t, line=dict(width=1),
+                        opacity=0.45)
+    if tasks:
+        fig.data = fig.data[-len(tasks):] + fig.data[:-len(tasks)]  # tasks drawn underneath
+    fig.update_layout(legend=dict(orientation="h", y=-0.25), height=420)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ previews
+PREVIEW_COLORS = {"base": "#9ca3af", "expert": "#a5b4fc", "merge": "#4f46e5", "previous": "#f59e0b"}
+
+
+def preview_scores(result: dict, base: dict | None = None, experts: dict | None = None,
+                   previous: dict | None = None, title: str | None = None) -> go.Figure:
+    """Grouped bars per task: the base, the task's own expert, the previous merge and the current merge, with the
+    merge's average as a dotted line. ``result``: an evaluator result (``metric``, ``average``, ``per_task``);
+    ``base``, ``previous``: per-task scores; ``experts``: per task, its expert's score on it.
+
+    Built in one constructor call from plain dicts: this figure is redrawn on every slider release, and plotly's
+    incremental ``add_*`` / ``update_*`` calls validate the whole figure each time (≈ 4× slower)."""
+    per = result.get("per_task") or {}
+    metric = result.get("metric", "score")
+    tasks = list(per)
+    bars = [dict(name=name, scores=scores, color=PREVIEW_COLORS[key], opacity=opacity)
+            for name, scores, key, opacity in (("base", base, "base", 1.0), ("expert (own task)", experts, "expert", 1.0),
+                                               ("previous merge", previous, "previous", 0.6), ("merge", per, "merge", 1.0))
+            if scores or key == "merge"]
+    data = [go.Bar(name=b["name"], x=tasks, y=[_number((b["scores"] or {}).get(t)) for t in tasks],
+                   marker_color=b["color"], opacity=b["opacity"]) for b in bars]
+    layout = dict(template=TEMPLATE, barmode="group", height=330, bargap=0.2, title=title,
+                  margin=dict(l=40, r=10, t=40 if title else 10, b=40), legend=dict(orientation="h", y=1.12, x=0),
+                  yaxis=dict(title=metric))
+    avg = _number(result.get("average"))
+    if avg is not None:
+        layout["shapes"] = [dict(type="line", xref="paper", x0=0, x1=1, y0=avg, y1=avg,
+                                 line=dict(dash="dot", color=PREVIEW_COLORS["merge"]))]
+        layout["annotations"] = [dict(xref="paper", x=1, y=avg, xanchor="right", yanchor="bottom", showarrow=False,
+                                      text=f"merge average {avg:.4g}", bgcolor="rgba(255,255,255,0.85)",
+                                      font=dict(color=PREVIEW_COLORS["merge"]))]
+    if metric == "accuracy":  # evaluators may report fractions or percentages
+        top = max([v for tr in data for v in tr.y if v is not None] or [1.0])
+        layout["yaxis"]["range"] = [0, 1.05 if top <= 1.0 else 105]
+    return go.Figure(data, layout)
+
+
+def learned_curve(label: str, history: Sequence, metrics: dict) -> go.Figure:
+    """The objective per step of a learned merge (closed-form methods: before and after, as two points)."""
+    fig = _figure()
+    hist = [h.get("loss") if isinstance(h, dict) else h for h in history or []]
+    if hist:
+        fig.add_scatter(x=list(range(1, len(hist) + 1)), y=hist, mode="lines", name="objective",
+                        line=dict(color=PREVIEW_COLORS["merge"], width=2))
+        title = f"{label}: objective per step"
+    else:
+        ys = [metrics.get("objective_start"), metrics.get("objective_end")]
+        if all(isinstance(v, (int, float)) for v in ys):
+            fig.add_scatter(x=["before", "after"], y=ys, mode="lines+markers", name="objective",
+                            line=dict(color=PREVIEW_COLORS["merge"], width=2))
+        title = f"{label}: closed-form (no training curve)"
+    fig.update_layout(height=300, template=TEMPLATE, xaxis_title="step",
+                      yaxis_title=str(metrics.get("objective") or "objective"), title=dict(text=title, x=0.01),
+                      margin=dict(l=60, r=20, t=50, b=50), showlegend=False)
+    return fig
+
+
+def _number(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 # ------------------------------------------------------------------------------------------------ HTML report

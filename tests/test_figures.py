@@ -18,9 +18,7 @@ def test_figures_from_numbers(recipe_path):
     assert hm.z[0][1] == pytest.approx(stats["groups"][1]["sign_conflict"])
     cos = plots.cosine_matrix(stats).data[0]
     assert (cos.zmin, cos.zmax, cos.zmid) == (-1, 1, 0) and list(cos.x) == ["e0", "e1", "e2"]
-    from studio import analysis
-
-    ui = plots.studio_figures(analysis, stats["base"], stats["models"], labels={stats["models"][0]: "First"})
+    ui = plots.diagnostic_figures(dict(stats, display_names={stats["models"][0]: "First"}))
     assert len(ui) == 4 and list(ui[1].data[0].x) == ["First", "e1", "e2"]
     names = [t for t, _ in plots.stats_figures(stats)]
     assert "Norms" in names and "Cosine similarity" in names
