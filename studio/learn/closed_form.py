@@ -137,7 +137,7 @@ def regmean_objective(state, experts, grams_per_task, keys) -> float:
 
 @learner("regmean", [
     EXAMPLES,
-    Param("alpha", default=0.95, range=(0, 1),
+    Param("alpha", default=0.95, range=(0, 1), label="α (alpha)",
           doc="α: weight of the Gram matrices' off-diagonal (1 = exact least squares; the diagonal always counts)"),
 ], produces="weights", label="RegMean", ref="Jin et al., ICLR 2023", variants={
     "regmean": ("RegMean · merged weights", {}),

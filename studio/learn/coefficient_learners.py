@@ -166,9 +166,10 @@ def adamerging(adapter, data, *, granularity="layer", steps=None, init=0.3, lr=1
     Param("init", default=0.0, range=(0, 1), doc="λ every coefficient starts from (the paper: 0)"),
     LR,
     Param("weight_decay", default=5e-4, range=(0, 1e-2), doc="Adam weight decay on λ"),
-    Param("rho", default=0.07, range=(0, 0.5), doc="ρ: radius of the sharpness-aware perturbation"),
+    Param("rho", default=0.07, range=(0, 0.5), label="ρ (rho)",
+          doc="radius of the sharpness-aware perturbation"),
     Param("adaptive", default=True, kind=bool, doc="adaptive SAM (ASAM): the perturbation scales with |λ|"),
-    Param("temperature", default=None, range=(0.5, 5),
+    Param("temperature", default=None, range=(0.5, 5), label="T (temperature)",
           doc="T of the softened teacher and student distributions; default 2 for classifiers, 1 for language "
               "models"),
     BATCH_SIZE,

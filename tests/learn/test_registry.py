@@ -33,8 +33,7 @@ def test_every_learner_is_declared_as_its_function_takes_it():
         signature = inspect.signature(s.fn).parameters
         assert s.takes_steps == (s.name in ("adamerging", "samerging", "fda"))
         for p in s.params:
-            # Param.title (label or name) comes with the methods branch; until then a parameter's title is its name
-            assert p.doc.strip() and getattr(p, "title", p.name), (s.name, p.name)
+            assert p.doc.strip() and p.title, (s.name, p.name)
             assert signature[p.py_name].default == p.default, (s.name, p.name)
             if p.choices:
                 assert p.default in p.choices
@@ -66,11 +65,6 @@ def test_variants_are_declared_settings_of_registered_learners():
         assert spec.check(v.hparams) == v.hparams and v.label
     with pytest.raises(StudioError, match="adamerging_task"):
         get_variant("adamerging_diagonal")
-    # the studio's Optimize choices are these variants, in this order
-    from studio.ui.session import LEARNED_CHOICES
-
-    assert list(LEARNED_CHOICES) == [v.name for v in variants]
-    assert LEARNED_CHOICES["adamerging_task"] == ("AdaMerging · task-wise", "adamerging", {"granularity": "task"})
 
 
 def test_hyperparameters_are_coerced_and_unknown_ones_refused_with_the_known_names():
