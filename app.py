@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from studio.ui.app import build_app
     from studio.ui.catalog import Catalog
     from studio.ui.paths import AllowedRoots
-    from studio.ui.session import StudioEnv
+    from studio.ui.env import StudioEnv
 
     try:
         roots = AllowedRoots(args.allow)

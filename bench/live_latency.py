@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 def zoo_latency(updates: int, device: str):
     from studio.ui.catalog import Catalog
-    from studio.ui.session import StudioEnv
+    from studio.ui.env import StudioEnv
 
     catalog = Catalog()
     name = catalog.default_family()

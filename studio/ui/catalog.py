@@ -12,36 +12,13 @@ from typing import Any
 
 import torch
 
+from ..errors import StudioError
+from ..zoo import get_family, list_families
+
 
 def zoo_families() -> dict[str, Any]:
-    """The built zoo families, by name; {} when the zoo is missing or not built yet."""
-    try:
-        from ..zoo import get_family, list_families
-    except ImportError:
-        return {}
-    out = {}
-    try:
-        names = list_families()
-    except Exception:  # a half-built zoo must not keep the studio from starting
-        return {}
-    for item in names:
-        name = item if isinstance(item, str) else getattr(item, "name", str(item))
-        try:
-            fam = item if not isinstance(item, str) else get_family(name)
-        except Exception:
-            continue
-        if fam is not None and _is_built(fam):
-            out[name] = fam
-    return out
-
-
-def _is_built(fam) -> bool:
-    from pathlib import Path
-
-    try:
-        return Path(str(fam.base)).exists()
-    except Exception:
-        return False
+    """The built zoo families, by name ({} when the zoo is not built: the studio then starts on the user's models)."""
+    return {name: get_family(name) for name in list_families()}
 
 
 def family_label(fam, ref: str) -> str:
@@ -83,8 +60,6 @@ class Catalog:
         try:
             return self.families[name]
         except KeyError:
-            from ..errors import StudioError
-
             raise StudioError(f"unknown demo family {name!r}", hint=f"known: {', '.join(self.names()) or 'none'}")
 
     def evaluator(self, name: str, budget: str = "preview"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .controls import PRETTY, default_value, effective_model_setting, scalar_of, short_ref, split_setting
+from ..recipe import edit as E
+from ..recipe.edit import SettingPath
+from .shelf import short_ref
 
 
 def _fmt(v) -> str:
@@ -13,14 +15,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _value(spec, recipe, name, index=None):
-    p = spec.param(name)
-    setting = (effective_model_setting(spec, recipe, index, name) if index is not None
-               else (recipe.get("parameters") or {}).get(name))
-    rules, body = split_setting(setting)
-    v = scalar_of(body, default_value(p))
-    varies = bool(rules) or isinstance(body, (list, dict)) or (isinstance(body, str) and p.kind is not str)
-    return v, varies
+def _value(recipe, name, index=None):
+    """(the value a plain control shows, whether layers or name patterns give other values)."""
+    value, per_group, rules = E.scalar_value(recipe, SettingPath(name, index))
+    return value, per_group or rules
 
 
 def _models(recipe, spec, labels):
@@ -53,13 +51,13 @@ def render(spec, recipe: dict, labels: dict[str, str] | None = None) -> str:
     name = spec.name
 
     def pm(param, i):
-        v, var = _value(spec, recipe, param, i)
+        v, var = _value(recipe, param, i)
         if var:
             varies.append(f"{param} of {labels.get(recipe['models'][i]['model'], '?')}")
         return v
 
     def gv(param):
-        v, var = _value(spec, recipe, param)
+        v, var = _value(recipe, param)
         if var:
             varies.append(param)
         return v
@@ -122,7 +120,7 @@ def render(spec, recipe: dict, labels: dict[str, str] | None = None) -> str:
     if filled:
         lines.append(filled)
     else:
-        vals = [f"{PRETTY.get(p.name, p.name)} = {_fmt(gv(p.name))}" for p in spec.params if not p.per_model]
+        vals = [f"{p.title} = {_fmt(gv(p.name))}" for p in spec.params if not p.per_model]
         for i, _, lab in models:
             vals += [f"{p.name}[{lab}] = {_fmt(pm(p.name, i))}" for p in spec.per_model_params()]
         lines.append(", ".join(vals) if vals else "(this method has no parameters)")

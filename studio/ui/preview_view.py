@@ -1,16 +1,36 @@
-"""Turning a :class:`~studio.ui.session.Preview` into tables, a plotly bar chart, sample text and images.
-
-Plain Python + plotly (no gradio). The diagnostics figures live in ``studio/ui/plots.py``; these are the preview's.
-"""
+"""What one preview produced (:class:`Preview`), and its views: the score table, sample text and images (plain
+Python, no gradio; the score chart is :func:`studio.figures.preview_scores`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import figures
+
+
+@dataclass
+class Preview:
+    """What one preview produced: the merge's scores, the inputs' scores, timings."""
+
+    recipe: dict
+    result: dict
+    inputs: dict[str, dict]            # label → evaluator result of that input model
+    merge_seconds: float
+    eval_seconds: float
+    total_seconds: float
+    changed: int                       # output tensors recomputed by the live engine
+    tensors: int
+    superseded: bool = False
+    previous: dict | None = None       # the result of the preview before this one (for side-by-side)
+    source: str | None = None          # set when the numbers are of learned weights, not of the recipe
+
+
 LOWER_IS_BETTER = {"perplexity", "loss"}
-
-COLORS = {"base": "#9ca3af", "expert": "#a5b4fc", "merge": "#4f46e5", "previous": "#f59e0b"}
-
 
 def _num(v):
     try:
@@ -67,39 +87,10 @@ def score_table(pv) -> tuple[list[str], list[list[Any]]]:
     return headers, rows
 
 
-def score_figure(pv, title: str | None = None):
-    """Grouped bars per task: base, the task's expert, the previous merge and the current merge."""
-    import plotly.graph_objects as go
-
-    r = pv.result or {}
-    per = r.get("per_task") or {}
-    metric = r.get("metric", "score")
-    tasks = list(per)
-    fig = go.Figure()
-    base = (pv.inputs.get("base") or {}).get("per_task") or {}
-    if base:
-        fig.add_bar(name="base", x=tasks, y=[_num(base.get(t)) for t in tasks], marker_color=COLORS["base"])
-    experts = expert_scores(pv)
-    if experts:
-        fig.add_bar(name="expert (own task)", x=tasks, y=[experts.get(t) for t in tasks],
-                    marker_color=COLORS["expert"])
-    prev = (pv.previous or {}).get("per_task") or {}
-    if prev:
-        fig.add_bar(name="previous merge", x=tasks, y=[_num(prev.get(t)) for t in tasks],
-                    marker_color=COLORS["previous"], opacity=0.6)
-    fig.add_bar(name="merge", x=tasks, y=[_num(per.get(t)) for t in tasks], marker_color=COLORS["merge"])
-    avg = _num(r.get("average"))
-    if avg is not None:
-        fig.add_hline(y=avg, line_dash="dot", line_color=COLORS["merge"],
-                      annotation_text=f"merge average {avg:.4g}", annotation_position="top right",
-                      annotation_bgcolor="rgba(255,255,255,0.85)", annotation_font_color=COLORS["merge"])
-    fig.update_layout(barmode="group", height=330, margin=dict(l=40, r=10, t=40 if title else 10, b=40),
-                      title=title, legend=dict(orientation="h", y=1.12, x=0), yaxis_title=metric,
-                      template="plotly_white", bargap=0.2)
-    if metric == "accuracy":  # evaluators may report fractions or percentages
-        top = max([v for tr in fig.data for v in (tr.y or []) if v is not None] or [1.0])
-        fig.update_yaxes(range=[0, 1.05 if top <= 1.0 else 105])
-    return fig
+def score_figure(pv):
+    """The preview's bar chart: per task, the base, its own expert, the previous merge and this merge."""
+    return figures.preview_scores(pv.result or {}, (pv.inputs.get("base") or {}).get("per_task"),
+                                  expert_scores(pv), (pv.previous or {}).get("per_task"))
 
 
 def samples_markdown(pv) -> str:
@@ -154,9 +145,6 @@ def images(pv) -> list:
 def _reflow(img, per_row: int = 4):
     """A one-row strip of square tiles with 1-px gaps (the zoo's sample grid) rewrapped into rows of ``per_row``
     tiles, so it fits a narrow column; anything else is returned unchanged."""
-    import numpy as np
-    from PIL import Image
-
     w, h = img.size
     step = h - 1                      # tile + gap
     if step < 2 or (w - 1) % step or (w - 1) // step <= per_row:
@@ -178,8 +166,6 @@ def _enlarge(img, max_width: int = 1200, min_height: int = 256):
     k = max(1, min(max_width // max(w, 1), -(-min_height // max(h, 1))))
     if k == 1:
         return img
-    from PIL import Image
-
     return img.resize((w * k, h * k), Image.NEAREST)
 
 
@@ -187,32 +173,24 @@ def _is_image_dict(s) -> bool:
     return isinstance(s, dict) and any(to_pil(v) is not None for v in list(s.values())[:1])
 
 
-def to_pil(img):
-    try:
-        from PIL import Image
-    except ImportError:
-        return None
+def to_pil(img) -> Image.Image | None:
+    """A PIL image from an image, a tensor or an array (CHW or HWC, [0, 1] floats or bytes); None for anything
+    else."""
     if isinstance(img, Image.Image):
         return img
-    try:
-        import numpy as np
-        import torch
-
-        if isinstance(img, torch.Tensor):
-            img = img.detach().float().cpu().numpy()
-        if isinstance(img, np.ndarray) and img.ndim in (2, 3):
-            a = img
-            if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-                a = a.transpose(1, 2, 0)
-            if a.dtype != np.uint8:
-                a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8) if a.max() <= 1.0 + 1e-6 else \
-                    np.clip(a, 0, 255).astype(np.uint8)
-            if a.ndim == 3 and a.shape[-1] == 1:
-                a = a[..., 0]
-            return Image.fromarray(a)
-    except Exception:
+    if isinstance(img, torch.Tensor):
+        img = img.detach().float().cpu().numpy()
+    if not isinstance(img, np.ndarray) or img.ndim not in (2, 3):
         return None
-    return None
+    a = img
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = a.transpose(1, 2, 0)
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8) if a.max() <= 1.0 + 1e-6 else \
+            np.clip(a, 0, 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    return Image.fromarray(a)
 
 
 def latency_text(pv) -> str:

@@ -202,7 +202,7 @@ def test_studio_learns_on_clip_models_from_a_data_folder_and_exports_a_vision_to
 
     from studio.ui.catalog import Catalog
     from studio.ui.paths import AllowedRoots
-    from studio.ui.session import StudioEnv
+    from studio.ui.env import StudioEnv
 
     g = torch.Generator().manual_seed(1)
     for t in CLASSES:
@@ -217,12 +217,12 @@ def test_studio_learns_on_clip_models_from_a_data_folder_and_exports_a_vision_to
         s.add_model(ref)
     s.set_base(clip["base"])
     assert [s.labels[e] for e in s.experts()] == list(CLASSES)
-    lr = s.learn("samerging", steps=5, data=str(tmp_path / "data"))
+    lr = s.learning.learn("samerging", steps=5, data=str(tmp_path / "data"))
     assert lr.recipe is None and lr.scores == {}
     assert lr.result.metrics["objective_end"] < lr.result.metrics["objective_start"]
     with pytest.raises(StudioError, match="cannot become a recipe"):
-        s.load_learned()
-    res = s.export_learned(str(tmp_path / "exported"))
+        s.learning.load()
+    res = s.learning.export(str(tmp_path / "exported"))
     assert (tmp_path / "exported" / "config.json").is_file(), res
     tower = CLIPVisionModel.from_pretrained(tmp_path / "exported")
     got = {f"vision_model.{k}": v for k, v in tower.state_dict().items()}

@@ -19,7 +19,7 @@ def toy_family(tmp_path_factory):
 def env(toy_family, tmp_path):
     from studio.ui.catalog import Catalog
     from studio.ui.paths import AllowedRoots
-    from studio.ui.session import StudioEnv
+    from studio.ui.env import StudioEnv
 
     return StudioEnv(Catalog({"toy": toy_family}), AllowedRoots([tmp_path]), device="cpu")
 
@@ -38,7 +38,7 @@ def studio_server(toy_family, tmp_path_factory):
     from studio.ui.app import build_app
     from studio.ui.catalog import Catalog, zoo_families
     from studio.ui.paths import AllowedRoots
-    from studio.ui.session import StudioEnv
+    from studio.ui.env import StudioEnv
 
     out = tmp_path_factory.mktemp("exports")
     families = zoo_families()

@@ -35,8 +35,8 @@ def test_client_preview_changes_and_matches_cli_merge(studio_server):
     out = c.predict(server["family"], api_name="/load_family")
     first = _raw(server, out)
     assert first["metric"] and first["per_task"]
-    out = c.predict("g:lambda", 0.9, api_name="/set_param")
-    out = c.predict("m:0:weight", 1.6, api_name="/set_param")
+    out = c.predict("parameters.lambda", 0.9, api_name="/set_param")
+    out = c.predict("models.0.weight", 1.6, api_name="/set_param")
     second = _raw(server, out)
     assert second["per_task"] != first["per_task"]
     text = _yaml(server, out)
@@ -60,7 +60,7 @@ def test_two_clients_have_separate_sessions(studio_server):
     a, b = Client(server["url"], verbose=False), Client(server["url"], verbose=False)
     a.predict(server["family"], api_name="/load_family")
     b.predict(server["family"], api_name="/load_family")
-    out_a = a.predict("g:lambda", 1.7, api_name="/set_param")
+    out_a = a.predict("parameters.lambda", 1.7, api_name="/set_param")
     out_b = b.predict(api_name="/preview")
     assert "lambda: 1.7" in _yaml(server, out_a)
     assert "lambda: 1.7" not in _yaml(server, out_b)

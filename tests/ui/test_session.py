@@ -10,8 +10,14 @@ import torch
 from studio.engine import merge_in_memory
 from studio.errors import RecipeError, StudioError
 from studio.recipe import Recipe
-from studio.ui import controls as C
+from studio.recipe import edit as E
+from studio.ui.controls import controls_view
+from studio.ui.exporting import export_recipe
 from studio.ui.paths import AllowedRoots, PathNotAllowed
+
+
+def controls(s):
+    return controls_view(s.recipe, s.layout(), s.target, s.label)
 
 
 def test_default_recipe_previews_numbers(env, toy_family):
@@ -27,8 +33,8 @@ def test_default_recipe_previews_numbers(env, toy_family):
 
 def test_preview_equals_cli_merge_evaluated_the_same_way(env, toy_family):
     s = env.new_session()
-    s.set_global("lambda", 0.7)
-    s.set_model_param(1, "weight", 0.4)
+    s.set_value("parameters.lambda", 0.7)
+    s.set_value("models.1.weight", 0.4)
     s.set_group_value("L01", 0.2)
     pv = s.preview()
     state = merge_in_memory(Recipe.from_yaml(s.yaml()))
@@ -50,15 +56,15 @@ def test_slider_changes_move_the_numbers_and_only_recompute_changed_groups(env):
 
 def test_controls_round_trip_through_yaml(env):
     s = env.new_session()
-    s.set_global("lambda", 0.8)
+    s.set_value("parameters.lambda", 0.8)
     s.set_group_value("L01", 0.1)
     s.set_rules_text("fc.bias: 0.25\n# comment\nembed = 0.5")
-    s.set_model_param(2, "weight", 0.6)
+    s.set_value("models.2.weight", 0.6)
     text = s.yaml()
     other = env.new_session()
     other.set_yaml(text)
     assert other.recipe == s.recipe
-    cv = other.controls()
+    cv = controls(other)
     assert cv.group_values == [0.8, 0.8, 0.1, 0.8, 0.8]
     assert cv.rules_text == "fc.bias: 0.25\nembed: 0.5"
     assert [sl.value for sl in cv.model_rows[2].slots if sl.name == "weight"] == [0.6]
@@ -79,7 +85,7 @@ def test_yaml_edit_updates_controls_and_bad_yaml_is_a_message(env):
     s = env.new_session()
     text = s.yaml().replace("lambda: 0.5", "lambda: 1.25")
     s.set_yaml(text)
-    assert [sl.value for sl in s.controls().global_slots if sl.name == "lambda"] == [1.25]
+    assert [sl.value for sl in controls(s).global_slots if sl.name == "lambda"] == [1.25]
     before = dict(s.recipe)
     with pytest.raises(RecipeError, match="invalid YAML at line"):
         s.set_yaml("merge_method: [unclosed")
@@ -105,7 +111,7 @@ def test_curves_presets_and_group_values(env):
     s.apply_preset("GRAD_V")
     vals = s.group_values()
     assert vals[0] == pytest.approx(1.0) and vals[-1] == pytest.approx(1.0) and min(vals) < 0.5
-    s.set_target("m:0:weight")
+    s.set_target("models.0.weight")
     s.set_group_value("L00", 0.0)
     assert s.recipe["models"][0]["parameters"]["weight"] == {"*": 1.0, "L00": 0.0}
 
@@ -114,14 +120,14 @@ def test_sd_presets_map_exactly_onto_26_blocks():
     from studio.layout.presets import lookup_preset
 
     groups = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)] + ["VAE"]
-    vals = C.preset_values("GRAD_V", groups)
+    vals = E.preset_values("GRAD_V", groups)
     assert vals[:26] == lookup_preset("GRAD_V", 27) and len(vals) == 27
 
 
 def test_undo_and_history_restore(env):
     s = env.new_session()
     s.preview()
-    s.set_global("lambda", 0.9)
+    s.set_value("parameters.lambda", 0.9)
     s.preview()
     s.set_method("ties")
     assert s.recipe["merge_method"] == "ties"
@@ -138,7 +144,7 @@ def test_undo_and_history_restore(env):
 def test_method_switch_generates_the_new_controls(env):
     s = env.new_session()
     s.set_method("slerp")
-    names = [sl.name for sl in s.controls().global_slots]
+    names = [sl.name for sl in controls(s).global_slots]
     assert "t" in names and s.recipe["parameters"]["t"] == 0.5
     ok, verdict = s.dry_run()
     assert not ok and "slerp" in verdict  # three experts: the dry run says why, before any tensor loads
@@ -149,7 +155,7 @@ def test_method_switch_generates_the_new_controls(env):
 
 def test_sessions_are_isolated(env):
     a, b = env.new_session(), env.new_session()
-    a.set_global("lambda", 1.1)
+    a.set_value("parameters.lambda", 1.1)
     a.set_method("ties")
     assert b.recipe["merge_method"] == "task_arithmetic" and b.recipe["parameters"]["lambda"] == 0.5
     pa, pb = a.preview(), b.preview()
@@ -175,7 +181,7 @@ def test_newer_request_supersedes_older(env):
 def test_export_writes_file_and_card(env, tmp_path):
     s = env.new_session()
     fracs = []
-    res = s.export(str(tmp_path / "out" / "m.safetensors"), "float16", progress=fracs.append)
+    res = export_recipe(s, str(tmp_path / "out" / "m.safetensors"), "float16", progress=fracs.append)
     assert res["bytes"] > 0 and res["path"].endswith("m.safetensors")
     assert "task_arithmetic" in res["card"] and fracs and fracs[-1] == pytest.approx(1.0)
     from safetensors.torch import load_file
@@ -184,10 +190,10 @@ def test_export_writes_file_and_card(env, tmp_path):
     ref = merge_in_memory(s.recipe_obj())
     assert out["blocks.0.fc.weight"].dtype == torch.float16
     assert torch.allclose(out["blocks.0.fc.weight"].float(), ref["blocks.0.fc.weight"], atol=1e-3)
-    folder = s.export(str(tmp_path / "folder"), "float32")
+    folder = export_recipe(s, str(tmp_path / "folder"), "float32")
     assert any(f.endswith("README.md") for f in folder["files"]) and "```yaml" in folder["card"]
     with pytest.raises(PathNotAllowed):
-        s.export("/tmp/not-allowed-" + tmp_path.name + "/x.safetensors")
+        export_recipe(s, "/tmp/not-allowed-" + tmp_path.name + "/x.safetensors")
 
 
 def test_add_model_respects_allowed_roots(env, toy_family, tmp_path):
@@ -221,19 +227,10 @@ def test_allowed_roots(tmp_path):
         roots.check_reference(f"{ok}+{tmp_path / 'b' / 'l.safetensors'}")
 
 
-def test_setting_helpers():
-    assert C.compress_groups({"A": 1, "B": 1}, ["A", "B"]) == 1
-    assert C.compress_groups({"A": 1, "B": 2, "C": 2}, ["A", "B", "C"]) == {"*": 2, "A": 1}
-    assert C.split_setting([{"filter": "x", "value": 1}, {"value": 2}]) == ([{"filter": "x", "value": 1}], 2)
-    assert C.body_group_values([0, 1], ["A", "B", "C"], 0) == [0, 0.5, 1]
-    with pytest.raises(RecipeError):
-        C.parse_rules("no separator here")
-
-
 def test_formula_fills_in_numbers(env):
     s = env.new_session()
-    s.set_global("lambda", 0.3)
-    s.set_model_param(0, "weight", 2.0)
+    s.set_value("parameters.lambda", 0.3)
+    s.set_value("models.0.weight", 2.0)
     f = s.formula()
     assert "0.3·(2·τ[alpha] + 1·τ[beta] + 1·τ[gamma])" in f and "alpha 0.6" in f
     s.set_method("linear")
@@ -244,7 +241,7 @@ def test_sweep_marks_current_value(env):
     s = env.new_session()
     s.preview()
     fracs = []
-    data = s.sweep("g:lambda", points=5, lo=0.0, hi=1.0, progress=lambda f, m: fracs.append(f))
+    data = s.landscapes.sweep("parameters.lambda", points=5, lo=0.0, hi=1.0, progress=lambda f, m: fracs.append(f))
     assert data["x"]["values"] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert data["x"]["path"] == ["parameters", "lambda"] and fracs[-1] == pytest.approx(1.0)
     cur = [m for m in data["markers"] if m["name"] == "current"]
@@ -254,7 +251,7 @@ def test_sweep_marks_current_value(env):
     assert data["results"][2]["per_task"] == pv.result["per_task"]
     assert data["z"][2] == pytest.approx(pv.result["average"]) == pytest.approx(cur[0]["score"])
     # a per-model setting sweeps that model only
-    data = s.sweep("m:1:weight", points=3, lo=0.0, hi=2.0)
+    data = s.landscapes.sweep("models.1.weight", points=3, lo=0.0, hi=2.0)
     assert data["x"]["path"] == ["models", 1, "weight"] and len(data["z"]) == 3
     assert s.recipe_obj().models[1].parameters["weight"] == 1.0  # the recipe is untouched
 
@@ -264,7 +261,7 @@ def test_task_plane_markers_are_the_merges_they_name(env, toy_family):
     alpha, beta = str(toy_family.experts["alpha"]), str(toy_family.experts["beta"])
     s.set_included([alpha, beta])
     s.preview()
-    data = s.landscape_plane(alpha, beta, steps=5)
+    data = s.landscapes.plane(alpha, beta, steps=5)
     assert data["x"]["values"] == pytest.approx([-0.5, 0.0, 0.5, 1.0, 1.5]) and len(data["z"]) == 5
     assert data["x"]["label"] == "α · τ(alpha)" and data["y"]["label"] == "β · τ(beta)"
     marks = {m["name"]: m for m in data["markers"]}
@@ -280,4 +277,26 @@ def test_task_plane_markers_are_the_merges_they_name(env, toy_family):
     assert cur["residual"] < 1e-3 and cur["score"] == pytest.approx(s.preview().result["average"])
     with pytest.raises(StudioError, match="two merged models"):
         s.set_included([alpha])
-        s.landscape_plane()
+        s.landscapes.plane()
+
+
+def test_optimize_offers_the_declared_learners_with_controls_for_their_hyperparameters(env):
+    from studio.learn import get_learner, list_variants
+    from studio.ui.learning import choices, drawable
+    from studio.ui.panels.optimize import MAX_HPARAMS
+
+    assert [c for _, c in choices()] == [v.name for v in list_variants()]
+    assert dict((c, lab) for lab, c in choices())["adamerging_task"] == "AdaMerging · task-wise"
+    for v in list_variants():
+        assert sum(drawable(p) for p in get_learner(v.learner).params) <= MAX_HPARAMS, v.name
+    s = env.new_session()
+    s.learning.choose("adamerging_task")
+    shown = {p.name: value for p, value in s.learning.params()}
+    assert shown == {"granularity": "task", "init": 0.3, "lr": 1e-3, "batch_size": 16}  # clamp (a tuple) is not drawn
+    s.learning.set_param(list(shown).index("lr"), "0.05")
+    s.learning.set_param(list(shown).index("batch_size"), 8.0)
+    assert s.learning.settings == {"lr": 0.05, "batch_size": 8}
+    with pytest.raises(RecipeError, match="batch_size"):
+        s.learning.set_param(list(shown).index("batch_size"), 2.5)
+    s.learning.choose("samerging")
+    assert s.learning.settings == {} and dict((p.name, v) for p, v in s.learning.params())["temperature"] is None

@@ -17,7 +17,7 @@ pytest.importorskip("studio.learn")
 def zoo_env(tmp_path_factory):
     from studio.ui.catalog import Catalog, zoo_families
     from studio.ui.paths import AllowedRoots
-    from studio.ui.session import StudioEnv
+    from studio.ui.env import StudioEnv
 
     families = zoo_families()
     if not {"vision", "text", "diffusion"} <= set(families):
@@ -32,11 +32,11 @@ def test_learned_coefficients_load_into_the_recipe_and_move_the_preview(zoo_env)
     s = zoo_env.new_session("vision")
     first = s.preview()
     fracs = []
-    lr = s.learn("adamerging_task", steps=6, progress=lambda f, m: fracs.append(f), lr=0.05)
+    lr = s.learning.learn("adamerging_task", steps=6, progress=lambda f, m: fracs.append(f), lr=0.05)
     assert fracs[0] == 0.0 and fracs[-1] == pytest.approx(1.0)
     assert lr.recipe is not None and len(lr.result.history) == 6
     assert s.recipe["merge_method"] == "task_arithmetic" and s.recipe["parameters"] == {"lambda": 0.3}  # not yet
-    s.load_learned()
+    s.learning.load()
     assert s.recipe == lr.recipe and s.recipe["name"].startswith("adamerging")
     weights = [m["parameters"]["weight"] for m in s.recipe["models"]]
     assert len(set(weights)) > 1  # learned, one coefficient per task
@@ -46,7 +46,7 @@ def test_learned_coefficients_load_into_the_recipe_and_move_the_preview(zoo_env)
     assert pv.result["average"] == pytest.approx(lr.scores["average"], abs=0.6)
     assert s.history[-1].method == "task_arithmetic" and s.history[-1].recipe == lr.recipe
     # its trajectory is drawn on the task-vector plane of the same models
-    data = s.landscape_plane(steps=5)
+    data = s.landscapes.plane(steps=5)
     assert len(data["trajectories"]) == 1 and len(data["trajectories"][0]["x"]) >= 2
     assert "trajectory" in data["trajectories"][0]["name"] and "projected" in data["note"]
     assert s.undo() and s.recipe["parameters"] == {"lambda": 0.3}
@@ -58,19 +58,19 @@ def test_learned_weights_are_previewed_and_exported_not_recorded(zoo_env):
     s = zoo_env.new_session("vision")
     s.preview()
     n_hist = len(s.history)
-    lr = s.learn("regmean")
+    lr = s.learning.learn("regmean")
     assert lr.recipe is None and lr.result.state_dict
     with pytest.raises(StudioError, match="merged weights"):
-        s.load_learned()
-    pv = s.preview_learned()
+        s.learning.load()
+    pv = s.learning.preview()
     assert pv.source and "RegMean" in pv.source and pv.result == lr.scores
     assert "RegMean" in V.latency_text(pv) and len(s.history) == n_hist
-    res = s.export_learned(str(zoo_env.out / "regmean.safetensors"), "float32")
+    res = s.learning.export(str(zoo_env.out / "regmean.safetensors"), "float32")
     sd = load_file(res["path"])
     key = next(k for k in sd if k.endswith("fc1.weight"))
     assert torch.equal(sd[key], lr.result.state_dict[key].float().cpu())
     with pytest.raises(StudioError, match="exists"):
-        s.export_learned(str(zoo_env.out / "regmean.safetensors"))
+        s.learning.export(str(zoo_env.out / "regmean.safetensors"))
     assert s.preview().source is None  # the next preview is the recipe's again
 
 
@@ -104,7 +104,7 @@ def test_diffusion_family_images_and_style_scores(zoo_env):
     assert len(imgs) == 1 and V.samples_markdown(pv) == ""
     assert imgs[0][0].size == (2 * (4 * 65 + 1), 2 * (2 * 65 + 1))  # 8 tiles of 64 px rewrapped 4 per row, ×2
     with pytest.raises(StudioError, match="no task data"):
-        s.learn("adamerging_task", steps=2)
+        s.learning.learn("adamerging_task", steps=2)
 
 
 def test_optimize_learns_on_the_users_own_models_and_data_folder(tmp_path):
@@ -115,10 +115,10 @@ def test_optimize_learns_on_the_users_own_models_and_data_folder(tmp_path):
 
     import pydoc_data.topics
 
-    from studio.ui.app import learned_markdown, learn_readiness
+    from studio.ui.learning import learned_markdown
     from studio.ui.catalog import Catalog
     from studio.ui.paths import AllowedRoots, PathNotAllowed
-    from studio.ui.session import StudioEnv
+    from studio.ui.env import StudioEnv
     from studio.zoo import get_family
 
     fam = get_family("text")
@@ -132,21 +132,21 @@ def test_optimize_learns_on_the_users_own_models_and_data_folder(tmp_path):
     s.set_base(str(fam.base))
     for t in ("prose", "code"):
         s.add_model(str(fam.experts[t]))
-    assert "Give a folder of **unlabeled data** above" in learn_readiness(s)
+    assert "Give a folder of **unlabeled data** above" in s.learning.readiness()
     with pytest.raises(StudioError, match="needs unlabeled data"):
-        s.learn("adamerging_task", steps=2)
+        s.learning.learn("adamerging_task", steps=2)
     with pytest.raises(PathNotAllowed):
-        s.learn("adamerging_task", steps=2, data="/etc")
+        s.learning.learn("adamerging_task", steps=2, data="/etc")
     data = tmp_path / "data"
     (data / "prose").mkdir(parents=True)
     (data / "code").mkdir()
     (data / "prose" / "a.txt").write_text(" ".join(list(pydoc_data.topics.topics.values())[:20]))
     (data / "code" / "a.txt").write_text(inspect.getsource(_json.decoder) + inspect.getsource(_json.encoder))
-    lr = s.learn("adamerging_task", steps=4, data=str(data), lr=0.05)
+    lr = s.learning.learn("adamerging_task", steps=4, data=str(data), lr=0.05)
     assert lr.scores == {} and lr.recipe is not None
     assert lr.result.metrics["objective_end"] < lr.result.metrics["objective_start"]
     assert "no evaluator for these models" in learned_markdown(lr)
-    s.load_learned()
+    s.learning.load()
     weights = [m["parameters"]["weight"] for m in s.recipe["models"]]
     assert len(set(map(str, weights))) == 2 and all(w != 1.0 for w in weights)
 
@@ -154,7 +154,7 @@ def test_optimize_learns_on_the_users_own_models_and_data_folder(tmp_path):
 def test_family_about_describes_the_tasks_with_a_picture_for_vision(zoo_env):
     import numpy as np
 
-    from studio.ui.app import family_about
+    from studio.ui.panels.models import family_about
 
     md, sheet = family_about(zoo_env.catalog, "vision")
     fam = zoo_env.catalog.get("vision")

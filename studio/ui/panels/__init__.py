@@ -1,2 +1,8 @@
-"""Gradio panels: each ``build()`` lays out one panel's components and returns them in a namespace; the wiring of
-events to :class:`studio.ui.session.Session` methods lives in :mod:`studio.ui.app`."""
+"""Gradio panels, one file each. A panel module has four functions:
+
+* ``build(...)`` lays out its components (inside the tab the app opens) and returns them in a namespace;
+* ``rendered(ns)`` lists the components ``render`` fills;
+* ``render(ns, session)`` says what they show for a session ({component: properties}); the app sends only what
+  differs from what the page shows;
+* ``wire(ui)`` connects its events to Session calls through :meth:`studio.ui.app.StudioUI.on`.
+"""

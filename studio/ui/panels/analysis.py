@@ -7,7 +7,11 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from ... import figures
+from ..controls import path_choices
+
 GRID_MIN, GRID_MAX, GRID_DEFAULT = 5, 15, 7
+DIAGNOSTIC_PLOTS = 4
 
 
 def build() -> SimpleNamespace:
@@ -43,5 +47,69 @@ def build() -> SimpleNamespace:
                     elem_classes=["panel-note"])
         ns.diag_btn = gr.Button("Compute diagnostics", elem_id="diag-btn")
         ns.diag_note = gr.Markdown()
-        ns.diag_plots = [gr.Plot(show_label=False, visible=False, elem_id=f"diag-{i}") for i in range(4)]
+        ns.diag_plots = [gr.Plot(show_label=False, visible=False, elem_id=f"diag-{i}")
+                         for i in range(DIAGNOSTIC_PLOTS)]
     return ns
+
+
+def rendered(ns) -> list:
+    return [ns.target, ns.plane_x, ns.plane_y]
+
+
+def render(ns, s) -> dict:
+    experts = s.experts()
+    choices = [(s.label(e), e) for e in experts]
+    return {ns.target: {"choices": path_choices(s.recipe, s.label), "value": None if s.target is None else str(s.target)},
+            ns.plane_x: {"choices": choices, "value": experts[0] if experts else None},
+            ns.plane_y: {"choices": choices, "value": experts[1] if len(experts) > 1 else None}}
+
+
+def plane_note(data: dict) -> str:
+    cur = next((m for m in data["markers"] if m["name"] == "current"), None)
+    parts = [f"{data['evaluations']} merges scored in {data['seconds']:.1f} s."]
+    if cur is not None:
+        parts.append(f"Current recipe: {data['score_name']} {cur['score']:.4g}"
+                     + (f", {cur['residual']:.0%} of its task-vector change lies off this plane (the other experts)"
+                        if cur.get("residual", 0) > 0.01 else ", on the plane") + ".")
+    if data.get("note"):
+        parts.append(data["note"])
+    return " ".join(parts)
+
+
+def wire(ui) -> None:
+    ns = ui.a
+    heavy = dict(concurrency_id="heavy")
+
+    def sweep(state, target, points, progress=gr.Progress()):
+        s = ui.session(state)
+        progress(0.0, desc="sweeping")
+        data, err = ui.attempt(lambda: s.landscapes.sweep(target or None, int(points),
+                                                          progress=ui.progress(progress, "sweeping")), "sweep")
+        return gr.update() if err else gr.update(value=figures.sweep_line(data), visible=True)
+
+    ns.sweep_btn.click(sweep, [ui.state, ns.target, ns.points], [ns.landscape], api_name="landscape", **heavy)
+
+    def plane(state, x, y, grid, progress=gr.Progress()):
+        s = ui.session(state)
+        progress(0.0, desc="task-vector plane")
+        data, err = ui.attempt(lambda: s.landscapes.plane(x or None, y or None, int(grid),
+                                                          progress=ui.progress(progress, "task-vector plane")),
+                               "task-vector plane")
+        if err:
+            return f"⚠ {err}", gr.update()
+        return plane_note(data), gr.update(value=figures.landscape_contour(data), visible=True)
+
+    ns.plane_btn.click(plane, [ui.state, ns.plane_x, ns.plane_y, ns.grid], [ns.plane_note, ns.plane],
+                       api_name="landscape_plane", **heavy)
+
+    def diagnostics(state, progress=gr.Progress()):
+        s = ui.session(state)
+        progress(0.0, desc="task-vector statistics")
+        stats, err = ui.attempt(s.landscapes.statistics, "diagnostics")
+        figs = [] if err else figures.diagnostic_figures(stats, limit=DIAGNOSTIC_PLOTS)
+        note = (f"⚠ {err}" if err else
+                f"Task vectors of {len(stats['models']) - 1} models against `{s.label(stats['models'][0])}`.")
+        return [note] + [gr.update(value=figs[i], visible=True) if i < len(figs) else gr.update(visible=False)
+                         for i in range(DIAGNOSTIC_PLOTS)]
+
+    ns.diag_btn.click(diagnostics, [ui.state], [ns.diag_note] + ns.diag_plots, api_name="diagnostics", **heavy)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+
+from ...describe import human_bytes
+from ..exporting import export_recipe
 
 FORMATS = ["single .safetensors file", "folder (weights + config + model card + recipe)"]
 DTYPES = ["float16", "bfloat16", "float32"]
@@ -26,3 +30,45 @@ def build(default_dir: str) -> SimpleNamespace:
     with gr.Accordion("Model card", open=True):
         ns.card = gr.Markdown(elem_id="export-card")
     return ns
+
+
+def rendered(ns) -> list:
+    return []
+
+
+def render(ns, s) -> dict:
+    return {}
+
+
+def card_markdown(card: str) -> str:
+    """A model card for display: its YAML front matter as a code block instead of garbled markdown."""
+    if card.startswith("---"):
+        end = card.find("\n---", 3)
+        if end > 0:
+            return f"```yaml\n{card[3:end].strip()}\n```\n" + card[end + 4:]
+    return card
+
+
+def wire(ui) -> None:
+    ns = ui.e
+
+    def export(state, fmt, dtype, folder, name, overwrite, progress=gr.Progress()):
+        s = ui.session(state)
+        name = (name or "merged").strip()
+        if fmt == FORMATS[0] and not name.endswith(".safetensors"):
+            name += ".safetensors"
+        progress(0.0, desc="planning")
+        target = str(Path(folder or ".") / name)
+        res, err = ui.attempt(lambda: export_recipe(s, target, dtype, bool(overwrite),
+                                                    progress=lambda f: progress(float(f), desc="merging")), "export")
+        if err:
+            return f"⚠ **Export failed:** {err}", ""
+        progress(1.0, desc="done")
+        files = "\n".join(f"- `{f}`" for f in res["files"][:12])
+        gr.Info(f"Exported {human_bytes(res['bytes'])} to {res['path']}")
+        return (f"✓ **Exported** to `{res['path']}` — {human_bytes(res['bytes'])} in {res['seconds']:.2f} s, "
+                f"{res['summary'].get('tensors')} tensors.\n\n{files}",
+                card_markdown(res["card"]) or f"```yaml\n{res['recipe']}\n```")
+
+    ns.button.click(export, [ui.state, ns.format, ns.dtype, ns.folder, ns.name, ns.overwrite], [ns.result, ns.card],
+                    api_name="export", concurrency_id="heavy")

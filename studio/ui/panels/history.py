@@ -19,3 +19,26 @@ def build() -> SimpleNamespace:
         ns.restore = gr.Button("Restore entry", scale=1, elem_id="history-restore")
         ns.undo = gr.Button("↶ Undo last edit", scale=1, elem_id="history-undo")
     return ns
+
+
+def rendered(ns) -> list:
+    return [ns.table]
+
+
+def render(ns, s) -> dict:
+    return {ns.table: {"value": {"headers": HEADERS, "data": s.history_rows()}}}
+
+
+def wire(ui) -> None:
+    ns = ui.h
+
+    def pick(evt: gr.SelectData, table):
+        try:
+            row = evt.index[0]
+            return int(table.iloc[row, 0]) if hasattr(table, "iloc") else int(table[row][0])
+        except (IndexError, KeyError, TypeError, ValueError):  # a click on a header or an empty table
+            return gr.update()
+
+    ns.table.select(pick, [ns.table], [ns.entry], api_visibility="undocumented")
+    ui.on(ns.restore.click, lambda s, n: s.restore(int(n or 0)), [ns.entry], api_name="restore")
+    ui.on(ns.undo.click, ui.undo)

@@ -6,6 +6,9 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from ... import figures
+from .. import preview_view as V
+
 
 def build() -> SimpleNamespace:
     ns = SimpleNamespace()
@@ -26,3 +29,36 @@ def build() -> SimpleNamespace:
     with gr.Accordion("Raw preview numbers", open=False):
         ns.raw = gr.JSON(elem_id="raw-preview")
     return ns
+
+
+def rendered(ns) -> list:
+    """Every component a preview or an edit may change (the status line and the preview's are sent by the app)."""
+    return [ns.formula, ns.latency, ns.status, ns.plot, ns.table, ns.samples, ns.image, ns.gallery, ns.raw]
+
+
+def render(ns, s) -> dict:
+    return {ns.formula: {"value": s.formula()}}
+
+
+def render_preview(ns, s, pv) -> dict:
+    """The preview's components for one Preview (a superseded one only updates the latency line)."""
+    if pv.superseded:
+        return {ns.latency: {"value": V.latency_text(pv)}}
+    headers, rows = V.score_table(pv)
+    metric = (pv.result or {}).get("metric", "score")
+    imgs = V.images(pv)
+    raw = {"metric": pv.result.get("metric"), "average": pv.result.get("average"),
+           "per_task": pv.result.get("per_task"), "latency_ms": round(pv.total_seconds * 1000, 1),
+           "merge_ms": round(pv.merge_seconds * 1000, 1), "eval_ms": round(pv.eval_seconds * 1000, 1),
+           "changed_tensors": pv.changed, "history_id": s.history[-1].id if s.history else None}
+    return {ns.latency: {"value": V.latency_text(pv)}, ns.plot: {"value": V.score_figure(pv)},
+            ns.table: {"value": {"headers": headers, "data": rows}, "label": f"Per-task {metric}"},
+            ns.samples: {"value": V.samples_markdown(pv)},
+            ns.image: {"value": imgs[0][0] if len(imgs) == 1 else None, "visible": len(imgs) == 1},
+            ns.gallery: {"value": imgs if len(imgs) > 1 else None, "visible": len(imgs) > 1},
+            ns.raw: {"value": raw}}
+
+
+def wire(ui) -> None:
+    # re-run = refresh: the whole page is sent again, as the session has it
+    ui.on(ui.p.preview_btn.click, lambda s: None, api_name="preview", refresh=True)

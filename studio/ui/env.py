@@ -1,0 +1,61 @@
+"""What all sessions of one studio share: the demo families, the folders it may touch, the device, the opened
+sources and their header reports, and a semaphore that bounds heavy work (merges, evaluations, exports)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..devices import resolve_device
+from ..engine.live import CachedOpener
+from ..describe import describe
+from ..layout import detect_layout
+from .catalog import Catalog
+from .paths import AllowedRoots
+from .session import Session
+
+
+class StudioEnv:
+    """Shared by every :class:`~studio.ui.session.Session` of one app. Heavy work takes ``heavy`` first."""
+
+    def __init__(self, catalog: Catalog | None = None, roots: AllowedRoots | None = None, device: str = "auto",
+                 max_parallel: int = 1, export_dir: str | None = None):
+        self.catalog = catalog if catalog is not None else Catalog(device="cpu")
+        self.device = str(resolve_device(device))
+        self.catalog.device = self.device
+        self.roots = roots if roots is not None else AllowedRoots()
+        for fam in self.catalog.families.values():  # the zoo's own files are always readable
+            self.roots.add(Path(str(fam.base)).parent)
+            for p in list((getattr(fam, "experts", None) or {}).values()) + list(
+                    (getattr(fam, "loras", None) or {}).values()):
+                self.roots.add(Path(str(p)).parent)
+        self.export_dir = export_dir
+        self.opener = CachedOpener()
+        self.max_parallel = max(1, int(max_parallel))
+        self.heavy = threading.BoundedSemaphore(self.max_parallel)
+        self._describe: dict[str, dict] = {}
+        self._layouts: dict[str, Any] = {}
+
+    def new_session(self, family: str | None = None) -> Session:
+        s = Session(self)
+        fam = family or self.catalog.default_family()
+        if fam:
+            s.load_family(fam)
+        return s
+
+    def default_export_dir(self) -> str:
+        return self.export_dir or (str(self.roots.roots[0]) if self.roots.roots else ".")
+
+    def describe(self, ref: str) -> dict:
+        """The header report of a model reference (kind, architecture, parameters, dtypes, layout), cached."""
+        hit = self._describe.get(ref)
+        if hit is None:
+            hit = self._describe[ref] = describe(self.opener(ref))
+        return hit
+
+    def layout(self, ref: str):
+        hit = self._layouts.get(ref)
+        if hit is None:
+            hit = self._layouts[ref] = detect_layout(self.opener(ref))
+        return hit

@@ -1,0 +1,58 @@
+"""A session's history: every previewed recipe with its numbers, newest last (the History panel shows it newest
+first, and restores an entry by its number)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+MAX_HISTORY = 500
+
+
+@dataclass
+class HistoryEntry:
+    id: int
+    when: float
+    recipe: dict
+    method: str
+    average: float | None
+    per_task: dict
+    metric: str
+    latency_ms: float
+
+
+def record(history: list[HistoryEntry], recipe: dict, result: dict, seconds: float) -> None:
+    r = result or {}
+    history.append(HistoryEntry(
+        id=(history[-1].id + 1) if history else 1, when=time.time(), recipe=copy.deepcopy(recipe),
+        method=recipe.get("merge_method", "?"), average=r.get("average"), per_task=dict(r.get("per_task") or {}),
+        metric=r.get("metric", ""), latency_ms=round(seconds * 1000, 1)))
+    del history[:-MAX_HISTORY]
+
+
+def find(history: list[HistoryEntry], entry_id: int) -> HistoryEntry | None:
+    return next((h for h in history if h.id == int(entry_id)), None)
+
+
+def rows(history: list[HistoryEntry], label) -> list[list]:
+    """Newest first: #, time, method, settings, average, metric, latency ms (``label(ref)`` names a model)."""
+    return [[h.id, time.strftime("%H:%M:%S", time.localtime(h.when)), h.method, settings_summary(h.recipe, label),
+             None if h.average is None else round(float(h.average), 4), h.metric, h.latency_ms]
+            for h in reversed(history)]
+
+
+def settings_summary(recipe: dict, label, limit: int = 120) -> str:
+    parts = [f"{k}={_short(v)}" for k, v in (recipe.get("parameters") or {}).items()]
+    for m in recipe.get("models") or []:
+        parts += [f"{k}[{label(m['model'])}]={_short(v)}" for k, v in (m.get("parameters") or {}).items()]
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (dict, list)):
+        return "per-layer" if isinstance(v, dict) or not all(isinstance(x, dict) for x in v) else "rules"
+    return str(v)

@@ -1,0 +1,116 @@
+"""The Analysis panel's controller: a 1-D sweep of one setting, the task-vector plane of two experts, and the
+task-vector statistics — numbers from :mod:`studio.analysis`, labelled for the session's models; plain Python."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..analysis import landscape_1d, landscape_2d, task_vector_stats
+from ..errors import StudioError
+from ..recipe import edit as E
+from ..recipe.edit import SettingPath
+from .controls import path_label, slider_range
+
+Progress = Callable[[float, str], None]
+
+
+class LandscapeController:
+    def __init__(self, session):
+        self.s = session
+
+    def _evaluator(self):
+        if not self.s.family:
+            raise StudioError("a landscape needs a demo family's evaluator")
+        return self.s.env.catalog.evaluator(self.s.family)
+
+    def sweep(self, target: str | SettingPath | None = None, points: int = 11, lo: float | None = None,
+              hi: float | None = None, progress: Progress | None = None) -> dict:
+        """A 1-D landscape (:func:`studio.analysis.landscape_1d`): the evaluator's average as one setting (one value
+        for every layer) runs from lo to hi, everything else as in the recipe.
+
+        The result is landscape_1d's, plus ``results`` (the evaluator's full result per point, for per-task lines)
+        and ``target``. The resident model is left holding the current recipe.
+        """
+        s = self.s
+        path = SettingPath.parse(target) if target else s.need_target()
+        ev = self._evaluator()
+        r_lo, r_hi, _ = slider_range(E.param_of(s.recipe, path), None)
+        lo = r_lo if lo is None else float(lo)
+        hi = r_hi if hi is None else float(hi)
+        points = max(2, int(points))
+        xs = [lo + (hi - lo) * i / (points - 1) for i in range(points)]
+        if E.param_of(s.recipe, path).kind is int:
+            xs = sorted({int(round(x)) for x in xs})
+        rows: list[dict] = []
+
+        def score(state):
+            r = ev.evaluate(state)
+            rows.append(r)
+            return r["average"]
+
+        metric = s.evaluator_metric()
+        with s.env.heavy, s.lock:
+            data = landscape_1d(s.sync_live(), path, xs, score, device=s.env.device,
+                                score_name=f"average {metric}", progress=progress)
+        data["results"] = rows[:len(xs)]
+        data["target"] = str(path)
+        data["x"]["label"] = path_label(s.recipe, path, s.label)
+        return data
+
+    def plane(self, x_model: str | None = None, y_model: str | None = None, steps: int = 9,
+              progress: Progress | None = None) -> dict:
+        """The task-vector plane θ0 + α·τ_x + β·τ_y scored by the family's preview evaluator
+        (:func:`studio.analysis.landscape_2d`, ``plane="task"``), with base / experts / average / current-recipe
+        markers and, when this session learned a merge of the same models, its trajectory projected onto the plane.
+
+        ``note`` in the result says what was (not) overlaid.
+        """
+        s = self.s
+        ev = self._evaluator()
+        base = s.recipe.get("base_model")
+        experts = s.experts()
+        if not base:
+            raise StudioError("the task-vector plane needs a base model", hint="choose one in the Models tab")
+        if len(experts) < 2:
+            raise StudioError("the task-vector plane needs two merged models besides the base",
+                              hint="tick at least two models in the Models tab")
+        x_model = x_model if x_model in experts else experts[0]
+        y_model = y_model if y_model in experts and y_model != x_model else next(e for e in experts if e != x_model)
+        trajectories, note = None, ""
+        lr = s.learning.last
+        if lr is not None:
+            if lr.base == base and lr.experts == experts:
+                # the points' "loss" is the learner's objective, not the evaluator's score: keep it off the hover
+                trajectories = [{"name": lr.method, "points": [{k: v for k, v in pt.items() if k not in ("loss", "score")}
+                                                               for pt in lr.result.trajectory]}]
+                note = f"Trajectory of the {lr.label} run projected onto the plane."
+            else:
+                note = f"The {lr.label} run merged other models; its trajectory is not shown."
+        metric = s.evaluator_metric()
+        with s.env.heavy, s.lock:
+            data = landscape_2d(s.sync_live(), ev, plane="task", i=x_model, j=y_model, steps=int(steps),
+                                trajectories=trajectories, device=s.env.device, score_name=f"average {metric}",
+                                progress=progress)
+        data["x"]["label"] = f"α · τ({s.label(x_model)})"
+        data["y"]["label"] = f"β · τ({s.label(y_model)})"
+        for m in data["markers"]:
+            if m["name"] in s.labels:
+                m["name"] = s.label(m["name"])
+        for t in data["trajectories"]:
+            t["name"] = f"{lr.label} trajectory" if lr else t["name"]
+        data["note"] = note
+        data["plane_models"] = [x_model, y_model]
+        return data
+
+    def statistics(self, density: float | None = 0.2) -> dict:
+        """Task-vector statistics of the merged models against the base (:func:`studio.analysis.task_vector_stats`),
+        with the session's labels as display names."""
+        s = self.s
+        base, experts = s.recipe.get("base_model"), s.experts()
+        if not base or not experts:
+            raise StudioError("diagnostics compare task vectors: choose a base and at least one other model",
+                              hint="in the Models tab")
+        with s.env.heavy:
+            stats = task_vector_stats([base, *experts], density=density)
+        stats["display_names"] = {m: s.labels[m] for m in stats["models"] if s.labels.get(m)}
+        return stats
