@@ -108,7 +108,7 @@ def open_folder(path: Path, ref: str | None = None) -> TensorSource:
 
 def hub_snapshot(repo: str, revision: str | None) -> Path:
     """Resolve a hub id through huggingface_hub's cache; download only when online and not cached."""
-    try:
+    try:  # imported on the first hub id: most references are local paths, and this import costs ~0.3 s
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover
         raise SourceError("huggingface_hub is not installed", where=repo) from None
