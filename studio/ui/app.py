@@ -111,17 +111,18 @@ class StudioUI:
         components left as the user has them; ``override``: properties to show instead of the rendered ones;
         ``only``: the components the event may update (its outputs)."""
         shown = s.view_cache
-        allowed = None if only is None else {c._id for c in only}
+        allowed = None if only is None else set(only)
         want: dict = {}
         for panel, ns in self.views:
-            if allowed is None or any(c._id in allowed for c in panel.rendered(ns)):
+            if allowed is None or any(c in allowed for c in panel.rendered(ns)):
                 want.update(panel.render(ns, s))
+        want[self.p.status] = {"value": f"⚠ {error}" if error else ""}
         want.update(override or {})
         out: dict[Any, Any] = {self.state: s}
         for comp, props in want.items():
-            if comp in skip or (allowed is not None and comp._id not in allowed):
+            if comp in skip or (allowed is not None and comp not in allowed):
                 continue
-            seen = shown.setdefault(comp._id, {})
+            seen = shown.setdefault(comp, {})
             diff = {k: v for k, v in props.items() if k not in seen or seen[k] != v}
             if diff:
                 seen.update(diff)
@@ -129,17 +130,13 @@ class StudioUI:
         if pv is not None and shown.get(_SHOWN_PV) is not pv:
             shown[_SHOWN_PV] = pv
             out.update({c: _update(props) for c, props in preview_panel.render_preview(self.p, s, pv).items()})
-        status = f"⚠ {error}" if error else ""
-        if shown.get(self.p.status._id) != status:
-            shown[self.p.status._id] = status
-            out[self.p.status] = status
         return out
 
     def remember(self, s: Session, comps: Sequence, values: Sequence) -> None:
         """What the browser shows now in the controls a user just used (their values arrived with the event)."""
         for comp, value in zip(comps, values):
             if isinstance(comp, VALUE_CONTROLS):
-                s.view_cache.setdefault(comp._id, {})["value"] = value
+                s.view_cache.setdefault(comp, {})["value"] = value
 
     # ------------------------------------------------------------------------------------------- events
     def attempt(self, fn: Callable[[], Any], what: str) -> tuple[Any, str | None]:
