@@ -170,9 +170,10 @@ class StudioUI:
             if refresh:
                 s.view_cache.clear()
             self.remember(s, comps, values)
+            before = s.recipe
             extra, error = self.attempt(lambda: fn(s, *values), "edit")
             pv = s.last_preview
-            if preview:
+            if preview and not (error and s.recipe == before):  # a refused edit changed nothing to preview
                 fresh, perr = self.attempt(s.preview, "preview")
                 pv, error = fresh or pv, error or perr
             out = self.changes(s, pv, error, only=None if scope is None else outputs)

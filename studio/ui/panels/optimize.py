@@ -35,13 +35,12 @@ def build(methods: list[tuple[str, str]], default_name: str = "learned") -> Simp
                          placeholder="a folder with a subfolder per merged model (images or .txt) — empty: the demo "
                                      "family's unlabeled splits")
     with gr.Accordion("Hyperparameters (the method's declared defaults)", open=False):
-        with gr.Row(equal_height=True):
-            ns.hp_number = [gr.Number(visible=False, elem_id=f"learn-hp-{i}", min_width=160)
-                            for i in range(MAX_HPARAMS)]
-            ns.hp_check = [gr.Checkbox(visible=False, elem_id=f"learn-hp-check-{i}", min_width=160)
-                           for i in range(MAX_HPARAMS)]
-            ns.hp_drop = [gr.Dropdown(visible=False, elem_id=f"learn-hp-drop-{i}", min_width=160)
-                          for i in range(MAX_HPARAMS)]
+        ns.hp_number, ns.hp_check, ns.hp_drop = [], [], []
+        with gr.Row(equal_height=True):  # slot by slot, so the shown controls keep the declared order
+            for i in range(MAX_HPARAMS):
+                ns.hp_number.append(gr.Number(visible=False, elem_id=f"learn-hp-{i}", min_width=160))
+                ns.hp_check.append(gr.Checkbox(visible=False, elem_id=f"learn-hp-check-{i}", min_width=160))
+                ns.hp_drop.append(gr.Dropdown(visible=False, elem_id=f"learn-hp-drop-{i}", min_width=160))
     ns.state_note = gr.Markdown(elem_id="learn-note")
     ns.result = gr.Markdown(elem_id="learn-result")
     with gr.Row(visible=False) as ns.actions:
