@@ -314,10 +314,10 @@ def preview_scores(result: dict, base: dict | None = None, experts: dict | None 
     per = result.get("per_task") or {}
     metric = result.get("metric", "score")
     tasks = list(per)
+    series = (("base", base, "base", 1.0), ("expert (own task)", experts, "expert", 1.0),
+              ("previous merge", previous, "previous", 0.6), ("merge", per, "merge", 1.0))
     bars = [dict(name=name, scores=scores, color=PREVIEW_COLORS[key], opacity=opacity)
-            for name, scores, key, opacity in (("base", base, "base", 1.0), ("expert (own task)", experts, "expert", 1.0),
-                                               ("previous merge", previous, "previous", 0.6), ("merge", per, "merge", 1.0))
-            if scores or key == "merge"]
+            for name, scores, key, opacity in series if scores or key == "merge"]
     data = [go.Bar(name=b["name"], x=tasks, y=[_number((b["scores"] or {}).get(t)) for t in tasks],
                    marker_color=b["color"], opacity=b["opacity"]) for b in bars]
     layout = dict(template=TEMPLATE, barmode="group", height=330, bargap=0.2, title=title,

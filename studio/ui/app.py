@@ -43,7 +43,6 @@ CSS = """
 .method-doc {font-size: 0.9em; color: var(--body-text-color-subdued)}
 """
 
-HEAVY = "heavy"
 PANELS = (models_panel, recipe_panel, analysis_panel, export_panel, history_panel, optimize_panel, preview_panel)
 # controls whose value a user sets in the browser (an event carrying it tells us what the page shows now)
 VALUE_CONTROLS = (gr.Slider, gr.Number, gr.Checkbox, gr.CheckboxGroup, gr.Dropdown, gr.Radio, gr.Textbox, gr.Code)
@@ -56,6 +55,8 @@ def _theme():
 
 class StudioUI:
     """Builds the Blocks for one StudioEnv; ``demo`` is the gr.Blocks, ``launch()`` starts it."""
+
+    HEAVY = "heavy"  # the concurrency group of merges, evaluations and exports (its size: --max-parallel)
 
     def __init__(self, env: StudioEnv):
         self.env = env
@@ -153,15 +154,13 @@ class StudioUI:
             return None, f"{type(e).__name__}: {e}"
 
     def on(self, trigger, fn: Callable[..., Any], inputs: Sequence = (), *, api_name: str | None = None,
-           preview: bool = True, refresh: bool = False, scope: Sequence | None = None,
-           extra_outputs: Sequence = (), progress_on=None):
+           preview: bool = True, refresh: bool = False, scope: Sequence | None = None):
         """Wire ``trigger`` (e.g. ``slider.release``) to ``fn(session, *values)``. After ``fn``, the recipe is
         re-previewed (``preview``) and only what changed is sent back (``refresh``: everything, as on a new page).
 
         ``scope``: the only components (besides the preview's) this event can change. Every output costs the page
         about a millisecond per event even when unchanged, so frequent events (a per-layer slider) name a small
-        scope; structural ones (a method switch, undo) leave it None: the whole page. With ``extra_outputs``, ``fn``
-        may return a dict of updates for them."""
+        scope; structural ones (a method switch, undo) leave it None: the whole page."""
         comps = list(inputs)
         outputs = self.outputs if scope is None else [self.state] + preview_panel.rendered(self.p) + list(scope)
 
@@ -171,20 +170,16 @@ class StudioUI:
                 s.view_cache.clear()
             self.remember(s, comps, values)
             before = s.recipe
-            extra, error = self.attempt(lambda: fn(s, *values), "edit")
+            _, error = self.attempt(lambda: fn(s, *values), "edit")
             pv = s.last_preview
             if preview and not (error and s.recipe == before):  # a refused edit changed nothing to preview
                 fresh, perr = self.attempt(s.preview, "preview")
                 pv, error = fresh or pv, error or perr
-            out = self.changes(s, pv, error, only=None if scope is None else outputs)
-            if extra_outputs and isinstance(extra, dict):
-                out.update(extra)
-            return out
+            return self.changes(s, pv, error, only=None if scope is None else outputs)
 
         names = {"api_name": api_name} if api_name else {"api_visibility": "undocumented"}
-        return trigger(handler, [self.state] + comps, outputs + list(extra_outputs), **names,
-                       concurrency_id=HEAVY, trigger_mode="always_last",
-                       show_progress_on=progress_on or [self.p.latency])
+        return trigger(handler, [self.state] + comps, outputs, **names, concurrency_id=self.HEAVY,
+                       trigger_mode="always_last", show_progress_on=[self.p.latency])
 
     @staticmethod
     def progress(progress: gr.Progress, default: str) -> Callable[[float, str], None]:

@@ -81,8 +81,8 @@ class LandscapeController:
         if lr is not None:
             if lr.base == base and lr.experts == experts:
                 # the points' "loss" is the learner's objective, not the evaluator's score: keep it off the hover
-                trajectories = [{"name": lr.method, "points": [{k: v for k, v in pt.items() if k not in ("loss", "score")}
-                                                               for pt in lr.result.trajectory]}]
+                points = [{k: v for k, v in pt.items() if k not in ("loss", "score")} for pt in lr.result.trajectory]
+                trajectories = [{"name": lr.method, "points": points}]
                 note = f"Trajectory of the {lr.label} run projected onto the plane."
             else:
                 note = f"The {lr.label} run merged other models; its trajectory is not shown."

@@ -194,7 +194,8 @@ def test_setting_helpers():
     assert E.compress_groups({"A": 1, "B": 2, "C": 2}, ["A", "B", "C"]) == {"*": 2, "A": 1}
     assert E.split_setting([{"filter": "x", "value": 1}, {"value": 2}]) == ([{"filter": "x", "value": 1}], 2)
     abc = Layout(name="abc", groups=["A", "B", "C"])  # a block layout: group i sits at t = i / 2
-    r = {"merge_method": "task_arithmetic", "base_model": "b", "models": [{"model": "a"}], "parameters": {"lambda": [0, 1]}}
+    r = {"merge_method": "task_arithmetic", "base_model": "b", "models": [{"model": "a"}],
+         "parameters": {"lambda": [0, 1]}}
     assert E.group_values(r, SettingPath("lambda"), abc) == [0, 0.5, 1]
     with pytest.raises(RecipeError):
         E.parse_rules("no separator here")

@@ -59,7 +59,8 @@ def rendered(ns) -> list:
 def render(ns, s) -> dict:
     experts = s.experts()
     choices = [(s.label(e), e) for e in experts]
-    return {ns.target: {"choices": path_choices(s.recipe, s.label), "value": None if s.target is None else str(s.target)},
+    target = None if s.target is None else str(s.target)
+    return {ns.target: {"choices": path_choices(s.recipe, s.label), "value": target},
             ns.plane_x: {"choices": choices, "value": experts[0] if experts else None},
             ns.plane_y: {"choices": choices, "value": experts[1] if len(experts) > 1 else None}}
 
@@ -78,7 +79,7 @@ def plane_note(data: dict) -> str:
 
 def wire(ui) -> None:
     ns = ui.a
-    heavy = dict(concurrency_id="heavy")
+    heavy = dict(concurrency_id=ui.HEAVY)
 
     def sweep(state, target, points, progress=gr.Progress()):
         s = ui.session(state)

@@ -71,4 +71,4 @@ def wire(ui) -> None:
                 card_markdown(res["card"]) or f"```yaml\n{res['recipe']}\n```")
 
     ns.button.click(export, [ui.state, ns.format, ns.dtype, ns.folder, ns.name, ns.overwrite], [ns.result, ns.card],
-                    api_name="export", concurrency_id="heavy")
+                    api_name="export", concurrency_id=ui.HEAVY)

@@ -109,7 +109,7 @@ def wire(ui) -> None:
                 ns.export_box: gr.update(visible=lr.recipe is None), ns.export_result: ""}
 
     ns.run.click(learn, [ui.state, ns.method, ns.steps, ns.data], ui.outputs + after, api_name="learn",
-                 concurrency_id="heavy", show_progress_on=[ns.result])
+                 concurrency_id=ui.HEAVY, show_progress_on=[ns.result])
     ui.on(ns.load_btn.click, lambda s: s.learning.load(), api_name="load_learned")
     ui.on(ns.show_btn.click, lambda s: s.learning.preview(), api_name="preview_learned", preview=False)
 
@@ -124,4 +124,4 @@ def wire(ui) -> None:
         return f"✓ **Exported** {human_bytes(res['bytes'])} in {res['seconds']:.2f} s\n\n{files}"
 
     ns.export_btn.click(export, [ui.state, ns.export_name, ns.export_dtype, ns.export_overwrite], [ns.export_result],
-                        api_name="export_learned", concurrency_id="heavy")
+                        api_name="export_learned", concurrency_id=ui.HEAVY)
