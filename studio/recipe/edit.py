@@ -182,7 +182,7 @@ def compress_groups(values: dict[str, float], groups: list[str], default=None):
 
 def is_per_group(body) -> bool:
     """Whether a body gives different groups different values (a list, a mapping, a block-weight string)."""
-    return isinstance(body, (list, dict)) or (isinstance(body, str) and not _numeric(body))
+    return isinstance(body, (list, dict, str))
 
 
 def get_setting(recipe: dict, path: SettingPath):
@@ -260,6 +260,9 @@ def plain_value(recipe: dict, path: SettingPath, layout: Layout | None = None) -
     """The one number a setting has where ``path`` points (one group's value for a group path, else the setting's
     when it is the same for every tensor); None when it varies (per group, by rules) or is not a number."""
     path = SettingPath.parse(path)
+    if path.index == "*":  # every model: their one common value, if they share it
+        values = {plain_value(recipe, one, layout) for one in path.expand(recipe)}
+        return values.pop() if len(values) == 1 else None
     if path.first is not None and layout is not None and path.last is None:
         return group_values(recipe, path, layout)[layout.groups.index(path.first)]
     value, per_group, rules = scalar_value(recipe, path)
@@ -288,7 +291,7 @@ def _put(recipe: dict, path: SettingPath, value) -> dict:
     if value is None:
         params.pop(path.name, None)
     else:
-        params[path.name] = value
+        params[path.name] = copy.deepcopy(value)  # the result shares nothing with the caller's objects
     if not params:
         (out if path.index is None else out["models"][path.index]).pop("parameters", None)
     return out
@@ -320,12 +323,15 @@ def set_group_values(recipe: dict, path: SettingPath, layout: Layout, values: di
                           hint=f"its groups: {', '.join(groups)}")
     merged = dict(zip(groups, group_values(recipe, path, layout)))
     merged.update(values)
-    clean = {g: int(round(v)) if p.kind is int else round(float(p.coerce(v, f"{path}@{g}")), 6)
-             for g, v in merged.items()}
+    clean = {}
+    for g, v in merged.items():
+        v = p.coerce(v, f"{path}@{g}")
+        clean[g] = round(v, 6) if isinstance(v, float) else v
     default = None
-    if len(values) < len(groups):  # some groups change: the others keep the setting's plain default, if it has one
-        body = _effective_body(recipe, path)
-        default = body.get("*", body.get("default")) if isinstance(body, dict) else body
+    if len(values) < len(groups):
+        # some groups change: the others keep the value a plain control shows for the setting (its default, or the
+        # mean of a gradient), so editing one group never moves that control
+        default = scalar_of(_effective_body(recipe, path), None)
         default = default if _numeric(default) else None
     return _put(recipe, path, join_setting(rules_of(recipe, path), compress_groups(clean, groups, default)))
 
@@ -434,6 +440,8 @@ def curve(shape: str, n: int, lo: float, hi: float) -> list[float]:
               "peak": lambda x: math.sin(math.pi * x), "valley": lambda x: 1 - math.sin(math.pi * x)}
     if shape not in shapes:
         raise RecipeError(f"unknown curve {shape!r}", hint=f"one of {', '.join(CURVES)}")
+    if not (_numeric(lo) and _numeric(hi)):
+        raise RecipeError(f"a curve runs between two numbers, got {lo!r} and {hi!r}", hint="fill in 'from' and 'to'")
     return [round(lo + (hi - lo) * shapes[shape](x), 4) for x in xs]
 
 
@@ -453,7 +461,7 @@ def preset_values(name: str, groups: list[str]) -> list[float]:
 
 
 def apply_curve(recipe: dict, path: SettingPath, layout: Layout, shape: str, lo: float, hi: float) -> dict:
-    return set_group_values(recipe, path, layout, curve(shape, len(layout.groups), float(lo), float(hi)))
+    return set_group_values(recipe, path, layout, curve(shape, len(layout.groups), lo, hi))
 
 
 def apply_preset(recipe: dict, path: SettingPath, layout: Layout, name: str) -> dict:

@@ -83,7 +83,11 @@ def test_edits_are_pure_and_keep_what_they_do_not_touch():
          "parameters": {"lambda": [{"filter": "mlp", "value": 0.25}, {"value": 0.5}]}}
     before = copy.deepcopy(r)
     one = E.set_group_values(r, SettingPath("lambda"), lay, {"L01": 0.9})
-    assert r == before  # the input is never changed
+    assert r == before  # the input is never changed, nor shared with the result
+    assert one["parameters"]["lambda"][0] is not r["parameters"]["lambda"][0]
+    ruled_same = E.set_rules(r, SettingPath("lambda"), [{"filter": "x", "value": 1.0}])
+    ruled_same["parameters"]["lambda"][-1]["value"] = 99.0
+    assert r == before
     assert one["parameters"]["lambda"] == [{"filter": "mlp", "value": 0.25}, {"value": {"*": 0.5, "L01": 0.9}}]
     # single groups change around the setting's default, even when most groups end up elsewhere
     most = E.set_group_values(one, SettingPath("lambda"), lay, {"L00": 0.9, "L02": 0.9, "HEAD": 0.9})
@@ -117,6 +121,20 @@ def test_set_value_groups_wildcards_and_whole_settings():
     grad = E.set_value(r, "models.0.weight", [0.0, 1.0])
     assert grad["models"][0]["parameters"]["weight"] == [0.0, 1.0]
     assert E.group_values(grad, SettingPath("weight", 0), lay) == [0.0, 0.0, 0.5, 1.0, 0.0]  # EMB/HEAD: t = 0
+    # one group of a gradient: the others keep their values around the mean the plain slider shows (0.5)
+    one = E.set_value(grad, "models.0.weight@L00", 0.25, lay)
+    assert one["models"][0]["parameters"]["weight"] == {"*": 0.5, "EMB": 0.0, "L00": 0.25, "L02": 1.0, "HEAD": 0.0}
+    assert E.scalar_value(one, SettingPath("weight", 0))[0] == E.scalar_value(grad, SettingPath("weight", 0))[0]
+    # integer settings are checked like any value (2.5 is no integer, "abc" no number)
+    ca = {"merge_method": "consensus_ta", "base_model": "b", "models": [{"model": "a"}, {"model": "c"}]}
+    assert E.set_value(ca, "min_agree@L01", 3, lay)["parameters"]["min_agree"] == {"*": 2, "L01": 3}
+    for bad in (2.5, "abc"):
+        with pytest.raises(RecipeError, match="min_agree"):
+            E.set_value(ca, "min_agree@L01", bad, lay)
+    # every model's value where they share one; none where they differ
+    same = E.set_value(r, "models.*.weight", 0.7)
+    assert E.plain_value(same, SettingPath.parse("models.*.weight")) == 0.7
+    assert E.plain_value(E.set_value(same, "models.1.weight", 0.2), SettingPath.parse("models.*.weight")) is None
     with pytest.raises(RecipeError, match="need the model's layout"):
         E.set_value(r, "models.0.weight@L00", 0.3)
     path, value = E.parse_assignment("parameters.normalize=false")
@@ -134,6 +152,8 @@ def test_curves_presets_and_start_values():
     assert E.curve("peak", 5, 0.0, 1.0)[2] == 1.0 and E.curve("flat", 3, 0.0, 0.4) == [0.4] * 3
     with pytest.raises(RecipeError, match="unknown curve"):
         E.curve("zigzag", 3, 0, 1)
+    with pytest.raises(RecipeError, match="two numbers"):
+        E.apply_curve(r, SettingPath("lambda"), lay, "ramp up", None, 1.0)
     v = E.group_values(E.apply_preset(r, SettingPath("lambda"), lay, "GRAD_V"), SettingPath("lambda"), lay)
     assert v[0] == pytest.approx(1.0) and v[-1] == pytest.approx(1.0) and min(v) < 0.5
     # an unset required per-model weight shows (and starts at) its declared start value
