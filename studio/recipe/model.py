@@ -256,6 +256,14 @@ class Recipe:
     def copy(self) -> "Recipe":
         return Recipe.from_dict(self.to_dict())
 
+    def input_references(self) -> list[str]:
+        """Every reference the merge reads: the models (base first), then the VAE and the tokenizer source."""
+        out = self.referenced_models()
+        for ref in (self.vae, self.tokenizer_source):
+            if ref and ref not in ("base", "union") and ref not in out:
+                out.append(ref)
+        return out
+
     def referenced_models(self) -> list[str]:
         """Every model reference, base first, each once, in recipe order."""
         out = [self.base_model] if self.base_model else []

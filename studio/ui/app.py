@@ -133,11 +133,12 @@ class StudioUI:
             out.update({c: _update(props) for c, props in preview_panel.render_preview(self.p, s, pv).items()})
         return out
 
-    def remember(self, s: Session, comps: Sequence, values: Sequence) -> None:
-        """What the browser shows now in the controls a user just used (their values arrived with the event)."""
-        for comp, value in zip(comps, values):
+    def resend(self, s: Session, comps: Sequence) -> None:
+        """The controls a user just used show what the user set, not what was sent: forget what was sent, so their
+        rendered value goes out again (an answer to an older event may have landed on them meanwhile)."""
+        for comp in comps:
             if isinstance(comp, VALUE_CONTROLS):
-                s.view_cache.setdefault(comp, {})["value"] = value
+                s.view_cache.get(comp, {}).pop("value", None)
 
     # ------------------------------------------------------------------------------------------- events
     def attempt(self, fn: Callable[[], Any], what: str) -> tuple[Any, str | None]:
@@ -162,20 +163,26 @@ class StudioUI:
         about a millisecond per event even when unchanged, so frequent events (a per-layer slider) name a small
         scope; structural ones (a method switch, undo) leave it None: the whole page."""
         comps = list(inputs)
-        outputs = self.outputs if scope is None else [self.state] + preview_panel.rendered(self.p) + list(scope)
+        # the controls a user just used are outputs too: a refused or rounded value is set back at once
+        outputs = self.outputs if scope is None else list(dict.fromkeys(
+            [self.state] + preview_panel.rendered(self.p) + list(scope) + comps))
 
         def handler(state, *values):
             s = self.session(state)
-            if refresh:
-                s.view_cache.clear()
-            self.remember(s, comps, values)
-            before = s.recipe
-            _, error = self.attempt(lambda: fn(s, *values), "edit")
-            pv = s.last_preview
-            if preview and not (error and s.recipe == before):  # a refused edit changed nothing to preview
-                fresh, perr = self.attempt(s.preview, "preview")
-                pv, error = fresh or pv, error or perr
-            return self.changes(s, pv, error, only=None if scope is None else outputs)
+            with s.events:
+                if refresh:
+                    s.view_cache.clear()
+                    s.recheck()
+                self.resend(s, comps)
+                before = s.recipe
+                _, error = self.attempt(lambda: fn(s, *values), "edit")
+                pv = s.last_preview
+                if preview and not (error and s.recipe == before):  # a refused edit changed nothing to preview
+                    fresh, perr = self.attempt(s.preview, "preview")
+                    pv, error = fresh or pv, error or perr
+                out, bug = self.attempt(lambda: self.changes(s, pv, error, only=None if scope is None else outputs),
+                                        "rendering")
+                return out if bug is None else {self.state: s, self.p.status: f"⚠ {bug}"}
 
         names = {"api_name": api_name} if api_name else {"api_visibility": "undocumented"}
         return trigger(handler, [self.state] + comps, outputs, **names, concurrency_id=self.HEAVY,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..recipe import edit as E
 from ..recipe.edit import SettingPath
-from .shelf import short_ref
+from ..sources.resolve import short_name
 
 
 def _fmt(v) -> str:
@@ -28,7 +28,7 @@ def _models(recipe, spec, labels):
         ref = m["model"]
         if ref == base and not spec.includes_base:
             continue
-        out.append((i, ref, labels.get(ref, short_ref(ref))))
+        out.append((i, ref, labels.get(ref, short_name(ref))))
     return out
 
 

@@ -61,17 +61,21 @@ class LearnController:
         self.settings = {}
 
     def params(self) -> list[tuple[Any, Any]]:
-        """(declaration, value) of each hyperparameter the panel shows for the chosen method, in declared order."""
+        """(declaration, value) of each hyperparameter the panel shows for the chosen method, in declared order; the
+        ones the variant fixes (AdaMerging task-wise's granularity) are its name, not a control."""
         variant = get_variant(self.choice)
-        values = {**variant.hparams, **self.settings}
-        return [(p, values.get(p.name, p.default)) for p in get_learner(variant.learner).params if drawable(p)]
+        return [(p, self.settings.get(p.name, p.default)) for p in get_learner(variant.learner).params
+                if drawable(p) and p.name not in variant.hparams]
 
     def set_param(self, index: int, value) -> None:
         """The panel's ``index``-th hyperparameter control changed (an empty number means the method's default)."""
         shown = self.params()
         if index < len(shown):
             p = shown[index][0]
-            self.settings[p.name] = None if value is None and p.default is None else p.coerce(value, p.title)
+            if value is None:
+                self.settings.pop(p.name, None)
+            else:
+                self.settings[p.name] = p.coerce(value, p.title)
 
     def learn(self, choice: str, steps: int | None = None, progress: Callable[[float, str], None] | None = None,
               data: str | None = None, **hparams) -> Learned:
@@ -170,7 +174,7 @@ class LearnController:
                 lr.result.save(out, dtype, label=lr.label, base=lr.base, experts=lr.experts)
                 files = [out, learned_summary_path(out)]
             else:
-                with AtomicTarget(out) as tmp:
+                with AtomicTarget(out) as tmp:  # a folder keeps full float32 weights (a loadable model folder)
                     lr.result.save(tmp)
                 files = sorted(p for p in out.rglob("*") if p.is_file())
         return {"path": str(out), "files": [str(p) for p in files], "bytes": sum(p.stat().st_size for p in files),

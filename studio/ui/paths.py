@@ -6,13 +6,11 @@ written, so a browser tab cannot read ``/etc/passwd`` or write into someone's ho
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from ..errors import StudioError
-from ..sources.resolve import HUB_ID
+from ..sources.resolve import HUB_ID, STRENGTH
 
-_STRENGTH = re.compile(r":-?[\d.]+$")
 
 
 class PathNotAllowed(StudioError):
@@ -32,7 +30,7 @@ def split_reference(ref: str) -> list[str]:
     ref = str(ref).strip()
     if "+" in ref and not Path(ref).exists():
         base, lora = ref.rsplit("+", 1)
-        lora = _STRENGTH.sub("", lora) if _STRENGTH.search(lora) else lora
+        lora = STRENGTH.sub("", lora)
         return [base.strip(), lora.strip()]
     return [ref]
 

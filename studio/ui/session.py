@@ -51,6 +51,7 @@ class Session:
         self.landscapes = LandscapeController(self)
         self._ticket = 0
         self.lock = threading.Lock()              # one merge or evaluation of the resident model at a time
+        self.events = threading.RLock()           # one UI event of this tab at a time (with --max-parallel > 1)
         self._ticket_lock = threading.Lock()
         self._verdict: tuple[dict, tuple[bool, str]] | None = None
         # what this tab's page shows, kept by the UI so that it sends only what changed ({component id: props})
@@ -165,7 +166,7 @@ class Session:
     def set_yaml(self, text: str) -> None:
         """Replace the recipe by edited YAML (RecipeError with the parser's message when it is not valid)."""
         r = Recipe.from_yaml(text, where="YAML view")
-        for ref in r.referenced_models():
+        for ref in r.input_references():  # the VAE and the tokenizer source are read too
             self.env.roots.check_reference(ref)
         self.set_recipe(r.to_dict())
 
@@ -192,6 +193,10 @@ class Session:
     def set_base(self, ref: str | None) -> None:
         self.edit(E.set_base, ref or None, validate=False)
 
+    def recheck(self) -> None:
+        """Forget the verdict on the recipe (its files may have changed since)."""
+        self._verdict = None
+
     def dry_run(self) -> tuple[bool, str]:
         """The header-only verdict on the current recipe: (ok, markdown); computed once per recipe."""
         if self._verdict is not None and self._verdict[0] == self.recipe:
@@ -209,8 +214,12 @@ class Session:
 
     # ---- per-layer controls
     def layout(self):
+        """The reference model's layout (one flat group while it cannot be opened: the dry run says why)."""
         ref = E.reference_model(self.recipe)
-        return FlatLayout() if ref is None else self.env.layout(ref)
+        try:
+            return FlatLayout() if ref is None else self.env.layout(ref)
+        except StudioError:
+            return FlatLayout()
 
     def set_target(self, target: str | SettingPath) -> None:
         path = SettingPath.parse(target)

@@ -6,23 +6,9 @@ allowed folders) or from a recipe that names it. The shelf never decides what is
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import StudioError
 from ..describe import human_count
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt", ".pth")
-
-
-def short_ref(ref: str) -> str:
-    """A model reference shortened for labels: each file or folder name without its weights suffix."""
-    parts = []
-    for part in str(ref).split("+"):
-        p = Path(part.split(":")[0] if ":" in part and not part.startswith("/") else part)
-        stem = p.stem if p.suffix in WEIGHT_SUFFIXES else p.name
-        parts.append(stem or part)
-    return "+".join(parts)
-
+from ..sources.resolve import short_name
 
 class ModelShelf:
     def __init__(self, env):
@@ -35,11 +21,11 @@ class ModelShelf:
         self.labels = dict(labels)
 
     def label(self, ref: str) -> str:
-        return self.labels.get(ref) or short_ref(ref)
+        return self.labels.get(ref) or short_name(ref)
 
     def offer(self, ref: str, first: bool = False) -> None:
         """Make sure a reference is on the shelf (a recipe named it)."""
-        self.labels.setdefault(ref, short_ref(ref))
+        self.labels.setdefault(ref, short_name(ref))
         if ref not in self.available:
             self.available.insert(0 if first else len(self.available), ref)
 

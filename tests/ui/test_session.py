@@ -292,11 +292,14 @@ def test_optimize_offers_the_declared_learners_with_controls_for_their_hyperpara
     s = env.new_session()
     s.learning.choose("adamerging_task")
     shown = {p.name: value for p, value in s.learning.params()}
-    assert shown == {"granularity": "task", "init": 0.3, "lr": 1e-3, "batch_size": 16}  # clamp (a tuple) is not drawn
+    # the variant fixes the granularity (its name says so); clamp (a tuple) is not drawn
+    assert shown == {"init": 0.3, "lr": 1e-3, "batch_size": 16}
     s.learning.set_param(list(shown).index("lr"), "0.05")
     s.learning.set_param(list(shown).index("batch_size"), 8.0)
     assert s.learning.settings == {"lr": 0.05, "batch_size": 8}
     with pytest.raises(RecipeError, match="batch_size"):
         s.learning.set_param(list(shown).index("batch_size"), 2.5)
+    s.learning.set_param(list(shown).index("lr"), None)  # an emptied box: the method's default again
+    assert s.learning.settings == {"batch_size": 8}
     s.learning.choose("samerging")
     assert s.learning.settings == {} and dict((p.name, v) for p, v in s.learning.params())["temperature"] is None

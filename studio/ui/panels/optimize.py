@@ -94,7 +94,7 @@ def wire(ui) -> None:
 
     def learn(state, choice, steps, data, progress=gr.Progress()):
         s = ui.session(state)
-        ui.remember(s, [ns.method], [choice])
+        ui.resend(s, [ns.method])
         progress(0.0, desc="loading models")
         lr, err = ui.attempt(lambda: s.learning.learn(choice, int(steps), progress=ui.progress(progress, "learning"),
                                                       data=data or None), "learn")

@@ -202,7 +202,7 @@ def wire(ui) -> None:
 
     def set_global(i):
         def edit(s, value):
-            params = s.spec.global_params()
+            params = [p for p in s.spec.global_params() if not p.compat]  # the slots show these, in this order
             if i < len(params):
                 s.set_value(f"parameters.{params[i].name}", value)
         return edit
@@ -247,7 +247,7 @@ def wire(ui) -> None:
 
     def apply_yaml(state, text):
         s = ui.session(state)
-        ui.remember(s, [ns.yaml], [text])
+        ui.resend(s, [ns.yaml])
         try:
             s.set_yaml(text)
         except StudioError as e:  # keep the user's text so they can fix it, and say what is wrong beside it
