@@ -125,6 +125,9 @@ class ShardWriter:
 
     def close(self):
         self._close_file()
+        if not self._order:  # nothing to write is still a valid file: a header with no tensors
+            with open(self.folder / self.shards[0].filename, "wb") as f:
+                f.write(_header_bytes(self.shards[0], self.metadata))
         if self._pos != len(self._order):
             raise RuntimeError(f"writer closed after {self._pos} of {len(self._order)} tensors")
 

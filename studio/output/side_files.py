@@ -9,11 +9,12 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from ..sources.resolve import WEIGHT_SUFFIXES  # re-exported: what counts as a weights file
+
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
                    "vocab.txt", "spiece.model", "sentencepiece.bpe.model"]
 SIDE_FILES = TOKENIZER_FILES + ["generation_config.json"]
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 RECIPE_FILE = "mergekit_config.yml"   # mergekit's name, so its tools find the recipe in our folders too
 ADAPTER_CONFIG = "adapter_config.json"
 

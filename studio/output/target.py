@@ -67,7 +67,13 @@ class AtomicTarget:
         if self.target.exists():
             old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
+        try:
+            os.replace(self.tmp, self.target)
+        except BaseException:  # the new one could not take its place: the old one goes back
+            if old is not None:
+                os.replace(old, self.target)
+            self._remove(self.tmp)
+            raise
         if old is not None:
             self._remove(old)
         return False
@@ -83,9 +89,11 @@ class AtomicTarget:
 @contextmanager
 def atomic_files(*targets: Path) -> Iterator[list[Path]]:
     """``with atomic_files(a, b) as (tmp_a, tmp_b):`` — files that belong together (weights and the file describing
-    them): all are renamed into place when the block succeeds, none when it raises."""
-    with ExitStack() as stack:
-        yield [stack.enter_context(AtomicTarget(t, is_file=True)) for t in targets]
+    them): all are renamed into place when the block succeeds, none when it raises. They are renamed in the order
+    given, so list the weights first: if a rename fails, the files after it are not put in place."""
+    with ExitStack() as stack:  # contexts exit last-in first-out: enter in reverse so the first target goes first
+        tmps = [stack.enter_context(AtomicTarget(t, is_file=True)) for t in reversed(targets)]
+        yield tmps[::-1]
 
 
 def write_text(path: Path, text: str) -> Path:

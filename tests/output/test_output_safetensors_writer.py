@@ -115,3 +115,10 @@ def test_write_safetensors_streams_and_leaves_nothing_when_a_tensor_is_wrong(tmp
         write_safetensors(tmp_path / "bad.safetensors", infos,
                           lambda n: torch.zeros(5) if n == "b" else torch.zeros(2, 3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors"]
+
+
+def test_an_empty_tensor_set_is_a_valid_header_only_file(tmp_path):
+    path = save_tensors(tmp_path / "empty.safetensors", {}, metadata={"format": "pt"})
+    assert load_file(str(path)) == {}
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == {"format": "pt"}

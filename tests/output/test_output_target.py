@@ -83,3 +83,31 @@ def test_write_text_and_json_are_atomic(tmp_path):
         write_text(tmp_path / "sub" / "c.json", "{\"a\": \"\ud800\"}")
     assert names(tmp_path / "sub") == ["c.json", "report.html"]          # no temporary left, old file kept
     assert json.loads(q.read_text(encoding="utf-8"))["name"] == "Größe"
+
+
+def test_a_failed_rename_puts_the_old_target_back_and_files_go_in_the_order_given(tmp_path, monkeypatch):
+    import os
+
+    target = tmp_path / "m.safetensors"
+    target.write_text("old")
+    real = os.replace
+    order = []
+
+    def replace(src, dst):
+        if str(src).find(".partial-") >= 0 and str(dst).endswith(".safetensors"):
+            raise OSError("disk full")
+        order.append(str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        with AtomicTarget(target, is_file=True) as tmp:
+            tmp.write_text("new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    order.clear()
+    monkeypatch.setattr(os, "replace", lambda s, d: (order.append(str(d)), real(s, d))[1])
+    with atomic_files(tmp_path / "w.safetensors", tmp_path / "w.recipe.yml") as (a, b):
+        a.write_text("weights")
+        b.write_text("recipe")
+    assert [os.path.basename(p) for p in order if not os.path.basename(p).startswith(".")] == [
+        "w.safetensors", "w.recipe.yml"]
