@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..errors import StudioError
 from ..learn import RUN_OPTIONS, LearnerSpec, get_learner, list_learners, run_learned
 from ..methods.registry import Param
+from ..output import check_target
 from ..zoo import get_family
 
 
@@ -135,6 +137,8 @@ def run(args) -> int:
                 raise StudioError(f"--heads takes TASK=PATH, got {item!r}")
             heads[t] = path
     base, experts = _expand_zoo(args.base, args.experts)
+    # before minutes of learning: the output folder may hold other files, but never be (inside) an input
+    check_target(Path(args.out), True, [Path(str(r)) for r in [base, *experts] if Path(str(r)).exists()])
     bar = None
     progress = None
     if not args.quiet:

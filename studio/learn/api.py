@@ -63,9 +63,9 @@ class LearnResult:
         ``out`` ending in ``.safetensors``: the merged weights (floating tensors in ``dtype``, default float32) and
         ``<stem>.learned.json`` beside them (what was merged, metrics, loss history), both or neither; ``label``,
         ``base`` and ``experts`` say what was merged, in the JSON and in the weights' ``merge_studio_learned``
-        metadata. Any other ``out`` is a folder: recipe.yml, merged.safetensors (with ``model_config``: config.json
-        + model.safetensors, a transformers model folder), trajectory.json, each written through a temporary name so
-        a failure never leaves a half-written file; other files in ``out`` are left alone."""
+        metadata. Any other ``out`` is a folder: recipe.yml, merged.safetensors in ``dtype`` (with ``model_config``:
+        config.json + model.safetensors, a transformers model folder), trajectory.json, each written through a
+        temporary name so a failure never leaves a half-written file; other files in ``out`` are left alone."""
         out = Path(out)
         if is_single_file(out):
             return self._save_weights_file(out, dtype, {"method": label or self.method, "base": base,
@@ -76,12 +76,13 @@ class LearnResult:
             write_text(out / "recipe.yml", self.recipe.to_yaml())
             written.append("recipe.yml")
         if self.state_dict is not None:
-            sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict.items()}
+            sd = {k: v.detach().cpu() for k, v in self.state_dict.items()}
             if self.model_config is not None:
                 write_text(out / "config.json", json.dumps(self.model_config, indent=2))
                 written.append("config.json")
             name = "model.safetensors" if self.model_config is not None else "merged.safetensors"
-            save_tensors(out / name, sd, {"format": "pt", "learned_method": self.method})
+            save_tensors(out / name, sd, {"format": "pt", "learned_method": self.method},
+                         (parse_dtype(dtype) if isinstance(dtype, str) else dtype) or torch.float32)
             written.append(name)
         write_text(out / "trajectory.json", json.dumps(
             {"method": self.method, "tasks": self.tasks, "metrics": self.metrics, "history": self.history,

@@ -35,6 +35,18 @@ def test_cli_bad_input_is_one_line(vision_zoo, tmp_path, capsys):
     assert "data entries for 3 experts" in err and "\n" not in err
 
 
+def test_cli_refuses_an_output_inside_an_input_before_learning(tmp_path, capsys):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"not read: the output is refused first")
+    rc = main(["learn", "regmean", "--base", str(base), "--experts", str(base), "--out", str(base / "learned"),
+               "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert "inside an input model's folder" in err and "\n" not in err
+    assert not (base / "learned").exists()
+
+
 @pytest.mark.parametrize("method,extra,message", [
     ("fisher", ["--set", "rho=0.1"], "learned method 'fisher' has no hyperparameter 'rho'"),
     ("fisher", ["--task-wise"], "no hyperparameter 'granularity'"),
