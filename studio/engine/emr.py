@@ -15,7 +15,8 @@ import torch
 
 from ..errors import StudioError
 from ..methods.entry_selection import emr_masks, emr_rescalers, emr_stats, emr_task_tensor
-from ..output import AtomicTarget, ShardWriter, check_target, copy_side_files, plan_shards, recipe_path, write_json
+from ..output import (SIDE_FILES, AtomicTarget, ShardWriter, check_target, copy_side_files, plan_shards, recipe_path,
+                      write_index, write_json)
 from ..recipe import Recipe
 from ..sources import open_source
 from .execute import load_input
@@ -94,8 +95,9 @@ def materialize_task(merged: str | Path, task: int | str, out: str | Path, overw
                 t = u
             writer.write(k, t)
         writer.close()
-        copy_side_files(merged, tmp, ["config.json", "generation_config.json", "tokenizer.json",
-                                      "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"])
+        if len(writer.shards) > 1:  # a task model over one shard needs its index to load
+            write_index(tmp, writer)
+        copy_side_files(merged, tmp, ["config.json", *SIDE_FILES])
         recipe_file = recipe_path(merged)
         write_json(tmp / "emr_task.json", {"task": names[idx], "rescaler": r,
                                            "recipe": Recipe.load(recipe_file).to_dict() if recipe_file.is_file()
