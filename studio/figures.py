@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from typing import Sequence
 
 import plotly.graph_objects as go
 import plotly.io as pio
+
+from .sources.resolve import short_name
 
 SEQUENTIAL = "Viridis"
 FRACTION = "Blues"
@@ -47,16 +48,6 @@ STAT_ROWS = [
 def _figure(*traces) -> go.Figure:
     """A figure on the light template (see TEMPLATE), so plotly never copies its default one."""
     return go.Figure(list(traces), layout={"template": TEMPLATE})
-
-
-def short_name(ref: str) -> str:
-    """A model reference shortened for axes: the file or folder name without the safetensors suffix."""
-    s = str(ref).rstrip("/\\")
-    base = os.path.basename(s) or s
-    for suf in (".safetensors", ".ckpt", ".pt", ".bin"):
-        if base.endswith(suf):
-            base = base[: -len(suf)]
-    return base
 
 
 def _names(stats: dict) -> list[str]:

@@ -42,6 +42,7 @@ from ..errors import StudioError
 from ..layout import is_mergeable
 from ..recipe import Recipe
 from ..recipe.edit import SettingPath, plain_value, set_value
+from ..sources.resolve import short_name
 from .stats import resolve_inputs
 
 Scorer = Callable[[dict], float]
@@ -93,12 +94,6 @@ def _live(live_or_recipe, device):
         return live_or_recipe, live_or_recipe.plan.recipe
     recipe = _as_recipe(live_or_recipe)
     return LiveMerger(recipe, device=device), recipe
-
-
-def _short(ref: str) -> str:
-    s = str(ref).rstrip("/\\")
-    s = s.replace("\\", "/").rsplit("/", 1)[-1] or s
-    return s[: -len(".safetensors")] if s.endswith(".safetensors") else s
 
 
 def _numeric(v) -> bool:
@@ -406,7 +401,7 @@ def landscape_task_plane(recipe_or_sources, scorer, i=0, j=1, *, alphas: Sequenc
         raise StudioError("the task-vector plane needs two different experts")
     ti, tj = models.tau(ii), models.tau(jj)
     names = (models.names[ii], models.names[jj])
-    short = tuple(_short(n) for n in names)
+    short = tuple(short_name(n) for n in names)
     if orthonormal:
         ni = math.sqrt(_dot(ti, ti))
         if ni == 0:

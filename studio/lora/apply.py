@@ -8,7 +8,6 @@ is an error listing the offending names — never a silent no-op (peers.md: Supe
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +18,7 @@ from ..layout import detect_layout
 from ..layout.presets import lookup_preset
 from ..layout.sd import base_family, diffusion_family
 from ..sources import REFERENCE_MODIFIERS, TensorSource, open_source
+from ..sources.resolve import STRENGTH
 from .names import Target, target_index
 from .network import LoraModule, LoraNetwork, detect_lora_family, read_lora
 
@@ -223,7 +223,7 @@ def apply_lora_source(src: TensorSource, lora_src: TensorSource, strength: float
 
 def lora_reference(base: TensorSource, suffix: str, ref: str) -> LoraAppliedSource:
     """``BASE+LORA[:strength]`` in a reference (a studio.sources reference modifier): the base with the LoRA applied."""
-    lora_text, _, strength = suffix.rpartition(":") if re.search(r":-?[\d.]+$", suffix) else (suffix, "", "")
+    lora_text, _, strength = suffix.rpartition(":") if STRENGTH.search(suffix) else (suffix, "", "")
     return apply_lora_source(base, open_source(lora_text), float(strength) if strength else 1.0, ref=ref)
 
 

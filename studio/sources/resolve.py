@@ -15,6 +15,8 @@ from .pickle_file import PickleFile
 from .safetensors_file import MultiFileSource, SafetensorsFile
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+WEIGHT_SUFFIXES = (".safetensors", *sorted(PICKLE_SUFFIXES))
+STRENGTH = re.compile(r":-?[\d.]+$")  # the ``:0.8`` after a LoRA in ``base+lora:0.8``
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # weight files, in order of preference, inside a transformers/diffusers model folder
 WEIGHT_INDEXES = ["model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json",
@@ -27,6 +29,17 @@ WEIGHT_FILES = ["model.safetensors", "diffusion_pytorch_model.safetensors", "ada
 # after ``+``, the whole reference) and returns the modified source, or None when the text is not its kind; the
 # first that answers wins. The kinds live above this package and append themselves (studio.lora: LoRA application).
 REFERENCE_MODIFIERS: list[Callable[[TensorSource, str, str], TensorSource | None]] = []
+
+
+def short_name(ref: str) -> str:
+    """A model reference shortened for labels and axes: each ``+`` part's file or folder name without its weights
+    suffix or strength (``/m/base.safetensors+/l/ink.safetensors:0.8`` → ``base+ink``); other text stays as it is."""
+    parts = []
+    for part in str(ref).split("+"):
+        name = STRENGTH.sub("", part).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        parts.append(next((name[:-len(s)] for s in WEIGHT_SUFFIXES if name.endswith(s) and len(name) > len(s)), name)
+                     or part)
+    return "+".join(parts)
 
 
 @dataclass(frozen=True)

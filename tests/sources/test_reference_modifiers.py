@@ -38,3 +38,12 @@ def test_first_modifier_that_answers_wins_and_an_unknown_suffix_is_an_error(tmp_
     assert calls == [("declines", "x2"), ("doubles", "x2")]
     with pytest.raises(SourceError, match=r"nothing understands '\+x3'"):
         open_source(f"{tmp_path / 'm.safetensors'}+x3")
+
+
+def test_short_names_of_references():
+    from studio.sources.resolve import short_name
+
+    assert short_name("/m/base.safetensors+/l/ink.safetensors:0.8") == "base+ink"
+    assert short_name("/models/my-llama/") == "my-llama" and short_name("org/name@main") == "name@main"
+    assert short_name("lora:prose") == "lora:prose" and short_name("current") == "current"
+    assert short_name("x.ckpt") == "x" and short_name(r"C:\m\x.safetensors") == "x"
