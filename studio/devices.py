@@ -26,12 +26,14 @@ DTYPES = {
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
-    if name is None:
+    """A dtype name → torch dtype; None (also "", "keep", "auto") → None: keep each tensor's stored dtype."""
+    if name in (None, "", "keep", "auto"):
         return None
     try:
         return DTYPES[str(name).lower()]
     except KeyError:
-        raise StudioError(f"unknown dtype {name!r}", hint="use float32, float16 or bfloat16") from None
+        raise StudioError(f"unknown dtype {name!r}", hint="use float32, float16 or bfloat16 (or fp32, fp16, bf16)"
+                          ) from None
 
 
 def dtype_name(dtype: torch.dtype) -> str:

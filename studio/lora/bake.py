@@ -7,12 +7,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..devices import parse_dtype
 from ..errors import StudioError
 from ..layout.sd import diffusion_family
 from ..sd.metadata import sd_output_metadata
 from ..sources import open_source
 from .apply import LoraAppliedSource, block_weight_fn
-from .io import check_output, parse_dtype, save_like
+from .io import check_output, save_like
 from .network import read_lora
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..devices import parse_dtype
 from ..errors import StudioError
 from ..sources import open_source
-from .io import check_output, parse_dtype
+from .io import check_output
 from .network import LoraNetwork, detect_lora_family, read_lora
 from .write import LoraOut, write_lora
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..devices import parse_dtype
 from ..errors import StudioError
 from ..layout.sd import base_family, diffusion_family
 from ..layout.sd_keys import UNET_PREFIX, unet_from_ldm, unet_to_ldm
 from ..sources import PrefixedSource, open_source
 from .combine import SvdReport, svd_factor
-from .io import check_output, parse_dtype, root_source
+from .io import check_output, root_source
 from .names import target_index
 from .write import LoraOut, write_lora
 

@@ -13,19 +13,6 @@ from ..errors import StudioError
 from ..output import AtomicTarget, check_target, copy_non_weight_files, is_single_file, write_safetensors
 from ..sources.base import PrefixedSource
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def parse_dtype(name: str | None) -> torch.dtype | None:
-    if name in (None, "", "keep", "auto"):
-        return None
-    try:
-        return DTYPES[str(name).lower()]
-    except KeyError:
-        raise StudioError(f"unknown dtype {name!r}", hint="use fp32, fp16 or bf16") from None
-
-
 def check_output(out: Path, inputs: Iterable, overwrite: bool) -> Path:
     """Refuse to write into an input's folder, over an input, or over a non-empty target without ``overwrite``
     (``inputs``: sources or LoRA networks' sources). Returns the resolved output path."""
