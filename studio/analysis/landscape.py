@@ -152,7 +152,6 @@ def landscape_params(live_or_recipe, path_x, values_x: Sequence[float], path_y, 
     try:
         for j, y in enumerate(ys):
             row_recipe = _with(recipe, py, y, layout)
-            row = []
             # serpentine order: consecutive points differ in one setting, so fewer tensors re-merge
             order = range(len(xs)) if j % 2 == 0 else range(len(xs) - 1, -1, -1)
             vals = {}

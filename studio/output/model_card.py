@@ -7,7 +7,7 @@ from .. import __version__
 
 def model_card(recipe_yaml: str, method_label: str, models: list[str], base: str | None, extra: str = "") -> str:
     tags = "\n".join(f"- {t}" for t in ("merge", "merge-studio", "mergekit"))
-    base_line = f"base_model:\n" + "".join(f"- {m}\n" for m in models) if models else ""
+    base_line = "base_model:\n" + "".join(f"- {m}\n" for m in models) if models else ""
     listing = "\n".join(f"* {m}" + (" (base)" if m == base else "") for m in models)
     return f"""---
 library_name: transformers

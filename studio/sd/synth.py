@@ -8,7 +8,6 @@ shapes).
 
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from ..layout.sd_keys import (UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openclip_text_keys, unet_to_ldm,
                               vae_to_ldm)
-from ..output import write_safetensors
+from ..output import write_json, write_safetensors
 from ..sources import TensorInfo
 
 Table = dict[str, tuple[tuple[int, ...], torch.dtype]]
@@ -201,10 +200,10 @@ def write_random_pipeline(folder: Path, family: str, seed: int = 0, tiny: bool =
         else:
             cfg = {"architectures": [classes[comp][1]], "model_type": "clip_text_model"}
             name = "model.safetensors"
-        (sub / "config.json").write_text(json.dumps(cfg, indent=1))
+        write_json(sub / "config.json", cfg)
         write_random(sub / name, table, seed=seed + len(comp))
     (folder / "scheduler").mkdir(exist_ok=True)
-    (folder / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "EulerDiscreteScheduler"}')
+    write_json(folder / "scheduler" / "scheduler_config.json", {"_class_name": "EulerDiscreteScheduler"})
     index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
-    (folder / "model_index.json").write_text(json.dumps(index, indent=1))
+    write_json(folder / "model_index.json", index)
     return folder

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import StudioError
+from ..output import save_tensors, write_text
 from . import FAMILIES, assets_root, describe_family, get_family
 from . import diffusion as D
 from . import text as T
@@ -36,8 +37,7 @@ QUICK_TASKS = {"vision": ("digits", "letters", "arrows"), "text": ("prose", "tab
 
 
 def _save(module_state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().clone() for k, v in module_state.items()}, str(path))
+    save_tensors(path, {k: v.detach() for k, v in module_state.items()})
 
 
 def build_vision(out: Path, quick: bool = False, tasks=None) -> None:
@@ -163,7 +163,7 @@ def _record(metrics_path: Path, name: str, m: dict) -> None:
     """Update one family's entry of ``metrics.json`` (re-read first: families may be built by parallel runs)."""
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics[name] = m
-    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def _partial(name: str, root: Path, folder: Path):

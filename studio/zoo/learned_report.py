@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from safetensors.torch import save_file
 
 from ..engine import merge_in_memory
 from ..errors import StudioError
 from ..evaluate.common import normalized
 from ..learn import get_variant, list_variants, run_learned
+from ..output import save_tensors
 from ..recipe import Recipe
 from . import get_family
 from . import vision as V
@@ -39,13 +39,13 @@ def build_vision_zoo(root, tasks=None, *, pretrain_steps: int = 1500, finetune_s
     (root / "heads").mkdir(parents=True, exist_ok=True)
     tasks = list(tasks or V.TASKS)
     bb = V.pretrain(pretrain_steps, seed=seed)
-    save_file({k: v.contiguous() for k, v in bb.state_dict().items()}, str(root / "base.safetensors"))
+    save_tensors(root / "base.safetensors", bb.state_dict())
     for i, t in enumerate(tasks):
         head = V.fit_head(bb, t, shots=shots, seed=seed + i)
-        save_file({"head.weight": head.weight.detach().contiguous(), "head.bias": head.bias.detach().contiguous()},
-                  str(root / "heads" / f"{t}.safetensors"))
+        save_tensors(root / "heads" / f"{t}.safetensors", {"head.weight": head.weight.detach(),
+                                                           "head.bias": head.bias.detach()})
         ex = V.finetune(bb, head, t, finetune_steps, seed=seed + 100 + i)
-        save_file({k: v.contiguous() for k, v in ex.state_dict().items()}, str(root / "experts" / f"{t}.safetensors"))
+        save_tensors(root / "experts" / f"{t}.safetensors", ex.state_dict())
     return root
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from studio.analysis import (filter_normalized_direction, landscape_1d, landscape_2d, landscape_params,
-                             landscape_random_plane, landscape_task_plane)
+from studio.analysis import (filter_normalized_direction, landscape_1d, landscape_2d, landscape_random_plane,
+                             landscape_task_plane)
 from studio.engine import merge_in_memory
 from studio.engine.live import LiveMerger
 from studio.errors import StudioError

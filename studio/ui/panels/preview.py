@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ... import figures
 from .. import preview_view as V
 
 
