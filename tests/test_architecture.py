@@ -1,5 +1,6 @@
-"""The house rules, read from the code: dependency arrows point down the data flow, gradio stays in the UI, no
-hidden imports of our own code, one UI file per panel or controller (docs/architecture.md)."""
+"""The house rules, read from the code: dependency arrows point down the data flow (no cycle between packages),
+gradio stays in the UI, no hidden or late imports of our own code, one UI file per panel or controller
+(docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,44 @@ def test_imports_point_down_and_gradio_stays_in_the_ui():
             if src in LEVEL and LEVEL.get(mod[1], 0) > LEVEL[src]:
                 broken.append(f"{where}: {src} imports {mod[1]}, which sits above it")
     assert not broken, "\n".join(broken)
+
+
+def _package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for f in STUDIO.rglob("*.py"):
+        src = _package(f)
+        for _, mod in _imports(f):
+            if mod[0] == "studio" and len(mod) > 1 and mod[1] != src and src not in ("__init__", "__main__"):
+                graph.setdefault(src, set()).add(mod[1])
+    return graph
+
+
+def test_packages_import_each_other_without_cycles():
+    graph = _package_graph()
+
+    def reaches(a: str) -> set[str]:
+        seen, todo = set(), [a]
+        while todo:
+            for b in graph.get(todo.pop(), ()):
+                if b not in seen:
+                    seen.add(b)
+                    todo.append(b)
+        return seen
+
+    assert [p for p in graph if p in reaches(p)] == []
+    assert "lora" not in reaches("sd")  # lora writes SD metadata; sd needs nothing of lora
+
+
+def test_our_own_modules_are_imported_at_module_top():
+    """A late import of our own code hides a cycle or an upward arrow; only optional heavy packages come late."""
+    late = []
+    for f in sorted(STUDIO.rglob("*.py")):
+        for fn in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                late += [f"{f.relative_to(STUDIO.parent)}:{n.lineno}" for n in ast.walk(fn)
+                         if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("studio"))
+                         or isinstance(n, ast.Import) and any(a.name.startswith("studio") for a in n.names)]
+    assert late == []
 
 
 def test_every_package_has_a_level():
