@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import StudioError
-from ..methods.registry import Param
+from ..methods.registry import Param, find_param
 
 PRODUCES = ("coefficients", "weights")
 # what run_learned passes itself; a declared hyperparameter may not take these names
@@ -60,11 +60,7 @@ class LearnerSpec:
         return " ".join(self.doc.split("\n\n")[0].split())
 
     def param(self, name: str) -> Param:
-        for p in self.params:
-            if p.name == name:
-                return p
-        raise StudioError(f"learned method {self.name!r} has no hyperparameter {name!r}",
-                          hint=f"its hyperparameters are: {', '.join(p.name for p in self.params) or 'none'}")
+        return find_param(self.params, name, f"learned method {self.name!r}", StudioError, "hyperparameter")
 
     def check(self, hparams: dict[str, Any]) -> dict[str, Any]:
         """``hparams`` coerced to their declared kinds and choices, keyed by the function's argument names. An

@@ -169,11 +169,7 @@ class MethodSpec:
         return self.collect is not None
 
     def param(self, name: str) -> Param:
-        for p in self.params:
-            if p.name == name:
-                return p
-        raise RecipeError(f"method {self.name!r} has no parameter {name!r}",
-                          hint=f"its parameters are: {', '.join(p.name for p in self.params) or 'none'}")
+        return find_param(self.params, name, f"method {self.name!r}")
 
     def per_model_params(self) -> list[Param]:
         return [p for p in self.params if p.per_model]
@@ -187,6 +183,16 @@ class MethodSpec:
 
 # every method the package's modules declare; studio/methods/__init__.py imports them all, so importing any
 # studio.methods module fills it
+def find_param(params: list[Param], name: str, owner: str, error: type = RecipeError,
+               what: str = "parameter") -> Param:
+    """The declaration called ``name`` among ``params``; else ``error`` saying what ``owner`` declares instead."""
+    for p in params:
+        if p.name == name:
+            return p
+    raise error(f"{owner} has no {what} {name!r}",
+                hint=f"its {what}s are: {', '.join(p.name for p in params) or 'none'}")
+
+
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
