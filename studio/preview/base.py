@@ -28,6 +28,8 @@ class Previewer:
 
     kind = ""
     metric = ""
+    #: the request this pipeline renders (prompts, seeds, …): a dataclass whose defaults make a usable preview
+    Request: type = type(None)
 
     def __init__(self, reference: TensorSource, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32):

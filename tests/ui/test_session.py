@@ -303,3 +303,22 @@ def test_optimize_offers_the_declared_learners_with_controls_for_their_hyperpara
     assert s.learning.settings == {"batch_size": 8}
     s.learning.choose("samerging")
     assert s.learning.settings == {} and dict((p.name, v) for p, v in s.learning.params())["temperature"] is None
+
+
+def test_an_own_model_of_another_kind_starts_its_own_recipe(env, tmp_path):
+    """A model that does not fit the demo family's tensors never joins its recipe: it starts a recipe of its own,
+    the family is put away, and the judge follows the models (here: nothing previews a bare Llama yet → merge only,
+    or the LLM preview when it is installed)."""
+    from tinymodels import make_llama
+
+    s = env.new_session()
+    own = make_llama(tmp_path / "my-llama", 0)
+    s.add_model(str(own))
+    assert s.family is None and s.included() == [str(own)] and s.available == [str(own)]
+    assert s.recipe["name"] == "my-llama-merge" and s.dry_run()[0]
+    other = make_llama(tmp_path / "my-other-llama", 1)
+    s.add_model(str(other))  # same tensors: joins
+    assert s.included() == [str(own), str(other)] and s.family is None
+    pv = s.preview()
+    assert pv.tensors > 0 and not pv.superseded
+    assert s.undo() and s.included() == [str(own)]

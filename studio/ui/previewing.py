@@ -1,0 +1,206 @@
+"""The live preview of one session: the resident merge (:class:`~studio.engine.live.LiveMerger`) and what judges it —
+plain Python.
+
+What judges a merge follows the models in the recipe, never a demo family's leftovers:
+
+* all models of the recipe belong to the loaded demo family → the family's evaluator (accuracy, perplexity, style);
+* otherwise → the preview pipeline of the reference model (:mod:`studio.preview`: images from the user's prompts, text
+  from the user's prompts, perplexity, accuracy on their own evaluation set), fed in place by the live merger;
+* a model no pipeline can show → merge only (the dry run, export, diagnostics still work).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from typing import Any
+
+from ..engine.live import LiveMerger
+from ..errors import StudioError
+from ..preview import Previewer, previewer_for
+from ..recipe import edit as E
+from . import history as H
+from .preview_view import Preview
+
+
+class FamilyJudge:
+    """A demo family's evaluator on the merged state; the inputs' scores come from the catalogue's cache."""
+
+    def __init__(self, env, family: str):
+        self.env, self.family = env, family
+        self.evaluator = env.catalog.evaluator(family)
+        self.metric = str(getattr(self.evaluator, "metric", "") or "score")
+
+    def attach(self, live: LiveMerger) -> None:
+        pass
+
+    def evaluate(self, live: LiveMerger, changed: list[str]) -> dict:
+        return self.evaluator.evaluate(live.state)
+
+    def input(self, ref: str) -> dict:
+        return self.env.catalog.input_score(self.family, ref, self.env.opener)
+
+
+class PipelineJudge:
+    """A preview pipeline (:class:`studio.preview.Previewer`) rendering the session's request; each input model's
+    render is cached per request."""
+
+    def __init__(self, previewer: Previewer, request: Any, opener):
+        self.previewer, self.request, self.opener = previewer, request, opener
+        self.metric = previewer.metric
+        self._inputs: dict[tuple[str, str], dict] = {}
+
+    def attach(self, live: LiveMerger) -> None:
+        self.previewer.attach(live)
+
+    def evaluate(self, live: LiveMerger, changed: list[str]) -> dict:
+        self.previewer.refresh(changed)
+        return self.previewer.render(self.request)
+
+    def input(self, ref: str) -> dict:
+        key = (ref, _request_key(self.request))
+        if key not in self._inputs:
+            self._inputs[key] = self.previewer.render_source(self.opener(ref), self.request)
+        return self._inputs[key]
+
+
+def _request_key(request: Any) -> str:
+    fields = getattr(request, "__dict__", request)
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+class PreviewController:
+    """The resident merge of one session and its judge; ``run`` re-merges what changed and judges it."""
+
+    def __init__(self, session):
+        self.s = session
+        self.live: LiveMerger | None = None
+        self.judge: FamilyJudge | PipelineJudge | None = None
+        self.request: Any = None           # what a preview pipeline renders (prompts, seeds, …); its own default
+        self.last: Preview | None = None
+        self.lock = threading.Lock()       # one merge or evaluation of the resident model at a time
+        self._ticket = 0
+        self._ticket_lock = threading.Lock()
+        self._judged: tuple | None = None  # (demo family or None, reference model) the judge was made for
+
+    def close(self) -> None:
+        """Drop the resident model and its pipeline (frees their memory)."""
+        self.live, self.judge, self.last, self._judged = None, None, None, None
+
+    def next_ticket(self) -> int:
+        with self._ticket_lock:
+            self._ticket += 1
+            return self._ticket
+
+    def sync_live(self) -> LiveMerger:
+        """The resident LiveMerger holding the current recipe (built on first use, and again when the judge changes).
+        Call under ``lock``."""
+        self._ensure_judge()
+        recipe = self.s.recipe_obj()
+        if self.live is None:
+            env = self.s.env
+            dtype = self.judge.previewer.dtype if isinstance(self.judge, PipelineJudge) else env.state_dtype
+            self.live = LiveMerger(recipe, device=env.device, opener=env.opener, memory_budget=env.memory_budget,
+                                   out_dtype=dtype)
+            if self.judge is not None:
+                self.judge.attach(self.live)
+        else:
+            self.live.update(recipe)
+        return self.live
+
+    def _ensure_judge(self) -> None:
+        """The judge for the models now in the recipe: made again (with a fresh live merger) when the demo family
+        or the reference model changes."""
+        s = self.s
+        refs = set(s.included()) | ({s.recipe["base_model"]} if s.recipe.get("base_model") else set())
+        family = s.family if s.family and all(s.of_family(r) for r in refs) else None
+        key = (family, E.reference_model(s.recipe))
+        if key == self._judged:
+            return
+        self.live, self._judged = None, key
+        self.judge = FamilyJudge(s.env, family) if family else self._pipeline(key[1])
+
+    def _pipeline(self, ref: str | None) -> PipelineJudge | None:
+        if ref is None:
+            return None
+        env = self.s.env
+        source = env.opener(ref)
+        try:
+            cls = previewer_for(source)
+        except StudioError:
+            return None  # merge only: nothing renders this kind of model
+        if not isinstance(self.request, cls.Request):
+            self.request = cls.Request()
+        return PipelineJudge(cls(source, device=env.device, dtype=env.pipeline_dtype), self.request, env.opener)
+
+    def score(self, state: dict) -> dict:
+        """The judge's result for ``state`` — the resident merge's (after a ``live.update``), or any other weights
+        (a landscape's point); used by the landscapes. Call under ``lock``."""
+        judge = self.judge
+        if judge is None:
+            raise StudioError("nothing judges these models, so there is no score to draw",
+                              hint="landscapes need a demo family's evaluator or a preview with a number "
+                                   "(perplexity of a text, accuracy on an evaluation set)")
+        if isinstance(judge, FamilyJudge):
+            return judge.evaluator.evaluate(state)
+        if state is self.live.state:
+            return judge.evaluate(self.live, self.live.last_changed)
+        return judge.previewer.render_state(state, judge.request)
+
+    @property
+    def metric(self) -> str:
+        judge = self.judge
+        last = self.last.result if self.last else None
+        return str((judge.metric if judge else "") or (last or {}).get("metric") or "score")
+
+    def inputs(self) -> dict[str, dict]:
+        """The judge's result for the base and each merged model (cached)."""
+        s, judge = self.s, self.judge
+        if judge is None:
+            return {}
+        base = s.recipe.get("base_model")
+        out = {}
+        for ref in ([base] if base else []) + [r for r in s.included() if r != base]:
+            try:
+                out[s.label(ref)] = judge.input(ref)
+            except (StudioError, KeyError, RuntimeError):
+                continue  # a model the judge cannot score (e.g. a foreign checkpoint) is just not shown
+        return out
+
+    def run(self, ticket: int | None = None) -> Preview:
+        """Re-merge what changed into the resident model and judge it with the preview budget.
+
+        A call whose ticket is older than the newest request returns ``superseded=True`` without judging: the
+        newer request will show its own numbers.
+        """
+        s = self.s
+        ticket = self.next_ticket() if ticket is None else ticket
+        snapshot = copy.deepcopy(s.recipe)
+        with s.env.heavy, self.lock:
+            if ticket != self._ticket:
+                return Preview(snapshot, {}, {}, 0.0, 0.0, 0.0, 0, 0, superseded=True)
+            t0 = time.perf_counter()
+            fresh = self.live is None
+            live = self.sync_live()
+            changed = list(live.state) if fresh else live.last_changed
+            t1 = time.perf_counter()
+            if ticket != self._ticket:
+                return Preview(snapshot, {}, {}, t1 - t0, 0.0, t1 - t0, len(changed), len(live.state),
+                               superseded=True)
+            result = self.judge.evaluate(live, changed) if self.judge is not None else {}
+            t2 = time.perf_counter()
+            inputs = self.inputs()
+        pv = Preview(snapshot, result, inputs, t1 - t0, t2 - t1, t2 - t0, len(changed), len(live.state),
+                     previous=self.last.result if self.last else None)
+        self.last = pv
+        H.record(s.history, snapshot, result, pv.total_seconds)
+        return pv
+
+    def show(self, pv: Preview) -> Preview:
+        """Show numbers that are not the recipe's (learned weights) as the current preview; not recorded in the
+        history."""
+        pv.previous = self.last.result if self.last else None
+        self.last = pv
+        return pv
