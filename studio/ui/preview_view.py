@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from .. import figures
+from ..describe import human_bytes
 
 
 @dataclass
@@ -206,3 +207,11 @@ def latency_text(pv) -> str:
                 f"*Re-run preview*, shows the recipe again")
     return (f"{head}updated in {pv.total_seconds * 1000:.0f} ms (merge {pv.merge_seconds * 1000:.0f} ms for "
             f"{pv.changed}/{pv.tensors} tensors, evaluate {pv.eval_seconds * 1000:.0f} ms)")
+
+
+def memory_text(use: dict[str, int]) -> str:
+    """The RAM (and VRAM) gauge under the preview: this process's memory against the machine's."""
+    parts = [f"RAM {human_bytes(use['ram'])} of {human_bytes(use['ram_total'])}"]
+    if "vram" in use:
+        parts.append(f"VRAM {human_bytes(use['vram'])} of {human_bytes(use['vram_total'])}")
+    return "<sub>" + " · ".join(parts) + "</sub>"

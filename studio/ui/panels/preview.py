@@ -6,12 +6,14 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from ...devices import memory_use
 from .. import preview_view as V
 
 
 def build() -> SimpleNamespace:
     ns = SimpleNamespace()
     ns.latency = gr.Markdown("Loading…", elem_id="latency")
+    ns.memory = gr.Markdown(elem_id="memory")
     ns.status = gr.Markdown(elem_id="status")
     ns.plot = gr.Plot(label="Scores: base · expert · previous · merge", elem_id="score-plot")
     ns.table = gr.Dataframe(label="Per-task scores", interactive=False, elem_id="score-table",
@@ -32,7 +34,7 @@ def build() -> SimpleNamespace:
 
 def rendered(ns) -> list:
     """Every component a preview or an edit may change (the status line and the preview's are sent by the app)."""
-    return [ns.formula, ns.latency, ns.status, ns.plot, ns.table, ns.samples, ns.image, ns.gallery, ns.raw]
+    return [ns.formula, ns.latency, ns.memory, ns.status, ns.plot, ns.table, ns.samples, ns.image, ns.gallery, ns.raw]
 
 
 def render(ns, s) -> dict:
@@ -50,7 +52,8 @@ def render_preview(ns, s, pv) -> dict:
            "per_task": pv.result.get("per_task"), "latency_ms": round(pv.total_seconds * 1000, 1),
            "merge_ms": round(pv.merge_seconds * 1000, 1), "eval_ms": round(pv.eval_seconds * 1000, 1),
            "changed_tensors": pv.changed, "history_id": s.history[-1].id if s.history else None}
-    return {ns.latency: {"value": V.latency_text(pv)}, ns.plot: {"value": V.score_figure(pv)},
+    return {ns.latency: {"value": V.latency_text(pv)}, ns.memory: {"value": V.memory_text(memory_use(s.env.device))},
+            ns.plot: {"value": V.score_figure(pv)},
             ns.table: {"value": {"headers": headers, "data": rows}, "label": f"Per-task {metric}"},
             ns.samples: {"value": V.samples_markdown(pv)},
             ns.image: {"value": imgs[0][0] if len(imgs) == 1 else None, "visible": len(imgs) == 1},
