@@ -36,6 +36,9 @@ class FamilyJudge:
     def attach(self, live: LiveMerger) -> None:
         pass
 
+    def refresh(self, changed: list[str]) -> None:
+        pass
+
     def evaluate(self, live: LiveMerger, changed: list[str]) -> dict:
         return self.evaluator.evaluate(live.state)
 
@@ -54,6 +57,9 @@ class PipelineJudge:
 
     def attach(self, live: LiveMerger) -> None:
         self.previewer.attach(live)
+
+    def refresh(self, changed: list[str]) -> None:
+        self.previewer.refresh(changed)
 
     def evaluate(self, live: LiveMerger, changed: list[str]) -> dict:
         self.previewer.refresh(changed)

@@ -27,6 +27,7 @@ from ..recipe.edit import SettingPath
 from . import history as H
 from .catalog import family_label
 from .formula import render as render_formula
+from .grids import GridController
 from .landscapes import LandscapeController
 from .learning import LearnController
 from .paths import split_reference
@@ -47,6 +48,7 @@ class Session:
         self.history: list[H.HistoryEntry] = []
         self.target: SettingPath | None = None  # the setting the per-layer sliders drive
         self.previewing = PreviewController(self)
+        self.grids = GridController(self)
         self.learning = LearnController(self)
         self.landscapes = LandscapeController(self)
         self.events = threading.RLock()           # one UI event of this tab at a time (with --max-parallel > 1)

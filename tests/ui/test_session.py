@@ -322,3 +322,24 @@ def test_an_own_model_of_another_kind_starts_its_own_recipe(env, tmp_path):
     pv = s.preview()
     assert pv.tensors > 0 and not pv.superseded
     assert s.undo() and s.included() == [str(own)]
+
+
+def test_grid_cells_are_the_previews_of_their_recipes(env, toy_family, tmp_path):
+    from studio.preview.grid import read_grid_recipes
+
+    s = env.new_session()
+    first = s.preview()
+    assert "parameters.lambda@L01" in s.grids.axis_choices() and "merge_method" in s.grids.axis_choices()
+    g = s.grids.render("parameters.lambda=0.2,0.8", "models.0.weight=0,1")
+    ev = toy_family.evaluator()
+    for row in g.cells:
+        for cell in row:
+            assert cell["result"]["per_task"] == ev.evaluate(merge_in_memory(Recipe.from_dict(cell["recipe"])))[
+                "per_task"]
+    path = s.grids.save(str(tmp_path / "grid"))
+    assert path.endswith("grid.png") and read_grid_recipes(path)["cells"][1][0] == g.cells[1][0]["recipe"]
+    with pytest.raises(StudioError, match="81 previews"):
+        s.grids.render("lambda=0:1:9", "parameters.lambda@L01=0:1:9")
+    with pytest.raises(PathNotAllowed):
+        s.grids.save("/tmp/elsewhere-" + tmp_path.name + "/grid.png")
+    assert s.preview().result["per_task"] == first.result["per_task"]  # the live merge holds the recipe again
