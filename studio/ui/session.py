@@ -30,7 +30,7 @@ from .formula import render as render_formula
 from .grids import GridController
 from .landscapes import LandscapeController
 from .learning import LearnController
-from .paths import split_reference
+from ..sources.resolve import split_reference
 from .preview_view import Preview
 from .previewing import PreviewController
 from .shelf import ModelShelf
