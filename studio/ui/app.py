@@ -170,7 +170,7 @@ class StudioUI:
         comps = list(inputs)
         # the controls a user just used are outputs too: a refused or rounded value is set back at once
         outputs = self.outputs if scope is None else list(dict.fromkeys(
-            [self.state] + preview_panel.rendered(self.p) + list(scope) + comps))
+            [self.state] + preview_panel.live(self.p) + list(scope) + comps))
 
         def handler(state, *values):
             s = self.session(state)

@@ -12,9 +12,13 @@ What judges a merge follows the models in the recipe, never a demo family's left
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import threading
 import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..engine.live import LiveMerger
@@ -75,6 +79,41 @@ class PipelineJudge:
 def _request_key(request: Any) -> str:
     fields = getattr(request, "__dict__", request)
     return json.dumps(fields, sort_keys=True, default=str)
+
+
+@dataclass
+class RequestField:
+    """One setting of a preview pipeline's request as a control shows it."""
+
+    name: str
+    kind: str        # lines (one item per line) | numbers (comma-separated) | text | path | int | float | bool
+    value: Any
+
+
+def _kind(hint) -> str:
+    """The control kind of a request field from its type hint."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        return "lines" if args and args[0] is str else "numbers"
+    if hint in (bool, int, float):
+        return hint.__name__
+    if Path in args or "file" in str(hint):
+        return "path"
+    return "text"
+
+
+def request_fields(request: Any) -> list[RequestField]:
+    """The fields of a request dataclass, in declared order, as controls show them."""
+    hints = typing.get_type_hints(type(request))
+    out = []
+    for f in dataclasses.fields(request):
+        kind, value = _kind(hints[f.name]), getattr(request, f.name)
+        if f.name.endswith(("_file", "_set", "_path")) and kind == "text":
+            kind = "path"
+        shown = ("\n".join(map(str, value)) if kind == "lines" else ", ".join(map(str, value)) if kind == "numbers"
+                 else "" if value is None else str(value) if kind in ("path", "text") else value)
+        out.append(RequestField(f.name, kind, shown))
+    return out
 
 
 class PreviewController:
@@ -140,6 +179,39 @@ class PreviewController:
         if not isinstance(self.request, cls.Request):
             self.request = cls.Request()
         return PipelineJudge(cls(source, device=env.device, dtype=env.pipeline_dtype), self.request, env.opener)
+
+    def request_fields(self) -> list[RequestField]:
+        """The preview pipeline's request as controls (none when a demo family's evaluator judges the merge)."""
+        return request_fields(self.request) if isinstance(self.judge, PipelineJudge) else []
+
+    def set_request(self, name: str, raw: Any) -> None:
+        """Change one field of the request from a control's value (paths only inside the allowed folders)."""
+        if not isinstance(self.judge, PipelineJudge):
+            raise StudioError("this preview has no settings", hint="it is a demo family's evaluator")
+        field = next((f for f in request_fields(self.request) if f.name == name), None)
+        if field is None:
+            raise StudioError(f"the preview has no setting {name!r}")
+        if field.kind == "lines":
+            value = [line.strip() for line in str(raw or "").splitlines() if line.strip()]
+        elif field.kind == "numbers":
+            try:
+                value = [int(v) for v in str(raw or "").replace(",", " ").split()]
+            except ValueError:
+                raise StudioError(f"{name}: whole numbers separated by commas, got {raw!r}") from None
+        elif field.kind == "path":
+            value = str(self.s.env.roots.check_path(str(raw))) if str(raw or "").strip() else None
+        elif field.kind in ("int", "float"):
+            if raw is None:
+                raise StudioError(f"{name} needs a number")
+            value = int(raw) if field.kind == "int" else float(raw)
+        elif field.kind == "bool":
+            value = bool(raw)
+        else:
+            value = "" if raw is None else str(raw)
+        request = dataclasses.replace(self.request, **{name: value})
+        check = getattr(request, "check", None)
+        self.request = check() if callable(check) else request
+        self.judge.request = self.request
 
     def score(self, state: dict) -> dict:
         """The judge's result for ``state`` — the resident merge's (after a ``live.update``), or any other weights
