@@ -113,8 +113,25 @@ def samples_markdown(pv) -> str:
         head = f"**{task}**" + (f" · {metric} {score:.2f}" if score is not None else "")
         if prev and task in prev and _tidy(str(prev[task])) != text:
             head += " · *changed*"
-        lines += [head, "```text", text.replace("```", "ˋˋˋ") or "(empty)", "```"]
+        lines += [head, _code(text)]
+    lines += [f"⚠ {note}" for note in (pv.result or {}).get("notes") or []]
     return "\n".join(lines)
+
+
+def inputs_markdown(pv) -> str:
+    """The same prompts answered by each input model (text previews), for comparison with the merge's."""
+    lines = []
+    for label, inp in pv.inputs.items():
+        samples = inp.get("samples")
+        if isinstance(samples, dict) and samples and not _is_image_dict(samples):
+            lines.append(f"#### {label}")
+            for prompt, text in samples.items():
+                lines += [f"**{prompt}**", _code(_tidy(str(text)))]
+    return "\n".join(lines)
+
+
+def _code(text: str) -> str:
+    return "```text\n" + (text.replace("```", "ˋˋˋ") or "(empty)") + "\n```"
 
 
 def _tidy(text: str) -> str:
@@ -129,8 +146,14 @@ def _tidy(text: str) -> str:
 
 
 def images(pv) -> list:
-    """The evaluator's sample images as a list of (PIL image, caption) for a gallery."""
+    """The evaluator's sample images as a list of (PIL image, caption) for a gallery. A preview pipeline's images
+    (one per prompt and seed) come side by side: the merge, the previous merge, then each input model."""
     s = (pv.result or {}).get("samples")
+    if isinstance(s, (list, tuple)) and len(s) > 1 and all(isinstance(x, Image.Image) for x in s):
+        rows = [("merge", list(s)), ("previous merge", (pv.previous or {}).get("samples"))]
+        rows += [(label, inp.get("samples")) for label, inp in pv.inputs.items()]
+        rows = [(cap, imgs) for cap, imgs in rows if isinstance(imgs, (list, tuple)) and len(imgs) == len(s)]
+        return [(imgs[k], f"{cap} · {k + 1}") for k in range(len(s)) for cap, imgs in rows]
     if s is None or isinstance(s, (dict, str)) and not _is_image_dict(s):
         return []
     items = list(s.items() if isinstance(s, dict) else enumerate(s if isinstance(s, (list, tuple)) else [s]))

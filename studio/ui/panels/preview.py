@@ -21,6 +21,8 @@ def build() -> SimpleNamespace:
     ns.table = gr.Dataframe(label="Per-task scores", interactive=False, elem_id="score-table",
                             column_widths=["20%", "14%", "14%", "14%", "20%", "18%"])
     ns.samples = gr.Markdown(elem_id="samples")
+    with gr.Accordion("The same prompts on each input model", open=False):
+        ns.input_samples = gr.Markdown(elem_id="input-samples")
     ns.image = gr.Image(label="Samples (fixed seeds)", visible=False, interactive=False, elem_id="sample-grid",
                         buttons=["download", "fullscreen"])
     ns.gallery = gr.Gallery(label="Samples (fixed seeds)", visible=False, columns=4, height="auto",
@@ -42,7 +44,8 @@ def build() -> SimpleNamespace:
 
 def live(ns) -> list:
     """What every re-preview may change: the formula and the preview itself (the status line included)."""
-    return [ns.formula, ns.latency, ns.memory, ns.status, ns.plot, ns.table, ns.samples, ns.image, ns.gallery, ns.raw]
+    return [ns.formula, ns.latency, ns.memory, ns.status, ns.plot, ns.table, ns.samples, ns.input_samples, ns.image,
+            ns.gallery, ns.raw]
 
 
 def rendered(ns) -> list:
@@ -87,7 +90,7 @@ def render_preview(ns, s, pv) -> dict:
     return {ns.latency: {"value": V.latency_text(pv)}, ns.memory: {"value": V.memory_text(memory_use(s.env.device))},
             ns.plot: {"value": V.score_figure(pv)},
             ns.table: {"value": {"headers": headers, "data": rows}, "label": f"Per-task {metric}"},
-            ns.samples: {"value": V.samples_markdown(pv)},
+            ns.samples: {"value": V.samples_markdown(pv)}, ns.input_samples: {"value": V.inputs_markdown(pv)},
             ns.image: {"value": imgs[0][0] if len(imgs) == 1 else None, "visible": len(imgs) == 1},
             ns.gallery: {"value": imgs if len(imgs) > 1 else None, "visible": len(imgs) > 1},
             ns.raw: {"value": raw}}
