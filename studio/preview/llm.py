@@ -4,8 +4,9 @@ pasted text or a text file, and accuracy on their own evaluation set (:mod:`stud
 
 The model is built from the reference folder's ``config.json`` with its parameters on the meta device (nothing is
 allocated or initialised for them; buffers such as rotary frequencies are computed by the model's own code), then
-each parameter gets uninitialised memory in the preview's dtype on its device, and :meth:`LLMPreviewer.attach` makes
-those parameters the live merger's state (``LiveMerger.bind``): the merged weights exist once, inside the model.
+:meth:`LLMPreviewer.attach` makes the live merger's merged tensors the parameters' storage (``LiveMerger.bind`` with
+the state's own tensors: nothing is copied). The merged weights exist once, inside the model, and each re-merge
+writes into them in place.
 """
 
 from __future__ import annotations
@@ -137,23 +138,39 @@ def parameters_on_meta():
         nn.Module.register_parameter = register
 
 
-def materialise(model: nn.Module, device: torch.device) -> None:
-    """Give each meta parameter uninitialised memory on ``device`` (its dtype kept; shared parameters — tied
-    embeddings — stay one tensor) and move the buffers there. Inference only: no gradients."""
-    fresh: dict[int, nn.Parameter] = {}
-    for module in model.modules():
-        for name, p in list(module._parameters.items()):
-            if p is None:
-                continue
-            if id(p) not in fresh:
-                fresh[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device), requires_grad=False)
-            module._parameters[name] = fresh[id(p)]
-    model.to(device)
+@dataclass
+class ParamSlot:
+    """One parameter of a model: every name it has (tied weights have several), the (module, attribute) pairs that
+    hold it, and its shape and dtype as the model's code declared them (``spec``, on the meta device)."""
+
+    names: list[str]
+    owners: list[tuple[nn.Module, str]]
+    spec: torch.Tensor
+
+    def place(self, tensor: torch.Tensor) -> nn.Parameter:
+        """Make ``tensor``'s storage this parameter's, in every module that holds it (no copy; no gradients)."""
+        param = nn.Parameter(tensor, requires_grad=False)
+        for module, attr in self.owners:
+            module._parameters[attr] = param
+        return param
+
+
+def parameter_slots(model: nn.Module) -> list[ParamSlot]:
+    """The model's parameters, each once (tied ones with all their names), in registration order."""
+    slots: dict[int, ParamSlot] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module._parameters.items():
+            if p is not None:
+                slot = slots.setdefault(id(p), ParamSlot([], [], p))
+                slot.names.append(f"{mod_name}.{attr}" if mod_name else attr)
+                slot.owners.append((module, attr))
+    return list(slots.values())
 
 
 def build_causal_lm(folder: Path, dtype: torch.dtype, device: torch.device):
-    """``AutoModelForCausalLM`` from ``folder``'s config.json, parameters in ``dtype`` on ``device`` and *not*
-    filled (attach a merge, or load weights, before running it); eval mode."""
+    """``AutoModelForCausalLM`` from ``folder``'s config.json in eval mode: buffers (computed by the model's code)
+    on ``device``, parameters in ``dtype`` still on the meta device — no memory until :class:`ParamSlot` places a
+    tensor in each."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig  # optional and heavy
 
     try:
@@ -165,7 +182,10 @@ def build_causal_lm(folder: Path, dtype: torch.dtype, device: torch.device):
         raise StudioError(f"transformers cannot build a causal LM from config.json ({first})", where=str(folder),
                           hint="previews run AutoModelForCausalLM architectures that transformers ships "
                                "(remote code is not run)") from None
-    materialise(model, device)
+    for module in model.modules():
+        for name, b in module._buffers.items():
+            if b is not None:
+                module._buffers[name] = b.to(device)
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(str(folder), local_files_only=True)
     return model.eval()
@@ -247,13 +267,14 @@ def render_text(model, tokenizer, request: TextRequest) -> dict:
 class LLMPreviewer(Previewer):
     """A transformers causal LM whose parameters are the live merger's merged state.
 
-    ``LLMPreviewer(reference_source, device, dtype)`` builds the model (from config.json, no weights loaded) and
-    the tokenizer; ``attach(live)`` binds each parameter to its merged tensor (the merger must produce
-    ``dtype`` on ``device``: ``LiveMerger(..., out_dtype=previewer.dtype)``); ``render(TextRequest)``;
+    ``LLMPreviewer(reference_source, device, dtype)`` builds the model (from config.json, no weights loaded, no
+    parameter memory) and the tokenizer; ``attach(live)`` makes each parameter its merged tensor (the merger must
+    produce ``dtype`` on ``device``: ``LiveMerger(..., out_dtype=previewer.dtype)``); ``render(TextRequest)``;
     ``render_source(source, TextRequest)`` shows one input model in the same modules, then restores the merge.
 
-    ``targets``: merged key → the model tensor it lives in; ``bound``: the keys the merger writes in place (the
-    rest — a dtype the merge does not produce — are copied by ``refresh``); ``unused``: merged keys the model has
+    ``slots``: the model's parameters (:class:`ParamSlot`); ``targets``: merged key → the model tensor it lives in;
+    ``bound``: the keys the merger writes in place (the rest — a dtype the merge does not produce, checkpoint
+    buffers — are copied by ``refresh``); ``unused``: merged keys the model has
     no place for (e.g. a saved ``lm_head.weight`` when the embeddings are tied).
     """
 
@@ -266,6 +287,7 @@ class LLMPreviewer(Previewer):
         self.folder = model_folder(reference)
         self.tokenizer = load_tokenizer(self.folder)
         self.model = build_causal_lm(self.folder, dtype, self.device)
+        self.slots = parameter_slots(self.model)
         self.targets: dict[str, torch.Tensor] = {}
         self.bound: set[str] = set()
         self.unused: list[str] = []
@@ -275,18 +297,11 @@ class LLMPreviewer(Previewer):
         """The previewer for a folder or hub id (HF cache; offline)."""
         return cls(open_source(ref), device, dtype)
 
-    def _slots(self) -> list[tuple[list[str], torch.Tensor]]:
-        """(the names a tensor has in the model, the tensor): each parameter once with all its tied names, then the
-        persistent buffers (those a checkpoint holds)."""
-        params: dict[int, tuple[list[str], torch.Tensor]] = {}
-        for name, p in self.model.named_parameters(remove_duplicate=False):
-            params.setdefault(id(p), ([], p))[0].append(name)
-        buffers = []
-        for mod_name, module in self.model.named_modules():
-            for name, b in module._buffers.items():
-                if b is not None and name not in module._non_persistent_buffers_set:
-                    buffers.append(([f"{mod_name}.{name}" if mod_name else name], b))
-        return list(params.values()) + buffers
+    def _buffers(self) -> list[tuple[str, torch.Tensor]]:
+        """The persistent buffers (those a checkpoint holds; rotary frequencies are not among them)."""
+        return [(f"{m_name}.{name}" if m_name else name, b) for m_name, module in self.model.named_modules()
+                for name, b in module._buffers.items()
+                if b is not None and name not in module._non_persistent_buffers_set]
 
     def _key_for(self, names: list[str], state) -> str | None:
         """The merged key of a model tensor: one of its names, or one with/without the base model's prefix (a
@@ -301,33 +316,52 @@ class LLMPreviewer(Previewer):
                     return key
         return None
 
+    def _check_shape(self, key: str, merged: torch.Tensor, expected) -> None:
+        if tuple(merged.shape) != tuple(expected):
+            raise StudioError(f"{key}: the merge has shape {list(merged.shape)}, the model built from config.json "
+                              f"expects {list(expected)}", where=str(self.folder),
+                              hint="the models' config.json and weights disagree (vocabulary or size)")
+
     def attach(self, live: LiveMerger) -> None:
+        """Each parameter's storage becomes its merged tensor (tied parameters: one tensor), so re-merges land in
+        the model without a copy; a merged tensor of another dtype than the parameter's is copied into memory of
+        its own (and by :meth:`refresh` after each re-merge). A parameter the merge does not produce is a
+        StudioError naming it; buffers are the model's own unless the checkpoint holds them."""
         same_device = live.device == self.device or (live.device.type == self.device.type
                                                      and None in (live.device.index, self.device.index))
         if not same_device or live.out_dtype != self.dtype:
             raise ValueError(f"the merger produces {live.out_dtype} on {live.device}, the preview runs {self.dtype} "
                              f"on {self.device}: build LiveMerger(..., device=, out_dtype=) to match")
-        targets, missing = {}, []
-        for names, tensor in self._slots():
-            key = self._key_for(names, live.state)
+        state = live.state
+        placed, missing = [], []
+        for slot in self.slots:
+            key = self._key_for(slot.names, state)
             if key is None:
-                if isinstance(tensor, nn.Parameter):
-                    missing.append(names[0])
-                continue  # a buffer the checkpoint does not hold keeps the value the model's code computed
-            if tuple(live.state[key].shape) != tuple(tensor.shape):
-                raise StudioError(f"{key}: the merge has shape {list(live.state[key].shape)}, the model built from "
-                                  f"config.json expects {list(tensor.shape)}", where=str(self.folder),
-                                  hint="the models' config.json and weights disagree (vocabulary or size)")
-            targets[key] = tensor.detach()
+                missing.append(slot.names[0])
+            else:
+                self._check_shape(key, state[key], slot.spec.shape)
+                placed.append((key, slot))
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise StudioError(f"the merge does not produce {len(missing)} of the model's parameters: {shown}",
                               where=str(self.folder),
                               hint="the checkpoints' tensor names must be the ones AutoModelForCausalLM uses")
-        self.bound = {k for k, t in targets.items() if t.dtype == live.state[k].dtype}
-        live.bind({k: targets[k] for k in self.bound})
-        self.targets, self.live = targets, live
-        self.unused = sorted(set(live.state) - set(targets))
+        targets, bound = {}, set()
+        for key, slot in placed:
+            if state[key].dtype == slot.spec.dtype:
+                targets[key] = state[key]
+                bound.add(key)
+            else:  # a dtype the merge does not produce: memory of its own, refreshed by copying
+                targets[key] = torch.empty(slot.spec.shape, dtype=slot.spec.dtype, device=self.device)
+            slot.place(targets[key])
+        for name, buf in self._buffers():
+            key = self._key_for([name], state)
+            if key is not None:  # a buffer the checkpoint does not hold keeps the value the model's code computed
+                self._check_shape(key, state[key], buf.shape)
+                targets[key] = buf
+        live.bind({k: state[k] for k in bound})  # the state's own tensors: bound without a copy
+        self.targets, self.bound, self.live = targets, bound, live
+        self.unused = sorted(set(state) - set(targets))
         self.refresh(list(targets))
 
     def refresh(self, changed: list[str]) -> None:
@@ -340,6 +374,8 @@ class LLMPreviewer(Previewer):
                     target.copy_(merged)
 
     def render(self, request: TextRequest) -> dict:
+        if self.live is None:
+            raise ValueError("attach a LiveMerger before rendering")
         return render_text(self.model, self.tokenizer, request)
 
     def render_source(self, source: TensorSource, request: TextRequest) -> dict:

@@ -67,7 +67,10 @@ def test_the_detector_finds_causal_lms_only(lm_family, tmp_path):
 
 def test_merged_weights_are_the_cli_merge_bit_for_bit_and_a_slider_writes_in_place(lm_family):
     f = lm_family
-    pv, live = preview(f, recipe(f, 0.3))
+    pv = LLMPreviewer(open_source(str(f["base"])))
+    assert all(p.device.type == "meta" for p in pv.model.parameters())  # built from config.json: no weights yet
+    live = LiveMerger(recipe(f, 0.3), device="cpu")
+    pv.attach(live)
     params = dict(pv.model.named_parameters())
     assert set(params) == set(live.state) and pv.bound == set(live.state) and pv.unused == []
     for k, v in merge_in_memory(recipe(f, 0.3)).items():
