@@ -12,6 +12,7 @@ writes into them in place.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,22 +121,37 @@ def load_tokenizer(folder: Path):
                           hint="check tokenizer_config.json and the tokenizer files") from None
 
 
+_META = threading.local()  # whether this thread's new parameters go to the meta device
+_META_LOCK = threading.Lock()
+_META_USERS = [0, None]  # threads inside parameters_on_meta, and the register_parameter they replaced
+
+
+def _register_parameter(module, name, param):
+    if getattr(_META, "on", False) and param is not None and param.device.type != "meta":
+        param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+    _META_USERS[1](module, name, param)
+
+
 @contextlib.contextmanager
 def parameters_on_meta():
-    """Every parameter a module registers inside this block lives on the meta device (no memory, no initialisation
-    cost); buffers are created as the model's code makes them (rotary frequencies, masks are real values)."""
-    register = nn.Module.register_parameter
-
-    def on_meta(module, name, param):
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
-
-    nn.Module.register_parameter = on_meta
+    """Every parameter a module registers in this thread inside this block lives on the meta device (no memory,
+    no initialisation cost); buffers are created as the model's code makes them (rotary frequencies, masks are real
+    values). Other threads building modules meanwhile are not affected."""
+    with _META_LOCK:
+        if _META_USERS[0] == 0:
+            _META_USERS[1] = nn.Module.register_parameter
+            nn.Module.register_parameter = _register_parameter
+        _META_USERS[0] += 1
+    before = getattr(_META, "on", False)
+    _META.on = True
     try:
         yield
     finally:
-        nn.Module.register_parameter = register
+        _META.on = before
+        with _META_LOCK:
+            _META_USERS[0] -= 1
+            if _META_USERS[0] == 0:
+                nn.Module.register_parameter = _META_USERS[1]
 
 
 @dataclass
@@ -235,6 +251,8 @@ def render_text(model, tokenizer, request: TextRequest) -> dict:
     ``samples`` is ``{prompt: generated text}``; ``table`` the eval set's rows (when one is given); ``notes``
     what a person should know (no chat template, a text or set cut to the budget)."""
     request.check()
+    text, where = _text_of(request)  # a missing file or a malformed set is said before any work is done
+    items, more = load_eval_set(request.eval_set, request.eval_items) if request.eval_set else ([], False)
     stop = stop_tokens(model, tokenizer)
     notes = []
     if request.chat and not getattr(tokenizer, "chat_template", None) and (request.prompts or request.eval_set):
@@ -242,7 +260,6 @@ def render_text(model, tokenizer, request: TextRequest) -> dict:
     samples = {p: generate(model, tokenizer, p, request, stop) for p in request.prompts}
     metric, per_task, table = "", {}, None
     if request.eval_set:
-        items, more = load_eval_set(request.eval_set, request.eval_items)
         if more:
             notes.append(f"evaluation set: the first {len(items)} items were scored (the preview budget)")
         greedy = TextRequest(chat=request.chat, max_new_tokens=request.max_new_tokens)
@@ -251,7 +268,6 @@ def render_text(model, tokenizer, request: TextRequest) -> dict:
                                str(request.eval_set))
         metric = "accuracy"
         per_task = {k: v for k, v in table["accuracy"].items() if k != "choice_raw"}
-    text, where = _text_of(request)
     if text:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > request.max_text_tokens:

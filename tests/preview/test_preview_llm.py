@@ -253,3 +253,54 @@ def test_missing_pieces_are_named(lm_family, tmp_path):
 def test_bad_requests_are_studio_errors(kw, what):
     with pytest.raises(StudioError, match=what):
         TextRequest(prompts=PROMPTS, **kw).check()
+
+
+def test_parameters_go_to_meta_only_in_the_building_thread():
+    import threading
+
+    from torch import nn
+
+    from studio.preview.llm import parameters_on_meta
+
+    register = nn.Module.register_parameter
+    seen, start, done = {}, threading.Event(), threading.Event()
+
+    def other():
+        start.wait()
+        seen["other thread"] = nn.Linear(2, 2).weight.device.type
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with parameters_on_meta():
+        start.set()
+        done.wait(10)
+        seen["inside"] = nn.Linear(2, 2).weight.device.type
+        with parameters_on_meta():
+            seen["nested"] = nn.Linear(2, 2).weight.device.type
+        seen["after nested"] = nn.Linear(2, 2).weight.device.type
+    t.join()
+    seen["outside"] = nn.Linear(2, 2).weight.device.type
+    assert seen == {"other thread": "cpu", "inside": "meta", "nested": "meta", "after nested": "meta",
+                    "outside": "cpu"}
+    assert nn.Module.register_parameter is register
+
+
+def test_a_hub_id_previews_from_the_local_cache(lm_family, monkeypatch, tmp_path):
+    """``org/name`` resolves through the HF cache (offline): model, tokenizer and weights from the snapshot."""
+    hf = tmp_path / "hf"
+    repo = hf / "hub" / "models--acme--tiny-lm"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(lm_family["a"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HOME", str(hf))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pv = LLMPreviewer.from_ref("acme/tiny-lm")
+    pv.attach(LiveMerger(Recipe.from_dict({"merge_method": "linear",
+                                           "models": [{"model": "acme/tiny-lm", "parameters": {"weight": 1.0}}]}),
+                         device="cpu"))
+    req = TextRequest(prompts=PROMPTS, max_new_tokens=8)
+    model, tok = loaded(lm_family["a"])
+    assert pv.render(req)["samples"] == render_text(model, tok, req)["samples"]
