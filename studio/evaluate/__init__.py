@@ -4,7 +4,8 @@ one result shape every evaluator returns (the demo zoo's own evaluators live wit
 Every evaluator returns the same shape from ``evaluate(state_dict)`` (and ``evaluate_module(module)``)::
 
     {"metric": "accuracy" | "perplexity" | "style" | "image",
-     "per_task": {task: float}, "average": float, "samples": None | {prompt: text} | uint8 H×W×3 grid | [PIL]}
+     "per_task": {task: float}, "average": float, "samples": None | {prompt: text} | uint8 H×W×3 grid | [PIL],
+     "table": {...} and "notes": [str], only where an evaluator has them (see common.result)}
 
 Two budgets: ``preview`` (≤ 0.3 s per call for the zoo models on a 2-core CPU) and ``report`` (all test data).
 Build an evaluator once and call ``evaluate`` repeatedly: modules and data are resident.
@@ -12,6 +13,7 @@ Build an evaluator once and call ``evaluate`` repeatedly: modules and data are r
 
 from .common import BUDGETS, normalized, result
 from .diffusion import SDImageEvaluator
-from .text import LLMEvaluator, greedy, perplexity_of
+from .text import LLMEvaluator, continuation, greedy, perplexity_of, sampler, token_windows
 
-__all__ = ["BUDGETS", "normalized", "result", "LLMEvaluator", "SDImageEvaluator", "greedy", "perplexity_of"]
+__all__ = ["BUDGETS", "normalized", "result", "LLMEvaluator", "SDImageEvaluator", "continuation", "greedy",
+           "perplexity_of", "sampler", "token_windows"]

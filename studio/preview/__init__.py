@@ -2,5 +2,8 @@
 the live engine; evaluation sets of the user's own. See :mod:`studio.preview.base`."""
 
 from .base import PREVIEWERS, Previewer, previewer_for
+from .evalset import load_eval_set, score_eval_set
+from .llm import LLMPreviewer, TextRequest, detect_causal_lm, render_text  # registers the causal-LM detector
 
-__all__ = ["PREVIEWERS", "Previewer", "previewer_for"]
+__all__ = ["PREVIEWERS", "LLMPreviewer", "Previewer", "TextRequest", "detect_causal_lm", "load_eval_set",
+           "previewer_for", "render_text", "score_eval_set"]
