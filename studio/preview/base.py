@@ -20,7 +20,7 @@ import torch
 
 from ..engine.live import LiveMerger
 from ..errors import StudioError
-from ..sources import TensorSource
+from ..sources import DictSource, TensorSource
 
 
 class Previewer:
@@ -53,6 +53,10 @@ class Previewer:
     def render_source(self, source: TensorSource, request: Any) -> dict:
         """One input model's own weights rendered the same way; the pipeline holds the merge again afterwards."""
         raise NotImplementedError
+
+    def render_state(self, state: dict[str, torch.Tensor], request: Any) -> dict:
+        """Any weights in the checkpoint's naming (a landscape's point) rendered the same way, the merge restored."""
+        return self.render_source(DictSource(state, ref="<landscape point>"), request)
 
 
 # Each detector takes the reference model's source and returns a Previewer subclass that can show it, or None.

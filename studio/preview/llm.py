@@ -296,6 +296,7 @@ class LLMPreviewer(Previewer):
 
     kind = "text"
     metric = "perplexity"
+    Request = TextRequest
 
     def __init__(self, reference: TensorSource, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32):

@@ -343,3 +343,37 @@ def test_grid_cells_are_the_previews_of_their_recipes(env, toy_family, tmp_path)
     with pytest.raises(PathNotAllowed):
         s.grids.save("/tmp/elsewhere-" + tmp_path.name + "/grid.png")
     assert s.preview().result["per_task"] == first.result["per_task"]  # the live merge holds the recipe again
+
+
+def test_own_llms_preview_text_from_the_users_prompts_and_perplexity(env, tmp_path):
+    """A user's own causal LMs: the preview pipeline (a transformers model whose parameters are the live merge) answers
+    the user's prompts beside each input model, measures perplexity on pasted text, and the merged weights are the
+    CLI merge's."""
+    from tinymodels import WORDS, add_word_tokenizer, make_llama
+
+    a = add_word_tokenizer(make_llama(tmp_path / "llama-a", 0))
+    b = add_word_tokenizer(make_llama(tmp_path / "llama-b", 1))
+    s = env.new_session()
+    s.add_model(str(a))
+    s.add_model(str(b))
+    assert s.family is None and s.included() == [str(a), str(b)]
+    first = s.preview()
+    assert first.result["samples"] == {} and {f.name for f in s.previewing.request_fields()} >= {"prompts", "text"}
+    prompt = " ".join(WORDS[5:9])
+    s.previewing.set_request("prompts", prompt)
+    s.previewing.set_request("max_new_tokens", 4)
+    s.previewing.set_request("text", " ".join(WORDS[3:40] * 3))
+    pv = s.preview()
+    assert pv.result["metric"] == "perplexity" and pv.result["average"] > 1
+    assert list(pv.result["samples"]) == [prompt] and set(pv.inputs) == {"llama-a", "llama-b"}
+    assert all(list(r["samples"]) == [prompt] for r in pv.inputs.values())
+    expect = merge_in_memory(s.recipe_obj())
+    for k, v in expect.items():
+        assert torch.equal(s.live.state[k], v), k
+    model = s.previewing.judge.previewer.model
+    assert model.model.layers[0].mlp.down_proj.weight.data_ptr() == s.live.state[
+        "model.layers.0.mlp.down_proj.weight"].data_ptr()  # one copy: the model's parameter is the merged tensor
+    with pytest.raises(PathNotAllowed):
+        s.previewing.set_request("eval_set", "/etc/passwd")
+    with pytest.raises(StudioError, match="max_new_tokens"):
+        s.previewing.set_request("max_new_tokens", -3)
