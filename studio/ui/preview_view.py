@@ -224,7 +224,9 @@ def latency_text(pv) -> str:
         return "superseded by a newer change"
     r = pv.result or {}
     avg = _num(r.get("average"))
-    head = f"**{r.get('metric', 'score')} {avg:.4f}**  ·  " if avg is not None else ""
+    head = f"**{r.get('metric', 'score')} {avg:.4f}**  ·  " if avg is not None and avg == avg else ""
+    if not r.get("samples") and r.get("notes"):
+        head = "".join(f"⚠ {note}  \n" for note in r["notes"]) + head
     if pv.source:
         return (f"{head}**{pv.source}** (learned in {pv.total_seconds:.1f} s) — not your recipe: any edit, or "
                 f"*Re-run preview*, shows the recipe again")

@@ -3,7 +3,8 @@ plain Python.
 
 What judges a merge follows the models in the recipe, never a demo family's leftovers:
 
-* all models of the recipe belong to the loaded demo family → the family's evaluator (accuracy, perplexity, style);
+* a demo family is loaded (its models, or models of the same kind added to it) → the family's evaluator (accuracy,
+  perplexity, style);
 * otherwise → the preview pipeline of the reference model (:mod:`studio.preview`: images from the user's prompts, text
   from the user's prompts, perplexity, accuracy on their own evaluation set), fed in place by the live merger;
 * a model no pipeline can show → merge only (the dry run, export, diagnostics still work).
@@ -129,6 +130,7 @@ class PreviewController:
         self._ticket = 0
         self._ticket_lock = threading.Lock()
         self._judged: tuple | None = None  # (demo family or None, reference model) the judge was made for
+        self.missing: str | None = None    # why the reference model's pipeline could not be built
 
     def close(self) -> None:
         """Drop the resident model and its pipeline (frees their memory)."""
@@ -159,12 +161,11 @@ class PreviewController:
         """The judge for the models now in the recipe: made again (with a fresh live merger) when the demo family
         or the reference model changes."""
         s = self.s
-        refs = set(s.included()) | ({s.recipe["base_model"]} if s.recipe.get("base_model") else set())
-        family = s.family if s.family and all(s.of_family(r) for r in refs) else None
+        family = s.family  # models that do not fit a family start a recipe of their own (Session.start_own)
         key = (family, E.reference_model(s.recipe))
         if key == self._judged:
             return
-        self.live, self._judged = None, key
+        self.live, self._judged, self.missing = None, key, None
         self.judge = FamilyJudge(s.env, family) if family else self._pipeline(key[1])
 
     def _pipeline(self, ref: str | None) -> PipelineJudge | None:
@@ -178,7 +179,12 @@ class PreviewController:
             return None  # merge only: nothing renders this kind of model
         if not isinstance(self.request, cls.Request):
             self.request = cls.Request()
-        return PipelineJudge(cls(source, device=env.device, dtype=env.pipeline_dtype), self.request, env.opener)
+        try:
+            previewer = cls(source, device=env.device, dtype=env.pipeline_dtype)
+        except StudioError as e:  # a piece the pipeline needs is missing: merge only, and say what to provide
+            self.missing = str(e)
+            return None
+        return PipelineJudge(previewer, self.request, env.opener)
 
     def request_fields(self) -> list[RequestField]:
         """The preview pipeline's request as controls (none when a demo family's evaluator judges the merge)."""
@@ -267,7 +273,8 @@ class PreviewController:
             if ticket != self._ticket:
                 return Preview(snapshot, {}, {}, t1 - t0, 0.0, t1 - t0, len(changed), len(live.state),
                                superseded=True)
-            result = self.judge.evaluate(live, changed) if self.judge is not None else {}
+            result = self.judge.evaluate(live, changed) if self.judge is not None else (
+                {"notes": [f"no preview: {self.missing}"]} if self.missing else {})
             t2 = time.perf_counter()
             inputs = self.inputs()
         pv = Preview(snapshot, result, inputs, t1 - t0, t2 - t1, t2 - t0, len(changed), len(live.state),

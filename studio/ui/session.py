@@ -30,7 +30,6 @@ from .formula import render as render_formula
 from .grids import GridController
 from .landscapes import LandscapeController
 from .learning import LearnController
-from ..sources.resolve import split_reference
 from .preview_view import Preview
 from .previewing import PreviewController
 from .shelf import ModelShelf
@@ -139,15 +138,6 @@ class Session:
     def close(self) -> None:
         """Drop the resident preview model (frees its memory)."""
         self.previewing.close()
-
-    def of_family(self, ref: str) -> bool:
-        """Whether a reference is made of the loaded demo family's files only (its base, experts, LoRAs)."""
-        fam = self.family_obj()
-        if fam is None:
-            return False
-        files = {str(fam.base), *map(str, (fam.experts or {}).values()),
-                 *map(str, (getattr(fam, "loras", None) or {}).values())}
-        return all(part in files for part in split_reference(ref))
 
     # ------------------------------------------------------------------------------------------- recipe
     @property
