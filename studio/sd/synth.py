@@ -323,3 +323,42 @@ def write_random_flux_pipeline(folder: Path, family: str = "flux-dev", seed: int
                 "max_image_seq_len": 4096})
     write_json(folder / "model_index.json", index)
     return folder
+
+
+def bfl_flux_table(guidance: bool = True, double: int = 19, single: int = 38, width: int = 3072,
+                   prefix: str = UNET_PREFIX) -> Table:
+    """Key → (shape, dtype) of a Flux.1 transformer as Black Forest Labs / ComfyUI single files store it (fused
+    ``qkv`` and ``linear1``; full size by default: hidden 3072, 24 heads of 128, MLP ×4, T5 width 4096, CLIP 768,
+    64 packed latent channels)."""
+    mlp, head, f32 = 4 * width, 128, torch.float32
+    t: Table = {}
+
+    def lin(name, out_f, in_f):
+        t[prefix + name + ".weight"] = ((out_f, in_f), f32)
+        t[prefix + name + ".bias"] = ((out_f,), f32)
+
+    lin("img_in", width, 64)
+    lin("txt_in", width, 4096)
+    for emb, n_in in (("time_in", 256), ("vector_in", 768)) + ((("guidance_in", 256),) if guidance else ()):
+        lin(f"{emb}.in_layer", width, n_in)
+        lin(f"{emb}.out_layer", width, width)
+    for i in range(double):
+        for side in ("img", "txt"):
+            b = f"double_blocks.{i}.{side}_"
+            lin(b + "mod.lin", 6 * width, width)
+            lin(b + "attn.qkv", 3 * width, width)
+            lin(b + "attn.proj", width, width)
+            lin(b + "mlp.0", mlp, width)
+            lin(b + "mlp.2", width, mlp)
+            for norm in ("query_norm", "key_norm"):
+                t[prefix + b + f"attn.norm.{norm}.scale"] = ((head,), f32)
+    for i in range(single):
+        b = f"single_blocks.{i}."
+        lin(b + "modulation.lin", 3 * width, width)
+        lin(b + "linear1", 3 * width + mlp, width)
+        lin(b + "linear2", width, width + mlp)
+        for norm in ("query_norm", "key_norm"):
+            t[prefix + b + f"norm.{norm}.scale"] = ((head,), f32)
+    lin("final_layer.linear", 64, width)
+    lin("final_layer.adaLN_modulation.1", 2 * width, width)
+    return t
