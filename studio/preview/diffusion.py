@@ -25,6 +25,7 @@ or from a Flux pipeline in the local Hugging Face cache; nothing is fetched from
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -487,12 +488,17 @@ class DiffusionPreviewer(Previewer):
                     params[name].copy_(v)
             comp.bound, comp.converted = bound, list(converted)
             del converted  # no reference to a merged tensor is left here: each is freed as it is bound
+            freed = 0
             for name, key in bound.items():  # one at a time, so the merger's own copy goes as its target fills
+                freed += state[key].nbytes
                 live.bind({key: _target(params[name], state[key])})
+                if freed > TRIM_EVERY:
+                    freed = return_freed_memory()
             comp.meta = {k: torch.empty(state[k].shape, dtype=state[k].dtype, device="meta")
                          for k in comp.keys} if comp.converted else {}
             total_n += sum(p.numel() for p in params.values())
             bound_n += sum(params[n].numel() for n in bound)
+        return_freed_memory()
         self.bound_share = bound_n / max(total_n, 1)
 
     def refresh(self, changed: list[str]) -> None:
@@ -543,13 +549,18 @@ class DiffusionPreviewer(Previewer):
             for comp in self.components:
                 if comp.select is None:  # loaded from its own files when the pipeline was built
                     continue
-                keys = comp.keys or [k for k in source.keys() if comp.select(k)]
-                sub = {k: source.get(k) for k in keys if k in source}
-                out = comp.convert(sub)
+                keys = [k for k in (comp.keys or source.keys()) if k in source and comp.select(k)]
+                out = comp.convert({k: source.get(k) for k in keys})
                 for name, p in comp.params().items():
                     v = out.get(name)
                     if v is not None:
                         p.copy_(v.reshape(p.shape))
+                        if name in comp.bound:  # its mapped pages are read: the page cache keeps them, we need not
+                            source.release(comp.bound[name])
+                del out
+                for k in keys:
+                    source.release(k)
+        return_freed_memory()
 
     # -------------------------------------------------------------------------------------------- rendering
     def render(self, request: ImageRequest) -> dict:
@@ -617,6 +628,20 @@ class DiffusionPreviewer(Previewer):
 
 
 # ------------------------------------------------------------------------------------------------- helpers
+TRIM_EVERY = 256 << 20  # bytes of merged tensors freed between two returns of freed memory to the system
+
+
+def return_freed_memory() -> int:
+    """Hand the C heap's free pages back to the system; returns 0 (bytes freed since). glibc keeps freed blocks
+    below its mmap threshold (up to 32 MiB) in the process, so a model's worth of tensors freed one by one — the
+    merger's own copies as they are bound — would otherwise stay in RSS beside the pipeline. No-op without glibc."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its allocator returns memory its own way
+        pass
+    return 0
+
+
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.data_ptr() == b.data_ptr() and a.numel() == b.numel() and a.dtype == b.dtype
 
