@@ -257,3 +257,17 @@ def test_an_sd1_diffusers_folder_binds_entirely_and_renders_like_diffusers(tmp_p
     want = ref(prompt=["a red cat"], generator=[torch.Generator().manual_seed(5)], num_inference_steps=2,
                guidance_scale=7.5, width=32, height=32).images
     assert np.array_equal(pixels(p.render(req))[0], np.asarray(want[0]))
+
+
+def test_sdxls_fp16_vae_upcast_keeps_the_vae_bound(tiny_sd):
+    """diffusers upcasts SDXL's fp16 VAE to decode and casts it back: new memory, which is bound again."""
+    f = tiny_sd("sdxl")
+    p = DiffusionPreviewer(open_source(str(f["a"])), config=f["cfg"], dtype=torch.float16)
+    live = LiveMerger(recipe(f), device="cpu", out_dtype=torch.float16)
+    p.attach(live)
+    assert p.pipe.vae.config.force_upcast
+    p.render(ImageRequest(prompts=["a cat"], seeds=[0], steps=1, width=32, height=32))
+    for comp in p.components:
+        params = comp.params()
+        assert all(params[n].dtype == torch.float16 for n in params)
+        assert all(live.state[k].data_ptr() == params[n].data_ptr() for n, k in comp.bound.items()), comp.name
