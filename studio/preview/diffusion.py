@@ -197,6 +197,7 @@ class DiffusionPreviewer(Previewer):
             k.startswith(UNET_PREFIX) or k.startswith(("double_blocks.", "single_blocks.")) for k in keys)
         self.folder = self._config_folder(config)
         self.components_folder = Path(resolve_path(str(components))) if components is not None else None
+        self._cached_flux: list[Path] | None = None  # Flux pipelines in the local HF cache, looked up once
         self.prediction_type = self._prediction_type(prediction_type)
         self.components = self._build_components(keys)
         self.pipe = self._pipeline()
@@ -365,12 +366,17 @@ class DiffusionPreviewer(Previewer):
         if self.diffusers_layout and self.folder != shipped_folder(self.family):
             candidates.append(self.folder)
         if self.flux and self.components_folder is None:
-            candidates += _cached_flux_folders()
+            candidates += self._flux_in_cache()
         for folder in candidates:
             if folder is not None and component_config(folder, name) is not None and \
                     _has_weights(Path(folder) / name):
                 return Path(folder)
         return None
+
+    def _flux_in_cache(self) -> list[Path]:
+        if self._cached_flux is None:
+            self._cached_flux = _cached_flux_folders()
+        return self._cached_flux
 
     def _tokenizer_folder(self, name: str) -> Path | None:
         for folder in (self.folder, self.components_folder):
@@ -381,7 +387,7 @@ class DiffusionPreviewer(Previewer):
     def _t5_tokenizer_folder(self) -> Path | None:
         folders = [f for f in (self.folder, self.components_folder) if f is not None]
         if self.components_folder is None:
-            folders += _cached_flux_folders()
+            folders += self._flux_in_cache()
         for folder in folders:
             tok = Path(folder) / "tokenizer_2"
             if tok.is_dir() and any(tok.iterdir()):
