@@ -1,5 +1,6 @@
-"""Evaluators of any model: perplexity + generations of causal LMs, images of Stable Diffusion pipelines, and the
-one result shape every evaluator returns (the demo zoo's own evaluators live with the zoo, in :mod:`studio.zoo`).
+"""Evaluators of any model: perplexity + generations of causal LMs, and the one result shape every evaluator returns
+(the demo zoo's own evaluators live with the zoo, in :mod:`studio.zoo`; images of SD / SDXL / Flux pipelines are
+:class:`studio.preview.DiffusionPreviewer`'s, which returns the same shape).
 
 Every evaluator returns the same shape from ``evaluate(state_dict)`` (and ``evaluate_module(module)``)::
 
@@ -12,8 +13,7 @@ Build an evaluator once and call ``evaluate`` repeatedly: modules and data are r
 """
 
 from .common import BUDGETS, normalized, result
-from .diffusion import SDImageEvaluator
 from .text import LLMEvaluator, continuation, greedy, perplexity_of, sampler, token_windows
 
-__all__ = ["BUDGETS", "normalized", "result", "LLMEvaluator", "SDImageEvaluator", "continuation", "greedy",
-           "perplexity_of", "sampler", "token_windows"]
+__all__ = ["BUDGETS", "normalized", "result", "LLMEvaluator", "continuation", "greedy", "perplexity_of", "sampler",
+           "token_windows"]
