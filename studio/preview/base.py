@@ -38,6 +38,11 @@ class Previewer:
         self.dtype = dtype
         self.live: LiveMerger | None = None
 
+    def preview_request(self) -> Any:
+        """The request an interactive preview starts from on this previewer's device (the request's defaults,
+        unless a pipeline knows a lighter start that still shows what a slider does)."""
+        return self.Request()
+
     def attach(self, live: LiveMerger) -> None:
         """Take ``live``'s merged state into the pipeline (bind what can be bound, convert the rest)."""
         raise NotImplementedError

@@ -89,6 +89,7 @@ class RequestField:
     name: str
     kind: str        # lines (one item per line) | numbers (comma-separated) | text | path | int | float | bool
     value: Any
+    optional: bool = False   # None is a value (the model's default): an emptied control means it
 
 
 def _kind(hint) -> str:
@@ -96,9 +97,10 @@ def _kind(hint) -> str:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is list:
         return "lines" if args and args[0] is str else "numbers"
-    if hint in (bool, int, float):
-        return hint.__name__
-    if Path in args or "file" in str(hint):
+    one = args[0] if len(args) == 1 else hint
+    if one in (bool, int, float):
+        return one.__name__
+    if Path in args:
         return "path"
     return "text"
 
@@ -113,7 +115,7 @@ def request_fields(request: Any) -> list[RequestField]:
             kind = "path"
         shown = ("\n".join(map(str, value)) if kind == "lines" else ", ".join(map(str, value)) if kind == "numbers"
                  else "" if value is None else str(value) if kind in ("path", "text") else value)
-        out.append(RequestField(f.name, kind, shown))
+        out.append(RequestField(f.name, kind, shown, type(None) in typing.get_args(hints[f.name])))
     return out
 
 
@@ -177,13 +179,13 @@ class PreviewController:
             cls = previewer_for(source)
         except StudioError:
             return None  # merge only: nothing renders this kind of model
-        if not isinstance(self.request, cls.Request):
-            self.request = cls.Request()
         try:
             previewer = cls(source, device=env.device, dtype=env.pipeline_dtype)
         except StudioError as e:  # a piece the pipeline needs is missing: merge only, and say what to provide
             self.missing = str(e)
             return None
+        if not isinstance(self.request, cls.Request):
+            self.request = previewer.preview_request()
         return PipelineJudge(previewer, self.request, env.opener)
 
     def request_fields(self) -> list[RequestField]:
@@ -207,9 +209,9 @@ class PreviewController:
         elif field.kind == "path":
             value = str(self.s.env.roots.check_path(str(raw))) if str(raw or "").strip() else None
         elif field.kind in ("int", "float"):
-            if raw is None:
+            if raw is None and not field.optional:
                 raise StudioError(f"{name} needs a number")
-            value = int(raw) if field.kind == "int" else float(raw)
+            value = None if raw is None else int(raw) if field.kind == "int" else float(raw)
         elif field.kind == "bool":
             value = bool(raw)
         else:

@@ -112,8 +112,8 @@ class Session:
         if not include or ref in self.included():
             return
         reference = E.reference_model(self.recipe)
-        if reference is not None and not compare([self.env.opener(reference), self.env.opener(ref)])[
-                "against"][0]["compatible"]:
+        if reference is None or not compare([self.env.opener(reference), self.env.opener(ref)])["against"][0][
+                "compatible"]:
             self.start_own([ref])
             return
         self.set_included(self.included() + [ref])

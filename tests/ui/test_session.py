@@ -379,3 +379,42 @@ def test_own_llms_preview_text_from_the_users_prompts_and_perplexity(env, tmp_pa
         s.previewing.set_request("eval_set", "/etc/passwd")
     with pytest.raises(StudioError, match="max_new_tokens"):
         s.previewing.set_request("max_new_tokens", -3)
+
+
+def test_own_sd_pipelines_preview_images_that_follow_the_block_sliders(env, tmp_path):
+    """Two of a user's own SD1 pipeline folders: the preview draws images from the user's prompt with the live merge
+    inside the pipeline (no copy of the UNet), a block slider changes the image, the merged weights are the CLI
+    merge's, and each input model is drawn the same way beside it."""
+    import numpy as np
+
+    from studio.sd import synth
+
+    a = synth.write_random_pipeline(tmp_path / "sd-a", "sd1", seed=1, tiny=True, runnable=True)
+    b = synth.write_random_pipeline(tmp_path / "sd-b", "sd1", seed=2, tiny=True, runnable=True)
+    s = env.new_session()
+    s.add_model(str(a))
+    s.add_model(str(b))
+    assert s.family is None and s.layout().name == "sd1-blocks"
+    assert s.preview().result["metric"] == "image"
+    fields = {f.name: f.value for f in s.previewing.request_fields()}
+    assert fields["steps"] == 8 and fields["width"] == fields["height"] == 8  # half the tiny model's 16 px on a CPU
+    s.previewing.set_request("prompts", "a red fox in the snow")
+    s.previewing.set_request("steps", 2)
+    first = s.preview()
+    assert len(first.result["samples"]) == 1
+    assert set(first.inputs) == {"sd-a", "sd-b"} and all(len(r["samples"]) == 1 for r in first.inputs.values())
+    unet = s.previewing.judge.previewer.pipe.unet
+    key = next(k for k in s.live.state if k.endswith("down_blocks.0.resnets.0.conv1.weight"))
+    assert unet.down_blocks[0].resnets[0].conv1.weight.data_ptr() == s.live.state[key].data_ptr()
+
+    s.set_target("models.0.weight")
+    assert s.group_values()[s.layout().groups.index("IN01")] == 1.0
+    s.set_group_value("IN01", 0.0)  # that block from sd-b alone
+    pv = s.preview()
+    assert pv.changed == sum(s.layout().group_of(k) == "IN01" for k in s.live.state) > 0  # only that block again
+    s.set_group_values([0.0] * (len(s.layout().groups) - 1) + [1.0])  # the whole UNet from sd-b (the VAE is sd-a's)
+    pv = s.preview()
+    before, after = (np.asarray(r["samples"][0], dtype=float) for r in (first.result, pv.result))
+    assert np.abs(before - after).max() > 0
+    for k, v in merge_in_memory(Recipe.from_yaml(s.yaml())).items():
+        assert torch.equal(s.live.state[k], v), k
