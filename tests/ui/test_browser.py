@@ -103,3 +103,49 @@ def test_studio_in_a_browser(studio_server):
                 page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
         finally:
             browser.close()
+
+
+def test_own_sd_pipelines_in_a_browser(own_sd_server):
+    """A user's own SD1 pipelines from disk: add both, type a prompt, move a block slider of the U, see the image
+    change (screenshots 09, 10)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(own_sd_server["url"])
+            latency = page.locator("#latency")
+            sync_api.expect(latency).to_contain_text("ms", timeout=60_000)
+            page.get_by_text("Add your own model or LoRA").click()
+            for folder in own_sd_server["models"]:
+                page.get_by_label("Path, folder or hub id").fill(str(folder))
+                page.get_by_role("button", name="Add model", exact=True).click()
+                sync_api.expect(page.locator("#include-models")).to_contain_text(folder.name, timeout=60_000)
+            # the merge's image, then the previous merge's and each input model's for the same prompt and seed
+            image = page.locator("#gallery img").first
+            sync_api.expect(image).to_be_visible(timeout=120_000)
+            sync_api.expect(page.locator("#gallery")).to_contain_text("my-sd-b · 1")
+            sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=60_000)
+
+            prompt = page.locator("#req-text-0 textarea")
+            sync_api.expect(prompt).to_have_value("a photograph of an astronaut riding a horse")
+            sync_api.expect(page.locator("#family-about")).to_contain_text("Your own models")
+            sync_api.expect(page.locator("#score-plot")).to_be_hidden()  # pictures only: no empty chart
+            shown = latency.inner_text()
+            prompt.fill("a lighthouse at dusk")
+            prompt.blur()
+            sync_api.expect(latency).not_to_have_text(shown, timeout=60_000)
+            sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "09-own-sd.png"), full_page=True)
+            before = image.get_attribute("src")
+
+            page.get_by_role("tab", name="Recipe").click()
+            ms, _ = release_and_count(page, "#u-left-1", 0.0)  # IN01 from my-sd-b alone
+            sync_api.expect(page.locator("#yaml")).to_contain_text("IN01", timeout=10_000)
+            page.get_by_role("tab", name="Models").click()
+            sync_api.expect(image).not_to_have_attribute("src", before, timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "10-own-sd-after-slider.png"), full_page=True)
+        finally:
+            browser.close()
