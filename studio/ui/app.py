@@ -34,13 +34,19 @@ from .session import Session, method_choices
 log = logging.getLogger("studio.ui")
 
 CSS = """
-.gradio-container {max-width: 1600px !important}
+.gradio-container {max-width: 1600px !important; overflow: visible !important}
 #title h1 {margin-bottom: 0}
 .section-title h4 {margin: 6px 8px 0 8px}
 #latency {font-size: 1.05em}
 #verdict {padding: 6px 10px; border-radius: 8px; background: var(--block-background-fill)}
 .u-center {text-align: center; color: var(--body-text-color-subdued); padding: 8px 0}
 #status:empty {display: none}
+/* the preview stays in view while the controls scroll: the column sticks to the top and scrolls on its own */
+#preview-column {position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
+                 overflow-y: auto; flex-wrap: nowrap !important}
+#preview-column > * {flex-shrink: 0}
+/* … and its headline (score, latency) stays at the column's top while the column scrolls */
+#latency {position: sticky; top: 0; z-index: 5; background: var(--background-fill-primary); padding: 2px 0}
 .method-doc {font-size: 0.9em; color: var(--body-text-color-subdued)}
 """
 
@@ -95,7 +101,7 @@ class StudioUI:
                             self.h = history_panel.build()
                         with gr.Tab("Optimize", id="optimize"):
                             self.o = optimize_panel.build(learned_choices())
-                with gr.Column(scale=2, min_width=420):
+                with gr.Column(scale=2, min_width=420, elem_id="preview-column"):
                     gr.Markdown("### Preview")
                     self.p = preview_panel.build()
             self.views = [(models_panel, self.m), (recipe_panel, self.r), (analysis_panel, self.a),

@@ -145,6 +145,11 @@ def test_own_sd_pipelines_in_a_browser(own_sd_server):
         page.get_by_role("tab", name="Recipe").click()
         ms, _ = release_and_count(page, "#u-left-1", 0.0)  # IN01 from my-sd-b alone
         sync_api.expect(page.locator("#yaml")).to_contain_text("IN01", timeout=10_000)
+        # the preview stays in view with the controls scrolled to their end
+        page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+        page.wait_for_timeout(300)
+        box = page.locator("#latency").bounding_box()
+        assert page.evaluate("() => window.scrollY") > 200 and -4 <= box["y"] < 200, box
         page.get_by_role("tab", name="Models").click()
         sync_api.expect(image).not_to_have_attribute("src", before, timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "10-own-sd-after-slider.png"), full_page=True)
