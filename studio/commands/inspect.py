@@ -1,4 +1,5 @@
-"""python -m studio inspect SOURCE [SOURCE ...] — headers only."""
+"""python -m studio inspect SOURCE [SOURCE ...] — headers only. With several sources, exit status 1 when one does not
+line up with the first (as ``diff``: 0 the same architecture, 1 differences, 2 an error)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ def run(args) -> int:
     sources = [open_source(s) for s in args.sources]
     infos = [describe(s) for s in sources]
     cmp = compare(sources) if len(sources) > 1 else None
+    status = 1 if cmp and not all(e["compatible"] for e in cmp["against"]) else 0
     if args.json:
         print_json({"models": infos, "comparison": cmp})
-        return 0
+        return status
     for i in infos:
         print(f"{i['ref']}")
         print(f"  kind {i['kind']} · architecture {i['architecture']} · {human_count(i['parameters'])} parameters · "
@@ -36,4 +38,4 @@ def run(args) -> int:
                 print(f"  shape {m['key']}: expected {m['expected']}, got {m['got']}")
             if "vocab_size" in e:
                 print(f"  vocab_size {e['vocab_size']['got']} vs {e['vocab_size']['expected']}")
-    return 0
+    return status

@@ -94,8 +94,8 @@ def describe_family(name: str, root: Path) -> ZooFamily:
         return ZooFamily(
             name, "vision", str(d / "base.safetensors"),
             {t: str(d / "experts" / f"{t}.safetensors") for t in TASKS}, {}, list(TASKS),
-            "Tiny residual-MLP backbone pretrained on eight 8×8 image datasets (digits, house numbers, letters, "
-            "shapes, lines, textures, arrows), fine-tuned fully into one expert per dataset (CLIP's multi-task "
+            f"Tiny residual-MLP backbone pretrained on {len(TASKS)} 8×8 image datasets ({', '.join(TASKS)}), "
+            "fine-tuned fully into one expert per dataset (CLIP's multi-task "
             "setting in miniature). Backbones merge; each task keeps its frozen head.",
             str(d), heads={t: str(d / "heads" / f"{t}.safetensors") for t in TASKS}, task_docs=dict(TASK_DOC))
     if name == "text":

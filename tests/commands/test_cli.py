@@ -26,3 +26,23 @@ def test_lora_inspect_dispatches_to_commands_lora(tmp_path, capsys):
     assert (info["style"], info["flavour"], info["modules"]) == ("kohya", "kohya lora×1", 1)
     assert info["rank_scale_counts"] == {"rank 4 scale 0.5": 1}
     assert info["per_module"][name]["shape"] == [32, 32]
+
+
+def test_methods_names_one_method_and_refuses_an_unknown_one(capsys):
+    assert cli.main(["methods", "ties"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ties — TIES") and "density" in out and "arXiv 2306.01708" in out
+    assert cli.main(["methods", "dare_ties", "--json"]) == 0
+    assert [p["name"] for p in json.loads(capsys.readouterr().out)["params"]][:2] == ["weight", "density"]
+    assert cli.main(["methods", "tie"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_inspect_exits_1_when_the_models_do_not_line_up(tmp_path, capsys):
+    save_file({"a.weight": torch.zeros(4, 4), "b.weight": torch.zeros(4)}, tmp_path / "x.safetensors")
+    save_file({"a.weight": torch.ones(4, 4), "b.weight": torch.ones(4)}, tmp_path / "y.safetensors")
+    save_file({"a.weight": torch.ones(4, 2)}, tmp_path / "z.safetensors")
+    assert cli.main(["inspect", str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")]) == 0
+    assert cli.main(["inspect", str(tmp_path / "x.safetensors"), str(tmp_path / "z.safetensors")]) == 1
+    out = capsys.readouterr().out
+    assert "NOT compatible" in out and "1 missing key(s), e.g. b.weight" in out and "shape a.weight" in out
