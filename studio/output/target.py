@@ -40,7 +40,8 @@ def check_target(target: Path, overwrite: bool, input_paths: list[Path]) -> None
         non_empty = target.is_file() or any(target.iterdir())
         if non_empty and not overwrite:
             raise StudioError("output already exists and is not empty", where=str(target),
-                              hint="pass --overwrite to replace it, or choose another path")
+                              hint="choose another path, or replace it: --overwrite on the command line, "
+                                   "*overwrite* in the studio's Export tab")
 
 
 class AtomicTarget:
