@@ -23,11 +23,18 @@ class HistoryEntry:
 
 
 def record(history: list[HistoryEntry], recipe: dict, result: dict, seconds: float) -> None:
+    """Add a row for this preview; the same recipe previewed again (a re-run, a refused edit, new prompts) updates
+    its latest row, keeping its number, instead of repeating it."""
     r = result or {}
-    history.append(HistoryEntry(
-        id=(history[-1].id + 1) if history else 1, when=time.time(), recipe=copy.deepcopy(recipe),
+    again = bool(history) and history[-1].recipe == recipe
+    entry = HistoryEntry(
+        id=history[-1].id + (0 if again else 1) if history else 1, when=time.time(), recipe=copy.deepcopy(recipe),
         method=recipe.get("merge_method", "?"), average=r.get("average"), per_task=dict(r.get("per_task") or {}),
-        metric=r.get("metric", ""), latency_ms=round(seconds * 1000, 1)))
+        metric=r.get("metric", ""), latency_ms=round(seconds * 1000, 1))
+    if again:
+        history[-1] = entry
+    else:
+        history.append(entry)
     del history[:-MAX_HISTORY]
 
 

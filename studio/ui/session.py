@@ -314,10 +314,12 @@ class Session:
     def history_rows(self) -> list[list]:
         return H.rows(self.history, self.label)
 
-    def restore(self, entry_id: int) -> None:
+    def restore(self, entry_id: int | None) -> None:
+        if entry_id is None:
+            raise StudioError("choose an entry first", hint="click a row of the history table or type its number")
         h = H.find(self.history, entry_id)
         if h is None:
-            raise StudioError(f"no history entry #{entry_id}")
+            raise StudioError(f"no history entry #{entry_id}", hint="the table's first column numbers the entries")
         self.set_recipe(h.recipe)
 
 

@@ -137,8 +137,14 @@ def test_undo_and_history_restore(env):
     assert [r[0] for r in rows] == [2, 1] and rows[0][4] is not None
     s.restore(2)
     assert s.recipe["parameters"]["lambda"] == 0.9
-    with pytest.raises(StudioError):
+    with pytest.raises(StudioError, match="no history entry #99"):
         s.restore(99)
+    with pytest.raises(StudioError, match="choose an entry"):
+        s.restore(None)
+    # the same recipe previewed again (a re-run, a refused edit) updates its row instead of adding one
+    s.preview()
+    s.preview()
+    assert [r[0] for r in s.history_rows()] == [2, 1]  # entry 2 restored and previewed twice: still one row
 
 
 def test_method_switch_generates_the_new_controls(env):

@@ -15,7 +15,7 @@ def build() -> SimpleNamespace:
                 "through your edits.")
     ns.table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="history-table")
     with gr.Row():
-        ns.entry = gr.Number(label="Entry #", precision=0, scale=1, elem_id="history-entry")
+        ns.entry = gr.Number(None, label="Entry #", precision=0, scale=1, elem_id="history-entry")
         ns.restore = gr.Button("Restore entry", scale=1, elem_id="history-restore")
         ns.undo = gr.Button("↶ Undo last edit", scale=1, elem_id="history-undo")
     return ns
@@ -40,5 +40,5 @@ def wire(ui) -> None:
             return gr.update()
 
     ns.table.select(pick, [ns.table], [ns.entry], api_visibility="undocumented")
-    ui.on(ns.restore.click, lambda s, n: s.restore(int(n or 0)), [ns.entry], api_name="restore")
+    ui.on(ns.restore.click, lambda s, n: s.restore(None if n is None else int(n)), [ns.entry], api_name="restore")
     ui.on(ns.undo.click, ui.undo)
