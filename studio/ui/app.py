@@ -50,6 +50,21 @@ CSS = """
 .method-doc {font-size: 0.9em; color: var(--body-text-color-subdued)}
 """
 
+# Gradio's slider commits its value on pointer release (a drag would otherwise re-merge on every pixel) and its number
+# box on blur: keys would change what the slider shows but not the recipe. Arrow/Home/End/Page keys on a slider
+# release it, and Enter in a slider's number box leaves the box, so keyboard edits commit like mouse edits.
+KEYS_COMMIT = """
+<script>
+document.addEventListener("keyup", (e) => {
+  const t = e.target;
+  if (!(t instanceof HTMLInputElement)) return;
+  const keys = ["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown"];
+  if (t.type === "range" && keys.includes(e.key)) t.dispatchEvent(new PointerEvent("pointerup", {bubbles: true}));
+  if (t.type === "number" && e.key === "Enter" && t.closest(".block")?.querySelector("input[type=range]")) t.blur();
+}, true);
+</script>
+"""
+
 PANELS = (models_panel, recipe_panel, analysis_panel, grid_panel, export_panel, history_panel, optimize_panel,
           preview_panel)
 # controls whose value a user sets in the browser (an event carrying it tells us what the page shows now)
@@ -214,7 +229,7 @@ class StudioUI:
     def launch(self, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kw):
         self.demo.queue(default_concurrency_limit=self.env.max_parallel)
         return self.demo.launch(server_name=host, server_port=port, share=share, theme=_theme(), css=CSS,
-                                allowed_paths=[str(p) for p in self.env.roots.roots], **kw)
+                                head=KEYS_COMMIT, allowed_paths=[str(p) for p in self.env.roots.roots], **kw)
 
 
 def _update(props: dict):

@@ -145,6 +145,17 @@ def test_own_sd_pipelines_in_a_browser(own_sd_server):
         page.get_by_role("tab", name="Recipe").click()
         ms, _ = release_and_count(page, "#u-left-1", 0.0)  # IN01 from my-sd-b alone
         sync_api.expect(page.locator("#yaml")).to_contain_text("IN01", timeout=10_000)
+        # keys commit like the mouse: an arrow key on a slider, a number typed into its box and Enter
+        shown = latency.inner_text()
+        page.locator("#m-slider-0-0 input[type=range]").press("ArrowLeft")
+        sync_api.expect(latency).not_to_have_text(shown, timeout=30_000)
+        sync_api.expect(page.locator("#yaml")).to_contain_text("0.99, IN01: 0.0", timeout=10_000)
+        shown = latency.inner_text()
+        box = page.locator("#m-slider-1-0 input[type=number]")
+        box.fill("0.4")
+        box.press("Enter")
+        sync_api.expect(latency).not_to_have_text(shown, timeout=30_000)
+        sync_api.expect(page.locator("#yaml")).to_contain_text("weight: 0.4", timeout=10_000)
         # the preview stays in view with the controls scrolled to their end
         page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
         page.wait_for_timeout(300)
