@@ -16,6 +16,9 @@ def parse_args(argv=None):
     p.add_argument("--export-dir", default=None, help="default export folder (must be under an --allow folder)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--max-parallel", type=int, default=1, help="heavy jobs (merges, exports) run at once")
+    p.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="inputs a preview keeps resident on the device, e.g. 8G (default: half the GPU's free memory "
+                        "on CUDA; none on the CPU, where inputs stay in their memory-mapped files)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads torch may use for merges and previews (default: torch's own choice, usually "
                         "one per core). On a busy or shared machine a small number (1-2) keeps slider previews "
@@ -42,6 +45,7 @@ def set_threads(n: int | None) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
+    from studio.devices import parse_size
     from studio.errors import StudioError
     from studio.ui.app import build_app
     from studio.ui.catalog import Catalog
@@ -53,7 +57,8 @@ def main(argv=None) -> int:
         if args.export_dir:
             roots.check_write(args.export_dir)
         env = StudioEnv(Catalog(), roots, device=args.device, max_parallel=args.max_parallel,
-                        export_dir=args.export_dir)
+                        export_dir=args.export_dir,
+                        memory_budget=None if args.memory_budget is None else parse_size(args.memory_budget))
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

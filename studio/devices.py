@@ -1,5 +1,6 @@
 """Choosing the compute device: `auto` means CUDA when available."""
 
+import psutil
 import torch
 
 from .errors import StudioError
@@ -38,3 +39,27 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def parse_size(text: str) -> int:
+    """``2G``, ``500M``, ``64K`` or a number of bytes → bytes."""
+    text = str(text).strip().upper().rstrip("B")
+    mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+    try:
+        if text and text[-1] in mult:
+            return int(float(text[:-1]) * mult[text[-1]])
+        return int(text)
+    except ValueError:
+        raise StudioError(f"bad size {text!r}", hint="use e.g. 2G, 500M or a number of bytes") from None
+
+
+def memory_use(device: str | torch.device = "cpu") -> dict[str, int]:
+    """This process's memory now: ``ram`` (resident bytes), ``ram_total`` (the machine's), and on a CUDA device
+    ``vram`` (bytes allocated by torch) and ``vram_total``."""
+    out = {"ram": psutil.Process().memory_info().rss, "ram_total": psutil.virtual_memory().total}
+    device = torch.device(device)
+    if device.type == "cuda":
+        out["vram"] = torch.cuda.memory_allocated(device)
+        out["vram_total"] = torch.cuda.get_device_properties(device).total_memory
+    return out
+

@@ -111,3 +111,11 @@ def test_ui_files_hold_one_panel_or_controller():
     long = {str(f.relative_to(STUDIO.parent)): n for f in STUDIO.joinpath("ui").rglob("*.py")
             if (n := len(f.read_text(encoding="utf-8").splitlines())) > 400}
     assert not long, long
+
+
+def test_test_files_have_unique_names():
+    # the tests folders have no __init__.py, so pytest imports every test file by its base name: two files with one
+    # name stop the collection of the whole suite
+    from collections import Counter
+    names = Counter(f.name for f in STUDIO.parent.joinpath("tests").rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1], names

@@ -9,20 +9,22 @@ import torch
 
 
 def make_llama(path: Path, seed: int, *, layers: int = 3, hidden: int = 32, vocab: int = 64, dtype=torch.float32,
-               base_state: dict | None = None, noise: float = 0.02, shard: str | None = None) -> Path:
-    """Save a tiny LlamaForCausalLM at ``path``. With ``base_state``, the weights are base + noise (a fine-tune)."""
+               base_state: dict | None = None, noise: float = 0.02, shard: str | None = None, tie: bool = False
+               ) -> Path:
+    """Save a tiny LlamaForCausalLM at ``path``. With ``base_state``, the weights are base + noise (a fine-tune);
+    ``tie``: the head is the embedding (``tie_word_embeddings``, no ``lm_head.weight`` saved)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False)
+                      tie_word_embeddings=tie)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     if base_state is not None:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             sd = {k: v + noise * torch.randn(v.shape, generator=g) for k, v in base_state.items()}
-            model.load_state_dict(sd)
+            model.load_state_dict(sd, strict=not tie)  # tied: the saved state has no lm_head.weight
     model = model.to(dtype)
     kw = {"max_shard_size": shard} if shard else {}
     model.save_pretrained(path, **kw)
@@ -35,3 +37,21 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
     src = open_source(str(path))
     return {k: src.get(k).float().clone() for k in src.keys()}
+
+
+WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(3, 64)]  # token i is WORDS[i]: w3 … w63
+
+
+def add_word_tokenizer(path: Path, chat_template: str | None = None) -> Path:
+    """Save a whitespace word-level tokenizer over the tiny Llama's 64 ids into ``path`` (``<s>``=1 is BOS, ``</s>``=2
+    is EOS, as in LlamaConfig), built with ``tokenizers`` (no network); optionally with a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    fast.save_pretrained(path)
+    return path

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..cli import print_json
 from ..describe import human_bytes, human_count
+from ..devices import parse_size
 from ..engine import build_plan, check_merge_target, merge_to_disk
 from ..errors import StudioError
 from ..recipe import Recipe
@@ -28,17 +29,6 @@ def add_arguments(p):
     p.add_argument("--shard-size", default="5G", help="maximum shard size, e.g. 2G or 500M (default 5G)")
     p.add_argument("--json", action="store_true", help="print the plan summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def parse_size(text: str) -> int:
-    text = text.strip().upper().rstrip("B")
-    mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
-    try:
-        if text and text[-1] in mult:
-            return int(float(text[:-1]) * mult[text[-1]])
-        return int(text)
-    except ValueError:
-        raise StudioError(f"bad size {text!r}", hint="use e.g. 2G, 500M or a number of bytes") from None
 
 
 def print_summary(summary: dict, out=None) -> None:

@@ -53,27 +53,40 @@ def method_kwargs(plan: Plan, task: TensorTask, device, seed: int | None, contex
 
 
 def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int | None = None,
-                 context=None) -> torch.Tensor:
-    """The output tensor of one task, on ``device``, in its output dtype."""
+                 context=None, fetch: Callable | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The output tensor of one task, on ``device``, in its output dtype.
+
+    ``fetch(inp)``: where an input's stored tensor comes from (default: its source; the live engine passes its
+    device-resident copies). ``out``: a float32 tensor of the result's shape that a method declared
+    ``accepts_out`` overwrites instead of allocating (the live engine's merged state)."""
+    if fetch is None:
+        fetch = lambda inp: _view(plan, inp, device)  # noqa: E731
     if task.op == "copy":
-        t = plan.sources[task.inputs[0][0]].get(task.inputs[0][1])
+        t = fetch(task.inputs[0])
         if task.out_dtype is not None and t.dtype.is_floating_point:
             t = t.to(task.out_dtype)
         return t.to(device)
     stored = plan.spec.stored_dtype_inputs and device.type == "cpu"
-    load = _view if stored else load_input
-    base = load(plan, task.base, device) if task.base is not None else None
-    models = [load(plan, i, device) for i in task.inputs]
+    if stored:
+        load = fetch
+    else:  # the method owns its inputs (it may work in place) and never sees a view of a mapped file
+        load = lambda inp: fetch(inp).to(device=device, dtype=torch.float32, copy=True)  # noqa: E731
+    base = load(task.base) if task.base is not None else None
+    models = [load(i) for i in task.inputs]
+    kw = method_kwargs(plan, task, device, seed, context)
+    if out is not None:
+        kw["out"] = out
+        kw.pop("out_dtype", None)
     try:
-        out = plan.spec.fn(base, models, **method_kwargs(plan, task, device, seed, context))
+        out = plan.spec.fn(base, models, **kw)
     except StudioError:
         raise
     except (RuntimeError, ValueError) as e:
         raise StudioError(f"{plan.spec.name} failed: {e}", where=task.out_key) from None
     if stored:
         out = out.clone() if _shares_input(out, base, models) else out
-        for idx, key in task.inputs + ([task.base] if task.base is not None else []):
-            plan.sources[idx].release(key)
+    for idx, key in task.inputs + ([task.base] if task.base is not None else []):
+        plan.sources[idx].release(key)
     if tuple(out.shape) != tuple(task.info.shape):
         raise StudioError(f"{plan.spec.name} returned shape {list(out.shape)}, expected {list(task.info.shape)}",
                           where=task.out_key)

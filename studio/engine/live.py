@@ -1,13 +1,21 @@
-"""The live engine: inputs resident on the device, re-merging only the tensors whose parameters changed.
+"""The live engine: re-merge only the tensors whose parameters changed, into memory a preview pipeline uses.
 
-``LiveMerger(recipe)`` reads every input tensor once (float32, on the device). ``update(recipe)`` rebuilds the plan
-from cached headers, compares each output tensor's signature (method, inputs, resolved parameters, seed) with the
-last one, and recomputes only those that differ — a slider on one block re-merges that block. ``load_into(module)``
-copies the changed tensors into a torch module's parameters in place.
+``LiveMerger(recipe)`` merges every output tensor once; ``update(recipe)`` rebuilds the plan from cached headers,
+compares each output tensor's signature (method, inputs, resolved parameters, seed) with the last one, and recomputes
+only those that differ — a slider on one block re-merges that block.
+
+Memory is what makes this work at real sizes (an SDXL merge of three checkpoints would need ~31 GB if every input
+were held in float32). Inputs stay where they are — memory-mapped files in their stored dtype — and each re-merged
+tensor is computed from float32 temporaries (or straight from the stored dtype, for methods that upcast inside) and
+written **in place** into the merged state. The merged state is in ``out_dtype`` (the preview pipeline's dtype), and
+:meth:`LiveMerger.bind` lets a pipeline hand over its own parameters as that state, so the merge writes straight into
+the modules a preview runs and no second copy of the model exists. On a GPU, inputs are kept resident in their
+stored dtype while they fit ``memory_budget`` (each release then reads them from device memory, not over the bus).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Callable
@@ -17,7 +25,7 @@ import torch
 from ..devices import resolve_device
 from ..recipe import Recipe
 from ..sources import TensorSource, open_source
-from .execute import collect_context, method_kwargs
+from .execute import collect_context, compute_task
 from .plan import Plan, TensorTask, build_plan
 
 
@@ -37,16 +45,34 @@ class CachedOpener:
 def _signature(plan: Plan, task: TensorTask, seed) -> str:
     refs = [(plan.sources[i].ref, k) for i, k in task.inputs]
     base = (plan.sources[task.base[0]].ref, task.base[1]) if task.base else None
-    return json.dumps([plan.spec.name, task.op, refs, base, task.params, seed if plan.spec.random else None,
-                       str(task.out_dtype)], sort_keys=True, default=str)
+    return json.dumps([plan.spec.name, task.op, refs, base, task.params, seed if plan.spec.random else None],
+                      sort_keys=True, default=str)
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes of inputs kept resident on ``device``: on a GPU half of its free memory when the merger starts (the
+    other half is the preview pipeline's); on the CPU nothing — mapped files are already in the page cache, and a
+    copy would double their memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return 0
 
 
 class LiveMerger:
+    """``state``: output key → merged tensor (``out_dtype`` for floating tensors) on ``device``.
+
+    ``memory_budget``: bytes of inputs to keep resident on the device in their stored dtype (default
+    :func:`default_budget`); ``resident_bytes`` says how much is.
+    """
+
     def __init__(self, recipe: Recipe, device: str = "auto", opener: Callable[[str], TensorSource] = open_source,
-                 seed: int | None = None, out_dtype: torch.dtype = torch.float32):
+                 seed: int | None = None, out_dtype: torch.dtype = torch.float32, memory_budget: int | None = None):
         self.device = resolve_device(device)
         self.opener = opener if isinstance(opener, CachedOpener) else CachedOpener(opener)
         self.out_dtype = out_dtype
+        self.memory_budget = default_budget(self.device) if memory_budget is None else int(memory_budget)
+        self.resident_bytes = 0
         self._resident: dict[tuple[str, str], torch.Tensor] = {}
         self.state: dict[str, torch.Tensor] = {}
         self._sigs: dict[str, str] = {}
@@ -55,17 +81,25 @@ class LiveMerger:
         self.last_seconds = 0.0
         self.update(recipe, seed=seed)
 
-    def _tensor(self, plan: Plan, inp) -> torch.Tensor:
+    # ------------------------------------------------------------------------------------------------ inputs
+    def _fetch(self, plan: Plan, inp) -> torch.Tensor:
+        """An input in its stored dtype: resident on the device when it fits the budget, else the source's own
+        (a mapped file's pages)."""
         idx, key = inp
-        ref = plan.sources[idx].ref
-        t = self._resident.get((ref, key))
-        if t is None:
-            t = plan.sources[idx].get(key).to(device=self.device, dtype=torch.float32, copy=True)
-            self._resident[(ref, key)] = t
+        src = plan.sources[idx]
+        hit = self._resident.get((src.ref, key))
+        if hit is not None:
+            return hit
+        t = src.get(key)
+        if self.resident_bytes + t.nbytes <= self.memory_budget:
+            t = t.to(self.device, copy=True)
+            self._resident[(src.ref, key)] = t
+            self.resident_bytes += t.nbytes
         return t
 
+    # ------------------------------------------------------------------------------------------------ merging
     def update(self, recipe: Recipe, seed: int | None = None) -> list[str]:
-        """Re-merge what changed; returns the output keys that were recomputed."""
+        """Re-merge what changed, in place; returns the output keys that were recomputed."""
         t0 = time.perf_counter()
         seed = recipe.seed if seed is None else seed
         plan = build_plan(recipe, self.opener)
@@ -77,25 +111,7 @@ class LiveMerger:
                 sig += str(id(context))  # whole-model statistics: any change may move every tensor
             if self._sigs.get(task.out_key) == sig:
                 continue
-            if task.op == "copy":
-                out = plan.sources[task.inputs[0][0]].get(task.inputs[0][1])
-                out = out.to(self.device, dtype=self.out_dtype if out.dtype.is_floating_point else out.dtype,
-                             copy=True)
-            else:
-                fresh = (lambda t: t) if plan.spec.pure_inputs else (lambda t: t.clone())
-                base = fresh(self._tensor(plan, task.base)) if task.base is not None else None
-                models = [fresh(self._tensor(plan, i)) for i in task.inputs]
-                kw = method_kwargs(plan, task, self.device, seed, context)
-                if plan.spec.casts_output:
-                    kw["out_dtype"] = self.out_dtype  # the live state's dtype, not the recipe's output dtype
-                prev = self.state.get(task.out_key)
-                if (plan.spec.accepts_out and prev is not None and prev.dtype == torch.float32
-                        and prev.shape == task.info.shape and self.out_dtype == torch.float32):
-                    kw["out"] = prev  # re-merge in place: modules loaded earlier are refreshed by load_into
-                with torch.no_grad():
-                    out = plan.spec.fn(base, models, **kw)
-                out = out.to(self.out_dtype)
-            self.state[task.out_key] = out
+            self._store(task.out_key, self._compute(plan, task, seed, context))
             self._sigs[task.out_key] = sig
             changed.append(task.out_key)
         for gone in set(self.state) - {t.out_key for t in plan.tasks}:
@@ -104,6 +120,42 @@ class LiveMerger:
         self.last_changed = changed
         self.last_seconds = time.perf_counter() - t0
         return changed
+
+    def _compute(self, plan: Plan, task: TensorTask, seed, context) -> torch.Tensor:
+        floating = task.info.dtype.is_floating_point
+        task = dataclasses.replace(task, out_dtype=self.out_dtype if floating else task.info.dtype)
+        prev = self.state.get(task.out_key)
+        if (task.op == "merge" and plan.spec.accepts_out and prev is not None and prev.dtype == torch.float32
+                and self.out_dtype == torch.float32 and tuple(prev.shape) == tuple(task.info.shape)):
+            # the method writes its result into the merged state itself: no result tensor, no copy
+            return compute_task(plan, task, self.device, seed, context, fetch=lambda inp: self._fetch(plan, inp),
+                                out=prev)
+        return compute_task(plan, task, self.device, seed, context, fetch=lambda inp: self._fetch(plan, inp))
+
+    def _store(self, key: str, out: torch.Tensor) -> None:
+        prev = self.state.get(key)
+        if prev is out:
+            return
+        if prev is not None and prev.shape == out.shape and prev.dtype == out.dtype and prev.device == out.device:
+            prev.copy_(out)  # in place: bound pipeline parameters (and anything viewing them) see the new value
+        else:
+            self.state[key] = out.to(self.device, copy=out.device == self.device and _is_mapped(out))
+
+    def bind(self, targets: dict[str, torch.Tensor]) -> None:
+        """Make each target tensor (a preview pipeline's parameter, same shape) the storage of that merged tensor: its
+        current value is copied in, cast to the target's dtype, and every later re-merge writes into it in place."""
+        with torch.no_grad():
+            for key, target in targets.items():
+                current = self.state[key]
+                if tuple(target.shape) != tuple(current.shape):
+                    raise ValueError(f"{key}: a target of shape {tuple(target.shape)} for a {tuple(current.shape)} "
+                                     "tensor")
+                target.copy_(current)
+                self.state[key] = target
+
+    def invalidate(self) -> None:
+        """Forget what was merged: the next update recomputes every tensor (after someone overwrote bound state)."""
+        self._sigs.clear()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.state
@@ -120,3 +172,9 @@ class LiveMerger:
                         raise KeyError(k)
                     continue
                 p.copy_(self.state[k])
+
+
+def _is_mapped(t: torch.Tensor) -> bool:
+    """A CPU tensor whose storage is not its own allocation (a mapped file's pages): the state must own its memory,
+    because it is written in place."""
+    return t.device.type == "cpu" and not t.untyped_storage().resizable()

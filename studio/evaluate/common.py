@@ -12,15 +12,30 @@ def check_budget(budget: str) -> None:
         raise StudioError(f"unknown evaluation budget {budget!r}", hint="use preview or report")
 
 
-def result(metric: str, per_task: dict[str, float], samples) -> dict:
-    """``{"metric", "per_task", "average", "samples"}`` — the one shape of an evaluation."""
+def result(metric: str, per_task: dict[str, float], samples, table: dict | None = None,
+           notes: list[str] | None = None) -> dict:
+    """``{"metric", "per_task", "average", "samples"}`` — the one shape of an evaluation.
+
+    Two optional keys, present only when given:
+
+    - ``"table"``: structured per-item results (the LLM preview's own evaluation set:
+      ``{"file", "items", "match", "scoring", "accuracy": {name: %}, "rows": [{"line", "kind", "prompt", "expected",
+      "answer", "correct", …}]}`` — see :func:`studio.preview.evalset.score_eval_set`);
+    - ``"notes"``: sentences a person should read beside the numbers (e.g. "the tokenizer has no chat template: the
+      prompts were used as they are").
+    """
     values = list(per_task.values())
-    return {
+    out = {
         "metric": metric,
         "per_task": dict(per_task),
         "average": sum(values) / len(values) if values else float("nan"),
         "samples": samples,
     }
+    if table is not None:
+        out["table"] = table
+    if notes:
+        out["notes"] = list(notes)
+    return out
 
 
 def normalized(per_task: dict[str, float], reference: dict[str, float], metric: str) -> float:

@@ -111,6 +111,8 @@ def _family_ldm(source, p: str) -> str:
     ctx = _shape(source, p + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight")
     if ctx is not None and ctx[-1] == 1024:
         return "sd2" + variant
+    if "cond_stage_model.model.token_embedding.weight" in source:  # SD2's OpenCLIP-H (shrunk test models too)
+        return "sd2" + variant
     if "edm_mean" in source:
         return "playground-v2.5"
     if "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias" in source:

@@ -18,13 +18,15 @@ def block_size() -> int:
     return BLOCK if torch.get_num_threads() == 1 else min(BLOCK, SERIAL_BLOCK)
 
 
-def blocked_cast(shape, out_dtype: torch.dtype, fill, block: int | None = None) -> torch.Tensor:
+def blocked_cast(shape, out_dtype: torch.dtype, fill, block: int | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """A tensor of ``out_dtype`` whose elements [s, e) are ``fill(s, e, acc)``'s float32 values, computed block by
     block (``block`` elements, default :func:`block_size`) and rounded once: equal to computing the whole float32
     tensor and casting it, without the float32 tensor (its fresh pages) or the extra pass. ``acc`` is a reused
     cache-sized float32 scratch, or for a float32 result the output block itself (``fill`` fills it in place).
+    ``out``: a contiguous float32 tensor of ``shape`` to fill instead of a new one (the live engine's merged state).
     """
-    res = torch.empty(shape, dtype=out_dtype)
+    res = torch.empty(shape, dtype=out_dtype) if out is None else out
     flat = res.view(-1)
     n = flat.numel()
     blk = max(1, min(block or block_size(), n))

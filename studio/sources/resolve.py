@@ -42,6 +42,16 @@ def short_name(ref: str) -> str:
     return "+".join(parts)
 
 
+def split_reference(ref: str) -> list[str]:
+    """The file or hub parts of a model reference: ``base+lora:0.8`` → ``[base, lora]``."""
+    ref = str(ref).strip()
+    if "+" in ref and not Path(ref).exists():
+        base, lora = ref.rsplit("+", 1)
+        lora = STRENGTH.sub("", lora)
+        return [base.strip(), lora.strip()]
+    return [ref]
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A model reference as written in a recipe: ``path``, ``org/name[@rev]``, optionally ``+lora[:strength]``."""

@@ -23,6 +23,7 @@ from .env import StudioEnv
 from .learning import choices as learned_choices
 from .panels import analysis as analysis_panel
 from .panels import export as export_panel
+from .panels import grid as grid_panel
 from .panels import history as history_panel
 from .panels import models as models_panel
 from .panels import optimize as optimize_panel
@@ -43,7 +44,8 @@ CSS = """
 .method-doc {font-size: 0.9em; color: var(--body-text-color-subdued)}
 """
 
-PANELS = (models_panel, recipe_panel, analysis_panel, export_panel, history_panel, optimize_panel, preview_panel)
+PANELS = (models_panel, recipe_panel, analysis_panel, grid_panel, export_panel, history_panel, optimize_panel,
+          preview_panel)
 # controls whose value a user sets in the browser (an event carrying it tells us what the page shows now)
 VALUE_CONTROLS = (gr.Slider, gr.Number, gr.Checkbox, gr.CheckboxGroup, gr.Dropdown, gr.Radio, gr.Textbox, gr.Code)
 _SHOWN_PV = "__preview__"  # view_cache key: the Preview object the page shows
@@ -85,6 +87,8 @@ class StudioUI:
                             self.r = recipe_panel.build(method_choices(), preset_names())
                         with gr.Tab("Analysis", id="analysis"):
                             self.a = analysis_panel.build()
+                        with gr.Tab("Grid", id="grid"):
+                            self.g = grid_panel.build(env.default_export_dir())
                         with gr.Tab("Export", id="export"):
                             self.e = export_panel.build(env.default_export_dir())
                         with gr.Tab("History", id="history"):
@@ -95,7 +99,8 @@ class StudioUI:
                     gr.Markdown("### Preview")
                     self.p = preview_panel.build()
             self.views = [(models_panel, self.m), (recipe_panel, self.r), (analysis_panel, self.a),
-                          (history_panel, self.h), (optimize_panel, self.o), (preview_panel, self.p)]
+                          (grid_panel, self.g), (history_panel, self.h), (optimize_panel, self.o),
+                          (preview_panel, self.p)]
             self.outputs = [self.state] + [c for panel, ns in self.views for c in panel.rendered(ns)]
             self.on(demo.load, lambda s: None, api_name="init", refresh=True)
             for panel in PANELS:
@@ -165,7 +170,7 @@ class StudioUI:
         comps = list(inputs)
         # the controls a user just used are outputs too: a refused or rounded value is set back at once
         outputs = self.outputs if scope is None else list(dict.fromkeys(
-            [self.state] + preview_panel.rendered(self.p) + list(scope) + comps))
+            [self.state] + preview_panel.live(self.p) + list(scope) + comps))
 
         def handler(state, *values):
             s = self.session(state)

@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..devices import resolve_device
 from ..engine.live import CachedOpener
 from ..describe import describe
@@ -20,9 +22,15 @@ class StudioEnv:
     """Shared by every :class:`~studio.ui.session.Session` of one app. Heavy work takes ``heavy`` first."""
 
     def __init__(self, catalog: Catalog | None = None, roots: AllowedRoots | None = None, device: str = "auto",
-                 max_parallel: int = 1, export_dir: str | None = None):
+                 max_parallel: int = 1, export_dir: str | None = None, memory_budget: int | None = None):
         self.catalog = catalog if catalog is not None else Catalog(device="cpu")
         self.device = str(resolve_device(device))
+        # inputs kept resident on the device by a session's live merger (None: engine.live.default_budget)
+        self.memory_budget = memory_budget
+        # the demo families' evaluators compare merges exactly: float32; a preview pipeline on a GPU runs in half
+        # precision, as people run these models (one copy of the model, half the memory)
+        self.state_dtype = torch.float32
+        self.pipeline_dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.catalog.device = self.device
         self.roots = roots if roots is not None else AllowedRoots()
         for fam in self.catalog.families.values():  # the zoo's own files are always readable

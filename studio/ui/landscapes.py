@@ -18,10 +18,13 @@ class LandscapeController:
     def __init__(self, session):
         self.s = session
 
-    def _evaluator(self):
-        if not self.s.family:
-            raise StudioError("a landscape needs a demo family's evaluator")
-        return self.s.env.catalog.evaluator(self.s.family)
+    def _numbers(self, result: dict) -> float:
+        average = result.get("average")
+        if not isinstance(average, (int, float)) or average != average:
+            raise StudioError(f"the preview shows {result.get('metric') or 'samples'} without a number to draw",
+                              hint="give a text (perplexity) or an evaluation set in the preview, or load a demo "
+                                   "family")
+        return float(average)
 
     def sweep(self, target: str | SettingPath | None = None, points: int = 11, lo: float | None = None,
               hi: float | None = None, progress: Progress | None = None) -> dict:
@@ -33,7 +36,6 @@ class LandscapeController:
         """
         s = self.s
         path = SettingPath.parse(target) if target else s.need_target()
-        ev = self._evaluator()
         r_lo, r_hi, _ = slider_range(E.param_of(s.recipe, path), None)
         lo = r_lo if lo is None else float(lo)
         hi = r_hi if hi is None else float(hi)
@@ -43,15 +45,17 @@ class LandscapeController:
             xs = sorted({int(round(x)) for x in xs})
         rows: list[dict] = []
 
-        def score(state):
-            r = ev.evaluate(state)
-            rows.append(r)
-            return r["average"]
+        pv = s.previewing
 
-        metric = s.evaluator_metric()
-        with s.env.heavy, s.lock:
-            data = landscape_1d(s.sync_live(), path, xs, score, device=s.env.device,
-                                score_name=f"average {metric}", progress=progress)
+        def score(state):
+            r = pv.score(state)
+            rows.append(r)
+            return self._numbers(r)
+
+        with s.env.heavy, pv.lock:
+            live = pv.sync_live()
+            data = landscape_1d(live, path, xs, score, device=s.env.device, score_name=f"average {pv.metric}",
+                                progress=progress)
         data["results"] = rows[:len(xs)]
         data["target"] = str(path)
         data["x"]["label"] = path_label(s.recipe, path, s.label)
@@ -66,7 +70,6 @@ class LandscapeController:
         ``note`` in the result says what was (not) overlaid.
         """
         s = self.s
-        ev = self._evaluator()
         base = s.recipe.get("base_model")
         experts = s.experts()
         if not base:
@@ -86,11 +89,12 @@ class LandscapeController:
                 note = f"Trajectory of the {lr.label} run projected onto the plane."
             else:
                 note = f"The {lr.label} run merged other models; its trajectory is not shown."
-        metric = s.evaluator_metric()
-        with s.env.heavy, s.lock:
-            data = landscape_2d(s.sync_live(), ev, plane="task", i=x_model, j=y_model, steps=int(steps),
-                                trajectories=trajectories, device=s.env.device, score_name=f"average {metric}",
-                                progress=progress)
+        pv = s.previewing
+        with s.env.heavy, pv.lock:
+            live = pv.sync_live()
+            data = landscape_2d(live, lambda state: self._numbers(pv.score(state)), plane="task", i=x_model,
+                                j=y_model, steps=int(steps), trajectories=trajectories, device=s.env.device,
+                                score_name=f"average {pv.metric}", progress=progress)
         data["x"]["label"] = f"α · τ({s.label(x_model)})"
         data["y"]["label"] = f"β · τ({s.label(y_model)})"
         for m in data["markers"]:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import StudioError
-from ..sources.resolve import HUB_ID, STRENGTH
+from ..sources.resolve import HUB_ID, split_reference
 
 
 
@@ -23,16 +23,6 @@ def hub_cache_dir() -> Path:
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]) / "hub"
     return Path.home() / ".cache" / "huggingface" / "hub"
-
-
-def split_reference(ref: str) -> list[str]:
-    """The file or hub parts of a model reference: ``base+lora:0.8`` → ``[base, lora]``."""
-    ref = str(ref).strip()
-    if "+" in ref and not Path(ref).exists():
-        base, lora = ref.rsplit("+", 1)
-        lora = STRENGTH.sub("", lora)
-        return [base.strip(), lora.strip()]
-    return [ref]
 
 
 def is_hub_id(text: str) -> bool:

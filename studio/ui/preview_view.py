@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from .. import figures
+from ..describe import human_bytes
 
 
 @dataclass
@@ -112,8 +113,25 @@ def samples_markdown(pv) -> str:
         head = f"**{task}**" + (f" · {metric} {score:.2f}" if score is not None else "")
         if prev and task in prev and _tidy(str(prev[task])) != text:
             head += " · *changed*"
-        lines += [head, "```text", text.replace("```", "ˋˋˋ") or "(empty)", "```"]
+        lines += [head, _code(text)]
+    lines += [f"⚠ {note}" for note in (pv.result or {}).get("notes") or []]
     return "\n".join(lines)
+
+
+def inputs_markdown(pv) -> str:
+    """The same prompts answered by each input model (text previews), for comparison with the merge's."""
+    lines = []
+    for label, inp in pv.inputs.items():
+        samples = inp.get("samples")
+        if isinstance(samples, dict) and samples and not _is_image_dict(samples):
+            lines.append(f"#### {label}")
+            for prompt, text in samples.items():
+                lines += [f"**{prompt}**", _code(_tidy(str(text)))]
+    return "\n".join(lines)
+
+
+def _code(text: str) -> str:
+    return "```text\n" + (text.replace("```", "ˋˋˋ") or "(empty)") + "\n```"
 
 
 def _tidy(text: str) -> str:
@@ -128,8 +146,14 @@ def _tidy(text: str) -> str:
 
 
 def images(pv) -> list:
-    """The evaluator's sample images as a list of (PIL image, caption) for a gallery."""
+    """The evaluator's sample images as a list of (PIL image, caption) for a gallery. A preview pipeline's images
+    (one per prompt and seed) come side by side: the merge, the previous merge, then each input model."""
     s = (pv.result or {}).get("samples")
+    if isinstance(s, (list, tuple)) and len(s) > 1 and all(isinstance(x, Image.Image) for x in s):
+        rows = [("merge", list(s)), ("previous merge", (pv.previous or {}).get("samples"))]
+        rows += [(label, inp.get("samples")) for label, inp in pv.inputs.items()]
+        rows = [(cap, imgs) for cap, imgs in rows if isinstance(imgs, (list, tuple)) and len(imgs) == len(s)]
+        return [(imgs[k], f"{cap} · {k + 1}") for k in range(len(s)) for cap, imgs in rows]
     if s is None or isinstance(s, (dict, str)) and not _is_image_dict(s):
         return []
     items = list(s.items() if isinstance(s, dict) else enumerate(s if isinstance(s, (list, tuple)) else [s]))
@@ -200,9 +224,19 @@ def latency_text(pv) -> str:
         return "superseded by a newer change"
     r = pv.result or {}
     avg = _num(r.get("average"))
-    head = f"**{r.get('metric', 'score')} {avg:.4f}**  ·  " if avg is not None else ""
+    head = f"**{r.get('metric', 'score')} {avg:.4f}**  ·  " if avg is not None and avg == avg else ""
+    if not r.get("samples") and r.get("notes"):
+        head = "".join(f"⚠ {note}  \n" for note in r["notes"]) + head
     if pv.source:
         return (f"{head}**{pv.source}** (learned in {pv.total_seconds:.1f} s) — not your recipe: any edit, or "
                 f"*Re-run preview*, shows the recipe again")
     return (f"{head}updated in {pv.total_seconds * 1000:.0f} ms (merge {pv.merge_seconds * 1000:.0f} ms for "
             f"{pv.changed}/{pv.tensors} tensors, evaluate {pv.eval_seconds * 1000:.0f} ms)")
+
+
+def memory_text(use: dict[str, int]) -> str:
+    """The RAM (and VRAM) gauge under the preview: this process's memory against the machine's."""
+    parts = [f"RAM {human_bytes(use['ram'])} of {human_bytes(use['ram_total'])}"]
+    if "vram" in use:
+        parts.append(f"VRAM {human_bytes(use['vram'])} of {human_bytes(use['vram_total'])}")
+    return "<sub>" + " · ".join(parts) + "</sub>"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 from typing import Callable
 
 import yaml
@@ -19,7 +18,7 @@ import yaml
 from ..engine import build_plan
 from ..engine.live import LiveMerger
 from ..errors import StudioError
-from ..describe import human_bytes
+from ..describe import compare, human_bytes
 from ..layout import FlatLayout
 from ..methods import get_method, list_methods
 from ..recipe import Recipe
@@ -28,9 +27,11 @@ from ..recipe.edit import SettingPath
 from . import history as H
 from .catalog import family_label
 from .formula import render as render_formula
+from .grids import GridController
 from .landscapes import LandscapeController
 from .learning import LearnController
 from .preview_view import Preview
+from .previewing import PreviewController
 from .shelf import ModelShelf
 
 MAX_UNDO = 200
@@ -45,14 +46,11 @@ class Session:
         self.undo_stack: list[dict] = []
         self.history: list[H.HistoryEntry] = []
         self.target: SettingPath | None = None  # the setting the per-layer sliders drive
-        self.live: LiveMerger | None = None
-        self.last_preview: Preview | None = None
+        self.previewing = PreviewController(self)
+        self.grids = GridController(self)
         self.learning = LearnController(self)
         self.landscapes = LandscapeController(self)
-        self._ticket = 0
-        self.lock = threading.Lock()              # one merge or evaluation of the resident model at a time
         self.events = threading.RLock()           # one UI event of this tab at a time (with --max-parallel > 1)
-        self._ticket_lock = threading.Lock()
         self._verdict: tuple[dict, tuple[bool, str]] | None = None
         # what this tab's page shows, kept by the UI so that it sends only what changed ({component id: props})
         self.view_cache: dict = {}
@@ -100,15 +98,35 @@ class Session:
     def add_model(self, ref: str, include: bool = True) -> dict:
         """Open a path / hub id / ``base+lora[:s]`` (only inside the allowed folders) and offer it; merge it too."""
         ref, info = self.shelf.add(ref)
-        if include and ref not in self.included():
-            self.set_included(self.included() + [ref])
+        self._include(ref, include)
         return info
 
     def add_lora(self, model_ref: str, lora_ref: str, strength: float = 1.0, include: bool = True) -> dict:
         ref, info = self.shelf.add_lora(model_ref, lora_ref, strength)
-        if include and ref not in self.included():
-            self.set_included(self.included() + [ref])
+        self._include(ref, include)
         return info
+
+    def _include(self, ref: str, include: bool) -> None:
+        """Merge ``ref`` too when it fits the recipe's models (same tensors); a model of another kind starts a recipe
+        of its own instead of joining (and breaking) the one on screen."""
+        if not include or ref in self.included():
+            return
+        reference = E.reference_model(self.recipe)
+        if reference is None or not compare([self.env.opener(reference), self.env.opener(ref)])["against"][0][
+                "compatible"]:
+            self.start_own([ref])
+            return
+        self.set_included(self.included() + [ref])
+
+    def start_own(self, refs: list[str]) -> None:
+        """A fresh recipe of the user's own models (the demo family is put away): a weighted average to start from;
+        pick the base and the method next."""
+        self.family = None
+        self.shelf.reset(refs, {r: self.label(r) for r in refs})
+        self.learning.forget()
+        self.set_recipe({"name": f"{self.label(refs[0])}-merge", "merge_method": "linear",
+                         "models": [{"model": r, "parameters": {"weight": 1.0}} for r in refs]})
+        self.target = E.default_path(self.recipe)
 
     def lora_choices(self) -> list[tuple[str, str]]:
         fam = self.family_obj()
@@ -119,8 +137,7 @@ class Session:
 
     def close(self) -> None:
         """Drop the resident preview model (frees its memory)."""
-        self.live = None
-        self.last_preview = None
+        self.previewing.close()
 
     # ------------------------------------------------------------------------------------------- recipe
     @property
@@ -256,76 +273,27 @@ class Session:
         return render_formula(self.spec, self.recipe, self.labels)
 
     # ------------------------------------------------------------------------------------------- preview
+    # (the resident merge and what judges it: studio/ui/previewing.py)
+    @property
+    def live(self) -> LiveMerger | None:
+        return self.previewing.live
+
+    @property
+    def last_preview(self) -> Preview | None:
+        return self.previewing.last
+
     def next_ticket(self) -> int:
-        with self._ticket_lock:
-            self._ticket += 1
-            return self._ticket
-
-    def input_scores(self) -> dict[str, dict]:
-        """The evaluator's result for the base and each merged model (cached per process)."""
-        if not self.family:
-            return {}
-        base = self.recipe.get("base_model")
-        refs = ([base] if base else []) + [r for r in self.included() if r != base]
-        out = {}
-        for ref in refs:
-            try:
-                out[self.label(ref)] = self.env.catalog.input_score(self.family, ref, self.env.opener)
-            except (StudioError, KeyError, RuntimeError):
-                continue  # a model the family's evaluator cannot score (e.g. a foreign checkpoint) is just not shown
-        return out
-
-    def sync_live(self) -> LiveMerger:
-        """The resident LiveMerger holding the current recipe (built on first use). Call under ``lock``."""
-        if self.live is None:
-            self.live = LiveMerger(self.recipe_obj(), device=self.env.device, opener=self.env.opener)
-        else:
-            self.live.update(self.recipe_obj())
-        return self.live
+        return self.previewing.next_ticket()
 
     def preview(self, ticket: int | None = None) -> Preview:
-        """Re-merge what changed into the resident model and evaluate it with the preview budget.
+        """Re-merge what changed into the resident model and judge it (see PreviewController.run)."""
+        return self.previewing.run(ticket)
 
-        A call whose ticket is older than the newest request returns ``superseded=True`` without evaluating: the
-        newer request will show its own numbers.
-        """
-        ticket = self.next_ticket() if ticket is None else ticket
-        recipe = self.recipe_obj()
-        snapshot = copy.deepcopy(self.recipe)
-        with self.env.heavy, self.lock:
-            if ticket != self._ticket:
-                return Preview(snapshot, {}, {}, 0.0, 0.0, 0.0, 0, 0, superseded=True)
-            t0 = time.perf_counter()
-            if self.live is None:
-                self.live = LiveMerger(recipe, device=self.env.device, opener=self.env.opener)
-                changed = len(self.live.state)
-            else:
-                changed = len(self.live.update(recipe))
-            t1 = time.perf_counter()
-            if ticket != self._ticket:
-                return Preview(snapshot, {}, {}, t1 - t0, 0.0, t1 - t0, changed, len(self.live.state),
-                               superseded=True)
-            result = self.env.catalog.evaluator(self.family).evaluate(self.live.state) if self.family else {}
-            t2 = time.perf_counter()
-            inputs = self.input_scores()
-        prev = self.last_preview.result if self.last_preview else None
-        pv = Preview(snapshot, result, inputs, t1 - t0, t2 - t1, t2 - t0, changed, len(self.live.state),
-                     previous=prev)
-        self.last_preview = pv
-        H.record(self.history, snapshot, result, pv.total_seconds)
-        return pv
+    def input_scores(self) -> dict[str, dict]:
+        return self.previewing.inputs()
 
     def show(self, pv: Preview) -> Preview:
-        """Show numbers that are not the recipe's (learned weights) as the current preview; not recorded in the
-        history."""
-        pv.previous = self.last_preview.result if self.last_preview else None
-        self.last_preview = pv
-        return pv
-
-    def evaluator_metric(self) -> str:
-        ev = self.env.catalog.evaluator(self.family)
-        last = self.last_preview.result if self.last_preview else None
-        return str(getattr(ev, "metric", None) or (last or {}).get("metric") or "score")
+        return self.previewing.show(pv)
 
     # ------------------------------------------------------------------------------------------- history
     def history_rows(self) -> list[list]:

@@ -54,3 +54,59 @@ def test_live_state_stays_float32_for_a_half_precision_recipe(llama_family):
     assert live.state[key].data_ptr() == ptr and live.state[key].dtype == torch.float32
     expect = merge_in_memory(Recipe.from_dict({**recipe(f, 0.8).to_dict(), "dtype": "float32"}))
     torch.testing.assert_close(live.state[key], expect[key], rtol=0, atol=1e-6)
+
+
+def _fp16_family(llama_family, tmp_path):
+    """The llama family's three models saved as fp16 safetensors (the stored dtype most checkpoints have)."""
+    from safetensors.torch import save_file
+
+    from tinymodels import load_state
+
+    out = {}
+    for name in ("base", "a", "b"):
+        out[name] = tmp_path / f"{name}.safetensors"
+        save_file({k: v.half().contiguous() for k, v in load_state(llama_family[name]).items()}, str(out[name]))
+    return out
+
+
+def test_inputs_stay_in_their_files_and_the_state_is_one_model(llama_family, tmp_path):
+    """No float32 copy of any input is kept: the merged state is the only model-sized memory the merger holds."""
+    f = _fp16_family(llama_family, tmp_path)
+    live = LiveMerger(recipe(f, 0.3), device="cpu")
+    assert live.resident_bytes == 0 and live.memory_budget == 0
+    numel = sum(v.numel() for v in live.state.values())
+    assert sum(v.nbytes for v in live.state.values()) == 4 * numel  # float32, one copy
+    assert all(v.untyped_storage().resizable() for v in live.state.values())  # owned memory, never a mapped view
+    expect = merge_in_memory(recipe(f, 0.3))  # the CLI's merge, cast once to the stored fp16
+    for k, v in expect.items():
+        torch.testing.assert_close(live.state[k].to(v.dtype), v, rtol=0, atol=0)
+
+
+def test_a_memory_budget_bounds_what_stays_resident(llama_family, tmp_path):
+    f = _fp16_family(llama_family, tmp_path)
+    some = 3 * 32 * 64 * 2  # about three of the model's larger fp16 tensors
+    live = LiveMerger(recipe(f, 0.3), device="cpu", memory_budget=some)
+    assert 0 < live.resident_bytes <= some
+    assert all(t.dtype == torch.float16 for t in live._resident.values())  # kept as stored, not in float32
+    live.update(recipe(f, 0.7))
+    expect = merge_in_memory(recipe(f, 0.7))
+    for k, v in expect.items():
+        torch.testing.assert_close(live.state[k].to(v.dtype), v, rtol=0, atol=0)
+
+
+def test_bound_module_parameters_are_the_merged_state_and_are_updated_in_place(llama_family):
+    from transformers import AutoModelForCausalLM
+
+    f = llama_family
+    model = AutoModelForCausalLM.from_pretrained(f["base"])
+    params = dict(model.named_parameters())
+    live = LiveMerger(recipe(f, 0.3), device="cpu")
+    live.bind({k: p.data for k, p in params.items() if k in live.state})
+    key = "model.layers.1.mlp.down_proj.weight"
+    ptr = params[key].data_ptr()
+    assert live.state[key].data_ptr() == ptr
+    changed = live.update(recipe(f, {"L01": 0.9, "*": 0.3}))
+    assert key in changed and params[key].data_ptr() == ptr
+    expect = merge_in_memory(recipe(f, {"L01": 0.9, "*": 0.3}))
+    for k, p in params.items():
+        torch.testing.assert_close(p.data, expect[k], rtol=0, atol=1e-6)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from studio.engine import build_plan, merge_in_memory
-from studio.methods import cache_blocks, get_method
+from studio.methods import basic, cache_blocks, get_method
 from studio.recipe import Recipe
 
 
@@ -71,3 +71,24 @@ def test_engine_output_dtype_matches_float32_merge(tmp_path):
     half, single = merge_in_memory(recipe("float16")), merge_in_memory(recipe("float32"))
     assert half["w"].dtype == torch.float16 and torch.equal(half["w"], single["w"].to(torch.float16))
     assert torch.equal(half["n"], torch.arange(4))
+
+
+@pytest.mark.parametrize("block", [1000, 1 << 15])
+@pytest.mark.parametrize("name", ["linear", "task_arithmetic"])
+def test_float32_from_half_inputs_in_blocks_equals_the_upcast_merge(monkeypatch, name, block):
+    """Half-precision inputs, float32 result (the live engine's ``out`` buffer, or a fresh tensor): computed in
+    cache-sized blocks, bit-equal to the same method on the inputs upcast to float32 first."""
+    monkeypatch.setattr(cache_blocks, "BLOCK", block)
+    monkeypatch.setattr(cache_blocks, "SERIAL_BLOCK", block)
+    calls = []
+    monkeypatch.setattr(basic, "blocked_cast", lambda *a, **k: calls.append(1) or cache_blocks.blocked_cast(*a, **k))
+    spec = get_method(name)
+    base, models = _family((37, 1001), torch.bfloat16, seed=7)
+    kw = {k: v for k, v in KW[name].items()}
+    ref = spec.fn(base.float(), [m.float() for m in models], **kw)
+    assert calls == []  # float32 inputs: one pass over whole tensors
+    fresh = spec.fn(base, models, **kw)
+    out = torch.full(base.shape, float("nan"))
+    written = spec.fn(base, models, out=out, **kw)
+    assert written is out and fresh.dtype == torch.float32 and calls == [1, 1]
+    assert torch.equal(fresh, ref) and torch.equal(out, ref)

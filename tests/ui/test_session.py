@@ -303,3 +303,118 @@ def test_optimize_offers_the_declared_learners_with_controls_for_their_hyperpara
     assert s.learning.settings == {"batch_size": 8}
     s.learning.choose("samerging")
     assert s.learning.settings == {} and dict((p.name, v) for p, v in s.learning.params())["temperature"] is None
+
+
+def test_an_own_model_of_another_kind_starts_its_own_recipe(env, tmp_path):
+    """A model that does not fit the demo family's tensors never joins its recipe: it starts a recipe of its own,
+    the family is put away, and the judge follows the models (here a Llama without a tokenizer: merge only, with the
+    missing piece named)."""
+    from tinymodels import make_llama
+
+    s = env.new_session()
+    own = make_llama(tmp_path / "my-llama", 0)
+    s.add_model(str(own))
+    assert s.family is None and s.included() == [str(own)] and s.available == [str(own)]
+    assert s.recipe["name"] == "my-llama-merge" and s.dry_run()[0]
+    other = make_llama(tmp_path / "my-other-llama", 1)
+    s.add_model(str(other))  # same tensors: joins
+    assert s.included() == [str(own), str(other)] and s.family is None
+    pv = s.preview()
+    assert pv.tensors > 0 and not pv.superseded
+    # merged all the same; the preview says what it misses to show text (these folders have no tokenizer)
+    assert pv.result["notes"][0].startswith("no preview:") and "tokenizer" in pv.result["notes"][0]
+    assert s.undo() and s.included() == [str(own)]
+
+
+def test_grid_cells_are_the_previews_of_their_recipes(env, toy_family, tmp_path):
+    from studio.preview.grid import read_grid_recipes
+
+    s = env.new_session()
+    first = s.preview()
+    assert "parameters.lambda@L01" in s.grids.axis_choices() and "merge_method" in s.grids.axis_choices()
+    g = s.grids.render("parameters.lambda=0.2,0.8", "models.0.weight=0,1")
+    ev = toy_family.evaluator()
+    for row in g.cells:
+        for cell in row:
+            assert cell["result"]["per_task"] == ev.evaluate(merge_in_memory(Recipe.from_dict(cell["recipe"])))[
+                "per_task"]
+    path = s.grids.save(str(tmp_path / "grid"))
+    assert path.endswith("grid.png") and read_grid_recipes(path)["cells"][1][0] == g.cells[1][0]["recipe"]
+    with pytest.raises(StudioError, match="81 previews"):
+        s.grids.render("lambda=0:1:9", "parameters.lambda@L01=0:1:9")
+    with pytest.raises(PathNotAllowed):
+        s.grids.save("/tmp/elsewhere-" + tmp_path.name + "/grid.png")
+    assert s.preview().result["per_task"] == first.result["per_task"]  # the live merge holds the recipe again
+
+
+def test_own_llms_preview_text_from_the_users_prompts_and_perplexity(env, tmp_path):
+    """A user's own causal LMs: the preview pipeline (a transformers model whose parameters are the live merge) answers
+    the user's prompts beside each input model, measures perplexity on pasted text, and the merged weights are the
+    CLI merge's."""
+    from tinymodels import WORDS, add_word_tokenizer, make_llama
+
+    a = add_word_tokenizer(make_llama(tmp_path / "llama-a", 0))
+    b = add_word_tokenizer(make_llama(tmp_path / "llama-b", 1))
+    s = env.new_session()
+    s.add_model(str(a))
+    s.add_model(str(b))
+    assert s.family is None and s.included() == [str(a), str(b)]
+    first = s.preview()
+    assert first.result["samples"] == {} and {f.name for f in s.previewing.request_fields()} >= {"prompts", "text"}
+    prompt = " ".join(WORDS[5:9])
+    s.previewing.set_request("prompts", prompt)
+    s.previewing.set_request("max_new_tokens", 4)
+    s.previewing.set_request("text", " ".join(WORDS[3:40] * 3))
+    pv = s.preview()
+    assert pv.result["metric"] == "perplexity" and pv.result["average"] > 1
+    assert list(pv.result["samples"]) == [prompt] and set(pv.inputs) == {"llama-a", "llama-b"}
+    assert all(list(r["samples"]) == [prompt] for r in pv.inputs.values())
+    expect = merge_in_memory(s.recipe_obj())
+    for k, v in expect.items():
+        assert torch.equal(s.live.state[k], v), k
+    model = s.previewing.judge.previewer.model
+    assert model.model.layers[0].mlp.down_proj.weight.data_ptr() == s.live.state[
+        "model.layers.0.mlp.down_proj.weight"].data_ptr()  # one copy: the model's parameter is the merged tensor
+    with pytest.raises(PathNotAllowed):
+        s.previewing.set_request("eval_set", "/etc/passwd")
+    with pytest.raises(StudioError, match="max_new_tokens"):
+        s.previewing.set_request("max_new_tokens", -3)
+
+
+def test_own_sd_pipelines_preview_images_that_follow_the_block_sliders(env, tmp_path):
+    """Two of a user's own SD1 pipeline folders: the preview draws images from the user's prompt with the live merge
+    inside the pipeline (no copy of the UNet), a block slider changes the image, the merged weights are the CLI
+    merge's, and each input model is drawn the same way beside it."""
+    import numpy as np
+
+    from studio.sd import synth
+
+    a = synth.write_random_pipeline(tmp_path / "sd-a", "sd1", seed=1, tiny=True, runnable=True)
+    b = synth.write_random_pipeline(tmp_path / "sd-b", "sd1", seed=2, tiny=True, runnable=True)
+    s = env.new_session()
+    s.add_model(str(a))
+    s.add_model(str(b))
+    assert s.family is None and s.layout().name == "sd1-blocks"
+    assert s.preview().result["metric"] == "image"
+    fields = {f.name: f.value for f in s.previewing.request_fields()}
+    assert fields["steps"] == 8 and fields["width"] == fields["height"] == 8  # half the tiny model's 16 px on a CPU
+    s.previewing.set_request("prompts", "a red fox in the snow")
+    s.previewing.set_request("steps", 2)
+    first = s.preview()
+    assert len(first.result["samples"]) == 1
+    assert set(first.inputs) == {"sd-a", "sd-b"} and all(len(r["samples"]) == 1 for r in first.inputs.values())
+    unet = s.previewing.judge.previewer.pipe.unet
+    key = next(k for k in s.live.state if k.endswith("down_blocks.0.resnets.0.conv1.weight"))
+    assert unet.down_blocks[0].resnets[0].conv1.weight.data_ptr() == s.live.state[key].data_ptr()
+
+    s.set_target("models.0.weight")
+    assert s.group_values()[s.layout().groups.index("IN01")] == 1.0
+    s.set_group_value("IN01", 0.0)  # that block from sd-b alone
+    pv = s.preview()
+    assert pv.changed == sum(s.layout().group_of(k) == "IN01" for k in s.live.state) > 0  # only that block again
+    s.set_group_values([0.0] * (len(s.layout().groups) - 1) + [1.0])  # the whole UNet from sd-b (the VAE is sd-a's)
+    pv = s.preview()
+    before, after = (np.asarray(r["samples"][0], dtype=float) for r in (first.result, pv.result))
+    assert np.abs(before - after).max() > 0
+    for k, v in merge_in_memory(Recipe.from_yaml(s.yaml())).items():
+        assert torch.equal(s.live.state[k], v), k
