@@ -1,5 +1,6 @@
-"""The diffusion zoo's evaluator: fixed prompts and seeds through diffusers' ``StableDiffusionPipeline``, one style
-score per style, and the pictures as a grid."""
+"""The diffusion zoo's evaluator: fixed prompts and seeds drawn by the studio's own SD1 preview pipeline
+(:class:`studio.preview.diffusion.DiffusionPreviewer`, the one that draws a user's SD1 checkpoint), one style score
+per style, and the pictures as a grid."""
 
 from __future__ import annotations
 
@@ -9,32 +10,41 @@ import torch
 
 from ..errors import StudioError
 from ..evaluate.common import check_budget, result
+from ..preview.diffusion import DiffusionPreviewer
+from ..sources import DictSource, open_source
 from . import diffusion_data as data
 from .diffusion import GUIDANCE
 
 # (pictures, DDIM steps); the preview's 8 pictures come back as one row
 BUDGET_SIZES = {"preview": (8, 12), "report": (30, 25)}
-COMPONENTS = ("unet", "text_encoder", "vae")
 
 
-def load_pipeline(folder: str | Path, device: str = "cpu"):
-    """The ``StableDiffusionPipeline`` of a local diffusers folder (never the network)."""
-    from diffusers import StableDiffusionPipeline  # optional and heavy: only when diffusion pictures are drawn
-
+def open_previewer(folder: str | Path, device: str = "cpu") -> DiffusionPreviewer:
+    """The studio's SD1 preview pipeline for a zoo pipeline folder, holding that folder's own weights."""
     path = Path(folder)
     if not (path / "model_index.json").is_file():
         raise StudioError("not a diffusers pipeline folder (no model_index.json)", where=str(path),
                           hint="rebuild the zoo: python -m studio zoo build --family diffusion")
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    source = open_source(str(path))
+    previewer = DiffusionPreviewer(source, device=device)
+    previewer.load(source)  # the previewer builds its modules without weights (meta device, then empty memory)
+    return previewer
 
 
 @torch.no_grad()
-def render_images(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float = GUIDANCE) -> torch.Tensor:
-    """``[N, 3, H, W]`` pictures in [0, 1], one per (prompt, seed), each from its own seeded CPU generator."""
-    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    return pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+def render_images(previewer: DiffusionPreviewer, prompts: list[str], seeds: list[int], steps: int,
+                  guidance: float = GUIDANCE) -> torch.Tensor:
+    """``[N, 3, H, W]`` pictures in [0, 1], one per (prompt, seed) pair, each from its own seeded CPU generator.
+
+    The previewer's ``render`` draws every prompt with every seed, one pipeline call per prompt; scoring wants 30
+    different prompts in one batch (a tiny UNet's step costs about the same for 1 picture as for 30), so this calls
+    the previewer's pipeline and scheduler directly. A test checks both give the same pictures."""
+    if len(prompts) != len(seeds):
+        raise StudioError(f"{len(prompts)} prompts but {len(seeds)} seeds", hint="give one seed per prompt")
+    pipe = previewer.pipe
+    pipe.scheduler = previewer.scheduler("default")   # the zoo's DDIM, as render(sampler="default") takes it
+    gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    return pipe(list(prompts), num_inference_steps=int(steps), guidance_scale=float(guidance), generator=gens,
                 output_type="pt").images.float().cpu()
 
 
@@ -53,30 +63,26 @@ class DiffusionEvaluator:
         self.prompts = [p for p, _, _ in data.fixed_prompts(n)]
         self.seeds = [seed + i for i in range(n)]
         self.cols = 8 if budget == "preview" else 10
-        self.pipe = load_pipeline(base, device)
+        self.previewer = open_previewer(base, device)
+        self.keys = list(self.previewer.reference.keys())
 
-    def images(self, pipe=None, prompts: list[str] | None = None, seeds: list[int] | None = None) -> torch.Tensor:
-        """The pictures of ``prompts`` (the fixed ones by default) with ``seeds``."""
-        return render_images(pipe or self.pipe, prompts or self.prompts, seeds or self.seeds, self.steps)
+    def images(self, prompts: list[str] | None = None, seeds: list[int] | None = None) -> torch.Tensor:
+        """The pictures of ``prompts`` (the fixed ones by default) with ``seeds``, from the weights loaded last."""
+        return render_images(self.previewer, prompts or self.prompts, seeds or self.seeds, self.steps)
 
-    def evaluate_module(self, pipe=None) -> dict:
-        images = self.images(pipe)
+    def load_state(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Put a pipeline state dict (keys ``unet.…``, ``text_encoder.…``, ``vae.…``) into the pipeline."""
+        missing = [k for k in self.keys if k not in state_dict]
+        if missing:  # the previewer's load fills what it is given: a partial state would leave stale weights
+            raise StudioError(f"the weights are missing {len(missing)} of the pipeline's tensors (e.g. {missing[0]})",
+                              hint="pass the whole pipeline's weights (keys unet.…, text_encoder.…, vae.…)")
+        self.previewer.load(DictSource({k: state_dict[k] for k in self.keys}, ref="<zoo evaluation>"))
+
+    def evaluate_module(self) -> dict:
+        images = self.images()
         scores = data.style_scores(images)
         return result(self.metric, {s: scores[s] for s in self.styles}, data.grid(images, self.cols))
 
-    def load_state(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Copy a pipeline state dict (keys ``unet.…``, ``text_encoder.…``, ``vae.…``) into the pipeline."""
-        for name in COMPONENTS:
-            module = getattr(self.pipe, name)
-            own = module.state_dict()
-            missing = [k for k in own if f"{name}.{k}" not in state_dict]
-            if missing:
-                raise StudioError(f"the {name} weights are missing {len(missing)} keys (e.g. {name}.{missing[0]})",
-                                  hint="pass the whole pipeline's weights (keys unet.…, text_encoder.…, vae.…)")
-            with torch.no_grad():
-                for k, v in own.items():
-                    v.copy_(state_dict[f"{name}.{k}"].to(v.dtype))
-
     def evaluate(self, state_dict: dict[str, torch.Tensor]) -> dict:
         self.load_state(state_dict)
-        return self.evaluate_module(self.pipe)
+        return self.evaluate_module()

@@ -1,21 +1,27 @@
 """The diffusion zoo is a real (tiny) Stable Diffusion 1 pipeline: built quickly here, it is detected as SD1 with the
-26 SuperMerger blocks + VAE, loads with diffusers' standard API, draws what the prompt says apart, and its block
-weights, merges and PEFT LoRAs act through the studio's engine."""
+26 SuperMerger blocks + VAE, loads with diffusers' standard API, is drawn by the studio's own SD1 preview pipeline
+(the evaluator's pictures are that pipeline's), and its block weights, merges and PEFT LoRAs act through the studio's
+engine."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from studio.engine import merge_in_memory
+from studio.engine.live import LiveMerger
 from studio.errors import StudioError
 from studio.layout import detect_layout
 from studio.layout.sd import SD1_BLOCKS, detect_family
+from studio.layout.sd_keys import unet_to_ldm
+from studio.preview import DiffusionPreviewer, ImageRequest
 from studio.recipe import Recipe
 from studio.recipe import edit as E
 from studio.sources import open_source
 from studio.zoo import diffusion as D
 from studio.zoo.build import build, load_state
+from studio.zoo.diffusion import GUIDANCE
 from studio.zoo.diffusion_evaluator import DiffusionEvaluator
 
 
@@ -65,6 +71,22 @@ def test_loads_with_diffusers_standard_api(quick):
     assert unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
 
 
+def test_every_unet_key_lands_in_one_of_the_25_unet_blocks(quick):
+    src = open_source(str(quick["base"]))
+    layout = detect_layout(src)
+    unet = [k for k in src.keys() if k.startswith("unet.")]
+    groups = {k: layout.group_of(k) for k in unet}
+    assert all(unet_to_ldm(k[len("unet."):], layout.up_attn) is not None for k in unet)  # SD1's names, all of them
+    assert set(groups.values()) == set(SD1_BLOCKS) - {"BASE"}                          # IN00–IN11, M00, OUT00–OUT11
+    assert {layout.group_of(k) for k in src.keys() if k.startswith("text_encoder.")} == {"BASE"}
+    assert {layout.group_of(k) for k in src.keys() if k.startswith("vae.")} == {"VAE"}
+    # SD1's block layout: resnet + attention in IN01/IN02 (the 2 layers of the first down block), the downsampler
+    # alone in IN03, resnets only in IN10/IN11, attention in OUT03–OUT11 (the 3 cross-attention up blocks)
+    attn = {g for k, g in groups.items() if ".attentions." in k}
+    assert attn == {"IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00"} | {f"OUT{i:02d}" for i in range(3, 12)}
+    assert all(".downsamplers." in k for k, g in groups.items() if g in ("IN03", "IN06", "IN09"))
+
+
 def test_evaluator_is_seeded_and_the_prompt_changes_the_picture(quick, evaluator):
     state = load_state("diffusion", str(quick["base"]))
     a, b = evaluator.evaluate(state), evaluator.evaluate(state)
@@ -78,9 +100,48 @@ def test_evaluator_is_seeded_and_the_prompt_changes_the_picture(quick, evaluator
         evaluator.evaluate({k: v for k, v in state.items() if not k.startswith("vae.")})
 
 
+def test_evaluator_draws_what_the_studios_sd1_preview_draws(quick, evaluator):
+    """The evaluator's pictures are DiffusionPreviewer.render's (the pipeline a user's SD1 checkpoint gets), only
+    batched across prompts."""
+    evaluator.load_state(load_state("diffusion", str(quick["ember"])))
+    prompts, seeds = ["a seven on the left", "a 3 on the right", "a seven on the left"], [4, 4, 9]
+    mine = (evaluator.images(prompts, seeds).permute(0, 2, 3, 1).numpy() * 255).round()
+    for i, (p, s) in enumerate(zip(prompts, seeds)):
+        req = ImageRequest(prompts=[p], seeds=[s], steps=evaluator.steps, guidance=GUIDANCE, sampler="default")
+        theirs = np.asarray(evaluator.previewer.render(req)["samples"][0]).astype(np.float64)
+        assert theirs.shape == (64, 64, 3)
+        assert np.abs(theirs - mine[i]).max() <= 1.0, i          # PIL rounding of a batched float computation
+
+
+def test_the_studios_sd1_preview_draws_the_zoo_live(quick):
+    """The zoo's pipeline folder is an SD1 model to the studio's preview: bound entirely to a live merge, seeded, and
+    its pictures follow the block sliders."""
+    p = DiffusionPreviewer(open_source(str(quick["base"])))
+    assert p.family == "sd1" and p.native_size() == 64
+    live = LiveMerger(Recipe.from_dict(_pair(quick, 0.5)), device="cpu")
+    p.attach(live)
+    assert p.bound_share == 1.0
+    req = ImageRequest(prompts=["an eight on the right"], seeds=[1, 2], steps=6, guidance=GUIDANCE, sampler="default")
+    flat = [np.asarray(im) for im in p.render(req)["samples"]]
+    assert all(im.shape == (64, 64, 3) for im in flat)
+    assert np.array_equal(flat[0], np.asarray(p.render(req)["samples"][0]))        # the same seed, the same picture
+    assert not np.array_equal(flat[0], flat[1])
+    layout = detect_layout(open_source(str(quick["base"])))
+    grad = E.apply_preset(_pair(quick, 0.5), E.SettingPath.parse("alpha"), layout, "GRAD_V")
+    p.refresh(live.update(Recipe.from_dict(grad)))
+    moved = [np.asarray(im) for im in p.render(req)["samples"]]
+    assert np.abs(moved[0].astype(int) - flat[0]).mean() > 0.5
+    p.refresh(live.update(Recipe.from_dict(_pair(quick, 0.5))))
+    assert np.array_equal(np.asarray(p.render(req)["samples"][0]), flat[0])          # back to where it was
+
+
+def _pair(quick, alpha) -> dict:
+    return {"merge_method": "weighted_sum", "models": [{"model": str(quick["base"])}, {"model": str(quick["ember"])}],
+            "parameters": {"alpha": alpha}, "dtype": "float32"}
+
+
 def _weighted_sum(quick, preset=None, alpha=0.5) -> dict:
-    d = {"merge_method": "weighted_sum", "models": [{"model": str(quick["base"])}, {"model": str(quick["ember"])}],
-         "parameters": {"alpha": alpha}, "dtype": "float32"}
+    d = _pair(quick, alpha)
     if preset:
         d = E.apply_preset(d, E.SettingPath.parse("alpha"), detect_layout(open_source(str(quick["base"]))), preset)
     return merge_in_memory(Recipe.from_dict(d), device="cpu", seed=0)
