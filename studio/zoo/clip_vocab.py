@@ -6,8 +6,9 @@ symbols (alone and word-final ``</w>``), the merges CLIP applies to each word of
 order, committed in ``clip_merges.txt``), and the two special tokens. Any text still tokenizes (unknown words fall
 apart into smaller pieces, as in CLIP), and the listed words come out exactly as CLIP splits them.
 
-``clip_merges.txt`` is derived from CLIP's ``bpe_simple_vocab_16e6.txt.gz`` (shipped in the PyPI package
-``open-clip-torch``) by ``python -m studio.zoo.clip_vocab PATH/TO/bpe_simple_vocab_16e6.txt.gz``.
+``clip_merges.txt`` is derived from CLIP's full merge list — the studio's shipped ``assets/configs/clip/merges.txt``
+(:mod:`studio.preview.sd_configs`), or OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` from the PyPI package
+``open-clip-torch`` — by ``python -m studio.zoo.clip_vocab [PATH]``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..output import write_text
+from ..preview.sd_configs import CLIP_BPE
 
 MERGES_FILE = Path(__file__).with_name("clip_merges.txt")
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -41,11 +43,14 @@ def byte_symbols() -> list[str]:
     return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(shifted))]
 
 
-def read_clip_merges(path: str | Path) -> list[tuple[str, str]]:
-    """The merges CLIP uses, in rank order, from ``bpe_simple_vocab_16e6.txt.gz``."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
+def read_clip_merges(path: str | Path = CLIP_BPE / "merges.txt") -> list[tuple[str, str]]:
+    """The merges CLIP uses, in rank order, from ``bpe_simple_vocab_16e6.txt.gz`` or a ``merges.txt`` (both start
+    with one header line)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")[1:CLIP_MERGES + 1]
-    return [tuple(line.split()) for line in lines]
+    return [tuple(line.split()) for line in lines if line]
 
 
 def word_merges(word: str, ranks: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
@@ -102,10 +107,10 @@ def write_tokenizer_files(folder: str | Path, merges: list[tuple[str, str]] | No
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
+    if len(args) > 1:
         print(__doc__)
         return 2
-    merges = derive_merges(read_clip_merges(args[0]))
+    merges = derive_merges(read_clip_merges(*args))
     write_text(MERGES_FILE, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     print(f"{len(merges)} merges for {len(WORDS)} words → {MERGES_FILE}")
     return 0

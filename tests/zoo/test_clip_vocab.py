@@ -43,3 +43,17 @@ def test_committed_vocabulary_tokenizes_prompt_words_whole(tmp_path):
     assert "".join(pieces).replace("</w>", "") == "zebra" and len(pieces) > 1
     padded = tok("a seven", padding="max_length", max_length=77)["input_ids"]
     assert len(padded) == 77 and padded[-1] == tok.convert_tokens_to_ids(C.EOS)
+
+
+def test_committed_merges_are_clips_own_for_the_prompt_words(tmp_path):
+    """Derived again from the studio's shipped full CLIP merge list, the committed excerpt is the same; and every
+    prompt word splits into the same tokens under the full CLIP tokenizer as under the small one."""
+    from studio.preview.sd_configs import CLIP_BPE
+
+    full = C.read_clip_merges()
+    assert len(full) == C.CLIP_MERGES
+    assert C.derive_merges(full) == C.small_merges()
+    small = CLIPTokenizer.from_pretrained(str(C.write_tokenizer_files(tmp_path)), model_max_length=77)
+    clip = CLIPTokenizer(vocab=str(CLIP_BPE / "vocab.json"), merges=str(CLIP_BPE / "merges.txt"))
+    text = "the number 7 on the left, an eight in the middle: " + " ".join(C.WORDS)
+    assert small.tokenize(text) == clip.tokenize(text)
