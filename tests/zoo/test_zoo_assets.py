@@ -9,6 +9,7 @@ import torch
 
 from studio.engine import merge_in_memory
 from studio.layout import detect_layout
+from studio.preview import DiffusionPreviewer, previewer_for
 from studio.recipe import Recipe
 from studio.recipe import edit as E
 from studio.sources import open_source
@@ -117,6 +118,8 @@ def test_diffusion_reproduces_style_scores():
     assert own["per_task"][style] > rec["base"][style] + 0.5
     assert own["samples"].dtype.name == "uint8" and own["samples"].shape == (3 * 65 + 1, 10 * 65 + 1, 3)
     assert not math.isnan(own["average"])
+    # drawn by the preview pipeline the studio picks for an SD1 checkpoint
+    assert previewer_for(open_source(fam.base)) is DiffusionPreviewer and type(ev.previewer) is DiffusionPreviewer
     for s in fam.tasks:  # every style expert shows its style far more than the base does
         assert rec["experts"][s] > rec["base"][s] + 0.4, (s, rec)
 
@@ -147,12 +150,17 @@ def test_diffusion_block_weights_and_mixes_act():
           for name in ("GRAD_V", "FLAT_50", "IN_ONLY", "OUT_ONLY")}
     assert abs(by["GRAD_V"]["bold"] - by["FLAT_50"]["bold"]) > 0.05, by
     assert abs(by["IN_ONLY"]["bold"] - by["OUT_ONLY"]["bold"]) > 0.05, by
-    # a 50/50 weighted sum of two styles shows both, each between the two experts
-    row = next(r for r in REPORT["diffusion"] if r["method"] == "weighted sum ember+bold (α=0.5)")
+    # a 50/50 weighted sum of the colour and the texture expert shows both, each between base and expert
+    row = next(r for r in REPORT["diffusion"] if r["method"] == "weighted sum ember+stripes (α=0.5)")
     experts = next(r for r in REPORT["diffusion"] if r["method"] == "experts")["per_task"]
     base = next(r for r in REPORT["diffusion"] if r["method"] == "base")["per_task"]
-    for s in ("ember", "bold"):
-        assert base[s] + 0.1 < row["per_task"][s] < experts[s], (s, row, experts)
+    for s in ("ember", "stripes"):
+        assert base[s] + 0.2 < row["per_task"][s] < experts[s], (s, row, experts)
+    # and the report's number reproduces
+    mix = {"merge_method": "weighted_sum", "parameters": {"alpha": 0.5}, "dtype": "float32",
+           "models": [{"model": fam.experts["ember"]}, {"model": fam.experts["stripes"]}]}
+    again = fam.evaluator("report").evaluate(merge_in_memory(Recipe.from_dict(mix)))["per_task"]
+    assert again == pytest.approx(row["per_task"], abs=0.02)
 
 
 @needs
