@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import torch
+from PIL import Image
 
 from ..errors import StudioError
 from ..zoo import get_family, list_families
@@ -43,6 +44,7 @@ class Catalog:
         self.device = device
         self._evaluators: dict[tuple[str, str], Any] = {}
         self._scores: dict[tuple[str, str, str], dict] = {}
+        self._about: dict[str | None, tuple[str, Image.Image | None]] = {}
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -61,6 +63,31 @@ class Catalog:
             return self.families[name]
         except KeyError:
             raise StudioError(f"unknown demo family {name!r}", hint=f"known: {', '.join(self.names()) or 'none'}")
+
+    def about(self, name: str | None) -> tuple[str, Image.Image | None]:
+        """The note on a demo family (markdown: its description and tasks) and its picture of the tasks (or None);
+        for no family, a note on the user's own models. Made once per family."""
+        if name not in self._about:
+            self._about[name] = self._describe(name)
+        return self._about[name]
+
+    def _describe(self, name: str | None) -> tuple[str, Image.Image | None]:
+        if not name:
+            return ("**Your own models** — the recipe below merges the models you added; the preview follows "
+                    "them (images, text or your evaluation set). Load a demo family to go back to the demos.", None)
+        try:
+            fam = self.get(name)
+        except StudioError as e:
+            return f"⚠ {e}", None
+        docs = getattr(fam, "task_docs", None) or {}
+        rows = [f"| `{t}` | {docs.get(t, '')} |" for t in fam.tasks]
+        md = "\n".join([f"**{name}** — {getattr(fam, 'description', '')}", "", "| task | what it is |", "|---|---|",
+                        *rows])
+        sheet_fn = getattr(fam, "sample_sheet", None)
+        sheet = sheet_fn() if sheet_fn else None
+        if sheet is None:
+            return md, None
+        return md + "\n\nBelow: test images of each task, one row per task in this order.", Image.fromarray(sheet)
 
     def evaluator(self, name: str, budget: str = "preview"):
         key = (name, budget)

@@ -88,6 +88,12 @@ def score_table(pv) -> tuple[list[str], list[list[Any]]]:
     return headers, rows
 
 
+def has_numbers(pv) -> bool:
+    """Whether the preview scored anything (an image preview without an evaluation set has only pictures)."""
+    r = pv.result or {}
+    return bool(r.get("per_task")) or _num(r.get("average")) is not None and r["average"] == r["average"]
+
+
 def score_figure(pv):
     """The preview's bar chart: per task, the base, its own expert, the previous merge and this merge."""
     return figures.preview_scores(pv.result or {}, (pv.inputs.get("base") or {}).get("per_task"),
@@ -149,7 +155,7 @@ def images(pv) -> list:
     """The evaluator's sample images as a list of (PIL image, caption) for a gallery. A preview pipeline's images
     (one per prompt and seed) come side by side: the merge, the previous merge, then each input model."""
     s = (pv.result or {}).get("samples")
-    if isinstance(s, (list, tuple)) and len(s) > 1 and all(isinstance(x, Image.Image) for x in s):
+    if isinstance(s, (list, tuple)) and s and all(isinstance(x, Image.Image) for x in s):
         rows = [("merge", list(s)), ("previous merge", (pv.previous or {}).get("samples"))]
         rows += [(label, inp.get("samples")) for label, inp in pv.inputs.items()]
         rows = [(cap, imgs) for cap, imgs in rows if isinstance(imgs, (list, tuple)) and len(imgs) == len(s)]
@@ -225,7 +231,7 @@ def latency_text(pv) -> str:
     r = pv.result or {}
     avg = _num(r.get("average"))
     head = f"**{r.get('metric', 'score')} {avg:.4f}**  ·  " if avg is not None and avg == avg else ""
-    if not r.get("samples") and r.get("notes"):
+    if r.get("samples") is None and r.get("notes"):  # (samples may be an image array: no truth value)
         head = "".join(f"⚠ {note}  \n" for note in r["notes"]) + head
     if pv.source:
         return (f"{head}**{pv.source}** (learned in {pv.total_seconds:.1f} s) — not your recipe: any edit, or "

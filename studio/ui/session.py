@@ -107,13 +107,14 @@ class Session:
         return info
 
     def _include(self, ref: str, include: bool) -> None:
-        """Merge ``ref`` too when it fits the recipe's models (same tensors); a model of another kind starts a recipe
-        of its own instead of joining (and breaking) the one on screen."""
+        """Merge ``ref`` too. A model that does not fit a demo family's tensors starts a recipe of its own instead of
+        joining (and breaking) the demo's; among the user's own models the user decides (a CLIP model and bare
+        vision towers are merged by a learned merge), and the verdict names what does not line up."""
         if not include or ref in self.included():
             return
         reference = E.reference_model(self.recipe)
-        if reference is None or not compare([self.env.opener(reference), self.env.opener(ref)])["against"][0][
-                "compatible"]:
+        if reference is None or self.family is not None and not compare(
+                [self.env.opener(reference), self.env.opener(ref)])["against"][0]["compatible"]:
             self.start_own([ref])
             return
         self.set_included(self.included() + [ref])

@@ -20,8 +20,9 @@ OLD_DIGESTS = {
     "k16.safetensors": "a6a1960b8b06ff896addd9d1abee0b908b2c2095e9e848ad84cd519876195747",
     "d.safetensors": "224468a47f13bc5d7482ebfcb29bece8c4154c0235d3ab0c5e0e6d5f8b5bd388",
     "peft/adapter_model.safetensors": "1ba6cb4b4c6a79f05ae3fe7c74159f6b5ca460ca67bfe35cc898b407ccfdcc7b",
-    "r.safetensors": "2b2bdc1033f8fed2b55b5b01c2418c482e027109f7ca894cc456b2e64a1bcb49",
-    "like.safetensors": "4f077b2c1a2512426da663c20e7a41b45fe4662e17dbe6930759fae116ee0bea",
+    # synth's random weights are scaled to their fan-in since the own-SD previews (new values, same writer)
+    "r.safetensors": "6ecf6cc92cbb920b6134f2e97c9ad8a654cae0b8acc779d2502f1ea093ad207f",
+    "like.safetensors": "c785dbdd666787e8ba8a58dca91e4c46731cfa0c192c723703eee317190b926d",
 }
 
 

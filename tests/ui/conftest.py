@@ -52,3 +52,24 @@ def studio_server(toy_family, tmp_path_factory):
     yield {"url": f"http://127.0.0.1:{port}", "ui": ui, "env": env, "family": fam_name,
            "evaluator": families[fam_name].evaluator(budget="preview", device="cpu"), "export_dir": out}
     ui.demo.close()
+
+
+@pytest.fixture(scope="module")
+def own_sd_server(toy_family, tmp_path_factory):
+    """The studio with two of a user's own SD1 pipeline folders (tiny, runnable) inside its allowed folder and the
+    toy demo family on screen at the start."""
+    from studio.sd import synth
+    from studio.ui.app import build_app
+    from studio.ui.catalog import Catalog
+    from studio.ui.env import StudioEnv
+    from studio.ui.paths import AllowedRoots
+
+    root = tmp_path_factory.mktemp("own-sd")
+    models = [synth.write_random_pipeline(root / name, "sd1", seed=seed, tiny=True, runnable=True)
+              for name, seed in (("my-sd-a", 1), ("my-sd-b", 2))]
+    env = StudioEnv(Catalog({"toy": toy_family}), AllowedRoots([root]), device="cpu", export_dir=str(root))
+    ui = build_app(env)
+    port = _free_port()
+    ui.launch(port=port, prevent_thread_lock=True, quiet=True)
+    yield {"url": f"http://127.0.0.1:{port}", "models": models}
+    ui.demo.close()

@@ -3,6 +3,7 @@ export, and keep screenshots in test-artifacts/ (skipped when Chromium or Playwr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ from browser_latency import release_and_count  # noqa: E402  (the bench's measur
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Chromium is not installed")
 
 
-def test_studio_in_a_browser(studio_server):
+@contextlib.contextmanager
+def studio_page(url: str):
+    """A headless Chromium page on the studio at ``url``, once the first preview has arrived."""
     sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
@@ -27,79 +30,122 @@ def test_studio_in_a_browser(studio_server):
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.goto(studio_server["url"])
-            latency = page.locator("#latency")
-            sync_api.expect(latency).to_contain_text("ms", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "01-models.png"), full_page=True)
-            before = page.locator("#raw-preview").inner_text() if page.locator("#raw-preview").count() else ""
-            first_latency = latency.inner_text()
-
-            page.get_by_role("tab", name="Recipe").click()
-            # drag the L00 slider to 2.5 and let go: the release re-merges, and only the preview and what the
-            # change touches re-render (the recipe's text, the per-layer note, the history), not the control column
-            _, touched = release_and_count(page, "#strip-1", 2.5)
-            assert touched < 20, touched
-            sync_api.expect(latency).not_to_have_text(first_latency, timeout=30_000)
-            sync_api.expect(page.locator("#yaml")).to_contain_text("L00", timeout=10_000)
-            page.screenshot(path=str(ARTIFACTS / "02-recipe-after-slider.png"), full_page=True)
-            table = page.locator("#score-table").inner_text()
-            assert "average" in table
-
-            # Analysis: the 1-D line and the task-vector plane
-            page.get_by_role("tab", name="Analysis").click()
-            page.locator("#sweep-btn").click()
-            sync_api.expect(page.locator("#landscape .js-plotly-plot")).to_be_visible(timeout=60_000)
-            page.locator("#plane-grid input[type=number]").fill("5")
-            page.locator("#plane-grid input[type=number]").press("Enter")
-            page.locator("#plane-btn").click()
-            sync_api.expect(page.locator("#plane .js-plotly-plot")).to_be_visible(timeout=90_000)
-            sync_api.expect(page.locator("#plane-note")).to_contain_text("merges scored")
-            sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "03-analysis.png"), full_page=True)
-
-            page.get_by_role("tab", name="History").click()
-            sync_api.expect(page.locator("#history-table")).to_contain_text("task_arithmetic")
-            page.screenshot(path=str(ARTIFACTS / "05-history.png"), full_page=True)
-
-            # Optimize: a short learned run, loaded into the sliders
-            page.get_by_role("tab", name="Optimize").click()
-            if studio_server["family"] != "toy":
-                page.locator("#learn-steps input[type=number]").fill("20")
-                page.locator("#learn-steps input[type=number]").press("Enter")
-                page.locator("#learn-btn").click()
-                sync_api.expect(page.locator("#learn-result")).to_contain_text("learned in", timeout=120_000)
-                page.locator("#learn-load").click()
-                sync_api.expect(page.locator("#yaml")).to_contain_text("adamerging", timeout=60_000)
-                sync_api.expect(page.locator("#history-table")).to_contain_text("weight[digits]=", timeout=60_000)
-                sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "06-optimize.png"), full_page=True)
-
-            page.get_by_role("tab", name="Export").click()
-            page.locator("#export-name input, #export-name textarea").first.fill("browser-export")
-            page.locator("#export-btn").click()
-            sync_api.expect(page.locator("#export-result")).to_contain_text("Exported", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "04-export.png"), full_page=True)
-            assert (studio_server["export_dir"] / "browser-export.safetensors").is_file()
-            assert before is not None
-
-            # the other zoo families: text (perplexity + generations) and diffusion (image grid + style scores)
-            families = studio_server["env"].catalog.names()
-            for fam, shot, ready in (("text", "07-text.png", "#samples"), ("diffusion", "08-diffusion.png",
-                                                                            "#gallery")):
-                if fam not in families:
-                    continue
-                page.get_by_role("tab", name="Models").click()
-                page.locator("#family input").click()
-                page.get_by_role("option", name=fam, exact=True).click()
-                page.locator("#load-family").click()
-                sync_api.expect(page.locator("#verdict")).to_contain_text("Ready", timeout=60_000)
-                sync_api.expect(latency).to_contain_text("perplexity" if fam == "text" else "style",
-                                                         timeout=120_000)
-                if fam == "text":
-                    sync_api.expect(page.locator("#samples")).to_contain_text("Generations", timeout=30_000)
-                else:
-                    sync_api.expect(page.locator("#sample-grid img").first).to_be_visible(timeout=30_000)
-                sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=30_000)
-                page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+            page.goto(url)
+            sync_api.expect(page.locator("#latency")).to_contain_text("ms", timeout=60_000)
+            yield page
         finally:
             browser.close()
+
+
+def test_studio_in_a_browser(studio_server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with studio_page(studio_server["url"]) as page:
+        latency = page.locator("#latency")
+        page.screenshot(path=str(ARTIFACTS / "01-models.png"), full_page=True)
+        before = page.locator("#raw-preview").inner_text() if page.locator("#raw-preview").count() else ""
+        first_latency = latency.inner_text()
+
+        page.get_by_role("tab", name="Recipe").click()
+        # drag the L00 slider to 2.5 and let go: the release re-merges, and only the preview and what the
+        # change touches re-render (the recipe's text, the per-layer note, the history), not the control column
+        _, touched = release_and_count(page, "#strip-1", 2.5)
+        assert touched < 20, touched
+        sync_api.expect(latency).not_to_have_text(first_latency, timeout=30_000)
+        sync_api.expect(page.locator("#yaml")).to_contain_text("L00", timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / "02-recipe-after-slider.png"), full_page=True)
+        table = page.locator("#score-table").inner_text()
+        assert "average" in table
+
+        # Analysis: the 1-D line and the task-vector plane
+        page.get_by_role("tab", name="Analysis").click()
+        page.locator("#sweep-btn").click()
+        sync_api.expect(page.locator("#landscape .js-plotly-plot")).to_be_visible(timeout=60_000)
+        page.locator("#plane-grid input[type=number]").fill("5")
+        page.locator("#plane-grid input[type=number]").press("Enter")
+        page.locator("#plane-btn").click()
+        sync_api.expect(page.locator("#plane .js-plotly-plot")).to_be_visible(timeout=90_000)
+        sync_api.expect(page.locator("#plane-note")).to_contain_text("merges scored")
+        sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "03-analysis.png"), full_page=True)
+
+        page.get_by_role("tab", name="History").click()
+        sync_api.expect(page.locator("#history-table")).to_contain_text("task_arithmetic")
+        page.screenshot(path=str(ARTIFACTS / "05-history.png"), full_page=True)
+
+        # Optimize: a short learned run, loaded into the sliders
+        page.get_by_role("tab", name="Optimize").click()
+        if studio_server["family"] != "toy":
+            page.locator("#learn-steps input[type=number]").fill("20")
+            page.locator("#learn-steps input[type=number]").press("Enter")
+            page.locator("#learn-btn").click()
+            sync_api.expect(page.locator("#learn-result")).to_contain_text("learned in", timeout=120_000)
+            page.locator("#learn-load").click()
+            sync_api.expect(page.locator("#yaml")).to_contain_text("adamerging", timeout=60_000)
+            sync_api.expect(page.locator("#history-table")).to_contain_text("weight[digits]=", timeout=60_000)
+            sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "06-optimize.png"), full_page=True)
+
+        page.get_by_role("tab", name="Export").click()
+        page.locator("#export-name input, #export-name textarea").first.fill("browser-export")
+        page.locator("#export-btn").click()
+        sync_api.expect(page.locator("#export-result")).to_contain_text("Exported", timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "04-export.png"), full_page=True)
+        assert (studio_server["export_dir"] / "browser-export.safetensors").is_file()
+        assert before is not None
+
+        # the other zoo families: text (perplexity + generations) and diffusion (image grid + style scores)
+        families = studio_server["env"].catalog.names()
+        for fam, shot, ready in (("text", "07-text.png", "#samples"), ("diffusion", "08-diffusion.png",
+                                                                        "#gallery")):
+            if fam not in families:
+                continue
+            page.get_by_role("tab", name="Models").click()
+            page.locator("#family input").click()
+            page.get_by_role("option", name=fam, exact=True).click()
+            page.locator("#load-family").click()
+            sync_api.expect(page.locator("#verdict")).to_contain_text("Ready", timeout=60_000)
+            sync_api.expect(latency).to_contain_text("perplexity" if fam == "text" else "style",
+                                                     timeout=120_000)
+            if fam == "text":
+                sync_api.expect(page.locator("#samples")).to_contain_text("Generations", timeout=30_000)
+            else:
+                sync_api.expect(page.locator("#sample-grid img").first).to_be_visible(timeout=30_000)
+            sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+
+
+def test_own_sd_pipelines_in_a_browser(own_sd_server):
+    """A user's own SD1 pipelines from disk: add both, type a prompt, move a block slider of the U, see the image
+    change (screenshots 09, 10)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with studio_page(own_sd_server["url"]) as page:
+        latency = page.locator("#latency")
+        page.get_by_text("Add your own model or LoRA").click()
+        for folder in own_sd_server["models"]:
+            page.get_by_label("Path, folder or hub id").fill(str(folder))
+            page.get_by_role("button", name="Add model", exact=True).click()
+            sync_api.expect(page.locator("#include-models")).to_contain_text(folder.name, timeout=60_000)
+        # the merge's image, then the previous merge's and each input model's for the same prompt and seed
+        image = page.locator("#gallery img").first
+        sync_api.expect(image).to_be_visible(timeout=120_000)
+        sync_api.expect(page.locator("#gallery")).to_contain_text("my-sd-b · 1")
+        sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=60_000)
+
+        prompt = page.locator("#req-text-0 textarea")
+        sync_api.expect(prompt).to_have_value("a photograph of an astronaut riding a horse")
+        sync_api.expect(page.locator("#family-about")).to_contain_text("Your own models")
+        sync_api.expect(page.locator("#score-plot")).to_be_hidden()  # pictures only: no empty chart
+        shown = latency.inner_text()
+        prompt.fill("a lighthouse at dusk")
+        prompt.blur()
+        sync_api.expect(latency).not_to_have_text(shown, timeout=60_000)
+        sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "09-own-sd.png"), full_page=True)
+        before = image.get_attribute("src")
+
+        page.get_by_role("tab", name="Recipe").click()
+        ms, _ = release_and_count(page, "#u-left-1", 0.0)  # IN01 from my-sd-b alone
+        sync_api.expect(page.locator("#yaml")).to_contain_text("IN01", timeout=10_000)
+        page.get_by_role("tab", name="Models").click()
+        sync_api.expect(image).not_to_have_attribute("src", before, timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "10-own-sd-after-slider.png"), full_page=True)

@@ -375,6 +375,11 @@ def test_own_llms_preview_text_from_the_users_prompts_and_perplexity(env, tmp_pa
     model = s.previewing.judge.previewer.model
     assert model.model.layers[0].mlp.down_proj.weight.data_ptr() == s.live.state[
         "model.layers.0.mlp.down_proj.weight"].data_ptr()  # one copy: the model's parameter is the merged tensor
+    # the Analysis sweep scores own models by the same perplexity: each point is the preview of that recipe
+    data = s.landscapes.sweep("models.0.weight", points=3, lo=0.0, hi=1.0)
+    assert [r["metric"] for r in data["results"]] == ["perplexity"] * 3
+    s.set_value("models.0.weight", 0.0)
+    assert data["results"][0]["average"] == pytest.approx(s.preview().result["average"], rel=1e-5)
     with pytest.raises(PathNotAllowed):
         s.previewing.set_request("eval_set", "/etc/passwd")
     with pytest.raises(StudioError, match="max_new_tokens"):

@@ -154,15 +154,15 @@ def test_optimize_learns_on_the_users_own_models_and_data_folder(tmp_path):
 def test_family_about_describes_the_tasks_with_a_picture_for_vision(zoo_env):
     import numpy as np
 
-    from studio.ui.panels.models import family_about
-
-    md, sheet = family_about(zoo_env.catalog, "vision")
+    md, sheet = zoo_env.catalog.about("vision")
+    sheet = np.asarray(sheet)
     fam = zoo_env.catalog.get("vision")
     assert all(f"`{t}`" in md for t in fam.tasks) and "house numbers" in md
     # one row of ten 32-pixel tiles per task, dark strokes on white
     assert isinstance(sheet, np.ndarray) and sheet.dtype == np.uint8
     assert sheet.shape == (len(fam.tasks) * 34 + 2, 10 * 34 + 2)
     assert sheet[0].min() == 255 and sheet[2:34, 2:34].min() < 128
-    md, sheet = family_about(zoo_env.catalog, "text")
+    md, sheet = zoo_env.catalog.about("text")
     assert sheet is None and "`prose`" in md
-    assert family_about(zoo_env.catalog, None)[1] is None
+    md, sheet = zoo_env.catalog.about(None)
+    assert sheet is None and "own models" in md

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ...errors import StudioError
 
 HEADERS = ["model", "role", "kind", "architecture", "params", "dtype", "layout · groups"]
 
@@ -18,7 +17,7 @@ def build(families: list[str], default_family: str | None, roots_text: str) -> S
         ns.family = gr.Dropdown(families, value=default_family, label="Demo family", scale=3, elem_id="family",
                                 info="tiny models built by `python -m studio zoo build`; switching reloads the recipe")
         ns.load = gr.Button("Load family", variant="secondary", scale=1, elem_id="load-family")
-    with gr.Accordion("About this demo family", open=True, elem_id="family-about-box"):
+    with gr.Accordion("About these models", open=True, elem_id="family-about-box"):
         ns.about = gr.Markdown(elem_id="family-about")
         ns.samples = gr.Image(show_label=False, interactive=False, visible=False, elem_id="family-samples",
                               buttons=[], height=300)
@@ -47,37 +46,20 @@ def build(families: list[str], default_family: str | None, roots_text: str) -> S
 
 
 def rendered(ns) -> list:
-    return [ns.family, ns.verdict, ns.table, ns.include, ns.base, ns.lora_model, ns.lora_ref]
+    return [ns.family, ns.about, ns.samples, ns.verdict, ns.table, ns.include, ns.base, ns.lora_model, ns.lora_ref]
 
 
 def render(ns, s) -> dict:
     choices = s.shelf.choices()
     base = s.recipe.get("base_model")
-    return {ns.family: {"value": s.family}, ns.verdict: {"value": s.dry_run()[1]},
+    about, sheet = s.env.catalog.about(s.family)  # the models on screen: a demo family's, or the user's own
+    return {ns.family: {"value": s.family}, ns.about: {"value": about},
+            ns.samples: {"value": sheet, "visible": sheet is not None}, ns.verdict: {"value": s.dry_run()[1]},
             ns.table: {"value": {"headers": HEADERS, "data": s.models_table()}},
             ns.include: {"choices": choices, "value": s.included()},
             ns.base: {"choices": [("(none)", "")] + choices, "value": base or ""},
             ns.lora_model: {"choices": choices, "value": base or (choices[0][1] if choices else None)},
             ns.lora_ref: {"choices": s.lora_choices()}}
-
-
-def family_about(catalog, name: str | None):
-    """The note on a demo family: its description and tasks (markdown), and its picture (or None)."""
-    if not name:
-        return "No demo family loaded: add your own models below.", None
-    try:
-        fam = catalog.get(name)
-    except StudioError as e:
-        return f"⚠ {e}", None
-    docs = getattr(fam, "task_docs", None) or {}
-    rows = [f"| `{t}` | {docs.get(t, '')} |" for t in fam.tasks]
-    md = "\n".join([f"**{name}** — {getattr(fam, 'description', '')}", "", "| task | what it is |", "|---|---|",
-                    *rows])
-    sheet_fn = getattr(fam, "sample_sheet", None)
-    sheet = sheet_fn() if sheet_fn else None
-    if sheet is not None:
-        md += "\n\nBelow: test images of each task, one row per task in this order."
-    return md, sheet
 
 
 def wire(ui) -> None:
@@ -89,12 +71,6 @@ def wire(ui) -> None:
 
     ui.on(ns.load.click, load_family, [ns.family], api_name="load_family")
 
-    def about(name):
-        md, sheet = family_about(ui.env.catalog, name)
-        return md, gr.update(value=sheet, visible=sheet is not None)
-
-    ui.demo.load(about, [ns.family], [ns.about, ns.samples], api_visibility="undocumented")
-    ns.load.click(about, [ns.family], [ns.about, ns.samples], api_visibility="undocumented")
     ui.on(ns.include.input, lambda s, refs: s.set_included(refs or []), [ns.include], api_name="set_models")
     ui.on(ns.base.input, lambda s, ref: s.set_base(ref or None), [ns.base], api_name="set_base")
     ui.on(ns.add_btn.click, lambda s, ref: s.add_model(ref), [ns.add_ref], api_name="add_model")

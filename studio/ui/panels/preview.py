@@ -83,13 +83,15 @@ def render_preview(ns, s, pv) -> dict:
     headers, rows = V.score_table(pv)
     metric = (pv.result or {}).get("metric", "score")
     imgs = V.images(pv)
+    numbers = V.has_numbers(pv)
     raw = {"metric": pv.result.get("metric"), "average": pv.result.get("average"),
            "per_task": pv.result.get("per_task"), "latency_ms": round(pv.total_seconds * 1000, 1),
            "merge_ms": round(pv.merge_seconds * 1000, 1), "eval_ms": round(pv.eval_seconds * 1000, 1),
            "changed_tensors": pv.changed, "history_id": s.history[-1].id if s.history else None}
     return {ns.latency: {"value": V.latency_text(pv)}, ns.memory: {"value": V.memory_text(memory_use(s.env.device))},
-            ns.plot: {"value": V.score_figure(pv)},
-            ns.table: {"value": {"headers": headers, "data": rows}, "label": f"Per-task {metric}"},
+            ns.plot: {"value": V.score_figure(pv) if numbers else None, "visible": numbers},
+            ns.table: {"value": {"headers": headers, "data": rows}, "label": f"Per-task {metric}",
+                       "visible": numbers},
             ns.samples: {"value": V.samples_markdown(pv)}, ns.input_samples: {"value": V.inputs_markdown(pv)},
             ns.image: {"value": imgs[0][0] if len(imgs) == 1 else None, "visible": len(imgs) == 1},
             ns.gallery: {"value": imgs if len(imgs) > 1 else None, "visible": len(imgs) > 1},
