@@ -66,9 +66,11 @@ class DiffusionEvaluator:
         self.previewer = open_previewer(base, device)
         self.keys = list(self.previewer.reference.keys())
 
-    def images(self, prompts: list[str] | None = None, seeds: list[int] | None = None) -> torch.Tensor:
-        """The pictures of ``prompts`` (the fixed ones by default) with ``seeds``, from the weights loaded last."""
-        return render_images(self.previewer, prompts or self.prompts, seeds or self.seeds, self.steps)
+    def images(self, prompts: list[str] | None = None, seeds: list[int] | None = None,
+               previewer: DiffusionPreviewer | None = None) -> torch.Tensor:
+        """The pictures of ``prompts`` (the fixed ones by default) with ``seeds``, from the weights loaded last (or
+        from ``previewer``'s, e.g. one attached to a live merge)."""
+        return render_images(previewer or self.previewer, prompts or self.prompts, seeds or self.seeds, self.steps)
 
     def load_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Put a pipeline state dict (keys ``unet.…``, ``text_encoder.…``, ``vae.…``) into the pipeline."""
@@ -78,8 +80,10 @@ class DiffusionEvaluator:
                               hint="pass the whole pipeline's weights (keys unet.…, text_encoder.…, vae.…)")
         self.previewer.load(DictSource({k: state_dict[k] for k in self.keys}, ref="<zoo evaluation>"))
 
-    def evaluate_module(self) -> dict:
-        images = self.images()
+    def evaluate_module(self, previewer: DiffusionPreviewer | None = None) -> dict:
+        """The evaluators' shared ``evaluate_module``: here the module is a whole pipeline (a DiffusionPreviewer;
+        by default the evaluator's own, holding the weights loaded last)."""
+        images = self.images(previewer=previewer)
         scores = data.style_scores(images)
         return result(self.metric, {s: scores[s] for s in self.styles}, data.grid(images, self.cols))
 

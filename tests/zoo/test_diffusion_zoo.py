@@ -133,6 +133,10 @@ def test_the_studios_sd1_preview_draws_the_zoo_live(quick):
     assert np.abs(moved[0].astype(int) - flat[0]).mean() > 0.5
     p.refresh(live.update(Recipe.from_dict(_pair(quick, 0.5))))
     assert np.array_equal(np.asarray(p.render(req)["samples"][0]), flat[0])          # back to where it was
+    # the zoo's evaluator scores a live previewer like its own pipeline holding the same merge
+    ev = DiffusionEvaluator(quick["base"], budget="preview")
+    live_scores = ev.evaluate_module(p)
+    assert live_scores["per_task"] == ev.evaluate(merge_in_memory(Recipe.from_dict(_pair(quick, 0.5))))["per_task"]
 
 
 def _pair(quick, alpha) -> dict:
