@@ -1,4 +1,5 @@
-# Merge Studio on a GPU host:  docker build -t merge-studio . && docker run --gpus all -p 7860:7860 merge-studio
+# Merge Studio on a GPU host:  docker build -t merge-studio . &&
+#   docker run --gpus all -p 7860:7860 -v $HOME/merge-studio:/workspace merge-studio
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
@@ -12,5 +13,8 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
+# what the studio makes (exports, grids, reports, recipes) goes to the workspace, never into /app
+ENV MERGE_STUDIO_WORKSPACE=/workspace
+VOLUME /workspace
 EXPOSE 7860
 CMD ["python", "app.py", "--host", "0.0.0.0", "--port", "7860"]

@@ -1,4 +1,5 @@
-"""Merge Studio: ``python app.py [--host 127.0.0.1] [--port 7860] [--share] [--allow DIR ...] [--threads N]``."""
+"""Merge Studio: ``python app.py [--workspace DIR] [--host 127.0.0.1] [--port 7860] [--share] [--allow DIR ...]
+[--threads N]``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ def parse_args(argv=None):
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     p.add_argument("--allow", action="append", default=[], metavar="DIR",
                    help="a folder the studio may read models from and export into (repeatable)")
-    p.add_argument("--export-dir", default=None, help="default export folder (must be under an --allow folder)")
+    p.add_argument("--workspace", default=None, metavar="DIR",
+                   help="where the studio keeps what it makes: exports/, grids/, reports/, recipes/ (default "
+                        "$MERGE_STUDIO_WORKSPACE, else ~/merge-studio; created on first start)")
+    p.add_argument("--export-dir", default=None,
+                   help="default export folder (default: the workspace's exports/; must be writable to the studio)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--max-parallel", type=int, default=1, help="heavy jobs (merges, exports) run at once")
     p.add_argument("--memory-budget", default=None, metavar="SIZE",
@@ -42,6 +47,20 @@ def set_threads(n: int | None) -> None:
         pass
 
 
+def default_workspace() -> str:
+    """$MERGE_STUDIO_WORKSPACE, else ~/merge-studio — unless that is where this program was cloned (the studio never
+    writes into its own install folder): then ~/merge-studio-workspace."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("MERGE_STUDIO_WORKSPACE"):
+        return os.environ["MERGE_STUDIO_WORKSPACE"]
+    home = Path.home() / "merge-studio"
+    here = Path(__file__).resolve().parent
+    return str(home.parent / "merge-studio-workspace" if here == home.resolve() or here.is_relative_to(
+        home.resolve()) else home)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
@@ -54,10 +73,12 @@ def main(argv=None) -> int:
 
     try:
         roots = AllowedRoots(args.allow)
+        workspace = default_workspace() if args.workspace is None else args.workspace
+        roots.add(workspace)
         if args.export_dir:
             roots.check_write(args.export_dir)
         env = StudioEnv(Catalog(), roots, device=args.device, max_parallel=args.max_parallel,
-                        export_dir=args.export_dir,
+                        export_dir=args.export_dir, workspace=workspace,
                         memory_budget=None if args.memory_budget is None else parse_size(args.memory_budget))
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -65,6 +86,7 @@ def main(argv=None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the studio",
               file=sys.stderr)
+    print(f"workspace: {env.workspace} (exports, grids, reports and recipes go here)", file=sys.stderr)
     ui = build_app(env)
     ui.launch(host=args.host, port=args.port, share=args.share)
     return 0

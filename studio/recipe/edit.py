@@ -298,10 +298,17 @@ def _put(recipe: dict, path: SettingPath, value) -> dict:
 
 
 def set_scalar(recipe: dict, path: SettingPath, value) -> dict:
-    """A plain control moved: the body becomes ``value`` (per-group values are replaced), the rules are kept."""
+    """A plain control moved: the setting's default becomes ``value``. Groups with their own values keep them (a
+    per-group value overrides the plain control, as the studio says), a gradient is replaced, the rules are kept. To
+    flatten every group, write the body whole (``--set 'parameters.lambda={"*": 0.6}'``) or give all groups one
+    value."""
     path = SettingPath.parse(path).setting
     p = param_of(recipe, path)
     value = p.coerce(value, str(path)) if value is not None else None
+    body = split_setting(get_setting(recipe, path))[1]
+    if isinstance(body, dict) and value is not None:
+        own = {g: v for g, v in body.items() if g != "*" and v != value}
+        value = {"*": value, **own} if own else value
     return _put(recipe, path, join_setting(rules_of(recipe, path), value))
 
 

@@ -88,7 +88,7 @@ class StudioUI:
                         with gr.Tab("Analysis", id="analysis"):
                             self.a = analysis_panel.build()
                         with gr.Tab("Grid", id="grid"):
-                            self.g = grid_panel.build(env.default_export_dir())
+                            self.g = grid_panel.build(env.default_dir("grids"))
                         with gr.Tab("Export", id="export"):
                             self.e = export_panel.build(env.default_export_dir())
                         with gr.Tab("History", id="history"):

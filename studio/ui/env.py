@@ -12,17 +12,23 @@ import torch
 from ..devices import resolve_device
 from ..engine.live import CachedOpener
 from ..describe import describe
+from ..errors import StudioError
 from ..layout import detect_layout
 from .catalog import Catalog
 from .paths import AllowedRoots
 from .session import Session
 
 
+# the workspace's folders, one per kind of file the studio makes
+WORKSPACE_FOLDERS = ("exports", "grids", "reports", "recipes")
+
+
 class StudioEnv:
     """Shared by every :class:`~studio.ui.session.Session` of one app. Heavy work takes ``heavy`` first."""
 
     def __init__(self, catalog: Catalog | None = None, roots: AllowedRoots | None = None, device: str = "auto",
-                 max_parallel: int = 1, export_dir: str | None = None, memory_budget: int | None = None):
+                 max_parallel: int = 1, export_dir: str | None = None, memory_budget: int | None = None,
+                 workspace: str | Path | None = None):
         self.catalog = catalog if catalog is not None else Catalog(device="cpu")
         self.device = str(resolve_device(device))
         # inputs kept resident on the device by a session's live merger (None: engine.live.default_budget)
@@ -33,11 +39,18 @@ class StudioEnv:
         self.pipeline_dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.catalog.device = self.device
         self.roots = roots if roots is not None else AllowedRoots()
-        for fam in self.catalog.families.values():  # the zoo's own files are always readable
-            self.roots.add(Path(str(fam.base)).parent)
+        for fam in self.catalog.families.values():  # the zoo's own files are always readable, never written
+            self.roots.add(Path(str(fam.base)).parent, writable=False)
             for p in list((getattr(fam, "experts", None) or {}).values()) + list(
                     (getattr(fam, "loras", None) or {}).values()):
-                self.roots.add(Path(str(p)).parent)
+                self.roots.add(Path(str(p)).parent, writable=False)
+        # the workspace holds what the studio makes (exports, grids, reports, saved recipes)
+        self.workspace = None if workspace is None else Path(workspace).expanduser().resolve()
+        if self.workspace is not None:
+            self.roots.add(self.workspace)
+            self.roots.check_write(self.workspace)  # not inside the install folder
+            for sub in WORKSPACE_FOLDERS:
+                (self.workspace / sub).mkdir(parents=True, exist_ok=True)
         self.export_dir = export_dir
         self.opener = CachedOpener()
         self.max_parallel = max(1, int(max_parallel))
@@ -52,8 +65,23 @@ class StudioEnv:
             s.load_family(fam)
         return s
 
+    def default_dir(self, kind: str = "exports") -> str:
+        """Where a new file of ``kind`` (one of :data:`WORKSPACE_FOLDERS`) goes unless the user says otherwise: the
+        workspace's folder for it, else ``--export-dir``, else the first folder the studio may write."""
+        if self.export_dir and kind == "exports":
+            return self.export_dir
+        if self.workspace is not None:
+            return str(self.workspace / kind)
+        if self.export_dir:
+            return self.export_dir
+        writable = self.roots.writable()
+        if not writable:
+            raise StudioError("this studio has no folder to write into",
+                              hint="start it with --workspace DIR (or --allow DIR)")
+        return str(writable[0])
+
     def default_export_dir(self) -> str:
-        return self.export_dir or (str(self.roots.roots[0]) if self.roots.roots else ".")
+        return self.default_dir("exports")
 
     def describe(self, ref: str) -> dict:
         """The header report of a model reference (kind, architecture, parameters, dtypes, layout), cached."""

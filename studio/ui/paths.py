@@ -1,6 +1,7 @@
-"""Which files the studio may touch: only under folders the user chose (``--allow DIR``), the demo zoo's assets,
-and the Hugging Face cache. Every path typed into the UI goes through :class:`AllowedRoots` before it is opened or
-written, so a browser tab cannot read ``/etc/passwd`` or write into someone's home folder.
+"""Which files the studio may touch: it reads under folders the user chose (``--allow DIR``), its workspace, the demo
+zoo's assets and the Hugging Face cache, and writes only under the workspace and the ``--allow`` folders — never into
+the zoo or anywhere in its own install folder. Every path typed into the UI goes through :class:`AllowedRoots`
+before it is opened or written, so a browser tab cannot read ``/etc/passwd`` or write into someone's home folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from ..sources.resolve import HUB_ID, split_reference
 
 class PathNotAllowed(StudioError):
     """A path outside every allowed folder."""
+
+
+# the folder holding this program (app.py, studio/, assets/): readable, never written
+INSTALL_DIR = Path(__file__).resolve().parents[2]
 
 
 def hub_cache_dir() -> Path:
@@ -34,20 +39,29 @@ class AllowedRoots:
 
     def __init__(self, roots=(), include_hub_cache: bool = True):
         self.roots: list[Path] = []
+        self.read_only: set[Path] = set()
         for r in roots:
             self.add(r)
         self.hub_cache = hub_cache_dir().resolve() if include_hub_cache else None
 
-    def add(self, root) -> None:
+    def add(self, root, writable: bool = True) -> None:
+        """Allow ``root``; ``writable=False`` for folders the studio only reads (the demo zoo)."""
         p = Path(os.path.expanduser(str(root))).resolve()
         if p not in self.roots:
             self.roots.append(p)
+            if not writable:
+                self.read_only.add(p)
+        elif writable:
+            self.read_only.discard(p)
+
+    def writable(self) -> list[Path]:
+        return [r for r in self.roots if r not in self.read_only and not self._inside(r, [INSTALL_DIR])]
 
     def _inside(self, p: Path, roots) -> bool:
         return any(p == r or p.is_relative_to(r) for r in roots)
 
-    def describe(self) -> str:
-        return ", ".join(str(r) for r in self.roots) or "(none)"
+    def describe(self, writable: bool = False) -> str:
+        return ", ".join(str(r) for r in (self.writable() if writable else self.roots)) or "(none)"
 
     def check_path(self, text: str, write: bool = False) -> Path:
         if not str(text).strip():
@@ -55,12 +69,19 @@ class AllowedRoots:
         p = Path(os.path.expanduser(str(text).strip()))
         # resolve() follows symlinks and '..', so a link inside an allowed folder cannot point outside it
         p = p.resolve()
-        roots = list(self.roots)
+        if write and self._inside(p, [INSTALL_DIR]):
+            raise PathNotAllowed(f"{p} is inside the studio's own install folder, which it never writes",
+                                 hint="export into the workspace (--workspace DIR) or an --allow folder")
+        roots = self.writable() if write else list(self.roots)
         if not write and self.hub_cache is not None:
             roots.append(self.hub_cache)
         if not self._inside(p, roots):
+            if write and self._inside(p, self.roots):
+                raise PathNotAllowed(f"{p} is in a folder this studio only reads (the demo zoo)",
+                                     hint=f"write into {self.describe(writable=True)}")
             raise PathNotAllowed(f"{p} is outside the folders this studio may {'write' if write else 'read'}",
-                                 hint=f"allowed: {self.describe()}; start the app with --allow DIR to add one")
+                                 hint=f"allowed: {self.describe(writable=write)}; start the app with --allow DIR to "
+                                      "add one")
         return p
 
     def check_reference(self, ref: str) -> str:

@@ -264,6 +264,11 @@ class PreviewController:
         s = self.s
         ticket = self.next_ticket() if ticket is None else ticket
         snapshot = copy.deepcopy(s.recipe)
+        if not s.included():  # a new, empty recipe: nothing to merge yet, and nothing wrong
+            self.close()
+            self.last = Preview(snapshot, {"notes": ["no models yet: add your own in the Models tab, or choose a "
+                                                     "demo family"]}, {}, 0.0, 0.0, 0.0, 0, 0)
+            return self.last
         with s.env.heavy, self.lock:
             if ticket != self._ticket:
                 return Preview(snapshot, {}, {}, 0.0, 0.0, 0.0, 0, 0, superseded=True)

@@ -84,6 +84,16 @@ class Session:
         self.set_recipe(recipe, record=bool(self.recipe))
         self.target = E.default_path(self.recipe)
 
+    def new_recipe(self) -> None:
+        """An empty recipe and an empty shelf (the demo family put away): add your own models next. Undo brings the
+        previous recipe back."""
+        self.family = None
+        self.shelf.reset([], {})
+        self.close()
+        self.learning.forget()
+        self.set_recipe({})
+        self.target = E.default_path(self.recipe)
+
     def family_obj(self):
         return self.env.catalog.get(self.family) if self.family else None
 
@@ -162,12 +172,16 @@ class Session:
             self.undo_stack.append(copy.deepcopy(self.recipe))
             del self.undo_stack[:-MAX_UNDO]
         self.recipe = copy.deepcopy(recipe)
+        self._offer_models()
+        return True
+
+    def _offer_models(self) -> None:
+        """The recipe's models on the shelf (the base first), and a slider target that exists."""
         for ref in self.included():
             self.shelf.offer(ref)
         if self.recipe.get("base_model"):
             self.shelf.offer(self.recipe["base_model"], first=True)
         self._keep_target()
-        return True
 
     def _keep_target(self) -> None:
         if self.target not in E.numeric_paths(self.recipe):
@@ -192,7 +206,7 @@ class Session:
         if not self.undo_stack:
             return False
         self.recipe = self.undo_stack.pop()
-        self._keep_target()
+        self._offer_models()
         return True
 
     def set_method(self, name: str) -> None:

@@ -94,9 +94,13 @@ def test_edits_are_pure_and_keep_what_they_do_not_touch():
     assert most["parameters"]["lambda"][-1] == {"value": {"*": 0.5, "L00": 0.9, "L01": 0.9, "L02": 0.9, "HEAD": 0.9}}
     flat = E.set_group_values(one, SettingPath("lambda"), lay, [0.4] * 5)
     assert flat["parameters"]["lambda"] == [{"filter": "mlp", "value": 0.25}, {"value": 0.4}]  # all equal → scalar
+    # the plain control sets the default; a group with its own value keeps it (#17: it used to be erased)
     scalar = E.set_scalar(one, SettingPath("lambda"), 0.6)
-    assert scalar["parameters"]["lambda"] == [{"filter": "mlp", "value": 0.25}, {"value": 0.6}]
+    assert scalar["parameters"]["lambda"] == [{"filter": "mlp", "value": 0.25}, {"value": {"*": 0.6, "L01": 0.9}}]
     assert E.rules_of(scalar, SettingPath("lambda")) == [{"filter": "mlp", "value": 0.25}]
+    assert E.set_scalar(one, SettingPath("lambda"), 0.9)["parameters"]["lambda"][-1] == {"value": 0.9}
+    grad = E.set_value(r, "lambda", [0.0, 1.0])
+    assert E.set_scalar(grad, SettingPath("lambda"), 0.3)["parameters"]["lambda"][-1] == {"value": 0.3}
     ruled = E.set_rules(r, SettingPath("weight", 1), E.parse_rules("attn: 0.1 # comment\n\nmlp = 2"))
     assert ruled["models"][1]["parameters"]["weight"] == [{"filter": "attn", "value": 0.1}, {"filter": "mlp",
                                                                                             "value": 2}, {"value": 1.0}]

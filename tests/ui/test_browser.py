@@ -102,7 +102,6 @@ def test_studio_in_a_browser(studio_server):
             page.get_by_role("tab", name="Models").click()
             page.locator("#family input").click()
             page.get_by_role("option", name=fam, exact=True).click()
-            page.locator("#load-family").click()
             sync_api.expect(page.locator("#verdict")).to_contain_text("Ready", timeout=60_000)
             sync_api.expect(latency).to_contain_text("perplexity" if fam == "text" else "style",
                                                      timeout=120_000)

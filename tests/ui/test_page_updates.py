@@ -85,3 +85,20 @@ def test_events_use_small_scopes_for_frequent_edits(page):
             by_trigger[(target[0], target[1])] = len(fn.outputs)
     assert isinstance(ui.r.strip[3], gr.Slider)
     assert by_trigger[(ui.r.strip[3]._id, "release")] < 20 < len(ui.outputs)
+
+
+def test_new_recipe_starts_empty_and_the_next_model_starts_it(page, toy_family, tmp_path):
+    ui, s = page
+    ui.changes(s, s.preview())
+    demo = dict(s.recipe)
+    s.new_recipe()
+    out = ui.changes(s, s.preview())
+    assert s.family is None and s.included() == [] and s.available == [] and s.recipe == {}
+    assert "own models" in sent_value(out[ui.m.about]) and sent_value(out[ui.m.family]) is None
+    assert ui.p.status not in out  # an empty recipe is not an error …
+    assert "no models yet" in sent_value(out[ui.p.latency])  # … the preview says what to do
+    mine = tmp_path / "mine.safetensors"
+    shutil.copy(toy_family.experts["alpha"], mine)
+    s.add_model(str(mine))
+    assert s.included() == [str(mine)] and s.recipe["merge_method"] == "linear"
+    assert s.undo() and s.recipe == demo and set(s.available) >= set(s.included())  # the empty step is skipped

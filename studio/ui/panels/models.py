@@ -15,8 +15,8 @@ def build(families: list[str], default_family: str | None, roots_text: str) -> S
     ns = SimpleNamespace()
     with gr.Row():
         ns.family = gr.Dropdown(families, value=default_family, label="Demo family", scale=3, elem_id="family",
-                                info="tiny models built by `python -m studio zoo build`; switching reloads the recipe")
-        ns.load = gr.Button("Load family", variant="secondary", scale=1, elem_id="load-family")
+                                info="tiny models built by `python -m studio zoo build`; choosing one loads its recipe")
+        ns.new = gr.Button("New recipe", variant="secondary", scale=1, elem_id="new-recipe")
     with gr.Accordion("About these models", open=True, elem_id="family-about-box"):
         ns.about = gr.Markdown(elem_id="family-about")
         ns.samples = gr.Image(show_label=False, interactive=False, visible=False, elem_id="family-samples",
@@ -69,7 +69,8 @@ def wire(ui) -> None:
         if name:
             s.load_family(name)
 
-    ui.on(ns.load.click, load_family, [ns.family], api_name="load_family")
+    ui.on(ns.family.input, load_family, [ns.family], api_name="load_family")
+    ui.on(ns.new.click, lambda s: s.new_recipe(), api_name="new_recipe")
 
     ui.on(ns.include.input, lambda s, refs: s.set_included(refs or []), [ns.include], api_name="set_models")
     ui.on(ns.base.input, lambda s, ref: s.set_base(ref or None), [ns.base], api_name="set_base")

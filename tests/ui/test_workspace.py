@@ -1,0 +1,77 @@
+"""The workspace: what the studio makes goes there; the demo zoo and the studio's own install folder are read, never
+written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from studio.ui.catalog import Catalog
+from studio.ui.env import WORKSPACE_FOLDERS, StudioEnv
+from studio.ui.exporting import export_recipe
+from studio.ui.paths import INSTALL_DIR, AllowedRoots, PathNotAllowed
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and "test-artifacts" not in p.parts}
+
+
+def test_exports_go_to_the_workspace_and_the_zoo_is_read_only(toy_family, tmp_path):
+    ws = tmp_path / "ws"
+    env = StudioEnv(Catalog({"toy": toy_family}), AllowedRoots([]), device="cpu", workspace=ws)
+    assert all((ws / sub).is_dir() for sub in WORKSPACE_FOLDERS)
+    assert env.default_export_dir() == str(ws.resolve() / "exports")
+    assert env.default_dir("grids") == str(ws.resolve() / "grids")
+    s = env.new_session()
+    res = export_recipe(s, str(Path(env.default_export_dir()) / "mine.safetensors"))
+    assert Path(res["path"]).is_file() and Path(res["path"]).parent == ws.resolve() / "exports"
+    # the family's own files may be opened, never replaced — with or without "overwrite"
+    zoo = Path(str(toy_family.base))
+    s.add_model(str(zoo))
+    with pytest.raises(PathNotAllowed, match="only reads"):
+        export_recipe(s, str(zoo), overwrite=True)
+    with pytest.raises(PathNotAllowed, match="only reads"):
+        env.roots.check_write(str(zoo.parent / "new.safetensors"))
+
+
+def test_the_install_folder_is_never_written_even_when_allowed(tmp_path):
+    roots = AllowedRoots([ROOT.parent, tmp_path], include_hub_cache=False)
+    assert INSTALL_DIR == ROOT
+    for target in (ROOT / "assets" / "zoo" / "x.safetensors", ROOT / "out.safetensors"):
+        with pytest.raises(PathNotAllowed, match="install folder"):
+            roots.check_write(str(target))
+    assert roots.check_path(str(ROOT / "README.md")) == ROOT / "README.md"  # reading is fine
+    assert roots.check_write(str(tmp_path / "x")) == (tmp_path / "x").resolve()
+    with pytest.raises(PathNotAllowed, match="install folder"):
+        StudioEnv(Catalog({}), AllowedRoots([]), device="cpu", workspace=ROOT / "workspace")
+
+
+def test_the_studio_with_the_shipped_zoo_writes_nothing_into_its_install_folder(tmp_path):
+    """The app's own start (the shipped demo zoo, no --allow) exports a merge into the workspace while every file of
+    the install folder keeps its size and time."""
+    import app
+
+    if not Catalog().names():
+        pytest.skip("the demo zoo is not built")
+    before = _tree(ROOT)
+    args = app.parse_args(["--workspace", str(tmp_path / "ws"), "--device", "cpu"])
+    assert args.workspace == str(tmp_path / "ws")
+    env = StudioEnv(Catalog(), AllowedRoots(args.allow), device="cpu", workspace=args.workspace)
+    s = env.new_session()
+    res = export_recipe(s, str(Path(env.default_export_dir()) / "demo-merge.safetensors"))
+    assert Path(res["path"]).is_file()
+    assert _tree(ROOT) == before
+
+
+def test_default_workspace(monkeypatch, tmp_path):
+    import app
+
+    monkeypatch.setenv("MERGE_STUDIO_WORKSPACE", str(tmp_path / "mine"))
+    assert app.default_workspace() == str(tmp_path / "mine")
+    monkeypatch.delenv("MERGE_STUDIO_WORKSPACE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert app.default_workspace() == str(tmp_path / "merge-studio")
