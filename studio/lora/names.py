@@ -69,6 +69,7 @@ def target_index(source) -> dict[str, Target]:
             add("transformer." + r, t)
         elif k.startswith("unet."):
             r = mod[5:]
+            add(r, t)                                      # a PEFT adapter trained on the UNet module alone
             add("lora_unet_" + _u(r), t)
             ldm = unet_to_ldm(r, up_attn or frozenset({1, 2, 3}))
             if ldm is not None:

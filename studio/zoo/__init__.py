@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import StudioError
-from .diffusion import STYLE_DOC, STYLES
+from .diffusion_data import STYLE_DOC, STYLES
 from .diffusion_evaluator import DiffusionEvaluator
 from .text import CORPORA, CORPUS_DOC, token_batches
 from .text_evaluator import TextEvaluator
@@ -110,8 +110,10 @@ def describe_family(name: str, root: Path) -> ZooFamily:
         return ZooFamily(
             name, "diffusion", str(d / "base"), {s: str(d / "experts" / s) for s in STYLES},
             {s: str(d / "loras" / s) for s in STYLES}, list(STYLES),
-            "Tiny diffusers UNet2DModel (16×16 RGB, DDPM/DDIM) drawing digits; style experts for colour, stroke "
-            "and texture, plus PEFT LoRA adapters on the UNet.", str(d), task_docs=dict(STYLE_DOC))
+            "Tiny Stable Diffusion 1 pipeline (diffusers folders: SD1's UNet blocks — 26 SuperMerger ids — with "
+            "cross-attention on a small CLIP text encoder, SD1's 4-stage VAE, 64×64 pictures) drawing handwritten "
+            "digits from prompts such as \"a seven on the left\"; style experts fine-tuned for colour, stroke and "
+            "texture, plus PEFT LoRA adapters on the UNet.", str(d), task_docs=dict(STYLE_DOC))
     raise StudioError(f"unknown zoo family {name!r}", hint=f"families: {', '.join(FAMILIES)}")
 
 

@@ -6,6 +6,7 @@ the base's and each expert's evaluation (report budget) so tests can check the c
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 
 from ..errors import StudioError
 from ..output import save_tensors, write_text
+from ..sources import open_source
 from . import FAMILIES, assets_root, describe_family, get_family
 from . import diffusion as D
 from . import text as T
@@ -28,11 +30,13 @@ class Steps:
     pretrain: int
     expert: int
     lora: int = 0
+    vae: int = 0            # diffusion: the autoencoder's training steps
+    text: int = 0           # diffusion: the text encoder's pretraining steps
 
 
 # vision experts: Steps.expert = 0 means each task's own length from vision.EXPERT_STEPS
-FULL = {"vision": Steps(3000, 0), "text": Steps(600, 200, 150), "diffusion": Steps(1200, 300, 200)}
-QUICK = {"vision": Steps(250, 100), "text": Steps(40, 30, 15), "diffusion": Steps(60, 20, 10)}
+FULL = {"vision": Steps(3000, 0), "text": Steps(600, 200, 150), "diffusion": Steps(1200, 300, 200, vae=500, text=300)}
+QUICK = {"vision": Steps(250, 100), "text": Steps(40, 30, 15), "diffusion": Steps(40, 10, 8, vae=30, text=40)}
 QUICK_TASKS = {"vision": ("digits", "letters", "arrows"), "text": ("prose", "tables"), "diffusion": ("ember",)}
 
 
@@ -84,22 +88,23 @@ def build_diffusion(out: Path, quick: bool = False, tasks=None) -> None:
 
     steps = (QUICK if quick else FULL)["diffusion"]
     styles = list(tasks or (QUICK_TASKS["diffusion"] if quick else D.STYLES))
-    torch.manual_seed(0)
-    base = D.make_unet()
-    D.train_unet(base, None, steps.pretrain, 2e-3, seed=0)
-    base.save_pretrained(out / "base")
-    ddpm, _ = D.make_schedulers()
-    ddpm.save_pretrained(out / "base" / "scheduler")
-    state = {k: v.clone() for k, v in base.state_dict().items()}
+    per_style = 300 if quick else None           # pictures encoded per style (None: every digit × position)
+    parts = D.make_components(seed=0)
+    tok = D.make_tokenizer()
+    D.train_vae(parts["vae"], steps.vae, 2e-3, seed=1)
+    D.pretrain_text(parts["text_encoder"], tok, steps.text, 3e-3, seed=2)
+    pictures = D.encode_pictures(parts["vae"], None, seed=3, count=per_style)
+    # the text encoder stays frozen while the UNet learns to listen to it (SD1 trained on a frozen CLIP)
+    D.train_denoiser(parts["unet"], parts["text_encoder"], tok, pictures, steps.pretrain, 2e-3, seed=4, ema=0.995)
+    D.save_pipeline(parts, tok, out / "base")
     for i, style in enumerate(styles):
-        expert = D.make_unet()
-        expert.load_state_dict(state)
-        D.train_unet(expert, style, steps.expert, 5e-4, seed=10 + i)
-        expert.save_pretrained(out / "experts" / style)
-        lora_base = D.make_unet()
-        lora_base.load_state_dict(state)
-        peft_model = get_peft_model(lora_base, D.lora_config())
-        D.train_unet(peft_model, style, steps.lora, 2e-3, seed=20 + i)
+        pictures = D.encode_pictures(parts["vae"], style, seed=10 + i, count=per_style or D.EXPERT_PICTURES)
+        expert = {**parts, "unet": copy.deepcopy(parts["unet"]), "text_encoder": copy.deepcopy(parts["text_encoder"])}
+        D.train_denoiser(expert["unet"], expert["text_encoder"], tok, pictures, steps.expert, 1.5e-3, seed=20 + i,
+                         text_lr=1.5e-4)
+        D.save_pipeline(expert, tok, out / "experts" / style)
+        peft_model = get_peft_model(copy.deepcopy(parts["unet"]), D.lora_config())
+        D.train_denoiser(peft_model, parts["text_encoder"], tok, pictures, steps.lora, 3e-3, seed=30 + i)
         peft_model.save_pretrained(out / "loras" / style)
 
 
@@ -119,9 +124,14 @@ def family_metrics(fam) -> dict:
 
 
 def load_state(kind: str, path: str) -> dict[str, torch.Tensor]:
+    """All tensors of a zoo model: a weights file, a model folder, or a diffusers pipeline folder (its keys
+    prefixed by component: ``unet.…``, ``text_encoder.…``, ``vae.…``)."""
     p = Path(path)
     if p.is_file():
         return load_file(str(p))
+    if (p / "model_index.json").is_file():
+        src = open_source(str(p))
+        return {k: src.get(k) for k in src.keys()}
     for name in ("model.safetensors", "diffusion_pytorch_model.safetensors"):
         if (p / name).exists():
             return load_file(str(p / name))

@@ -9,7 +9,6 @@ models, a task id, data, …) are skipped and listed under ``skipped``.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from ..engine import merge_in_memory
 from ..errors import StudioError
@@ -41,21 +40,13 @@ FIRST = ("linear", "task_arithmetic", "ties")
 LABELS = {"linear": "simple average", "task_arithmetic": "task arithmetic (λ=0.3)", "ties": "TIES (k=20%)"}
 
 
-def _weights_ref(kind: str, path: str) -> str:
-    """The model reference the engine reads: the weights file of a diffusers folder, else the path itself."""
-    p = Path(path)
-    if kind == "diffusion" and p.is_dir():
-        return str(p / "diffusion_pytorch_model.safetensors")
-    return str(p)
-
-
 def recipe_dict(fam, method: str, needs_base: bool, per_model: dict | None = None,
                 params: dict | None = None) -> dict:
-    models = [{"model": _weights_ref(fam.kind, fam.experts[t]), **({"parameters": dict(per_model)} if per_model
-                                                                   else {})} for t in fam.tasks]
+    models = [{"model": str(fam.experts[t]), **({"parameters": dict(per_model)} if per_model else {})}
+              for t in fam.tasks]
     d = {"merge_method": method, "models": models, "dtype": "float32"}
     if needs_base:
-        d["base_model"] = _weights_ref(fam.kind, fam.base)
+        d["base_model"] = str(fam.base)
     if params:
         d["parameters"] = dict(params)
     return d
@@ -99,9 +90,26 @@ def family_report(name: str, budget: str = "report", device: str = "cpu", method
             continue
         if log:
             log(f"{name}: {label} done")
+    if fam.kind == "diffusion":
+        rows += _style_mixes(fam, ev, experts, metric, device)
     if learned:
         rows += _learned_rows(name, experts, metric, skipped)
     return {"rows": rows, "skipped": skipped}
+
+
+def _style_mixes(fam, ev, experts, metric, device) -> list[dict]:
+    """SuperMerger's weighted sum (α = 0.5) of every pair of style experts: the mix should score between the two
+    experts on both of their styles."""
+    rows = []
+    for i, a in enumerate(fam.tasks):
+        for b in fam.tasks[i + 1:]:
+            recipe = Recipe.from_dict({"merge_method": "weighted_sum", "parameters": {"alpha": 0.5},
+                                       "models": [{"model": str(fam.experts[a])}, {"model": str(fam.experts[b])}],
+                                       "dtype": "float32"})
+            t0 = time.time()
+            state = merge_in_memory(recipe, device=device, seed=0)
+            rows.append(_row(f"weighted sum {a}+{b} (α=0.5)", ev.evaluate(state), experts, metric, time.time() - t0))
+    return rows
 
 
 def _learned_rows(name, experts, metric, skipped) -> list[dict]:

@@ -68,3 +68,27 @@ def test_peft_llama_equals_merge_and_unload(tmp_path, kw):
 
 def test_peft_gpt2_fan_in_fan_out(tmp_path):
     _check(tmp_path, _gpt2, dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True), seed=5)
+
+
+def test_peft_adapter_of_a_unet_applies_to_its_pipeline(tmp_path, pipelines):
+    """An adapter trained on the UNet module alone (PEFT names ``down_blocks.…``) applied to the whole diffusers
+    pipeline (keys ``unet.down_blocks.…``) equals peft's merge_and_unload on that UNet; nothing else moves."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig, get_peft_model
+
+    folder = pipelines["sd1"]
+    unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"))
+    peft_model = get_peft_model(unet, LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_out.0", "conv1"]))
+    _randomize_lora(peft_model, 7)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload().state_dict()
+    src, base = open_source(f"{folder}+{tmp_path / 'adapter'}"), open_source(str(folder))
+    changed = 0
+    for k in base.keys():
+        got = src.get(k)
+        if k.startswith("unet."):
+            torch.testing.assert_close(got, merged[k[5:]], rtol=1e-5, atol=1e-6, msg=k)
+            changed += not torch.equal(got, base.get(k))
+        else:
+            assert torch.equal(got, base.get(k)), k
+    assert changed == sum(1 for k in merged if k.endswith(("to_q.weight", "to_out.0.weight", "conv1.weight")))
