@@ -110,3 +110,19 @@ def test_bound_module_parameters_are_the_merged_state_and_are_updated_in_place(l
     expect = merge_in_memory(recipe(f, {"L01": 0.9, "*": 0.3}))
     for k, p in params.items():
         torch.testing.assert_close(p.data, expect[k], rtol=0, atol=1e-6)
+
+
+def test_workers_merge_the_same_bits_in_plan_order_and_restore_torch_threads(llama_family, tmp_path):
+    """Two workers (one intra-op thread each) give the one-worker result bit for bit, in the checkpoint's order, and
+    leave torch's thread count as they found it (the preview renders with it)."""
+    f = _fp16_family(llama_family, tmp_path)
+    threads = torch.get_num_threads()
+    one = LiveMerger(recipe(f, 0.3), device="cpu", workers=1)
+    two = LiveMerger(recipe(f, 0.3), device="cpu", workers=2)
+    assert torch.get_num_threads() == threads
+    assert list(two.state) == list(one.state) == list(merge_in_memory(recipe(f, 0.3)))
+    r2 = recipe(f, {"L01": 0.9, "*": 0.3})
+    assert one.update(r2) == two.update(r2)
+    assert torch.get_num_threads() == threads
+    for k, v in one.state.items():
+        assert torch.equal(two.state[k], v), k
