@@ -126,3 +126,19 @@ def test_workers_merge_the_same_bits_in_plan_order_and_restore_torch_threads(lla
     assert torch.get_num_threads() == threads
     for k, v in one.state.items():
         assert torch.equal(two.state[k], v), k
+
+
+def test_whole_model_statistics_recompute_every_tensor_on_every_update(llama_family):
+    """A global top-k method: any update may move every tensor's mask, so each update recomputes them all (each
+    update's statistics are told apart by the update, not by the id of a context object that Python may reuse)."""
+    f = llama_family
+    r = Recipe.from_dict({"merge_method": "ties_paper", "base_model": str(f["base"]),
+                          "models": [{"model": str(f["a"])}, {"model": str(f["b"])}],
+                          "parameters": {"density": 0.5}})
+    live = LiveMerger(r, device="cpu")
+    merged = [t.out_key for t in live.plan.tasks if t.op == "merge"]
+    for _ in range(3):
+        assert live.update(r) == merged
+    expect = merge_in_memory(r)
+    for k, v in expect.items():
+        assert torch.equal(live.state[k], v), k
