@@ -142,3 +142,22 @@ def test_whole_model_statistics_recompute_every_tensor_on_every_update(llama_fam
     expect = merge_in_memory(r)
     for k, v in expect.items():
         assert torch.equal(live.state[k], v), k
+
+
+def test_the_first_merge_returns_freed_memory_as_it_goes_and_a_slider_in_place_does_not(llama_family, monkeypatch):
+    """Freed heap memory goes back to the system every TRIM_EVERY bytes the merge allocates and once the first merge
+    is done; an in-place re-merge allocates nothing and returns nothing."""
+    from studio import devices
+
+    calls = []
+    monkeypatch.setattr(devices, "return_freed_memory", lambda: calls.append(1) or 0)
+    f = llama_family
+    live = LiveMerger(recipe(f, 0.3), device="cpu")
+    assert live.memory_returns == len(calls) == 1  # the whole tiny model is below 256 MiB: once, at the end
+    monkeypatch.setattr(devices, "TRIM_EVERY", 4096)
+    live2 = LiveMerger(recipe(f, 0.3), device="cpu")
+    over = sum(v.nbytes > 4096 for v in live2.state.values())  # each of these passes the threshold alone
+    assert over > 0 and over <= live2.memory_returns <= len(live2.state) + 1
+    before = live2.memory_returns
+    assert live2.update(recipe(f, {"L01": 0.9, "*": 0.3}))  # task arithmetic writes into the state itself
+    assert live2.memory_returns == before
