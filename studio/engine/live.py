@@ -158,6 +158,11 @@ class LiveMerger:
         def job(task, sig):
             self._store(task.out_key, self._compute(plan, task, seed, context))
             self._sigs[task.out_key] = sig
+            if task.op == "copy":
+                # the state owns its copy now; compute_task leaves a copy's input mapped (the streaming writer reads
+                # the view), which kept an SD VAE's fp16 pages (~0.16 GiB) in RSS beside the pipeline for good
+                idx, key = task.inputs[0]
+                plan.sources[idx].release(key)
 
         if self.device.type != "cpu" or self.workers == 1 or len(todo) < 2:
             for task, sig in todo:

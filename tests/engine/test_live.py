@@ -161,3 +161,31 @@ def test_the_first_merge_returns_freed_memory_as_it_goes_and_a_slider_in_place_d
     before = live2.memory_returns
     assert live2.update(recipe(f, {"L01": 0.9, "*": 0.3}))  # task arithmetic writes into the state itself
     assert live2.memory_returns == before
+
+
+def test_a_copied_tensor_leaves_no_input_pages_mapped(llama_family, tmp_path, monkeypatch):
+    """Tensors copied, not merged (integer buffers, an SD VAE): the state owns its copy and the input's mapped pages
+    are released, as merged tensors' inputs are."""
+    import dataclasses
+
+    from studio.engine import plan as plan_module
+    from studio.sources import open_source
+
+    released = []
+
+    def opener(ref):
+        src = open_source(ref)
+        release = src.release
+        src.release = lambda key: (released.append((ref, key)), release(key))
+        return src
+
+    def copy_first(plan):  # the tiny llama has no integer buffer: one task becomes a copy, as the SD VAE slot does
+        t = plan.tasks[0]
+        plan.tasks[0] = dataclasses.replace(t, op="copy", inputs=[(0, t.out_key)], base=None, params={})
+
+    monkeypatch.setattr(plan_module, "PLAN_HOOKS", [*plan_module.PLAN_HOOKS, copy_first])
+    f = _fp16_family(llama_family, tmp_path)
+    live = LiveMerger(recipe(f, 0.3), device="cpu", opener=opener)
+    copy = live.plan.tasks[0]
+    assert copy.op == "copy" and (live.plan.sources[0].ref, copy.out_key) in released
+    assert live.state[copy.out_key].untyped_storage().resizable()  # its own memory, not the file's
