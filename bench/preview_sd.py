@@ -141,19 +141,7 @@ def child(args) -> dict:
             {"model": str(paths[0]), "parameters": {"weight": first}},
             *[{"model": str(p), "parameters": {"weight": rest}} for p in paths[1:]]]})
 
-    fig: dict = {"threads": torch.get_num_threads(), "dtype": args.dtype, "engine_trim": args.engine_trim}
-    if args.engine_trim:  # what a LiveMerger that returns freed memory as it merges would peak at (a proposal)
-        from studio.preview.diffusion import TRIM_EVERY, return_freed_memory
-
-        store, stored = LiveMerger._store, [0]
-
-        def trimming_store(self, key, out):
-            store(self, key, out)
-            stored[0] += out.nbytes
-            if stored[0] > TRIM_EVERY:
-                stored[0] = return_freed_memory()
-
-        LiveMerger._store = trimming_store
+    fig: dict = {"threads": torch.get_num_threads(), "dtype": args.dtype}
     t0 = time.perf_counter()
     watch.enter("build")
     p = DiffusionPreviewer(open_source(str(paths[0])), device="cpu", dtype=dtype)
@@ -163,6 +151,7 @@ def child(args) -> dict:
     t0 = time.perf_counter()
     live = LiveMerger(recipe(), device="cpu", out_dtype=dtype)
     fig["first_merge_s"] = time.perf_counter() - t0
+    fig["memory_returns"] = live.memory_returns
     watch.enter("attach")
     t0 = time.perf_counter()
     p.attach(live)
@@ -226,8 +215,6 @@ def run_child(family, paths, dtype, args, **extra) -> dict:
         cmd += ["--threads", str(args.threads)]
     if extra.get("source_render"):
         cmd.append("--source-render")
-    if args.engine_trim:
-        cmd.append("--engine-trim")
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -239,10 +226,10 @@ def run_child(family, paths, dtype, args, **extra) -> dict:
 def report(name: str, fig: dict, one_pipeline: int):
     gib = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
     print(f"\n{name}: {fig['pipeline_params'] / 1e9:.3f} B pipeline parameters in {fig['dtype']} "
-          f"({gib(one_pipeline)}), torch threads {fig['threads']}"
-          + ("; EXPERIMENT: the live merger trims freed memory as it merges" if fig["engine_trim"] else ""))
+          f"({gib(one_pipeline)}), torch threads {fig['threads']}")
     print(f"  build pipeline (configs → empty modules) {fig['build_s']:.1f} s; first merge {fig['first_merge_s']:.1f} s; "
-          f"attach {fig['attach_s']:.1f} s; bound share {fig['bound_share']:.2%}")
+          f"attach {fig['attach_s']:.1f} s; bound share {fig['bound_share']:.2%}; freed memory returned "
+          f"{fig['memory_returns']}× during the first merge")
     for comp, c in fig["components"].items():
         print(f"    {comp:15s} {c['parameters'] / 1e6:8.1f} M: bound {c['bound'] / max(c['parameters'], 1):.1%}, "
               f"converted {c['converted'] / 1e6:.1f} M")
@@ -280,8 +267,6 @@ def main(argv=None) -> int:
     ap.add_argument("--updates", type=int, default=7, help=argparse.SUPPRESS)
     ap.add_argument("--source-render", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--paths", nargs="*", default=[], help=argparse.SUPPRESS)
-    ap.add_argument("--engine-trim", action="store_true",
-                    help="experiment: the live merger returns freed memory to the system every 256 MiB it stores")
     ap.add_argument("--rss-limit", type=float, default=18.0, metavar="GIB",
                     help="stop a scenario whose anonymous RSS passes this (default 18 GiB)")
     args = ap.parse_args(argv)

@@ -1,5 +1,7 @@
 """Choosing the compute device: `auto` means CUDA when available."""
 
+import ctypes
+
 import psutil
 import torch
 
@@ -63,3 +65,18 @@ def memory_use(device: str | torch.device = "cpu") -> dict[str, int]:
         out["vram_total"] = torch.cuda.get_device_properties(device).total_memory
     return out
 
+
+
+TRIM_EVERY = 256 << 20  # bytes of tensors allocated or freed between two returns of freed memory to the system
+
+
+def return_freed_memory() -> int:
+    """Hand the C heap's free pages back to the system; returns 0 (bytes freed since). glibc keeps freed blocks
+    below its mmap threshold (up to 32 MiB) in the process, so a model's worth of tensors allocated and freed one by
+    one — a first merge's temporaries, the merger's own copies as a pipeline binds them — would otherwise stay in
+    RSS beside the model. No-op without glibc."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its allocator returns memory its own way
+        pass
+    return 0

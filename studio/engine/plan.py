@@ -17,7 +17,7 @@ from ..errors import RecipeError, StudioError
 from ..layout import LayerStackLayout, Layout, detect_layout, is_mergeable
 from ..methods import MethodSpec
 from ..recipe import InputModel, Recipe
-from ..recipe.resolve import resolve_param
+from ..recipe.resolve import names_matter, resolve_param
 from ..sources import TensorInfo, TensorSource, open_source
 
 Input = tuple[int, str]  # (source index, tensor name in that source)
@@ -144,6 +144,11 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
     layout = detect_layout(reference)
     method_inputs = [m for m in entries if spec.includes_base or m.model != base]
     base_in = base is not None and (spec.needs_base or not spec.includes_base)
+    model_scopes = [(m.model, [m.parameters, recipe.parameters]) for m in method_inputs]
+    input_idx = [pool.index(m.model) for m in method_inputs]  # looked up once, not per tensor
+    # Without name filters a tensor's parameters depend on its group and position only: resolve them once per
+    # (group, position) instead of once per tensor (the live engine re-plans on every slider; ~1100 SD tensors)
+    by_place = None if any(names_matter(scope) for _, scopes in model_scopes for scope in scopes) else {}
     tasks = []
     for key in reference.keys():
         info = reference.info(key)
@@ -151,13 +156,18 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
         if not is_mergeable(key, info.dtype):
             tasks.append(TensorTask(key, "copy", [(ref_idx, key)], group=group, info=info))
             continue
-        srcs = [(pool.items[pool.index(m.model)], key) for m in method_inputs]
+        srcs = [(pool.items[i], key) for i in input_idx]
         _check_inputs(key, srcs, info)
         t = layout.position(key)
-        model_scopes = [(m.model, [m.parameters, recipe.parameters]) for m in method_inputs]
-        params = _params_for(recipe, spec, key, layout, t, group, [recipe.parameters], model_scopes, key)
+        if by_place is None:
+            params = _params_for(recipe, spec, key, layout, t, group, [recipe.parameters], model_scopes, key)
+        else:
+            if (group, t) not in by_place:
+                by_place[group, t] = _params_for(recipe, spec, key, layout, t, group, [recipe.parameters],
+                                                 model_scopes, key)
+            params = {k: list(v) if isinstance(v, list) else v for k, v in by_place[group, t].items()}
         tasks.append(TensorTask(
-            key, "merge", [(pool.index(m.model), key) for m in method_inputs],
+            key, "merge", [(i, key) for i in input_idx],
             base=(ref_idx, key) if base_in else None, params=params, group=group, info=info,
             out_dtype=_out_dtype(recipe, info)))
     warnings = []

@@ -25,7 +25,6 @@ or from a Flux pipeline in the local Hugging Face cache; nothing is fetched from
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Callable
 
 import torch
 
+from ..devices import TRIM_EVERY, return_freed_memory
 from ..engine.live import LiveMerger
 from ..errors import StudioError
 from ..evaluate.common import result
@@ -652,20 +652,6 @@ class DiffusionPreviewer(Previewer):
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-TRIM_EVERY = 256 << 20  # bytes of merged tensors freed between two returns of freed memory to the system
-
-
-def return_freed_memory() -> int:
-    """Hand the C heap's free pages back to the system; returns 0 (bytes freed since). glibc keeps freed blocks
-    below its mmap threshold (up to 32 MiB) in the process, so a model's worth of tensors freed one by one — the
-    merger's own copies as they are bound — would otherwise stay in RSS beside the pipeline. No-op without glibc."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: its allocator returns memory its own way
-        pass
-    return 0
-
-
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.data_ptr() == b.data_ptr() and a.numel() == b.numel() and a.dtype == b.dtype
 

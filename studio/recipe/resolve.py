@@ -79,6 +79,16 @@ def evaluate_setting(value: Any, key: str, t: float, group: str | None = None, n
     return value
 
 
+def names_matter(value: Any) -> bool:
+    """Whether a setting's value can depend on the tensor's name (it holds ``{filter, value}`` rules somewhere);
+    otherwise it depends only on the tensor's group and position, and tensors sharing both share the value."""
+    if isinstance(value, dict):
+        return any(names_matter(v) for v in value.values())
+    if isinstance(value, list):
+        return any(isinstance(v, dict) for v in value) or any(names_matter(v) for v in value)
+    return False
+
+
 def check_setting(param: Param, value: Any, where: str) -> None:
     """Static validation of a setting against its declaration (every leaf value must coerce)."""
     if isinstance(value, str) and param.kind is not str:

@@ -207,3 +207,38 @@ def test_inspect_reports_mismatches(tmp_path):
     cmp = data["comparison"]["against"][0]
     assert cmp["vocab_size"] == {"expected": 64, "got": 80} and not cmp["compatible"]
     assert {m["key"] for m in cmp["shape_mismatches"]} == {"model.embed_tokens.weight", "lm_head.weight"}
+
+
+def _resolved_one_by_one(plan):
+    """Every merge task's parameters resolved for that tensor alone (no sharing between tensors)."""
+    from studio.recipe.resolve import resolve_param
+
+    r, n = plan.recipe, len(plan.layout.groups)
+    out = {}
+    for t in plan.tasks:
+        if t.op != "merge":
+            continue
+        pos, models = plan.layout.position(t.out_key), [m for m in r.models if m.model != r.base_model]
+        out[t.out_key] = {p.name: resolve_param(p, [r.parameters], t.out_key, pos, t.group, n, "") for p in
+                          plan.spec.global_params()}
+        out[t.out_key] |= {p.name: [resolve_param(p, [m.parameters, r.parameters], t.out_key, pos, t.group, n, "")
+                                    for m in models] for p in plan.spec.per_model_params()}
+    return out
+
+
+@pytest.mark.parametrize("weight", [{"L01": 0.9, "*": 0.3}, [0.0, 1.0],
+                                    [{"filter": "mlp", "value": {"L01": 2.0, "*": 0.1}}, {"value": 0.4}]])
+def test_parameters_shared_by_group_and_position_equal_resolving_each_tensor(llama_family, weight):
+    """The plan resolves name-free settings once per (group, position): each tensor still gets exactly its own
+    values, and a name filter (mlp vs attention in one layer) still tells tensors of one group apart."""
+    plan = build_plan(ta_recipe(llama_family, models=[
+        {"model": str(llama_family["a"]), "parameters": {"weight": weight}},
+        {"model": str(llama_family["b"]), "parameters": {"weight": 0.5}}]))
+    got = {t.out_key: t.params for t in plan.tasks if t.op == "merge"}
+    assert got == _resolved_one_by_one(plan)
+    if isinstance(weight, list) and isinstance(weight[0], dict):
+        assert got["model.layers.1.mlp.up_proj.weight"]["weight"][0] == 2.0
+        assert got["model.layers.1.self_attn.q_proj.weight"]["weight"][0] == 0.4
+    a = got["model.layers.0.mlp.up_proj.weight"]["weight"]
+    a.append(9.0)  # tensors of a group hold their own lists: editing one task's values leaves the others alone
+    assert got["model.layers.0.mlp.down_proj.weight"]["weight"] != a
