@@ -213,8 +213,24 @@ def _marker_hover(m: dict, score_name: str) -> str:
     return "<br>".join(parts)
 
 
+def spans_decades(values) -> bool:
+    """Whether positive values span a factor of ten or more (perplexity running from 20 to 300k): drawn on a log
+    scale, else the interesting part is one flat line at the bottom."""
+    vals = [float(v) for v in _flat(values) if v is not None and v == v and abs(float(v)) != float("inf")]
+    return bool(vals) and min(vals) > 0 and max(vals) / min(vals) >= 10
+
+
+def _flat(values):
+    for v in values:
+        if isinstance(v, (list, tuple)):
+            yield from _flat(v)
+        else:
+            yield v
+
+
 def landscape_line(result: dict) -> go.Figure:
-    """A 1-D sweep: the score over the setting, the current value as a dashed line and a star."""
+    """A 1-D sweep: the score over the setting, the current value as a dashed line and a star; a log scale when the
+    scores span decades."""
     name = result.get("score_name", "score")
     fig = _figure(go.Scatter(x=result["x"]["values"], y=result["z"], mode="lines+markers", name=name,
                                hovertemplate=f"{result['x']['label']}: %{{x:.4g}}<br>{name}: %{{y:.4g}}<extra></extra>"))
@@ -226,7 +242,8 @@ def landscape_line(result: dict) -> go.Figure:
                                  marker=_marker_style(m["name"]), hovertext=[_marker_hover(m, name)],
                                  hoverinfo="text"))
     fig.update_xaxes(title=result["x"]["label"])
-    fig.update_yaxes(title=name)
+    fig.update_yaxes(title=name + (" (log scale)" if spans_decades(result["z"]) else ""),
+                     type="log" if spans_decades(result["z"]) else None)
     return _layout(fig, f"{name} as {result['x']['label']} varies", height=380, showlegend=True)
 
 
@@ -234,10 +251,22 @@ def landscape_contour(result: dict, show_markers: bool = True) -> go.Figure:
     """A 2-D grid as filled contours (z rows over y), with markers and projected trajectories on top."""
     name = result.get("score_name", "score")
     xs, ys = result["x"]["values"], result["y"]["values"]
-    fig = _figure(go.Contour(
-        z=result["z"], x=xs, y=ys, colorscale=SEQUENTIAL, colorbar=dict(title=name), ncontours=20,
-        contours=dict(showlabels=True, labelfont=dict(size=9, color="white")),
-        hovertemplate=f"x: %{{x:.3g}}<br>y: %{{y:.3g}}<br>{name}: %{{z:.4g}}<extra></extra>"))
+    z = result["z"]
+    log = spans_decades(z)
+    if log:  # colours by log10 of the score, hover and contour labels in the score's own units
+        shown = [[None if v is None or not v > 0 else math.log10(v) for v in row] for row in z]
+        fig = _figure(go.Contour(
+            z=shown, x=xs, y=ys, customdata=z, colorscale=SEQUENTIAL, ncontours=20,
+            colorbar=dict(title=f"{name} (log)", tickvals=_decade_ticks(shown),
+                          ticktext=[f"{10 ** t:,.0f}" if t >= 0 else f"{10 ** t:g}"
+                                    for t in _decade_ticks(shown)]),
+            contours=dict(showlabels=False),
+            hovertemplate=f"x: %{{x:.3g}}<br>y: %{{y:.3g}}<br>{name}: %{{customdata:.4g}}<extra></extra>"))
+    else:
+        fig = _figure(go.Contour(
+            z=z, x=xs, y=ys, colorscale=SEQUENTIAL, colorbar=dict(title=name), ncontours=20,
+            contours=dict(showlabels=True, labelfont=dict(size=9, color="white")),
+            hovertemplate=f"x: %{{x:.3g}}<br>y: %{{y:.3g}}<br>{name}: %{{z:.4g}}<extra></extra>"))
     for n, t in enumerate(result.get("trajectories", [])):
         color = TRAJ_COLORS[n % len(TRAJ_COLORS)]
         hover = [f"{html.escape(str(t['name']))} · step {s}" + (f"<br>{name}: {_fmt(v, 4)}" if v is not None else "")
@@ -267,6 +296,12 @@ def landscape_contour(result: dict, show_markers: bool = True) -> go.Figure:
     if result.get("kind") == "random_plane":
         title += f" around the current merge (filter-normalised, seed {result.get('seed')})"
     return _layout(fig, title, height=560, legend=dict(orientation="h", y=-0.18))
+
+
+def _decade_ticks(logs) -> list[float]:
+    vals = [v for v in _flat(logs) if v is not None]
+    lo, hi = math.floor(min(vals)), math.ceil(max(vals))
+    return [float(t) for t in range(lo, hi + 1)]
 
 
 def landscape_figure(result: dict) -> go.Figure:

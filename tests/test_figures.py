@@ -26,3 +26,21 @@ def test_figures_from_numbers(recipe_path):
                                    "score_name": "loss", "markers": [{"name": "current", "x": 0.5, "y": None,
                                                                       "score": 1.5}]})
     assert list(line.data[0].y) == [1.0, 2.0] and line.data[1].name == "current"
+
+
+def test_scores_that_span_decades_are_drawn_on_a_log_scale():
+    """Perplexity from 20 to 300k: a linear axis shows one flat line and a cliff (#17); a log axis shows the valley.
+    Accuracy in [0.4, 0.9] stays linear."""
+    ppl = {"x": {"label": "weight", "values": [0.0, 0.5, 1.0]}, "z": [300_000.0, 20.0, 45.0],
+           "score_name": "average perplexity"}
+    fig = plots.landscape_figure(ppl)
+    assert fig.layout.yaxis.type == "log" and "log scale" in fig.layout.yaxis.title.text
+    acc = dict(ppl, z=[0.4, 0.9, 0.7], score_name="accuracy")
+    assert plots.landscape_figure(acc).layout.yaxis.type != "log"
+    plane = {"x": {"label": "α", "values": [0.0, 1.0]}, "y": {"label": "β", "values": [0.0, 1.0]},
+             "z": [[20.0, 1000.0], [200.0, 20_000.0]], "score_name": "perplexity"}
+    contour = plots.landscape_figure(plane).data[0]
+    assert contour.z[0][1] == pytest.approx(3.0) and contour.customdata[1][1] == 20_000.0  # colour by log10
+    assert list(contour.colorbar.tickvals) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert list(contour.colorbar.ticktext)[1:4] == ["100", "1,000", "10,000"]
+    assert not plots.spans_decades([0.0, 50.0]) and not plots.spans_decades([-1.0, 50.0])
