@@ -16,7 +16,7 @@ from .. import __version__
 from ..devices import dtype_name, parse_dtype, resolve_device
 from ..errors import StudioError
 from ..output import (AtomicTarget, ShardWriter, atomic_files, check_target, copy_non_weight_files, copy_side_files,
-                      is_single_file, model_card, plan_shards, recipe_path, write_index, write_json, write_text)
+                      is_single_file, library_name, model_card, plan_shards, recipe_path, write_index, write_json, write_text)
 from ..recipe import Recipe
 from ..sources import TensorSource, open_source
 from .execute import run_tasks
@@ -202,7 +202,8 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
                 hook(plan, tmp, dev)
             write_text(recipe_path(tmp), recipe_yaml)
             write_text(tmp / "README.md", model_card(recipe_yaml, plan.spec.label or plan.spec.name,
-                                                     recipe.referenced_models(), recipe.base_model))
+                                                     recipe.referenced_models(), recipe.base_model,
+                                                     library=library_name(plan.sources[0])))
     return plan.summary()
 
 

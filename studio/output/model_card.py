@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .. import __version__
+from ..sources import TensorSource
+from ..sources.resolve import HUB_ID
 
 
-def model_card(recipe_yaml: str, method_label: str, models: list[str], base: str | None, extra: str = "") -> str:
+def library_name(source: TensorSource) -> str | None:
+    """The Hub's ``library_name`` for a merge of models like ``source``: diffusers for pipelines and their components,
+    transformers for a transformers folder, none for a bare file (an SD single file is not a transformers model)."""
+    if source.kind in ("diffusers", "diffusers-component"):
+        return "diffusers"
+    if source.kind == "transformers" and (source.config or {}).get("architectures"):
+        return "transformers"
+    return None
+
+
+def hub_models(models: list[str]) -> list[str]:
+    """The models the Hub can link as ``base_model``: repository ids, without a revision; local paths stay out of the
+    metadata (they mean nothing on another machine) and are listed in the card's text."""
+    return [m.split("@", 1)[0] for m in models if HUB_ID.match(m) and not Path(m).exists()]
+
+
+def model_card(recipe_yaml: str, method_label: str, models: list[str], base: str | None, extra: str = "",
+               library: str | None = None) -> str:
     tags = "\n".join(f"- {t}" for t in ("merge", "merge-studio", "mergekit"))
-    base_line = "base_model:\n" + "".join(f"- {m}\n" for m in models) if models else ""
+    linked = hub_models(models)
+    base_line = "base_model:\n" + "".join(f"- {m}\n" for m in linked) if linked else ""
+    library_line = f"library_name: {library}\n" if library else ""
     listing = "\n".join(f"* {m}" + (" (base)" if m == base else "") for m in models)
     return f"""---
-library_name: transformers
-tags:
+{library_line}tags:
 {tags}
 {base_line}---
 # Merged model
