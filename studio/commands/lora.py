@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("out", metavar="OUT")
     e.add_argument("--rank", type=int, required=True)
     e.add_argument("--conv-rank", type=int, help="rank for k×k convs (default: --rank; 0 skips them)")
-    e.add_argument("--clamp-quantile", type=float, default=0.99)
+    e.add_argument("--clamp-quantile", type=float, default=None,
+                   help="clamp the factors at this quantile of their values, as kohya's script does (e.g. 0.99); "
+                        "default: exact (a rank-r delta extracted at rank r reproduces it)")
     e.add_argument("--min-diff", type=float, default=1e-6, help="skip modules whose |Δ| never exceeds this")
     e.add_argument("--format", choices=["kohya", "peft"], default="kohya")
     e.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])

@@ -1,5 +1,6 @@
 """Extract a LoRA from (tuned − base) by truncated SVD per module (kohya extract_lora_from_models semantics:
-rank for linear and 1×1 modules, conv rank for k×k convs, clamp at a quantile), reporting the relative error."""
+rank for linear and 1×1 modules, conv rank for k×k convs; kohya's clamp of the factors at a quantile only when asked:
+by default the extraction is exact up to the rank), reporting the relative error."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def _peft_name(key: str) -> str:
 
 
 def extract(base_ref: str, tuned_ref: str, out: str | Path, rank: int, conv_rank: int | None = None,
-            clamp_quantile: float | None = 0.99, fmt: str = "kohya", min_diff: float = 1e-6,
+            clamp_quantile: float | None = None, fmt: str = "kohya", min_diff: float = 1e-6,
             dtype: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     base, tuned = open_source(base_ref), open_source(tuned_ref)
     out = check_output(Path(out), [base, tuned], overwrite)
