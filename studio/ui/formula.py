@@ -22,6 +22,9 @@ def _value(recipe, name, index=None):
 
 
 def _models(recipe, spec, labels):
+    """(model index or None, reference, label) of the method's inputs in the engine's order: a base that a method
+    takes as an input but the recipe does not list joins last (as in mergekit), so it is model B of a weighted sum
+    of one listed model, not A."""
     base = recipe.get("base_model")
     out = []
     for i, m in enumerate(recipe.get("models") or []):
@@ -29,6 +32,8 @@ def _models(recipe, spec, labels):
         if ref == base and not spec.includes_base:
             continue
         out.append((i, ref, labels.get(ref, short_name(ref))))
+    if base and spec.includes_base and not any(ref == base for _, ref, _ in out):
+        out.append((None, base, labels.get(base, short_name(base))))
     return out
 
 
@@ -51,9 +56,11 @@ def render(spec, recipe: dict, labels: dict[str, str] | None = None) -> str:
     name = spec.name
 
     def pm(param, i):
+        # a base joining the inputs unlisted (index None) takes the recipe's global value, as in the engine
         v, var = _value(recipe, param, i)
         if var:
-            varies.append(f"{param} of {labels.get(recipe['models'][i]['model'], '?')}")
+            ref = base if i is None else recipe["models"][i]["model"]
+            varies.append(f"{param} of {labels.get(ref, '?')}")
         return v
 
     def gv(param):
@@ -95,11 +102,7 @@ def render(spec, recipe: dict, labels: dict[str, str] | None = None) -> str:
             filled += "  (interpolation weights adjusted per element by cosine similarity)"
     elif name in ("add_difference", "train_difference"):
         a = gv("alpha")
-        ms = [lab for _, _, lab in models]
-        A = labels.get(base, "A") if base else (ms[0] if ms else "A")
-        rest = [m for m in ms if m != A]
-        B = rest[0] if rest else "B"
-        C = rest[1] if len(rest) > 1 else "C"
+        A, B, C = ([lab for _, _, lab in models] + ["A", "B", "C"])[:3]  # the engine's order
         filled = f"θ = {_sym(A)} + {_fmt(a)}·({_sym(B)} − {_sym(C)})"
     elif name in ("slerp", "nearswap"):
         t = gv("t")

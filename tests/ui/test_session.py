@@ -243,6 +243,29 @@ def test_formula_fills_in_numbers(env):
     assert "θ = (" in s.formula()
 
 
+def test_formula_names_the_models_in_the_engines_order(env, toy_family):
+    """A base the method takes as an input but the recipe does not list joins last: a weighted sum of one listed
+    model and the base is (1−α)·model + α·base, in the formula as in the merged tensors (#17: it called the base A)."""
+    from safetensors.torch import load_file
+
+    from studio.methods import get_method
+    from studio.ui import formula
+
+    base, alpha = str(toy_family.base), str(toy_family.experts["alpha"])
+    recipe = {"merge_method": "weighted_sum", "base_model": base, "models": [{"model": alpha}],
+              "parameters": {"alpha": 0.25}}
+    text = formula.render(get_method("weighted_sum"), recipe, {alpha: "alpha"})
+    assert "θ = 0.75·θ[alpha] + 0.25·θ[base]" in text
+    merged = merge_in_memory(Recipe.from_dict(recipe))
+    a, b = load_file(alpha), load_file(base)
+    for k, v in merged.items():
+        assert torch.allclose(v, 0.75 * a[k].float() + 0.25 * b[k].float(), atol=1e-6), k
+    diff = dict(recipe, merge_method="add_difference", models=[{"model": alpha}, {"model": str(
+        toy_family.experts["beta"])}], parameters={"alpha": 1.0})
+    assert "θ = θ[alpha] + 1·(θ[beta] − θ[base])" in formula.render(get_method("add_difference"), diff,
+                                                                     {alpha: "alpha", diff["models"][1]["model"]: "beta"})
+
+
 def test_sweep_marks_current_value(env):
     s = env.new_session()
     s.preview()
