@@ -64,11 +64,16 @@ def score_table(pv) -> tuple[list[str], list[list[Any]]]:
     headers = ["task", "base", "expert", "merge", "Δ last", "vs expert"]
     rows = []
 
-    def fmt(v):
+    # as many decimals as the numbers carry: accuracy in % on a hundred-odd samples moves in steps of about 1 %, so
+    # one decimal (as a fraction, three); other scores two decimals (three below 1); ratios two
+    percent = any((_num(v) or 0) > 1.5 for v in per.values())
+    digits = (1 if percent else 3) if metric == "accuracy" else None
+
+    def fmt(v, ratio: bool = False):
         if v is None:
             return None
         v = float(v)
-        return round(v, 2) if abs(v) >= 10 else round(v, 4)
+        return round(v, 2 if ratio else digits if digits is not None else 2 if abs(v) >= 1 else 3)
 
     for task, v in per.items():
         v = _num(v)
@@ -76,7 +81,7 @@ def score_table(pv) -> tuple[list[str], list[list[Any]]]:
         p = _num(prev.get(task))
         rows.append([task, fmt(_num(base.get(task))), fmt(e), fmt(v), fmt(None if p is None or v is None else v - p),
                      fmt(v / e if (e and v is not None and metric not in LOWER_IS_BETTER) else
-                         (e / v if e and v and metric in LOWER_IS_BETTER else None))])
+                         (e / v if e and v and metric in LOWER_IS_BETTER else None), ratio=True)])
     if per:
         avg = _num(r.get("average"))
         b_avg = _num((pv.inputs.get("base") or {}).get("average"))
@@ -84,7 +89,8 @@ def score_table(pv) -> tuple[list[str], list[list[Any]]]:
         p_avg = _num((pv.previous or {}).get("average"))
         rows.append(["average", fmt(b_avg), fmt(e_avg), fmt(avg),
                      fmt(None if p_avg is None or avg is None else avg - p_avg),
-                     fmt(avg / e_avg if avg is not None and e_avg and metric not in LOWER_IS_BETTER else None)])
+                     fmt(avg / e_avg if avg is not None and e_avg and metric not in LOWER_IS_BETTER else None,
+                         ratio=True)])
     return headers, rows
 
 

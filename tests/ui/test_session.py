@@ -29,6 +29,11 @@ def test_default_recipe_previews_numbers(env, toy_family):
     assert set(pv.result["per_task"]) == {"alpha", "beta", "gamma"}
     assert set(pv.inputs) == {"base", "alpha", "beta", "gamma"}
     assert pv.inputs["alpha"]["per_task"]["alpha"] == 1.0  # an expert is perfect on its own task
+    from studio.ui import preview_view as V
+
+    headers, rows = V.score_table(pv)  # decimals as the numbers carry them: a fraction's three, a ratio's two
+    assert headers[-1] == "vs expert" and all(v is None or round(v, 3) == v for row in rows for v in row[1:4])
+    assert all(v is None or round(v, 2) == v for row in rows for v in row[5:])
 
 
 def test_preview_equals_cli_merge_evaluated_the_same_way(env, toy_family):
