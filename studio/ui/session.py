@@ -32,6 +32,7 @@ from .landscapes import LandscapeController
 from .learning import LearnController
 from .preview_view import Preview
 from .previewing import PreviewController
+from .recipes import SavedRecipes
 from .shelf import ModelShelf
 
 MAX_UNDO = 200
@@ -50,6 +51,7 @@ class Session:
         self.grids = GridController(self)
         self.learning = LearnController(self)
         self.landscapes = LandscapeController(self)
+        self.saved = SavedRecipes(self)
         self.events = threading.RLock()           # one UI event of this tab at a time (with --max-parallel > 1)
         self._verdict: tuple[dict, tuple[bool, str]] | None = None
         # what this tab's page shows, kept by the UI so that it sends only what changed ({component id: props})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from studio.errors import StudioError
 from studio.ui.catalog import Catalog
 from studio.ui.env import WORKSPACE_FOLDERS, StudioEnv
 from studio.ui.exporting import export_recipe
@@ -75,3 +76,27 @@ def test_default_workspace(monkeypatch, tmp_path):
     monkeypatch.delenv("MERGE_STUDIO_WORKSPACE")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert app.default_workspace() == str(tmp_path / "merge-studio")
+
+
+def test_a_named_recipe_is_saved_into_the_workspace_and_opened_again(toy_family, tmp_path):
+    from studio.recipe import Recipe
+
+    env = StudioEnv(Catalog({"toy": toy_family}), AllowedRoots([]), device="cpu", workspace=tmp_path / "ws")
+    s = env.new_session()
+    s.set_value("parameters.lambda", 0.8)
+    s.set_group_value("L01", 0.2)
+    path = s.saved.save("my merge")
+    assert path == (tmp_path / "ws" / "recipes" / "my merge.yml").resolve()
+    assert Recipe.from_yaml(path.read_text()).to_dict() == Recipe.from_dict(s.recipe).to_dict()  # merge-ready YAML
+    saved = dict(s.recipe)
+    s.set_value("parameters.lambda", 0.1)
+    assert s.saved.names() == ["my merge"]
+    s.saved.open("my merge")
+    assert s.recipe == saved and s.preview().result["per_task"]
+    for bad in ("../escape", "a/b", ""):
+        with pytest.raises(StudioError):
+            s.saved.save(bad)
+    with pytest.raises(StudioError, match="no saved recipe"):
+        s.saved.open("never-saved")
+    other = env.new_session()  # a new tab (or a reload) sees the saved recipes
+    assert other.saved.names() == ["my merge"]

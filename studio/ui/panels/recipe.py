@@ -86,6 +86,11 @@ def build(method_choices, preset_names) -> SimpleNamespace:
             ns.yaml_apply = gr.Button("Apply YAML", variant="primary", elem_id="apply-yaml")
             ns.yaml_reset = gr.Button("Revert edits")
         ns.yaml_error = gr.Markdown(elem_id="yaml-error")
+        with gr.Row(equal_height=True):  # named recipes in the workspace's recipes/ folder
+            ns.save_name = gr.Textbox(label="Save as", placeholder="my-merge", scale=2, elem_id="save-name")
+            ns.save_btn = gr.Button("Save recipe", scale=1, elem_id="save-recipe")
+            ns.saved = gr.Dropdown(label="Saved recipes", scale=2, elem_id="saved-recipes")
+            ns.open_btn = gr.Button("Open", scale=1, elem_id="open-recipe")
     with gr.Row(visible=False):  # for scripts and gradio_client: set any setting by its path
         ns.api_path = gr.Textbox(label="setting path")
         ns.api_value = gr.Number(label="value")
@@ -129,7 +134,7 @@ def rendered(ns) -> list:
     return ([ns.method, ns.method_doc, *ns.g_slider, *ns.g_check, *ns.g_drop]
             + [sl for row in ns.m_slider for sl in row]
             + [ns.target, *ns.strip, *ns.unet, ns.strip_box, ns.unet_box, ns.layout_note, ns.rules, ns.yaml,
-               ns.yaml_error])
+               ns.yaml_error, ns.saved])
 
 
 def _slot_props(slot, label: str | None = None) -> dict:
@@ -151,7 +156,7 @@ def render(ns, s) -> dict:
     spec = s.spec
     cv = controls_view(s.recipe, s.layout(), s.target, s.label)
     doc = (spec.doc or "").strip().split("\n")[0]
-    out: dict = {ns.method: {"value": cv.method},
+    out: dict = {ns.method: {"value": cv.method}, ns.saved: {"choices": s.saved.names()},
                  ns.method_doc: {"value": f"**{spec.label or spec.name}** — {doc}  "
                                           + ("<sub>needs a base model</sub>" if spec.needs_base else "")}}
     for i in range(MAX_GLOBAL):
@@ -261,5 +266,8 @@ def wire(ui) -> None:
     # the draft arrives with the event, so the page's YAML differs from the recipe's and is sent back
     ui.on(ns.yaml_reset.click, lambda s, draft: None, [ns.yaml], api_name="revert_yaml", preview=False)
     ui.on(ns.undo.click, ui.undo, api_name="undo")
+    ui.on(ns.save_btn.click, lambda s, name: s.saved.save(name), [ns.save_name], api_name="save_recipe",
+          preview=False)
+    ui.on(ns.open_btn.click, lambda s, name: s.saved.open(name), [ns.saved], api_name="open_recipe")
     ui.on(ns.api_btn.click, lambda s, path, value: s.set_value(path, value), [ns.api_path, ns.api_value],
           api_name="set_param")
