@@ -40,6 +40,7 @@ CSS = """
 #latency {font-size: 1.05em}
 #verdict {padding: 6px 10px; border-radius: 8px; background: var(--block-background-fill)}
 .u-center {text-align: center; color: var(--body-text-color-subdued); padding: 8px 0}
+#u-row {flex-wrap: nowrap !important}
 #status:empty {display: none}
 /* the preview stays in view while the controls scroll: the column sticks to the top and scrolls on its own */
 #preview-column {position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);

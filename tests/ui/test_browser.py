@@ -145,6 +145,14 @@ def test_own_sd_pipelines_in_a_browser(own_sd_server):
         page.get_by_role("tab", name="Recipe").click()
         ms, _ = release_and_count(page, "#u-left-1", 0.0)  # IN01 from my-sd-b alone
         sync_api.expect(page.locator("#yaml")).to_contain_text("IN01", timeout=10_000)
+        # the U holds together from 1280 to 1920 px: IN down the left, OUT up the right, side by side
+        for width in (1280, 1920, 1500):
+            page.set_viewport_size({"width": width, "height": 1000})
+            page.wait_for_timeout(300)
+            left, right = (page.locator(f"#u-{side}-0").bounding_box() for side in ("left", "right"))
+            assert right["x"] > left["x"] + left["width"] and abs(right["y"] - left["y"]) < 40, (width, left, right)
+            if width == 1280:
+                page.screenshot(path=str(ARTIFACTS / "11-own-sd-u-1280.png"), full_page=True)
         # keys commit like the mouse: an arrow key on a slider, a number typed into its box and Enter
         shown = latency.inner_text()
         page.locator("#m-slider-0-0 input[type=range]").press("ArrowLeft")

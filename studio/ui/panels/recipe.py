@@ -67,14 +67,16 @@ def build(method_choices, preset_names) -> SimpleNamespace:
         with gr.Column(visible=False) as ns.unet_box:
             with gr.Row():
                 ns.u_top = [_hidden_slider(elem_id=f"u-top-{i}") for i in range(UNET_TOP)]
-            with gr.Row():
-                with gr.Column():
-                    ns.u_left = [_hidden_slider(elem_id=f"u-left-{i}") for i in range(UNET_SIDE)]
-                with gr.Column():
+            # three columns that never wrap: a column's default 320 px minimum made the OUT column fall below the IN
+            # column (with an empty middle) whenever the control area was under ~1,000 px wide
+            with gr.Row(equal_height=False, elem_id="u-row"):
+                with gr.Column(min_width=120, scale=2):
+                    ns.u_left = [_hidden_slider(elem_id=f"u-left-{i}", min_width=120) for i in range(UNET_SIDE)]
+                with gr.Column(min_width=100, scale=1):
                     gr.Markdown("<div class='u-center'>IN ↓ · · · ↑ OUT</div>")
-                    ns.u_mid = [_hidden_slider(elem_id=f"u-mid-{i}") for i in range(UNET_MID)]
-                with gr.Column():
-                    ns.u_right = [_hidden_slider(elem_id=f"u-right-{i}") for i in range(UNET_SIDE)]
+                    ns.u_mid = [_hidden_slider(elem_id=f"u-mid-{i}", min_width=100) for i in range(UNET_MID)]
+                with gr.Column(min_width=120, scale=2):
+                    ns.u_right = [_hidden_slider(elem_id=f"u-right-{i}", min_width=120) for i in range(UNET_SIDE)]
         ns.unet = ns.u_top + ns.u_left + ns.u_mid + ns.u_right
         with gr.Accordion("Name-pattern rules (first match wins)", open=False):
             ns.rules = gr.Textbox(lines=3, label="One rule per line: tensor-name substring: value",
