@@ -20,7 +20,7 @@ def _table(stats: dict) -> str:
                      _pct(ov["trimmed"]["sign_conflict"])))
     if stats.get("skipped"):
         rows.append(("tensors left out", f"{len(stats['skipped'])} (e.g. {html.escape(stats['skipped'][0])})"))
-    rows.append(("computed in", f"{stats['seconds']:.2f} s on {stats.get('device', 'cpu')}"))
+    rows.append(("task-vector statistics computed in", f"{stats['seconds']:.2f} s on {stats.get('device', 'cpu')}"))
     body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..analysis import landscape_1d, landscape_random_plane, landscape_task_plane, task_vector_stats
 from ..analysis.report import build_report
@@ -69,17 +71,30 @@ def _zoo_evaluator(arg: str, recipe, device: str):
     return None, None
 
 
+@contextlib.contextmanager
+def _bar(desc: str, quiet: bool):
+    """A tqdm bar on stderr fed by the analysis functions' ``progress(fraction, message)`` (elapsed time and an
+    estimate of the rest); nothing with ``--json``."""
+    if quiet:
+        yield None
+        return
+    with tqdm(total=1000, desc=desc, file=sys.stderr, unit="‰", bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+              "{elapsed}<{remaining} {postfix}") as bar:
+        def progress(fraction, message=""):
+            bar.n = min(1000, max(0, int(float(fraction) * 1000)))
+            bar.set_postfix_str(str(message)[:50], refresh=False)
+            bar.refresh()
+        yield progress
+
+
 def run(args) -> int:
     recipe = Recipe.load(args.recipe)
     if args.threads:
         torch.set_num_threads(max(1, args.threads))
     density = _density(args.density, recipe)
     quiet = args.json
-    progress = None if quiet or not sys.stderr.isatty() else (
-        lambda f, m: print(f"\r{100 * f:5.1f}% {m[:70]:<70}", end="", file=sys.stderr, flush=True))
-    stats = task_vector_stats(recipe, density=density, progress=progress, device=args.device)
-    if progress:
-        print(file=sys.stderr)
+    with _bar("task vectors", quiet) as progress:
+        stats = task_vector_stats(recipe, density=density, progress=progress, device=args.device)
     landscapes = []
     kinds = [k for k in (args.landscape or []) if k != "none"]
     if args.out and (kinds or args.landscape is None):
@@ -95,12 +110,18 @@ def run(args) -> int:
                     i, j = (int(x) for x in args.experts.split(","))
                 except ValueError:
                     raise StudioError(f"--experts takes two indices like 0,1; got {args.experts!r}") from None
-                landscapes.append(landscape_task_plane(recipe, evaluator, i, j, steps=steps, device=args.device))
+                with _bar("task-vector plane", quiet) as progress:
+                    landscapes.append(landscape_task_plane(recipe, evaluator, i, j, steps=steps, device=args.device,
+                                                           progress=progress))
             if "lambda" in kinds:
                 vals = [round(0.1 * k, 3) for k in range(0, 16)]
-                landscapes.append(landscape_1d(recipe, "parameters.lambda", vals, evaluator, device=args.device))
+                with _bar("λ sweep", quiet) as progress:
+                    landscapes.append(landscape_1d(recipe, "parameters.lambda", vals, evaluator, device=args.device,
+                                                   progress=progress))
             if "random" in kinds:
-                landscapes.append(landscape_random_plane(recipe, evaluator, steps=steps, device=args.device))
+                with _bar("random plane", quiet) as progress:
+                    landscapes.append(landscape_random_plane(recipe, evaluator, steps=steps, device=args.device,
+                                                             progress=progress))
     if args.out:
         text = build_report(stats, landscapes, title=f"Merge Studio analysis — {Path(args.recipe).name}",
                             recipe_text=recipe.to_yaml())

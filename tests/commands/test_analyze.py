@@ -33,9 +33,18 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert err.startswith("error:") and "\n" not in err
 
 
+def test_progress_goes_to_stderr_with_an_estimate_and_json_stays_clean(recipe_path, tmp_path, capsys):
+    assert main(["analyze", str(recipe_path), "--out", str(tmp_path / "r.html"), "--zoo", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "task vectors: 100%" in err and "<" in err  # elapsed<remaining, as tqdm estimates it
+    assert main(["analyze", str(recipe_path), "--json"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_html_report_renders_in_chromium(recipe_path, tmp_path):
     out = tmp_path / "report.html"
     assert main(["analyze", str(recipe_path), "--out", str(out), "--zoo", "none"]) == 0
+    assert "task-vector statistics computed in" in out.read_text()  # says what the time was spent on
     text = out.read_text()
     assert text.count("Plotly.newPlot") >= 5 and '<script src="http' not in text  # no network needed
     assert text.count("/*! For license information please see plotly") <= 1  # plotly.js inlined once
