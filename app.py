@@ -72,13 +72,9 @@ def main(argv=None) -> int:
     from studio.ui.env import StudioEnv
 
     try:
-        roots = AllowedRoots(args.allow)
-        workspace = default_workspace() if args.workspace is None else args.workspace
-        roots.add(workspace)
-        if args.export_dir:
-            roots.check_write(args.export_dir)
-        env = StudioEnv(Catalog(), roots, device=args.device, max_parallel=args.max_parallel,
-                        export_dir=args.export_dir, workspace=workspace,
+        env = StudioEnv(Catalog(), AllowedRoots(args.allow), device=args.device, max_parallel=args.max_parallel,
+                        export_dir=args.export_dir,
+                        workspace=default_workspace() if args.workspace is None else args.workspace,
                         memory_budget=None if args.memory_budget is None else parse_size(args.memory_budget))
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)

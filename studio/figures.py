@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import html
 import math
+
+import numpy as np
 from typing import Sequence
 
 import plotly.graph_objects as go
@@ -215,17 +217,10 @@ def _marker_hover(m: dict, score_name: str) -> str:
 
 def spans_decades(values) -> bool:
     """Whether positive values span a factor of ten or more (perplexity running from 20 to 300k): drawn on a log
-    scale, else the interesting part is one flat line at the bottom."""
-    vals = [float(v) for v in _flat(values) if v is not None and v == v and abs(float(v)) != float("inf")]
-    return bool(vals) and min(vals) > 0 and max(vals) / min(vals) >= 10
-
-
-def _flat(values):
-    for v in values:
-        if isinstance(v, (list, tuple)):
-            yield from _flat(v)
-        else:
-            yield v
+    scale, else the interesting part is one flat line at the bottom. ``values``: a list or a grid (None: no score)."""
+    vals = np.asarray(values, dtype=float)
+    vals = vals[np.isfinite(vals)]
+    return vals.size > 0 and vals.min() > 0 and vals.max() / vals.min() >= 10
 
 
 def landscape_line(result: dict) -> go.Figure:
@@ -242,8 +237,8 @@ def landscape_line(result: dict) -> go.Figure:
                                  marker=_marker_style(m["name"]), hovertext=[_marker_hover(m, name)],
                                  hoverinfo="text"))
     fig.update_xaxes(title=result["x"]["label"])
-    fig.update_yaxes(title=name + (" (log scale)" if spans_decades(result["z"]) else ""),
-                     type="log" if spans_decades(result["z"]) else None)
+    log = spans_decades(result["z"])
+    fig.update_yaxes(title=name + (" (log scale)" if log else ""), type="log" if log else None)
     return _layout(fig, f"{name} as {result['x']['label']} varies", height=380, showlegend=True)
 
 
@@ -252,21 +247,18 @@ def landscape_contour(result: dict, show_markers: bool = True) -> go.Figure:
     name = result.get("score_name", "score")
     xs, ys = result["x"]["values"], result["y"]["values"]
     z = result["z"]
-    log = spans_decades(z)
-    if log:  # colours by log10 of the score, hover and contour labels in the score's own units
-        shown = [[None if v is None or not v > 0 else math.log10(v) for v in row] for row in z]
-        fig = _figure(go.Contour(
-            z=shown, x=xs, y=ys, customdata=z, colorscale=SEQUENTIAL, ncontours=20,
-            colorbar=dict(title=f"{name} (log)", tickvals=_decade_ticks(shown),
-                          ticktext=[f"{10 ** t:,.0f}" if t >= 0 else f"{10 ** t:g}"
-                                    for t in _decade_ticks(shown)]),
-            contours=dict(showlabels=False),
-            hovertemplate=f"x: %{{x:.3g}}<br>y: %{{y:.3g}}<br>{name}: %{{customdata:.4g}}<extra></extra>"))
-    else:
-        fig = _figure(go.Contour(
-            z=z, x=xs, y=ys, colorscale=SEQUENTIAL, colorbar=dict(title=name), ncontours=20,
-            contours=dict(showlabels=True, labelfont=dict(size=9, color="white")),
-            hovertemplate=f"x: %{{x:.3g}}<br>y: %{{y:.3g}}<br>{name}: %{{z:.4g}}<extra></extra>"))
+    colorbar, labels = dict(title=name), dict(showlabels=True, labelfont=dict(size=9, color="white"))
+    if spans_decades(z):  # colours by log10 of the score; the colour bar and the hover in the score's own units
+        grid = np.asarray(z, dtype=float)
+        shown = np.where(grid > 0, np.log10(np.where(grid > 0, grid, 1.0)), np.nan)
+        ticks = [float(t) for t in range(math.floor(np.nanmin(shown)), math.ceil(np.nanmax(shown)) + 1)]
+        colorbar = dict(title=f"{name} (log)", tickvals=ticks,
+                        ticktext=[f"{10 ** t:,.0f}" if t >= 0 else f"{10 ** t:g}" for t in ticks])
+        labels = dict(showlabels=False)
+        z = shown.tolist()
+    fig = _figure(go.Contour(
+        z=z, x=xs, y=ys, customdata=result["z"], colorscale=SEQUENTIAL, colorbar=colorbar, ncontours=20,
+        contours=labels, hovertemplate=f"x: %{{x:.3g}}<br>y: %{{y:.3g}}<br>{name}: %{{customdata:.4g}}<extra></extra>"))
     for n, t in enumerate(result.get("trajectories", [])):
         color = TRAJ_COLORS[n % len(TRAJ_COLORS)]
         hover = [f"{html.escape(str(t['name']))} · step {s}" + (f"<br>{name}: {_fmt(v, 4)}" if v is not None else "")
@@ -296,12 +288,6 @@ def landscape_contour(result: dict, show_markers: bool = True) -> go.Figure:
     if result.get("kind") == "random_plane":
         title += f" around the current merge (filter-normalised, seed {result.get('seed')})"
     return _layout(fig, title, height=560, legend=dict(orientation="h", y=-0.18))
-
-
-def _decade_ticks(logs) -> list[float]:
-    vals = [v for v in _flat(logs) if v is not None]
-    lo, hi = math.floor(min(vals)), math.ceil(max(vals))
-    return [float(t) for t in range(lo, hi + 1)]
 
 
 def landscape_figure(result: dict) -> go.Figure:

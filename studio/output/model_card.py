@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .. import __version__
 from ..sources import TensorSource
-from ..sources.resolve import HUB_ID
+from ..sources.resolve import is_hub_id
 
 
 def library_name(source: TensorSource) -> str | None:
@@ -22,7 +20,7 @@ def library_name(source: TensorSource) -> str | None:
 def hub_models(models: list[str]) -> list[str]:
     """The models the Hub can link as ``base_model``: repository ids, without a revision; local paths stay out of the
     metadata (they mean nothing on another machine) and are listed in the card's text."""
-    return [m.split("@", 1)[0] for m in models if HUB_ID.match(m) and not Path(m).exists()]
+    return [m.split("@", 1)[0] for m in models if is_hub_id(m)]
 
 
 def model_card(recipe_yaml: str, method_label: str, models: list[str], base: str | None, extra: str = "",

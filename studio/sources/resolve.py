@@ -154,11 +154,16 @@ def hub_snapshot(repo: str, revision: str | None) -> Path:
                           hint="check the id and your network, or give a local path") from None
 
 
+def is_hub_id(text: str) -> bool:
+    """A Hub repository id (``org/name[@revision]``) and not a local path (a folder named like one wins)."""
+    return bool(HUB_ID.match(text)) and not Path(os.path.expanduser(text)).exists()
+
+
 def resolve_path(ref: str) -> Path:
     p = Path(os.path.expanduser(ref))
     if p.exists():
         return p
-    if HUB_ID.match(ref) and not ref.startswith((".", "/")):
+    if is_hub_id(ref):
         repo, _, rev = ref.partition("@")
         return hub_snapshot(repo, rev or None)
     raise SourceError("no such file or folder, and not a hub id (org/name[@revision])", where=ref)

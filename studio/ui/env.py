@@ -51,6 +51,8 @@ class StudioEnv:
             self.roots.check_write(self.workspace)  # not inside the install folder
             for sub in WORKSPACE_FOLDERS:
                 (self.workspace / sub).mkdir(parents=True, exist_ok=True)
+        if export_dir:
+            self.roots.check_write(export_dir)  # a default export folder the studio could not write is refused now
         self.export_dir = export_dir
         self.opener = CachedOpener()
         self.max_parallel = max(1, int(max_parallel))

@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import StudioError
-from ..sources.resolve import HUB_ID, split_reference
-
+from ..sources.resolve import is_hub_id, split_reference
 
 
 class PathNotAllowed(StudioError):
@@ -28,10 +27,6 @@ def hub_cache_dir() -> Path:
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]) / "hub"
     return Path.home() / ".cache" / "huggingface" / "hub"
-
-
-def is_hub_id(text: str) -> bool:
-    return bool(HUB_ID.match(text)) and not text.startswith((".", "/", "~")) and not Path(text).exists()
 
 
 class AllowedRoots:

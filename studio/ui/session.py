@@ -89,12 +89,7 @@ class Session:
     def new_recipe(self) -> None:
         """An empty recipe and an empty shelf (the demo family put away): add your own models next. Undo brings the
         previous recipe back."""
-        self.family = None
-        self.shelf.reset([], {})
-        self.close()
-        self.learning.forget()
-        self.set_recipe({})
-        self.target = E.default_path(self.recipe)
+        self.start_own([])
 
     def family_obj(self):
         return self.env.catalog.get(self.family) if self.family else None
@@ -132,13 +127,14 @@ class Session:
         self.set_included(self.included() + [ref])
 
     def start_own(self, refs: list[str]) -> None:
-        """A fresh recipe of the user's own models (the demo family is put away): a weighted average to start from;
-        pick the base and the method next."""
+        """A fresh recipe of the user's own models (the demo family and its resident merge are put away): a weighted
+        average to start from, or an empty recipe for none; pick the base and the method next."""
         self.family = None
         self.shelf.reset(refs, {r: self.label(r) for r in refs})
+        self.close()
         self.learning.forget()
         self.set_recipe({"name": f"{self.label(refs[0])}-merge", "merge_method": "linear",
-                         "models": [{"model": r, "parameters": {"weight": 1.0}} for r in refs]})
+                         "models": [{"model": r, "parameters": {"weight": 1.0}} for r in refs]} if refs else {})
         self.target = E.default_path(self.recipe)
 
     def lora_choices(self) -> list[tuple[str, str]]:
