@@ -56,7 +56,10 @@ class AllowedRoots:
         return any(p == r or p.is_relative_to(r) for r in roots)
 
     def describe(self, writable: bool = False) -> str:
-        return ", ".join(str(r) for r in (self.writable() if writable else self.roots)) or "(none)"
+        """The allowed folders for a message: a folder inside another one is not listed again."""
+        roots = self.writable() if writable else self.roots
+        top = [r for r in roots if not any(o != r and r.is_relative_to(o) for o in roots)]
+        return ", ".join(str(r) for r in top) or "(none)"
 
     def check_path(self, text: str, write: bool = False) -> Path:
         if not str(text).strip():

@@ -313,7 +313,7 @@ class Session:
         return H.rows(self.history, self.label)
 
     def restore(self, entry_id: int | None) -> None:
-        if entry_id is None:
+        if not entry_id:  # entries are numbered from 1; an empty number box arrives as None or 0
             raise StudioError("choose an entry first", hint="click a row of the history table or type its number")
         h = H.find(self.history, entry_id)
         if h is None:
