@@ -11,10 +11,9 @@ from tqdm.auto import tqdm
 
 from ..analysis import landscape_1d, landscape_random_plane, landscape_task_plane, task_vector_stats
 from ..analysis.report import build_report
-from ..cli import print_json
+from ..cli import load_recipe, print_json
 from ..errors import StudioError
 from ..output import write_text
-from ..recipe import Recipe
 from ..zoo import get_family, list_families
 
 
@@ -88,7 +87,7 @@ def _bar(desc: str, quiet: bool):
 
 
 def run(args) -> int:
-    recipe = Recipe.load(args.recipe)
+    recipe = load_recipe(args.recipe)
     if args.threads:
         torch.set_num_threads(max(1, args.threads))
     density = _density(args.density, recipe)

@@ -11,10 +11,10 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..engine.live import LiveMerger
+from ..cli import load_recipe
 from ..errors import StudioError
 from ..preview import previewer_for
 from ..preview.grid import Axis, render_grid, save_grid
-from ..recipe import Recipe
 from ..recipe.edit import reference_model, with_assignments
 from ..sources import open_source
 from ..sources.resolve import split_reference
@@ -63,7 +63,7 @@ def _request(cls, prompts: list[str], fields: list[str]):
 
 
 def run(args) -> int:
-    recipe = with_assignments(Recipe.load(args.recipe), args.set)
+    recipe = with_assignments(load_recipe(args.recipe), args.set)
     x, y = Axis.parse(args.x), Axis.parse(args.y)
     out = Path(args.out)
     if out.exists() and not args.overwrite:

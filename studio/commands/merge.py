@@ -7,17 +7,17 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import print_json
+from ..cli import load_recipe, print_json
 from ..describe import human_bytes, human_count
 from ..devices import parse_size
 from ..engine import build_plan, check_merge_target, merge_to_disk
 from ..errors import StudioError
-from ..recipe import Recipe
 from ..recipe.edit import with_assignments
 
 
 def add_arguments(p):
-    p.add_argument("recipe", help="mergekit-style YAML recipe")
+    p.add_argument("recipe", help="mergekit-style YAML recipe, or what carries one: a merged .safetensors or folder, "
+                                  "a PNG with merge settings (the studio's, Model Mixer's)")
     p.add_argument("out", help="output folder (or a .safetensors file for single-file checkpoints)")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="change one setting before merging (repeatable), e.g. models.0.weight=0.5, "
@@ -45,7 +45,7 @@ def print_summary(summary: dict, out=None) -> None:
 
 
 def run(args) -> int:
-    recipe = with_assignments(Recipe.load(args.recipe), args.set)
+    recipe = with_assignments(load_recipe(args.recipe), args.set)
     if args.dry_run:
         plan = build_plan(recipe)
         check_merge_target(plan, Path(args.out), args.overwrite)

@@ -18,12 +18,12 @@ from ..errors import StudioError
 from ..output import (AtomicTarget, ShardWriter, atomic_files, check_target, copy_non_weight_files, copy_side_files,
                       is_single_file, library_name, model_card, plan_shards, recipe_path, write_index, write_json, write_text)
 from ..recipe import Recipe
+from ..recipe.files import RECIPE_KEY
 from ..sources import TensorSource, open_source
 from .execute import run_tasks
 from .plan import Plan, build_plan
 
 DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
-RECIPE_KEY = "merge_studio_recipe"
 
 # What a method or model family adds to an output registers itself here, like layout.DETECTORS (studio/__init__.py
 # imports the built-in ones). A metadata hook ``hook(plan) -> dict[str, str]`` adds keys to a single-file output's

@@ -9,26 +9,14 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from ..recipe.files import RECIPE_FILE, is_single_file, recipe_path  # noqa: F401 — re-exported: where the recipe goes
 from ..sources.resolve import WEIGHT_SUFFIXES  # re-exported: what counts as a weights file
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
                    "vocab.txt", "spiece.model", "sentencepiece.bpe.model"]
 SIDE_FILES = TOKENIZER_FILES + ["generation_config.json"]
-RECIPE_FILE = "mergekit_config.yml"   # mergekit's name, so its tools find the recipe in our folders too
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-def is_single_file(target: Path) -> bool:
-    """A target ending in ``.safetensors`` is one weights file with its side files beside it; any other is a folder."""
-    return Path(target).suffix == ".safetensors"
-
-
-def recipe_path(target: Path) -> Path:
-    """Where the recipe of a merge written to ``target`` goes: ``mergekit_config.yml`` inside an output folder,
-    ``<stem>.recipe.yml`` beside a single ``.safetensors`` file."""
-    target = Path(target)
-    return target.with_name(target.stem + ".recipe.yml") if is_single_file(target) else target / RECIPE_FILE
 
 
 def learned_summary_path(weights: Path) -> Path:
