@@ -50,6 +50,11 @@ def _split_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+def is_lora_key(key: str) -> bool:
+    """A LoRA / LyCORIS factor key (``….lora_down.weight``, ``….lora_A.weight``, ``….hada_w1_a`` …)."""
+    return _split_key(key) is not None
+
+
 def normalize_name(name: str) -> str:
     """PEFT ``base_model.model.X`` → ``X``; diffusers legacy processor names → module names."""
     if name.startswith(PEFT_PREFIX):

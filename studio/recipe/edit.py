@@ -528,11 +528,20 @@ def set_models(recipe: dict, refs: list[str]) -> dict:
 
 
 def set_base(recipe: dict, ref: str | None) -> dict:
+    return _set_top(recipe, "base_model", ref)
+
+
+def set_vae(recipe: dict, ref: str | None) -> dict:
+    """Bake this VAE into a diffusion merge (None: the reference model's VAE, copied)."""
+    return _set_top(recipe, "vae", ref)
+
+
+def _set_top(recipe: dict, key: str, ref: str | None) -> dict:
     out = copy.deepcopy(recipe)
     if ref:
-        out["base_model"] = ref
+        out[key] = ref
     else:
-        out.pop("base_model", None)
+        out.pop(key, None)
     return out
 
 

@@ -20,9 +20,11 @@ import gradio as gr
 from ..errors import StudioError
 from ..layout.presets import preset_names
 from .env import StudioEnv
+from .browser import places
 from .learning import choices as learned_choices
 from .panels import analysis as analysis_panel
 from .panels import export as export_panel
+from .panels import files as files_panel
 from .panels import grid as grid_panel
 from .panels import history as history_panel
 from .panels import models as models_panel
@@ -66,7 +68,7 @@ document.addEventListener("keyup", (e) => {
 </script>
 """
 
-PANELS = (models_panel, recipe_panel, analysis_panel, grid_panel, export_panel, history_panel, optimize_panel,
+PANELS = (models_panel, files_panel, recipe_panel, analysis_panel, grid_panel, export_panel, history_panel, optimize_panel,
           preview_panel)
 # controls whose value a user sets in the browser (an event carrying it tells us what the page shows now)
 VALUE_CONTROLS = (gr.Slider, gr.Number, gr.Checkbox, gr.CheckboxGroup, gr.Dropdown, gr.Radio, gr.Textbox, gr.Code)
@@ -93,6 +95,8 @@ class StudioUI:
         with gr.Blocks(title="Merge Studio") as demo:
             self.demo = demo
             self.state = gr.State(None, time_to_live=6 * 3600, delete_callback=lambda s: s.close() if s else None)
+            # the tab's recipe, family and history, kept by the browser: a reload comes back to them
+            self.kept = gr.BrowserState(None, storage_key="merge-studio-session")
             with gr.Row(elem_id="title"):
                 gr.Markdown("# Merge Studio\nMerge models, see the result change as you move a slider, "
                             "understand why, and export it.")
@@ -105,6 +109,7 @@ class StudioUI:
                         with gr.Tab("Models", id="models"):
                             self.m = models_panel.build(families, env.catalog.default_family(),
                                                         env.roots.describe())
+                            self.f = files_panel.build(places(env))
                         with gr.Tab("Recipe", id="recipe"):
                             self.r = recipe_panel.build(method_choices(), preset_names())
                         with gr.Tab("Analysis", id="analysis"):
@@ -120,11 +125,11 @@ class StudioUI:
                 with gr.Column(scale=2, min_width=420, elem_id="preview-column"):
                     gr.Markdown("### Preview")
                     self.p = preview_panel.build()
-            self.views = [(models_panel, self.m), (recipe_panel, self.r), (analysis_panel, self.a),
+            self.views = [(models_panel, self.m), (files_panel, self.f), (recipe_panel, self.r), (analysis_panel, self.a),
                           (grid_panel, self.g), (history_panel, self.h), (optimize_panel, self.o),
                           (preview_panel, self.p)]
-            self.outputs = [self.state] + [c for panel, ns in self.views for c in panel.rendered(ns)]
-            self.on(demo.load, lambda s: None, api_name="init", refresh=True)
+            self.outputs = [self.state, self.kept] + [c for panel, ns in self.views for c in panel.rendered(ns)]
+            self.on(demo.load, lambda s, kept: s.resume(kept), [self.kept], api_name="init", refresh=True)
             for panel in PANELS:
                 panel.wire(self)
 
@@ -145,6 +150,7 @@ class StudioUI:
             if allowed is None or any(c in allowed for c in panel.rendered(ns)):
                 want.update(panel.render(ns, s))
         want[self.p.status] = {"value": f"⚠ {error}" if error else ""}
+        want[self.kept] = {"value": s.snapshot()}
         want.update(override or {})
         out: dict[Any, Any] = {self.state: s}
         for comp, props in want.items():
@@ -192,7 +198,7 @@ class StudioUI:
         comps = list(inputs)
         # the controls a user just used are outputs too: a refused or rounded value is set back at once
         outputs = self.outputs if scope is None else list(dict.fromkeys(
-            [self.state] + preview_panel.live(self.p) + list(scope) + comps))
+            [self.state, self.kept] + preview_panel.live(self.p) + list(scope) + comps))
 
         def handler(state, *values):
             s = self.session(state)

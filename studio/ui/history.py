@@ -4,6 +4,7 @@ first, and restores an entry by its number)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -36,6 +37,24 @@ def record(history: list[HistoryEntry], recipe: dict, result: dict, seconds: flo
     else:
         history.append(entry)
     del history[:-MAX_HISTORY]
+
+
+def dump(history: list[HistoryEntry]) -> list[dict]:
+    """The history as plain data (JSON-able: the browser keeps it across page reloads)."""
+    return [dataclasses.asdict(h) for h in history]
+
+
+def load(data) -> list[HistoryEntry]:
+    """Entries from :func:`dump`'s data; malformed ones (the data comes from the page) are left out."""
+    out = []
+    for d in data if isinstance(data, list) else []:
+        try:
+            h = HistoryEntry(**d)
+        except TypeError:
+            continue
+        if isinstance(h.id, int) and isinstance(h.recipe, dict) and isinstance(h.per_task, dict):
+            out.append(h)
+    return out[-MAX_HISTORY:]
 
 
 def find(history: list[HistoryEntry], entry_id: int) -> HistoryEntry | None:

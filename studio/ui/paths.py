@@ -55,11 +55,14 @@ class AllowedRoots:
     def _inside(self, p: Path, roots) -> bool:
         return any(p == r or p.is_relative_to(r) for r in roots)
 
+    def top(self, writable: bool = False) -> list[Path]:
+        """The allowed (or writable) folders without those inside another one."""
+        roots = self.writable() if writable else self.roots
+        return [r for r in roots if not any(o != r and r.is_relative_to(o) for o in roots)]
+
     def describe(self, writable: bool = False) -> str:
         """The allowed folders for a message: a folder inside another one is not listed again."""
-        roots = self.writable() if writable else self.roots
-        top = [r for r in roots if not any(o != r and r.is_relative_to(o) for o in roots)]
-        return ", ".join(str(r) for r in top) or "(none)"
+        return ", ".join(str(r) for r in self.top(writable)) or "(none)"
 
     def check_path(self, text: str, write: bool = False) -> Path:
         if not str(text).strip():

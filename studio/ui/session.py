@@ -25,6 +25,7 @@ from ..recipe import Recipe
 from ..recipe import edit as E
 from ..recipe.edit import SettingPath
 from . import history as H
+from .browser import FileBrowser
 from .catalog import family_label
 from .formula import render as render_formula
 from .grids import GridController
@@ -52,6 +53,7 @@ class Session:
         self.learning = LearnController(self)
         self.landscapes = LandscapeController(self)
         self.saved = SavedRecipes(self)
+        self.files = FileBrowser(self)
         self.events = threading.RLock()           # one UI event of this tab at a time (with --max-parallel > 1)
         self._verdict: tuple[dict, tuple[bool, str]] | None = None
         # what this tab's page shows, kept by the UI so that it sends only what changed ({component id: props})
@@ -195,10 +197,25 @@ class Session:
 
     def set_yaml(self, text: str) -> None:
         """Replace the recipe by edited YAML (RecipeError with the parser's message when it is not valid)."""
-        r = Recipe.from_yaml(text, where="YAML view")
-        for ref in r.input_references():  # the VAE and the tokenizer source are read too
+        self.open_recipe(Recipe.from_yaml(text, where="YAML view").to_dict())
+
+    def open_recipe(self, recipe: dict, where: str = "recipe") -> None:
+        """A recipe from outside the session (typed, opened, dropped, saved in the browser) becomes its recipe: it
+        must be valid and read only inside the allowed folders. One naming models other than the demo family's
+        puts the demo away."""
+        r = Recipe.from_dict(copy.deepcopy(recipe), where=where)
+        refs = r.input_references()
+        for ref in refs:  # the VAE and the tokenizer source are read too
             self.env.roots.check_reference(ref)
+        if self.family is not None and not set(r.referenced_models()) <= set(self.available):
+            self.family = None
+            self.shelf.reset([], {})
+            self.close()
+            self.learning.forget()
         self.set_recipe(r.to_dict())
+
+    def set_vae(self, ref: str | None) -> None:
+        self.edit(E.set_vae, self.env.roots.check_reference(ref) if ref else None, validate=False)
 
     def undo(self) -> bool:
         if not self.undo_stack:
@@ -318,7 +335,24 @@ class Session:
         h = H.find(self.history, entry_id)
         if h is None:
             raise StudioError(f"no history entry #{entry_id}", hint="the table's first column numbers the entries")
-        self.set_recipe(h.recipe)
+        self.open_recipe(h.recipe, where=f"history entry #{entry_id}")
+
+    # ------------------------------------------------------------------------------------------- page reloads
+    def snapshot(self) -> dict:
+        """What the browser keeps for this tab (its recipe, family and history), to come back after a reload."""
+        return {"v": 1, "family": self.family, "recipe": copy.deepcopy(self.recipe), "history": H.dump(self.history)}
+
+    def resume(self, saved) -> bool:
+        """Come back to a snapshot the browser kept. It is the page's data: every recipe in it is checked as if
+        typed (a bad one is skipped with the rest). False when there was nothing to resume."""
+        if not isinstance(saved, dict) or saved.get("v") != 1 or not saved.get("recipe"):
+            return False
+        family = saved.get("family")
+        if family in self.env.catalog.names() and family != self.family:
+            self.load_family(family)
+        self.history = H.load(saved.get("history"))
+        self.open_recipe(saved["recipe"], where="the recipe this page kept")
+        return True
 
 
 def method_choices() -> list[tuple[str, str]]:
