@@ -39,6 +39,7 @@ from ..errors import StudioError
 from ..evaluate.common import result
 from ..layout.sd import detect_family, diffusion_family
 from ..layout.sd_keys import UNET_PREFIX
+from ..sd.infotext import format_infotext
 from ..sources import TensorSource, open_source
 from ..sources.resolve import resolve_path
 from .base import PREVIEWERS, Previewer
@@ -604,7 +605,11 @@ class DiffusionPreviewer(Previewer):
                     kw["max_sequence_length"] = T5_MAX_LENGTH.get(self.family, 512)
                 elif req.negative_prompt:
                     kw["negative_prompt"] = [req.negative_prompt] * len(gens)
-                images.extend(pipe(**kw).images)
+                for seed, img in zip(req.seeds, pipe(**kw).images):
+                    img.info["parameters"] = format_infotext(prompt, "" if self.flux else req.negative_prompt, {
+                        "Steps": int(req.steps), "Sampler": req.sampler, "CFG scale": guidance, "Seed": seed,
+                        "Size": f"{img.width}x{img.height}"})   # A1111's PNG Info (and the studio) read it back
+                    images.append(img)
         self._check_bindings()
         return result(self.metric, {}, images)
 

@@ -21,7 +21,7 @@ from typing import Sequence
 from ..errors import StudioError
 from ..layout.sd import SD1_BLOCKS, SDXL_BLOCKS
 from ..recipe import Recipe
-from ..recipe.files import READERS, RECIPE_KEY, FoundRecipe
+from ..recipe.files import READERS, FoundRecipe
 
 # "Key: value" pairs of an infotext's last line; a value with commas is written in double quotes
 PARAM = re.compile(r'\s*([\w][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -60,13 +60,6 @@ def format_infotext(prompt: str, negative: str = "", params: dict | None = None)
     if params:
         lines.append(", ".join(f"{k}: {value(v)}" for k, v in params.items() if v is not None and v != ""))
     return "\n".join(lines)
-
-
-def image_info(recipe: dict, prompt: str, negative: str, params: dict) -> dict[str, str]:
-    """Text chunks for a preview image: A1111's ``parameters`` and the whole recipe (so dropping the image on the
-    studio opens the recipe again)."""
-    return {"parameters": format_infotext(prompt, negative, {**params, "Model": recipe.get("name") or "merge"}),
-            RECIPE_KEY: json.dumps(recipe, ensure_ascii=False, default=str)}
 
 
 # ------------------------------------------------------------------------------------------- finding named models

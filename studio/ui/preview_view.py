@@ -3,6 +3,7 @@ Python, no gradio; the score chart is :func:`studio.figures.preview_scores`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 from .. import figures
 from ..describe import human_bytes
+from ..recipe.files import RECIPE_KEY
 
 
 @dataclass
@@ -162,6 +164,8 @@ def images(pv) -> list:
     (one per prompt and seed) come side by side: the merge, the previous merge, then each input model."""
     s = (pv.result or {}).get("samples")
     if isinstance(s, (list, tuple)) and s and all(isinstance(x, Image.Image) for x in s):
+        for img in s:  # the merge's images carry its recipe: dropped on the studio, they open it again
+            img.info[RECIPE_KEY] = json.dumps(pv.recipe, ensure_ascii=False, default=str)
         rows = [("merge", list(s)), ("previous merge", (pv.previous or {}).get("samples"))]
         rows += [(label, inp.get("samples")) for label, inp in pv.inputs.items()]
         rows = [(cap, imgs) for cap, imgs in rows if isinstance(imgs, (list, tuple)) and len(imgs) == len(s)]

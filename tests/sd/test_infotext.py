@@ -14,7 +14,7 @@ from studio.layout.sd import SD1_BLOCKS
 from studio.recipe import Recipe
 from studio.recipe.files import read_recipe
 from studio.sd.synth import ldm_table, write_random
-from studio.sd.infotext import find_named_model, format_infotext, image_info, parse_infotext
+from studio.sd.infotext import find_named_model, format_infotext, parse_infotext
 
 # a tensor of the text encoder (BASE), of IN01, of OUT05 and of the VAE in a tiny SD1 ldm checkpoint
 KEYS = ["cond_stage_model.transformer.text_model.final_layer_norm.weight",
@@ -45,9 +45,6 @@ def test_infotext_round_trip():
     prompt, negative, got = parse_infotext(text)
     assert (prompt, negative) == ("a red fox, forest", "blurry")
     assert got == {k: str(v) for k, v in params.items()}
-    info = image_info({"name": "mix", "merge_method": "linear"}, "p", "", {"Seed": 1, "Steps": 4, "Sampler": "euler"})
-    assert json.loads(info["merge_studio_recipe"])["name"] == "mix"
-    assert parse_infotext(info["parameters"])[2]["Model"] == "mix"
 
 
 def test_find_named_model_strips_a1111_hash_and_looks_one_level_down(tmp_path):

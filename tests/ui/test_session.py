@@ -458,3 +458,17 @@ def test_own_sd_pipelines_preview_images_that_follow_the_block_sliders(env, tmp_
     assert np.abs(before - after).max() > 0
     for k, v in merge_in_memory(Recipe.from_yaml(s.yaml())).items():
         assert torch.equal(s.live.state[k], v), k
+    # the merge's image, saved as the page saves it (PNG), carries its prompt and seed for A1111's PNG Info and
+    # its recipe for the studio: dropped on a new tab, it opens that recipe
+    from studio.sd.infotext import parse_infotext
+    from studio.ui import preview_view as V
+    img, caption = V.images(pv)[0]
+    assert caption == "merge · 1"
+    from gradio.processing_utils import save_pil_to_cache  # what the gallery (format="png") does with the image
+    shot = save_pil_to_cache(img, str(tmp_path), format="png")
+    prompt, _, params = parse_infotext(img.info["parameters"])
+    assert (prompt, params["Seed"], params["Steps"], params["Size"]) == ("a red fox in the snow", "0", "2", "8x8")
+    fresh = env.new_session()
+    fresh.files.drop(shot)
+    assert fresh.recipe == pv.recipe
+

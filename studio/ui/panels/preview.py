@@ -23,10 +23,11 @@ def build() -> SimpleNamespace:
     ns.samples = gr.Markdown(elem_id="samples")
     with gr.Accordion("The same prompts on each input model", open=False):
         ns.input_samples = gr.Markdown(elem_id="input-samples")
+    # PNG, not gradio's default WebP: a downloaded image keeps its prompt, seed and recipe (drop it back to reopen)
     ns.image = gr.Image(label="Samples (fixed seeds)", visible=False, interactive=False, elem_id="sample-grid",
-                        buttons=["download", "fullscreen"])
+                        buttons=["download", "fullscreen"], format="png")
     ns.gallery = gr.Gallery(label="Samples (fixed seeds)", visible=False, columns=4, height="auto",
-                            object_fit="contain", elem_id="gallery")
+                            object_fit="contain", elem_id="gallery", format="png")
     with gr.Accordion("Preview settings (prompts, seeds, …)", open=True, visible=False) as ns.request_box:
         ns.req_text, ns.req_number, ns.req_check = [], [], []
         for i in range(MAX_REQUEST):  # slot by slot, so the shown controls keep the request's order
