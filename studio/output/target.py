@@ -40,8 +40,8 @@ def check_target(target: Path, overwrite: bool, input_paths: list[Path]) -> None
         non_empty = target.is_file() or any(target.iterdir())
         if non_empty and not overwrite:
             raise StudioError("output already exists and is not empty", where=str(target),
-                              hint="choose another path, or replace it: --overwrite on the command line, "
-                                   "*overwrite* in the studio's Export tab")
+                              hint="choose another path, or replace it: --overwrite on the command line, the "
+                                   "*overwrite* box in the studio")
 
 
 class AtomicTarget:

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from ..engine.live import LiveMerger
 from ..errors import RecipeError, StudioError
 from ..layout import Layout
-from ..output import AtomicTarget
+from ..output import AtomicTarget, check_target
 from ..recipe import Recipe
 from ..recipe import edit as E
 
@@ -184,8 +184,7 @@ def grid_image(grid: Grid, cell: int = CELL) -> Image.Image:
 def save_grid(grid: Grid, path: str | Path, overwrite: bool = False) -> Path:
     """Write the grid as a PNG (atomically) with every cell's recipe in its metadata (``merge_studio_grid``)."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise StudioError("output already exists", where=str(path), hint="pass --overwrite or choose another path")
+    check_target(path, overwrite, [])
     meta = PngImagePlugin.PngInfo()
     meta.add_text("merge_studio_grid", json.dumps({
         "x": {"path": grid.x.path, "values": grid.x.values}, "y": {"path": grid.y.path, "values": grid.y.values},

@@ -467,11 +467,21 @@ def preset_values(name: str, groups: list[str]) -> list[float]:
     return [round(float(interpolate(shape, i / (n - 1) if n > 1 else 0.0)), 4) for i in range(n)]
 
 
+def _shaped(layout: Layout, what: str) -> None:
+    """A shape over the groups needs several groups: over one it would silently become one number."""
+    if len(layout.groups) < 2:
+        raise RecipeError(f"the {layout.name} layout has one group ({layout.groups[0] if layout.groups else '—'}): "
+                          f"a {what} needs per-block or per-layer groups",
+                          hint="set the value with the slider; block presets fit SD UNets, curves fit layers too")
+
+
 def apply_curve(recipe: dict, path: SettingPath, layout: Layout, shape: str, lo: float, hi: float) -> dict:
+    _shaped(layout, "curve")
     return set_group_values(recipe, path, layout, curve(shape, len(layout.groups), lo, hi))
 
 
 def apply_preset(recipe: dict, path: SettingPath, layout: Layout, name: str) -> dict:
+    _shaped(layout, f"preset ({name})")
     return set_group_values(recipe, path, layout, preset_values(name, list(layout.groups)))
 
 

@@ -223,3 +223,17 @@ def test_setting_helpers():
     assert E.group_values(r, SettingPath("lambda"), abc) == [0, 0.5, 1]
     with pytest.raises(RecipeError):
         E.parse_rules("no separator here")
+
+
+def test_presets_and_curves_refuse_a_one_group_layout():
+    """GRAD_V over one group would silently become one number (issue: it collapsed to λ = 1.0)."""
+    from studio.layout import FlatLayout
+    from studio.recipe.edit import SettingPath, apply_curve, apply_preset
+    from studio.errors import RecipeError
+    r = {"merge_method": "task_arithmetic", "base_model": "a", "models": [{"model": "b", "parameters": {"weight": 1}}],
+         "parameters": {"lambda": 0.5}}
+    path = SettingPath.parse("parameters.lambda")
+    with pytest.raises(RecipeError, match="flat layout has one group"):
+        apply_preset(r, path, FlatLayout(), "GRAD_V")
+    with pytest.raises(RecipeError, match="a curve needs"):
+        apply_curve(r, path, FlatLayout(), "ramp up", 0, 1)
