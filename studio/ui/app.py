@@ -200,7 +200,7 @@ class StudioUI:
         outputs = self.outputs if scope is None else list(dict.fromkeys(
             [self.state, self.kept] + preview_panel.live(self.p) + list(scope) + comps))
 
-        def handler(state, *values):
+        def handler(state, *values, progress=gr.Progress()):
             s = self.session(state)
             with s.events:
                 if refresh:
@@ -211,7 +211,8 @@ class StudioUI:
                 _, error = self.attempt(lambda: fn(s, *values), "edit")
                 pv = s.last_preview
                 if preview and not (error and s.recipe == before):  # a refused edit changed nothing to preview
-                    fresh, perr = self.attempt(s.preview, "preview")
+                    fresh, perr = self.attempt(lambda: s.preview(progress=self.progress(progress, "previewing")),
+                                               "preview")
                     pv, error = fresh or pv, error or perr
                 out, bug = self.attempt(lambda: self.changes(s, pv, error, only=None if scope is None else outputs),
                                         "rendering")

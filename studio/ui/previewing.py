@@ -20,7 +20,7 @@ import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..engine.live import LiveMerger
 from ..errors import StudioError
@@ -28,6 +28,8 @@ from ..preview import Previewer, previewer_for
 from ..recipe import edit as E
 from . import history as H
 from .preview_view import Preview
+
+Progress = Callable[[float, str], None]   # progress(fraction 0…1, message)
 
 
 class FamilyJudge:
@@ -241,25 +243,34 @@ class PreviewController:
         last = self.last.result if self.last else None
         return str((judge.metric if judge else "") or (last or {}).get("metric") or "score")
 
-    def inputs(self) -> dict[str, dict]:
-        """The judge's result for the base and each merged model (cached)."""
+    def inputs(self, progress: Progress | None = None, each: float = 0.0) -> dict[str, dict]:
+        """The judge's result for the base and each merged model (cached). ``progress(fraction, message)`` hears of
+        each model with an estimate of the time left (``each``: seconds one model is expected to take, refined as
+        they come)."""
         s, judge = self.s, self.judge
         if judge is None:
             return {}
         base = s.recipe.get("base_model")
-        out = {}
-        for ref in ([base] if base else []) + [r for r in s.included() if r != base]:
+        refs = ([base] if base else []) + [r for r in s.included() if r != base]
+        out, t0 = {}, time.perf_counter()
+        for i, ref in enumerate(refs):
+            if progress is not None:
+                took = time.perf_counter() - t0
+                per = took / i if i and took > 0.05 else each
+                progress(0.1 + 0.9 * i / len(refs), f"scoring input model {i + 1} of {len(refs)} ({s.label(ref)})"
+                         + (f" — about {per * (len(refs) - i):.0f} s left" if per > 0.5 else ""))
             try:
                 out[s.label(ref)] = judge.input(ref)
             except (StudioError, KeyError, RuntimeError):
                 continue  # a model the judge cannot score (e.g. a foreign checkpoint) is just not shown
         return out
 
-    def run(self, ticket: int | None = None) -> Preview:
+    def run(self, ticket: int | None = None, progress: Progress | None = None) -> Preview:
         """Re-merge what changed into the resident model and judge it with the preview budget.
 
         A call whose ticket is older than the newest request returns ``superseded=True`` without judging: the
-        newer request will show its own numbers.
+        newer request will show its own numbers. A first preview (new models: a family, the user's own) can take a
+        minute — loading, merging, then scoring every input model — and tells ``progress(fraction, message)``.
         """
         s = self.s
         ticket = self.next_ticket() if ticket is None else ticket
@@ -274,16 +285,21 @@ class PreviewController:
                 return Preview(snapshot, {}, {}, 0.0, 0.0, 0.0, 0, 0, superseded=True)
             t0 = time.perf_counter()
             fresh = self.live is None
+            say = progress if fresh else None   # later previews re-merge a few groups and find the inputs cached
+            if say is not None:
+                say(0.0, "loading the models and merging them")
             live = self.sync_live()
             changed = list(live.state) if fresh else live.last_changed
             t1 = time.perf_counter()
             if ticket != self._ticket:
                 return Preview(snapshot, {}, {}, t1 - t0, 0.0, t1 - t0, len(changed), len(live.state),
                                superseded=True)
+            if say is not None:
+                say(0.05, f"judging the merge (merged in {t1 - t0:.1f} s)")
             result = self.judge.evaluate(live, changed) if self.judge is not None else (
                 {"notes": [f"no preview: {self.missing}"]} if self.missing else {})
             t2 = time.perf_counter()
-            inputs = self.inputs()
+            inputs = self.inputs(say, each=t2 - t1)
         pv = Preview(snapshot, result, inputs, t1 - t0, t2 - t1, t2 - t0, len(changed), len(live.state),
                      previous=self.last.result if self.last else None)
         self.last = pv

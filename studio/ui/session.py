@@ -315,9 +315,9 @@ class Session:
     def next_ticket(self) -> int:
         return self.previewing.next_ticket()
 
-    def preview(self, ticket: int | None = None) -> Preview:
+    def preview(self, ticket: int | None = None, progress=None) -> Preview:
         """Re-merge what changed into the resident model and judge it (see PreviewController.run)."""
-        return self.previewing.run(ticket)
+        return self.previewing.run(ticket, progress)
 
     def input_scores(self) -> dict[str, dict]:
         return self.previewing.inputs()

@@ -472,3 +472,20 @@ def test_own_sd_pipelines_preview_images_that_follow_the_block_sliders(env, tmp_
     fresh.files.drop(shot)
     assert fresh.recipe == pv.recipe
 
+
+
+def test_a_first_preview_tells_its_progress_and_later_ones_stay_quiet(env):
+    """Loading a family merges everything and scores every input model (a minute for the diffusion demo): each step
+    is announced with a growing fraction; a slider's re-merge is not."""
+    s = env.new_session()
+    heard = []
+    s.preview(progress=lambda f, msg: heard.append((f, msg)))
+    fractions = [f for f, _ in heard]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] < 1
+    assert heard[0][1] == "loading the models and merging them" and heard[1][1].startswith("judging the merge")
+    n = 1 + len(s.experts())  # the base and each expert
+    assert [m.split(" (")[0] for _, m in heard[2:]] == [f"scoring input model {i} of {n}" for i in range(1, n + 1)]
+    heard.clear()
+    s.set_value("parameters.lambda", 0.6)
+    s.preview(progress=lambda f, msg: heard.append((f, msg)))
+    assert heard == []
