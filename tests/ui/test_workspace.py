@@ -100,3 +100,58 @@ def test_a_named_recipe_is_saved_into_the_workspace_and_opened_again(toy_family,
         s.saved.open("never-saved")
     other = env.new_session()  # a new tab (or a reload) sees the saved recipes
     assert other.saved.names() == ["my merge"]
+
+
+def test_a_read_only_copy_of_the_project_starts_and_exports_into_the_workspace(tmp_path):
+    """``python app.py`` started from a copy of the project whose every file is read-only (as a system install or
+    a container image would be) serves the demo zoo and exports into its workspace; not a byte of the copy
+    changes (root ignores permission bits, so the copy's files are compared too)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from gradio_client import Client
+
+    from studio.ui.panels.export import FORMATS
+
+    if not Catalog().names():
+        pytest.skip("the demo zoo is not built")
+    copy = tmp_path / "install"
+    shutil.copytree(ROOT / "studio", copy / "studio", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "assets", copy / "assets")
+    shutil.copy(ROOT / "app.py", copy / "app.py")
+    for p in [copy, *copy.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    before = _tree(copy)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ws = tmp_path / "ws"
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               HOME=str(tmp_path / "home"), PYTHONPATH="")
+    proc = subprocess.Popen([sys.executable, "app.py", "--workspace", str(ws), "--port", str(port), "--device", "cpu"],
+                            cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.time() < deadline, "the studio did not start in 120 s"
+                time.sleep(0.5)
+        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        msg, _ = client.predict(FORMATS[0], "float32", str(ws / "exports"), "from-read-only", False,
+                                api_name="/export")
+        assert "Exported" in msg, msg
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert (ws / "exports" / "from-read-only.safetensors").is_file()
+    assert _tree(copy) == before
+    for p in copy.rglob("*"):
+        p.chmod(p.stat().st_mode | 0o200)  # let pytest clean it up

@@ -21,7 +21,7 @@ def build() -> SimpleNamespace:
     ns.table = gr.Dataframe(label="Per-task scores", interactive=False, elem_id="score-table",
                             column_widths=["20%", "14%", "14%", "14%", "20%", "18%"])
     ns.samples = gr.Markdown(elem_id="samples")
-    with gr.Accordion("The same prompts on each input model", open=False):
+    with gr.Accordion("The same prompts on each input model", open=False, visible=False) as ns.input_box:
         ns.input_samples = gr.Markdown(elem_id="input-samples")
     # PNG, not gradio's default WebP: a downloaded image keeps its prompt, seed and recipe (drop it back to reopen)
     ns.image = gr.Image(label="Samples (fixed seeds)", visible=False, interactive=False, elem_id="sample-grid",
@@ -45,8 +45,8 @@ def build() -> SimpleNamespace:
 
 def live(ns) -> list:
     """What every re-preview may change: the formula and the preview itself (the status line included)."""
-    return [ns.formula, ns.latency, ns.memory, ns.status, ns.plot, ns.table, ns.samples, ns.input_samples, ns.image,
-            ns.gallery, ns.raw]
+    return [ns.formula, ns.latency, ns.memory, ns.status, ns.plot, ns.table, ns.samples, ns.input_box,
+            ns.input_samples, ns.image, ns.gallery, ns.raw]
 
 
 def rendered(ns) -> list:
@@ -85,6 +85,7 @@ def render_preview(ns, s, pv) -> dict:
     metric = (pv.result or {}).get("metric", "score")
     imgs = V.images(pv)
     numbers = V.has_numbers(pv)
+    inputs_text = V.inputs_markdown(pv)
     raw = {"metric": pv.result.get("metric"), "average": pv.result.get("average"),
            "per_task": pv.result.get("per_task"), "latency_ms": round(pv.total_seconds * 1000, 1),
            "merge_ms": round(pv.merge_seconds * 1000, 1), "eval_ms": round(pv.eval_seconds * 1000, 1),
@@ -93,7 +94,8 @@ def render_preview(ns, s, pv) -> dict:
             ns.plot: {"value": V.score_figure(pv) if numbers else None, "visible": numbers},
             ns.table: {"value": {"headers": headers, "data": rows}, "label": f"Per-task {metric}",
                        "visible": numbers},
-            ns.samples: {"value": V.samples_markdown(pv)}, ns.input_samples: {"value": V.inputs_markdown(pv)},
+            ns.samples: {"value": V.samples_markdown(pv)}, ns.input_samples: {"value": inputs_text},
+            ns.input_box: {"visible": bool(inputs_text)},   # images of the inputs are in the gallery instead
             ns.image: {"value": imgs[0][0] if len(imgs) == 1 else None, "visible": len(imgs) == 1},
             ns.gallery: {"value": imgs if len(imgs) > 1 else None, "visible": len(imgs) > 1},
             ns.raw: {"value": raw}}
