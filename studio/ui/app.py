@@ -107,9 +107,10 @@ class StudioUI:
                 with gr.Column(scale=3):
                     with gr.Tabs():
                         with gr.Tab("Models", id="models"):
+                            def files():
+                                self.f = files_panel.build(places(env))
                             self.m = models_panel.build(families, env.catalog.default_family(),
-                                                        env.roots.describe())
-                            self.f = files_panel.build(places(env))
+                                                        env.roots.describe(), files)
                         with gr.Tab("Recipe", id="recipe"):
                             self.r = recipe_panel.build(method_choices(), preset_names())
                         with gr.Tab("Analysis", id="analysis"):

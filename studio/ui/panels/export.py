@@ -19,7 +19,7 @@ def build(default_dir: str) -> SimpleNamespace:
     gr.Markdown("Streams the recipe tensor by tensor to disk (a few tensors in memory at a time). The output is "
                 "written atomically; a non-empty target is refused unless you tick *overwrite*.")
     with gr.Row():
-        ns.format = gr.Radio(FORMATS, value=FORMATS[0], label="Format", scale=3)
+        ns.format = gr.Radio(FORMATS, value=FORMATS[0], label="Format", scale=3, elem_id="export-format")
         ns.dtype = gr.Dropdown(DTYPES, value="float16", label="dtype", scale=1)
     with gr.Row():
         ns.folder = gr.Textbox(value=default_dir, label="Into folder", scale=3, elem_id="export-folder")

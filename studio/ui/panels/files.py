@@ -12,7 +12,7 @@ HEADERS = ["name", "what it is"]
 
 def build(places: list[tuple[str, str]]) -> SimpleNamespace:
     ns = SimpleNamespace()
-    with gr.Accordion("Open your files — models, LoRAs, VAEs, recipes, evaluation data", open=True,
+    with gr.Accordion("Open your files — models, LoRAs, VAEs, recipes, evaluation data", open=False,
                       elem_id="files-box"):
         with gr.Row():
             ns.place = gr.Dropdown(places, value=None, label="Folder", allow_custom_value=True, scale=5,

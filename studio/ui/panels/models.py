@@ -11,12 +11,15 @@ import gradio as gr
 HEADERS = ["model", "role", "kind", "architecture", "params", "dtype", "layout · groups"]
 
 
-def build(families: list[str], default_family: str | None, roots_text: str) -> SimpleNamespace:
+def build(families: list[str], default_family: str | None, roots_text: str, files=None) -> SimpleNamespace:
+    """``files()``: builds the file browser right under the family row (its panel is ``panels/files.py``)."""
     ns = SimpleNamespace()
     with gr.Row():
         ns.family = gr.Dropdown(families, value=default_family, label="Demo family", scale=3, elem_id="family",
                                 info="tiny models built by `python -m studio zoo build`; choosing one loads its recipe")
         ns.new = gr.Button("New recipe", variant="secondary", scale=1, elem_id="new-recipe")
+    if files is not None:
+        files()
     with gr.Accordion("About these models", open=True, elem_id="family-about-box"):
         ns.about = gr.Markdown(elem_id="family-about")
         ns.samples = gr.Image(show_label=False, interactive=False, visible=False, elem_id="family-samples",
