@@ -11,7 +11,7 @@ def test_describe_names_the_diffusion_family_or_none(ldm_files, llama_family):
     sd1 = describe(open_source(str(ldm_files["sd1"])))
     assert (sd1["family"], sd1["architecture"], sd1["layout"], sd1["groups"]) == ("sd1", "sd1", "sd1-blocks", 27)
     llm = describe(open_source(str(llama_family["base"])))
-    assert (llm["family"], llm["architecture"], llm["layout"]) == (None, "LlamaForCausalLM", "llm")
+    assert (llm["family"], llm["architecture"], llm["layout"]) == (None, "LlamaForCausalLM", "layers")
 
 
 def test_diffusion_family_is_none_for_unknown_denoisers():
