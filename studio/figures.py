@@ -258,9 +258,11 @@ def _contour_colours(name: str, z) -> tuple[list, dict, dict]:
         return z, colorbar, contours
     grid = np.asarray(z, dtype=float)
     shown = np.where(grid > 0, np.log10(np.where(grid > 0, grid, 1.0)), np.nan)
-    ticks = [float(t) for t in range(math.floor(np.nanmin(shown)), math.ceil(np.nanmax(shown)) + 1)]
+    lo, hi = math.floor(np.nanmin(shown)), math.ceil(np.nanmax(shown))
+    steps = (1,) if hi - lo > 2 else (1, 2, 5)  # a decade or two: 1-2-5 ticks, else the bar shows one number
+    ticks = [math.log10(m) + t for t in range(lo, hi + 1) for m in steps]
     colorbar.update(title=dict(text=f"{name} (log scale)<br><sup>bright = better ({better})</sup>", side="right"),
-                    tickvals=ticks, ticktext=[f"{10 ** t:,.0f}" if t >= 0 else f"{10 ** t:g}" for t in ticks])
+                    tickvals=ticks, ticktext=[f"{10 ** t:,.0f}" if t >= 0 else f"{10 ** t:.2g}" for t in ticks])
     return shown.tolist(), colorbar, dict(contours, showlabels=False)
 
 

@@ -79,3 +79,6 @@ def test_a_plane_spanning_decades_is_coloured_by_log_with_real_units_on_the_bar(
     assert contour.z[1][1] == pytest.approx(math.log10(20_000.0)) and contour.reversescale is True
     assert "log scale" in contour.colorbar.title.text and list(contour.colorbar.ticktext)[:3] == ["10", "100", "1,000"]
     assert not contour.contours.showlabels  # labels would read in log10 units; the bar reads in perplexity
+    # a decade or two (the text zoo's plane: 17 to 300): 1-2-5 ticks, not the one "100" of whole decades
+    few = plots.landscape_contour(_plane([[17.0, 30.0, 300.0], [20.0, 18.0, 150.0]], "perplexity")).data[0]
+    assert list(few.colorbar.ticktext)[:6] == ["10", "20", "50", "100", "200", "500"]
