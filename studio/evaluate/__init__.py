@@ -15,5 +15,5 @@ Build an evaluator once and call ``evaluate`` repeatedly: modules and data are r
 from .common import BUDGETS, LOWER_IS_BETTER, lower_is_better, normalized, result
 from .text import LLMEvaluator, continuation, greedy, perplexity_of, sampler, token_windows
 
-__all__ = ["BUDGETS", "LOWER_IS_BETTER", "lower_is_better", "normalized", "result", "LLMEvaluator", "continuation", "greedy", "perplexity_of", "sampler",
-           "token_windows"]
+__all__ = ["BUDGETS", "LOWER_IS_BETTER", "lower_is_better", "normalized", "result", "LLMEvaluator", "continuation",
+           "greedy", "perplexity_of", "sampler", "token_windows"]

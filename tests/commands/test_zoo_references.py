@@ -25,7 +25,8 @@ def test_zoo_references_name_the_catalogue_paths():
         "a.safetensors", vision.experts["digits"], text.base]
 
 
-@pytest.mark.parametrize("ref,names", [("zoo:txt", "vision, text, diffusion"), ("zoo:text/nope", "prose, code, tables")])
+@pytest.mark.parametrize("ref,names", [("zoo:txt", "vision, text, diffusion"),
+                                       ("zoo:text/nope", "prose, code, tables")])
 def test_unknown_family_or_task_lists_the_names(ref, names):
     with pytest.raises(StudioError, match=names):
         zoo_models(ref)
@@ -38,7 +39,8 @@ def test_inspect_takes_a_zoo_family(capsys):
     assert [m["ref"] for m in out["models"]] == [text.base, *text.experts.values()]
     assert all(e["compatible"] for e in out["comparison"]["against"])
     assert main(["inspect", "zoo:vision/letters", "--json"]) == 0
-    assert [m["ref"] for m in json.loads(capsys.readouterr().out)["models"]] == [get_family("vision").experts["letters"]]
+    letters = get_family("vision").experts["letters"]
+    assert [m["ref"] for m in json.loads(capsys.readouterr().out)["models"]] == [letters]
 
 
 def test_inspect_unknown_zoo_task_is_one_line(capsys):
