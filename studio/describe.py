@@ -10,19 +10,10 @@ from .sources import TensorSource
 def describe(src: TensorSource) -> dict:
     """Kind, architecture, parameter count, dtypes and tensor count, from headers and config files only."""
     cfg = src.config or {}
-    arch = None
-    if src.kind == "peft-lora":
-        arch = f"PEFT {cfg.get('peft_type', 'LORA')} adapter (r={cfg.get('r')}, alpha={cfg.get('lora_alpha')})"
-    elif cfg.get("architectures"):
-        arch = cfg["architectures"][0]
-    elif cfg.get("_class_name"):
-        arch = cfg["_class_name"]
     family = diffusion_family(src)
-    if family and not arch:
-        arch = family
     layout = detect_layout(src)
     info = {
-        "ref": src.ref, "kind": src.kind, "architecture": arch or "unknown", "family": family,
+        "ref": src.ref, "kind": src.kind, "architecture": architecture(src) or family or "unknown", "family": family,
         "parameters": src.num_parameters, "tensors": len(src), "bytes": src.total_bytes,
         "dtypes": src.dtype_counts(), "layout": layout.name, "groups": len(layout.groups),
     }
@@ -30,6 +21,18 @@ def describe(src: TensorSource) -> dict:
         if field in cfg:
             info[field] = cfg[field]
     return info
+
+
+def architecture(src: TensorSource) -> str | None:
+    """The architecture a model's files name: a PEFT adapter's config, ``config.json``'s ``architectures`` or
+    diffusers' ``_class_name``, else the safetensors metadata's SAI ModelSpec ``modelspec.architecture`` (real
+    SDXL/SD3 files and the zoo's backbones carry it); None when nothing names one."""
+    cfg = src.config or {}
+    if src.kind == "peft-lora":
+        return f"PEFT {cfg.get('peft_type', 'LORA')} adapter (r={cfg.get('r')}, alpha={cfg.get('lora_alpha')})"
+    if cfg.get("architectures"):
+        return cfg["architectures"][0]
+    return cfg.get("_class_name") or (src.metadata or {}).get("modelspec.architecture")
 
 
 def compare(sources: list[TensorSource]) -> dict:

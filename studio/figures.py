@@ -3,8 +3,10 @@ report.
 
 Colour conventions: fractions in [0, 1] use a sequential scale pinned to [0, 1] (so a pale cell always means a small
 fraction); signed values (cosine similarity) use a diverging scale centred on 0 and pinned to [−1, 1]; landscapes use a
-sequential scale over the observed range. Every figure carries a title, axis titles and hover text with the exact value.
-No gradio here (the HTML report runs without the UI): this module only imports plotly.
+sequential scale over the observed range, turned so that the better end is bright (reversed for perplexity and loss),
+on log10 when the scores span decades, with model names in white boxes. Every figure carries a title, axis titles and
+hover text with the exact value. No gradio here (the HTML report runs without the UI): this module only imports
+plotly.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from .evaluate import lower_is_better
 from .sources.resolve import short_name
 
 SEQUENTIAL = "Viridis"
@@ -242,23 +245,43 @@ def landscape_line(result: dict) -> go.Figure:
     return _layout(fig, f"{name} as {result['x']['label']} varies", height=380, showlegend=True)
 
 
+def _contour_colours(name: str, z) -> tuple[list, dict, dict]:
+    """(the z to colour by, the colour bar, the contour lines) of a plane: Viridis turned so that the better end is
+    bright (reversed for perplexity and loss), log10 of the score when it spans decades (the colour bar in the
+    score's own units; line labels would read in log units, so the lines go unlabelled), else lines labelled in white
+    with a dark shadow, readable on every colour of the scale."""
+    better = "lower" if lower_is_better(name) else "higher"
+    colorbar = dict(title=dict(text=f"{name}<br><sup>bright = better ({better})</sup>", side="right"))
+    contours = dict(showlines=True, showlabels=True,
+                    labelfont=dict(size=10, color="white", shadow="0px 0px 3px rgba(0,0,0,0.9)"))
+    if not spans_decades(z):
+        return z, colorbar, contours
+    grid = np.asarray(z, dtype=float)
+    shown = np.where(grid > 0, np.log10(np.where(grid > 0, grid, 1.0)), np.nan)
+    lo, hi = math.floor(np.nanmin(shown)), math.ceil(np.nanmax(shown))
+    steps = (1,) if hi - lo > 2 else (1, 2, 5)  # a decade or two: 1-2-5 ticks, else the bar shows one number
+    ticks = [math.log10(m) + t for t in range(lo, hi + 1) for m in steps]
+    colorbar.update(title=dict(text=f"{name} (log scale)<br><sup>bright = better ({better})</sup>", side="right"),
+                    tickvals=ticks, ticktext=[f"{10 ** t:,.0f}" if t >= 0 else f"{10 ** t:.2g}" for t in ticks])
+    return shown.tolist(), colorbar, dict(contours, showlabels=False)
+
+
+def _marker_label(fig: go.Figure, m: dict) -> None:
+    """A model's name in a white box above its marker: dark text that reads on any colour of the plane."""
+    fig.add_annotation(x=m["x"], y=m["y"], text=html.escape(short_name(m["name"])), showarrow=False, yshift=16,
+                       font=dict(size=11, color="#111111"), bgcolor="rgba(255,255,255,0.85)", bordercolor="#444444",
+                       borderwidth=1, borderpad=2)
+
+
 def landscape_contour(result: dict, show_markers: bool = True) -> go.Figure:
     """A 2-D grid as filled contours (z rows over y), with markers and projected trajectories on top."""
     name = result.get("score_name", "score")
     xs, ys = result["x"]["values"], result["y"]["values"]
-    z = result["z"]
-    colorbar, labels = dict(title=name), dict(showlabels=True, labelfont=dict(size=9, color="white"))
-    if spans_decades(z):  # colours by log10 of the score; the colour bar and the hover in the score's own units
-        grid = np.asarray(z, dtype=float)
-        shown = np.where(grid > 0, np.log10(np.where(grid > 0, grid, 1.0)), np.nan)
-        ticks = [float(t) for t in range(math.floor(np.nanmin(shown)), math.ceil(np.nanmax(shown)) + 1)]
-        colorbar = dict(title=f"{name} (log)", tickvals=ticks,
-                        ticktext=[f"{10 ** t:,.0f}" if t >= 0 else f"{10 ** t:g}" for t in ticks])
-        labels = dict(showlabels=False)
-        z = shown.tolist()
+    z, colorbar, contours = _contour_colours(name, result["z"])
     fig = _figure(go.Contour(
-        z=z, x=xs, y=ys, customdata=result["z"], colorscale=SEQUENTIAL, colorbar=colorbar, ncontours=20,
-        contours=labels, hovertemplate=f"x: %{{x:.3g}}<br>y: %{{y:.3g}}<br>{name}: %{{customdata:.4g}}<extra></extra>"))
+        z=z, x=xs, y=ys, customdata=result["z"], colorscale=SEQUENTIAL, reversescale=lower_is_better(name),
+        colorbar=colorbar, ncontours=15, contours=contours, line=dict(color="rgba(255,255,255,0.5)", width=1),
+        hovertemplate=f"x: %{{x:.3g}}<br>y: %{{y:.3g}}<br>{name}: %{{customdata:.4g}}<extra></extra>"))
     for n, t in enumerate(result.get("trajectories", [])):
         color = TRAJ_COLORS[n % len(TRAJ_COLORS)]
         hover = [f"{html.escape(str(t['name']))} · step {s}" + (f"<br>{name}: {_fmt(v, 4)}" if v is not None else "")
@@ -277,10 +300,10 @@ def landscape_contour(result: dict, show_markers: bool = True) -> go.Figure:
         for m in result.get("markers", []):
             if m.get("x") is None or m.get("y") is None:
                 continue
-            fig.add_trace(go.Scatter(x=[m["x"]], y=[m["y"]], mode="markers+text", name=short_name(m["name"]),
-                                     text=[short_name(m["name"])], textposition="top center",
-                                     textfont=dict(color="#111111"), marker=_marker_style(m["name"]),
-                                     hovertext=[_marker_hover(m, name)], hoverinfo="text"))
+            fig.add_trace(go.Scatter(x=[m["x"]], y=[m["y"]], mode="markers", name=short_name(m["name"]),
+                                     marker=_marker_style(m["name"]), hovertext=[_marker_hover(m, name)],
+                                     hoverinfo="text"))
+            _marker_label(fig, m)
     fig.update_xaxes(title=result["x"]["label"], range=[min(xs), max(xs)])
     fig.update_yaxes(title=result["y"]["label"], range=[min(ys), max(ys)])
     titles = {"task_plane": "Task-vector plane", "params": "Recipe parameters", "random_plane": "Random plane"}

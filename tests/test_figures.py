@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from studio import figures as plots
@@ -44,3 +46,39 @@ def test_scores_that_span_decades_are_drawn_on_a_log_scale():
     assert list(contour.colorbar.tickvals) == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert list(contour.colorbar.ticktext)[1:4] == ["100", "1,000", "10,000"]
     assert not plots.spans_decades([0.0, 50.0]) and not plots.spans_decades([-1.0, 50.0])
+
+
+def _plane(z, score_name):
+    return {"kind": "task_plane", "x": {"label": "α · τ(code)", "values": [0.0, 0.5, 1.0]},
+            "y": {"label": "β · τ(prose)", "values": [0.0, 1.0]}, "z": z, "score_name": score_name,
+            "markers": [{"name": "base", "x": 0.0, "y": 0.0, "score": z[0][0]},
+                        {"name": "/zoo/text/experts/code", "x": 1.0, "y": 0.0, "score": z[0][2]},
+                        {"name": "current", "x": 0.5, "y": 1.0, "score": z[1][1]}]}
+
+
+def test_the_plane_is_bright_where_better_with_labelled_lines_and_boxed_names():
+    """#17: the task-vector plane was one dark area with black labels. Good is bright (Viridis, reversed for
+    perplexity), the contour lines carry labels, and each model's name sits in a white box on any colour."""
+    fig = plots.landscape_contour(_plane([[30.0, 20.0, 40.0], [50.0, 25.0, 60.0]], "average perplexity"))
+    contour = fig.data[0]
+    assert contour.colorscale[0][1] == "#440154" and contour.reversescale is True  # Viridis, lowest = yellow
+    assert contour.contours.showlines and contour.contours.showlabels and contour.contours.labelfont.color == "white"
+    assert contour.contours.labelfont.shadow  # white labels outlined dark: readable on yellow as on purple
+    bar = contour.colorbar.title.text
+    assert bar.startswith("average perplexity") and "bright = better (lower)" in bar
+    assert [a.text for a in fig.layout.annotations] == ["base", "code", "current"]
+    assert all(a.bgcolor.startswith("rgba(255,255,255") and a.font.color == "#111111" for a in fig.layout.annotations)
+    assert [(t.mode, t.name) for t in fig.data[1:]] == [("markers", n) for n in ("base", "code", "current")]
+    assert (fig.layout.xaxis.title.text, fig.layout.yaxis.title.text) == ("α · τ(code)", "β · τ(prose)")
+    acc = plots.landscape_contour(_plane([[30.0, 20.0, 40.0], [50.0, 25.0, 60.0]], "average accuracy")).data[0]
+    assert acc.reversescale is False and [list(r) for r in acc.z] == [[30.0, 20.0, 40.0], [50.0, 25.0, 60.0]]
+
+
+def test_a_plane_spanning_decades_is_coloured_by_log_with_real_units_on_the_bar():
+    contour = plots.landscape_contour(_plane([[20.0, 1000.0, 30.0], [200.0, 20_000.0, 25.0]], "perplexity")).data[0]
+    assert contour.z[1][1] == pytest.approx(math.log10(20_000.0)) and contour.reversescale is True
+    assert "log scale" in contour.colorbar.title.text and list(contour.colorbar.ticktext)[:3] == ["10", "100", "1,000"]
+    assert not contour.contours.showlabels  # labels would read in log10 units; the bar reads in perplexity
+    # a decade or two (the text zoo's plane: 17 to 300): 1-2-5 ticks, not the one "100" of whole decades
+    few = plots.landscape_contour(_plane([[17.0, 30.0, 300.0], [20.0, 18.0, 150.0]], "perplexity")).data[0]
+    assert list(few.colorbar.ticktext)[:6] == ["10", "20", "50", "100", "200", "500"]

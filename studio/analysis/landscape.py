@@ -13,7 +13,9 @@ Three kinds of 2-D grids (algorithms.md §5), one 1-D sweep:
 
 Plane grids are built by direct arithmetic on resident float32 tensors. Every grid point's merge is handed to
 ``scorer(state_dict) -> float`` (or an evaluator whose ``evaluate(state_dict)`` returns a dict; its ``"average"`` is
-used). The dict passed to the scorer is reused for the next point: copy what you keep.
+used). The dict passed to the scorer is reused for the next point: copy what you keep. Every function takes
+``progress(fraction, message)``, called after each evaluation (grid points, then markers; the last with fraction 1)
+with a message that counts them and estimates the time left: "landscape point 12/121 · about 1 min 10 s left".
 
 Results are plain numbers: ``{"kind", "x": {"label", "values"}, "y": {…} (2-D), "z": rows over y of values over x
 (1-D: a list), "score_name", "markers": [{"name", "x", "y", "score", "residual"}], "trajectories": [{"name", "x",
@@ -100,9 +102,40 @@ def _numeric(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _tick(progress, done, total, what):
-    if progress is not None:
-        progress(done / total, f"{what} {done}/{total}")
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    return f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class _Evaluations:
+    """Counts a landscape's evaluations (grid points, then markers) and reports each one to ``progress(fraction,
+    message)`` with an estimate of the rest — the mean time of an evaluation so far times those left — so that the
+    studio's progress bar and the CLI's say how long a plane will take: "landscape point 12/121 · about 1 min 10 s
+    left", the last "landscape point 121/121 · done in 1 min 21 s"."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done = progress, max(1, total), 0
+        self.t0 = time.perf_counter()
+
+    def counted(self, score: Scorer) -> Scorer:
+        def scored(state) -> float:
+            value = score(state)
+            self.step()
+            return value
+
+        return scored
+
+    def step(self) -> None:
+        self.done += 1
+        self.total = max(self.total, self.done)
+        if self.progress is None:
+            return
+        elapsed = time.perf_counter() - self.t0
+        left = elapsed / self.done * (self.total - self.done)
+        when = f"about {_duration(left)} left" if self.done < self.total else f"done in {_duration(elapsed)}"
+        self.progress(self.done / self.total, f"landscape point {self.done}/{self.total} · {when}")
 
 
 # --------------------------------------------------------------------------------------------- recipe parameters
@@ -119,19 +152,18 @@ def landscape_1d(live_or_recipe, param_path, values: Sequence[float], scorer, *,
     live, recipe = _live(live_or_recipe, device)
     layout = live.plan.layout
     values = [float(v) for v in values]
+    cur = plain_value(recipe.to_dict(), path, layout)
+    score = _Evaluations(progress, len(values) + (cur is not None)).counted(score)
     z = []
     try:
-        for n, v in enumerate(values):
+        for v in values:
             live.update(_with(recipe, path, v, layout))
             z.append(score(live.state))
-            _tick(progress, n + 1, len(values) + 1, "landscape point")
     finally:
         live.update(recipe)
     markers = []
-    cur = plain_value(recipe.to_dict(), path, layout)
     if cur is not None:
         markers.append({"name": "current", "x": cur, "y": None, "score": score(live.state), "residual": 0.0})
-    _tick(progress, len(values) + 1, len(values) + 1, "landscape point")
     return {"kind": "param1d", "x": _axis(path, values), "z": z, "score_name": _score_name(scorer, score_name),
             "markers": markers, "trajectories": [], "evaluations": len(values) + len(markers),
             "seconds": time.perf_counter() - t0}
@@ -147,7 +179,8 @@ def landscape_params(live_or_recipe, path_x, values_x: Sequence[float], path_y, 
     live, recipe = _live(live_or_recipe, device)
     layout = live.plan.layout
     xs, ys = [float(v) for v in values_x], [float(v) for v in values_y]
-    total = len(xs) * len(ys) + 1
+    cx, cy = plain_value(recipe.to_dict(), px, layout), plain_value(recipe.to_dict(), py, layout)
+    score = _Evaluations(progress, len(xs) * len(ys) + (cx is not None and cy is not None)).counted(score)
     z = []
     try:
         for j, y in enumerate(ys):
@@ -158,12 +191,10 @@ def landscape_params(live_or_recipe, path_x, values_x: Sequence[float], path_y, 
             for i in order:
                 live.update(_with(row_recipe, px, xs[i], layout))
                 vals[i] = score(live.state)
-                _tick(progress, j * len(xs) + len(vals), total, "landscape point")
             z.append([vals[i] for i in range(len(xs))])
     finally:
         live.update(recipe)
     markers = []
-    cx, cy = plain_value(recipe.to_dict(), px, layout), plain_value(recipe.to_dict(), py, layout)
     if cx is not None and cy is not None:
         markers.append({"name": "current", "x": cx, "y": cy, "score": score(live.state), "residual": 0.0})
     trajs = []
@@ -182,7 +213,6 @@ def landscape_params(live_or_recipe, path_x, values_x: Sequence[float], path_y, 
                 steps.append(k)
         trajs.append({"name": tr.get("name") or f"trajectory {n + 1}", "x": x, "y": y, "score": s,
                       "residual": [0.0] * len(x), "step": steps})
-    _tick(progress, total, total, "landscape point")
     return {"kind": "params", "x": _axis(px, xs), "y": _axis(py, ys), "z": z,
             "score_name": _score_name(scorer, score_name), "markers": markers, "trajectories": trajs,
             "evaluations": len(xs) * len(ys) + len(markers), "seconds": time.perf_counter() - t0}
@@ -347,16 +377,8 @@ def _project_trajectories(plane: Plane, models: _Models, trajectories) -> list[d
     return out
 
 
-def _grid(plane: Plane, xs, ys, score, progress, extra: int) -> list[list[float]]:
-    total = len(xs) * len(ys) + extra
-    z = []
-    for j, b in enumerate(ys):
-        row = []
-        for i, a in enumerate(xs):
-            row.append(score(plane.state(a, b)))
-            _tick(progress, j * len(xs) + i + 1, total, "landscape point")
-        z.append(row)
-    return z
+def _grid(plane: Plane, xs, ys, score) -> list[list[float]]:
+    return [[score(plane.state(a, b)) for a in xs] for b in ys]
 
 
 def _linspace(lo, hi, steps) -> list[float]:
@@ -424,7 +446,8 @@ def landscape_task_plane(recipe_or_sources, scorer, i=0, j=1, *, alphas: Sequenc
         xl, yl = f"α · τ({short[0]})", f"β · τ({short[1]})"
     xs = [float(a) for a in alphas] if alphas is not None else _linspace(lo, hi, steps)
     ys = [float(b) for b in betas] if betas is not None else _linspace(lo, hi, steps)
-    z = _grid(plane, xs, ys, score, progress, extra=len(pts) + 1)
+    score = _Evaluations(progress, len(xs) * len(ys) + len(pts) + (current is not None)).counted(score)
+    z = _grid(plane, xs, ys, score)
     markers = [{"name": n, "x": a, "y": b, "score": score(plane.state(a, b)), "residual": 0.0}
                for n, (a, b) in pts.items()]
     cur = _current_state(current, device)
@@ -432,7 +455,6 @@ def landscape_task_plane(recipe_or_sources, scorer, i=0, j=1, *, alphas: Sequenc
         a, b, r = plane.project(cur)
         markers.append({"name": "current", "x": a, "y": b, "score": score(cur), "residual": r})
     trajs = _project_trajectories(plane, models, trajectories)
-    _tick(progress, 1, 1, "landscape point")
     return {"kind": "task_plane", "orthonormal": bool(orthonormal), "experts": list(names),
             "x": {"label": xl, "values": xs}, "y": {"label": yl, "values": ys}, "z": z,
             "score_name": _score_name(scorer, score_name), "markers": markers, "trajectories": trajs,
@@ -486,7 +508,8 @@ def landscape_random_plane(live_or_recipe, scorer, *, span: float = 1.0, steps: 
     d2 = filter_normalized_direction(center, keys, g)
     plane = Plane(center, d1, d2, fixed)
     xs = ys = _linspace(-span, span, steps)
-    z = _grid(plane, xs, ys, score, progress, extra=1)
+    score = _Evaluations(progress, len(xs) * len(ys) + 1).counted(score)
+    z = _grid(plane, xs, ys, score)
     markers = [{"name": "current", "x": 0.0, "y": 0.0, "score": score(plane.state(0.0, 0.0)), "residual": 0.0}]
     trajs = []
     if trajectories is not None:
@@ -499,7 +522,6 @@ def landscape_random_plane(live_or_recipe, scorer, *, span: float = 1.0, steps: 
                     raise StudioError("coefficient trajectories need a recipe with a base model; pass state dicts")
             models = _StateOnly()
         trajs = _project_trajectories(plane, models, trajectories)
-    _tick(progress, 1, 1, "landscape point")
     return {"kind": "random_plane", "seed": int(seed), "x": {"label": "d1 (filter-normalised)", "values": xs},
             "y": {"label": "d2 (filter-normalised)", "values": ys}, "z": z,
             "score_name": _score_name(scorer, score_name), "markers": markers, "trajectories": trajs,

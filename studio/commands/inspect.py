@@ -6,15 +6,17 @@ from __future__ import annotations
 from ..cli import print_json
 from ..describe import compare, describe, human_bytes, human_count
 from ..sources import open_source
+from ..zoo import expand_zoo_refs
 
 
 def add_arguments(p):
-    p.add_argument("sources", nargs="+", help="files, folders or hub ids (org/name[@revision])")
+    p.add_argument("sources", nargs="+", help="files, folders, hub ids (org/name[@revision]) or the demo zoo's models: "
+                   "zoo:FAMILY (its base and experts), zoo:FAMILY/base, zoo:FAMILY/TASK")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args) -> int:
-    sources = [open_source(s) for s in args.sources]
+    sources = [open_source(s) for s in expand_zoo_refs(args.sources)]
     infos = [describe(s) for s in sources]
     cmp = compare(sources) if len(sources) > 1 else None
     status = 1 if cmp and not all(e["compatible"] for e in cmp["against"]) else 0

@@ -19,7 +19,7 @@ from ..errors import StudioError
 from ..learn import RUN_OPTIONS, LearnerSpec, get_learner, list_learners, run_learned
 from ..methods.registry import Param
 from ..output import check_target
-from ..zoo import get_family
+from ..zoo import expand_zoo_refs, zoo_models
 
 
 def add_arguments(p) -> None:
@@ -29,9 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("method", choices=[s.name for s in learners],
                    help="; ".join(f"{s.name}: {s.summary}" for s in learners))
     p.add_argument("--base", required=True, help="the pretrained model θ0: a CLIP or causal-LM model folder or hub "
-                   "id, a zoo-style backbone file, or zoo:FAMILY")
+                   "id, a zoo-style backbone file, or zoo:FAMILY (its base)")
     p.add_argument("--experts", nargs="+", required=True,
-                   help="fine-tuned experts, one per task (zoo:FAMILY = all of a zoo family's, zoo:FAMILY/TASK)")
+                   help="fine-tuned experts, one per task (zoo:FAMILY = all of a zoo family's, zoo:FAMILY/TASK = one)")
     p.add_argument("--data", nargs="+", default=["zoo"],
                    help="unlabeled data: 'zoo' or 'zoo:FAMILY' (the zoo's unlabeled splits); one folder with a "
                         "subfolder per task; or one entry per expert (image folder, .txt file, .pt tensor)")
@@ -104,27 +104,6 @@ def _value(text: str):
         return text
 
 
-def _expand_zoo(base: str, experts: list[str]) -> tuple[str, list[str]]:
-    """``zoo:FAMILY`` as --base is the family's base; as --experts, all its experts (``zoo:FAMILY/TASK``: one)."""
-    def family(ref):
-        name, _, task = ref[4:].partition("/")
-        fam = get_family(name)
-        if task and task not in fam.experts:
-            raise StudioError(f"the zoo family {name!r} has no task {task!r}", hint=", ".join(fam.experts))
-        return fam, task
-
-    if base.startswith("zoo:"):
-        base = family(base)[0].base
-    out = []
-    for e in experts:
-        if e.startswith("zoo:"):
-            fam, task = family(e)
-            out += [fam.experts[task]] if task else list(fam.experts.values())
-        else:
-            out.append(e)
-    return base, out
-
-
 def run(args) -> int:
     spec = get_learner(args.method)
     options, hp = settings(args, spec)
@@ -136,7 +115,7 @@ def run(args) -> int:
             if not eq:
                 raise StudioError(f"--heads takes TASK=PATH, got {item!r}")
             heads[t] = path
-    base, experts = _expand_zoo(args.base, args.experts)
+    base, experts = zoo_models(args.base, "base")[0], expand_zoo_refs(args.experts, "experts")
     # before minutes of learning: the output folder may hold other files, but never be (inside) an input
     check_target(Path(args.out), True, [Path(str(r)) for r in [base, *experts] if Path(str(r)).exists()])
     bar = None

@@ -12,6 +12,7 @@ from ..describe import human_bytes, human_count
 from ..devices import parse_size
 from ..engine import build_plan, check_merge_target, merge_to_disk
 from ..errors import StudioError
+from ..recipe import effective_lora_scales
 from ..recipe.edit import with_assignments
 
 
@@ -42,20 +43,25 @@ def print_summary(summary: dict, out=None) -> None:
         print(f"  {g:>8}: {v['tensors']:5d} tensors  {human_count(v['parameters']):>9} params", file=out)
     for w in summary["warnings"]:
         print(f"warning: {w}", file=out)
+    for scale in summary.get("lora_scales", []):
+        print(scale["explanation"], file=out)
 
 
 def run(args) -> int:
     recipe = with_assignments(load_recipe(args.recipe), args.set)
+    # a LoRA's strength meets the method's weight and λ: say what reaches the output (0.8 × λ 0.5 = 0.4)
+    lora_scales = [s.to_dict() for s in effective_lora_scales(recipe)]
     if args.dry_run:
         plan = build_plan(recipe)
         check_merge_target(plan, Path(args.out), args.overwrite)
-        summary = plan.summary()
+        summary = dict(plan.summary(), lora_scales=lora_scales)
         print_json(summary) if args.json else (print("dry run: headers only, nothing written"), print_summary(summary))
         return 0
     t0 = time.perf_counter()
     summary = merge_to_disk(recipe, args.out, device=args.device, seed=args.seed, overwrite=args.overwrite,
                             progress=not args.quiet, shard_bytes=parse_size(args.shard_size))
     summary["seconds"] = round(time.perf_counter() - t0, 3)
+    summary["lora_scales"] = lora_scales
     if args.json:
         print_json(summary)
     else:

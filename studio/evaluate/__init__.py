@@ -12,8 +12,8 @@ Two budgets: ``preview`` (≤ 0.3 s per call for the zoo models on a 2-core CPU)
 Build an evaluator once and call ``evaluate`` repeatedly: modules and data are resident.
 """
 
-from .common import BUDGETS, normalized, result
+from .common import BUDGETS, LOWER_IS_BETTER, lower_is_better, normalized, result
 from .text import LLMEvaluator, continuation, greedy, perplexity_of, sampler, token_windows
 
-__all__ = ["BUDGETS", "normalized", "result", "LLMEvaluator", "continuation", "greedy", "perplexity_of", "sampler",
-           "token_windows"]
+__all__ = ["BUDGETS", "LOWER_IS_BETTER", "lower_is_better", "normalized", "result", "LLMEvaluator", "continuation",
+           "greedy", "perplexity_of", "sampler", "token_windows"]

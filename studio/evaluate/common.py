@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 from ..errors import StudioError
 
 BUDGETS = ("preview", "report")
+# metrics whose smaller numbers are the better model: ratios invert them, plots colour them bright
+LOWER_IS_BETTER = frozenset({"perplexity", "loss"})
+
+
+def lower_is_better(score_name: str) -> bool:
+    """Whether a score called ``score_name`` ("perplexity", "average perplexity", "val_loss") is better smaller."""
+    return any(word in LOWER_IS_BETTER for word in re.split(r"[\s_]+", str(score_name).lower()))
 
 
 def check_budget(budget: str) -> None:
@@ -43,5 +52,5 @@ def normalized(per_task: dict[str, float], reference: dict[str, float], metric: 
     ratios = []
     for task, value in per_task.items():
         ref = reference[task]
-        ratios.append(ref / value if metric == "perplexity" else value / ref)
+        ratios.append(ref / value if lower_is_better(metric) else value / ref)
     return sum(ratios) / len(ratios)

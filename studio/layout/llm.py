@@ -12,7 +12,7 @@ EMBED_HINT = re.compile(r"embed|wte|wpe|tok_emb|pos_emb|patch|cls_token|pos_embe
 
 
 class LayerStackLayout(Layout):
-    def __init__(self, num_layers: int, stack_prefix: str | None = None, name: str = "llm"):
+    def __init__(self, num_layers: int, stack_prefix: str | None = None, name: str = "layers"):
         groups = ["EMB"] + [f"L{i:02d}" for i in range(num_layers)] + ["HEAD"]
         labels = {"EMB": "embeddings", "HEAD": "final norm + head"}
         labels.update({f"L{i:02d}": f"layer {i}" for i in range(num_layers)})

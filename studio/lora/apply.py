@@ -18,7 +18,7 @@ from ..layout import detect_layout
 from ..layout.presets import lookup_preset
 from ..layout.sd import base_family, diffusion_family
 from ..sources import REFERENCE_MODIFIERS, TensorSource, open_source
-from ..sources.resolve import STRENGTH
+from ..sources.resolve import split_strength
 from .names import Target, target_index
 from .network import LoraModule, LoraNetwork, detect_lora_family, read_lora
 
@@ -223,8 +223,8 @@ def apply_lora_source(src: TensorSource, lora_src: TensorSource, strength: float
 
 def lora_reference(base: TensorSource, suffix: str, ref: str) -> LoraAppliedSource:
     """``BASE+LORA[:strength]`` in a reference (a studio.sources reference modifier): the base with the LoRA applied."""
-    lora_text, _, strength = suffix.rpartition(":") if STRENGTH.search(suffix) else (suffix, "", "")
-    return apply_lora_source(base, open_source(lora_text), float(strength) if strength else 1.0, ref=ref)
+    lora_text, strength = split_strength(suffix)
+    return apply_lora_source(base, open_source(lora_text), strength, ref=ref)
 
 
 REFERENCE_MODIFIERS.append(lora_reference)

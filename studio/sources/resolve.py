@@ -42,6 +42,15 @@ def short_name(ref: str) -> str:
     return "+".join(parts)
 
 
+def split_strength(text: str) -> tuple[str, float]:
+    """The LoRA part of a reference and its strength: ``ink.safetensors:0.8`` → ``("ink.safetensors", 0.8)``; 1 when
+    none is written."""
+    if STRENGTH.search(text):
+        lora, _, strength = text.rpartition(":")
+        return lora, float(strength)
+    return text, 1.0
+
+
 def split_reference(ref: str) -> list[str]:
     """The file or hub parts of a model reference: ``base+lora:0.8`` → ``[base, lora]``."""
     ref = str(ref).strip()

@@ -3,7 +3,8 @@
 ``list_families()`` → ``["vision", "text", "diffusion"]`` (those whose files exist);
 ``get_family(name)`` → :class:`ZooFamily` with paths of the base, the experts and the LoRAs, and
 ``family.evaluator(budget, device)`` → the family's evaluator (``vision_evaluator``, ``text_evaluator``,
-``diffusion_evaluator``: the shape of :mod:`studio.evaluate`).
+``diffusion_evaluator``: the shape of :mod:`studio.evaluate`); ``zoo_models("zoo:text/code")`` → the paths a
+``zoo:`` reference names on the command line.
 """
 
 from __future__ import annotations
@@ -136,4 +137,35 @@ def get_family(name: str, root: str | Path | None = None) -> ZooFamily:
     return fam
 
 
-__all__ = ["ZooFamily", "list_families", "get_family", "describe_family", "assets_root", "FAMILIES"]
+ZOO_SCHEME = "zoo:"
+
+
+def zoo_models(ref: str, family_means: str = "all", root: str | Path | None = None) -> list[str]:
+    """The model paths a ``zoo:`` reference names; any other reference comes back as it is (``[ref]``).
+
+    ``zoo:FAMILY/base`` is the family's base and ``zoo:FAMILY/TASK`` that task's expert. ``zoo:FAMILY`` alone is
+    ``family_means``: ``"all"`` (the base, then every expert: what ``inspect`` shows), ``"base"`` (``learn --base``)
+    or ``"experts"`` (``learn --experts``). Raises ``StudioError`` naming the families or tasks when one is unknown."""
+    if not ref.startswith(ZOO_SCHEME):
+        return [ref]
+    name, _, part = ref[len(ZOO_SCHEME):].partition("/")
+    fam = get_family(name, root)
+    if part == "base" or (not part and family_means == "base"):
+        return [fam.base]
+    if not part:
+        experts = list(fam.experts.values())
+        return experts if family_means == "experts" else [fam.base, *experts]
+    if part not in fam.experts:
+        raise StudioError(f"the zoo family {name!r} has no model {part!r}", where=ref,
+                          hint=f"use zoo:{name}, zoo:{name}/base or zoo:{name}/TASK with a task of "
+                               f"{', '.join(fam.experts)}")
+    return [fam.experts[part]]
+
+
+def expand_zoo_refs(refs: list[str], family_means: str = "all", root: str | Path | None = None) -> list[str]:
+    """Every reference of ``refs`` with its ``zoo:`` ones replaced by the paths they name (:func:`zoo_models`)."""
+    return [path for ref in refs for path in zoo_models(ref, family_means, root)]
+
+
+__all__ = ["ZooFamily", "list_families", "get_family", "describe_family", "assets_root", "FAMILIES", "ZOO_SCHEME",
+           "zoo_models", "expand_zoo_refs"]

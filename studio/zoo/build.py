@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import StudioError
-from ..output import save_tensors, write_text
+from ..output import write_text
 from ..sources import open_source
 from . import FAMILIES, assets_root, describe_family, get_family
 from . import diffusion as D
@@ -40,20 +40,16 @@ QUICK = {"vision": Steps(250, 100), "text": Steps(40, 30, 15), "diffusion": Step
 QUICK_TASKS = {"vision": ("digits", "letters", "arrows"), "text": ("prose", "tables"), "diffusion": ("ember",)}
 
 
-def _save(module_state: dict, path: Path) -> None:
-    save_tensors(path, {k: v.detach() for k, v in module_state.items()})
-
-
 def build_vision(out: Path, quick: bool = False, tasks=None) -> None:
     steps = (QUICK if quick else FULL)["vision"]
     tasks = list(tasks or (QUICK_TASKS["vision"] if quick else V.TASKS))
     bb = V.pretrain(steps.pretrain, seed=0, batch=64)
-    _save(bb.state_dict(), out / "base.safetensors")
+    V.save_part(out, bb, "base")
     for i, task in enumerate(tasks):
         head = V.fit_head(bb, task, shots=V.HEAD_SHOTS, seed=i)
-        _save({"head.weight": head.weight, "head.bias": head.bias}, out / "heads" / f"{task}.safetensors")
+        V.save_part(out, head, "head", task)
         expert = V.finetune(bb, head, task, steps.expert or V.EXPERT_STEPS[task], seed=100 + i, lr=V.EXPERT_LR)
-        _save(expert.state_dict(), out / "experts" / f"{task}.safetensors")
+        V.save_part(out, expert, "expert", task)
 
 
 def build_text(out: Path, quick: bool = False, tasks=None) -> None:

@@ -18,7 +18,6 @@ from ..engine import merge_in_memory
 from ..errors import StudioError
 from ..evaluate.common import normalized
 from ..learn import get_variant, list_variants, run_learned
-from ..output import save_tensors
 from ..recipe import Recipe
 from . import get_family
 from . import vision as V
@@ -35,17 +34,13 @@ def build_vision_zoo(root, tasks=None, *, pretrain_steps: int = 1500, finetune_s
                      seed: int = 0) -> Path:
     """A vision zoo folder from ``studio.zoo.vision``'s pretrain / fit_head / finetune (a reduced one for tests)."""
     root = Path(root)
-    (root / "experts").mkdir(parents=True, exist_ok=True)
-    (root / "heads").mkdir(parents=True, exist_ok=True)
     tasks = list(tasks or V.TASKS)
     bb = V.pretrain(pretrain_steps, seed=seed)
-    save_tensors(root / "base.safetensors", bb.state_dict())
+    V.save_part(root, bb, "base")
     for i, t in enumerate(tasks):
         head = V.fit_head(bb, t, shots=shots, seed=seed + i)
-        save_tensors(root / "heads" / f"{t}.safetensors", {"head.weight": head.weight.detach(),
-                                                           "head.bias": head.bias.detach()})
-        ex = V.finetune(bb, head, t, finetune_steps, seed=seed + 100 + i)
-        save_tensors(root / "experts" / f"{t}.safetensors", ex.state_dict())
+        V.save_part(root, head, "head", t)
+        V.save_part(root, V.finetune(bb, head, t, finetune_steps, seed=seed + 100 + i), "expert", t)
     return root
 
 

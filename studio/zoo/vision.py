@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..output import save_tensors
 from .training import optimizer_step, warmup_cosine
 from .vision_data import SIZE, dataset
 
@@ -172,6 +174,27 @@ def build_module(state_dict: dict[str, torch.Tensor], head_state: dict[str, torc
     bb = Backbone(CONFIG)
     bb.load_state_dict({k: v.float() for k, v in state_dict.items()})
     return TaskModel(bb, make_head(head_state)).eval()
+
+
+# SAI ModelSpec keys in every zoo vision file: with no config.json beside it, `inspect` reads the architecture here
+ARCHITECTURES = {"base": "merge-studio/residual-mlp", "expert": "merge-studio/residual-mlp",
+                 "head": "merge-studio/linear-head"}
+
+
+def file_metadata(part: str, task: str | None = None) -> dict[str, str]:
+    """The ModelSpec metadata of a zoo vision file; ``part`` is ``base``, ``expert`` or ``head``."""
+    return {"modelspec.sai_model_spec": "1.0.1", "modelspec.architecture": ARCHITECTURES[part],
+            "modelspec.implementation": "studio.zoo.vision",
+            "modelspec.title": f"Merge Studio zoo vision {part}" + (f": {task}" if task else "")}
+
+
+def save_part(root: Path, module: nn.Module, part: str, task: str | None = None) -> Path:
+    """Write the backbone (``base``), a task's fine-tuned backbone (``expert``) or its ``head`` into a vision zoo
+    folder (``base.safetensors``, ``experts/<task>.safetensors``, ``heads/<task>.safetensors``) with its metadata."""
+    path = root / "base.safetensors" if part == "base" else root / f"{part}s" / f"{task}.safetensors"
+    prefix = "head." if part == "head" else ""
+    state = {prefix + k: v.detach() for k, v in module.state_dict().items()}
+    return save_tensors(path, state, file_metadata(part, task))
 
 
 # -------------------------------------------------------------------------------------------------------- training

@@ -197,3 +197,26 @@ def test_random_plane(fam):
     assert torch.allclose(d["head.weight"].norm(dim=1), center["head.weight"].norm(dim=1), rtol=1e-5)
     with pytest.raises(StudioError):
         landscape_2d(r, scorer, plane="nope")
+
+
+def test_progress_counts_every_evaluation_with_an_estimate(fam):
+    """#17: a plane took 71 s with no estimate. progress(fraction, message) follows every grid point and marker: 9
+    points + base, a, b, average + the current merge = 14 calls, fraction k/14, each message with the time left."""
+    calls = []
+    scorer = Loss(fam["states"]["a"])
+    landscape_task_plane(ta_recipe(fam, [0.3, 0.7]), scorer, 0, 1, steps=3, progress=lambda f, m: calls.append((f, m)))
+    assert scorer.calls == 14
+    assert [f for f, _ in calls] == pytest.approx([k / 14 for k in range(1, 15)])
+    assert all(m.startswith(f"landscape point {k}/14 · about ") and m.endswith(" left")
+               for k, (_, m) in enumerate(calls[:-1], 1))
+    assert calls[-1][1].startswith("landscape point 14/14 · done in ")
+    sweep = []
+    landscape_1d(ta_recipe(fam, [0.3, 0.7]), "parameters.lambda", [0.0, 1.0], scorer,
+                 progress=lambda f, m: sweep.append(f))
+    assert sweep == pytest.approx([1 / 3, 2 / 3, 1.0])  # two points and the current recipe
+
+
+def test_durations_read_as_a_person_says_them():
+    from studio.analysis.landscape import _duration
+
+    assert [_duration(s) for s in (0.4, 59.4, 71, 3600 + 125)] == ["0 s", "59 s", "1 min 11 s", "1 h 02 min"]
