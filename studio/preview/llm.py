@@ -34,6 +34,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.mo
 NO_TEMPLATE = "the tokenizer has no chat template: the prompts were used as they are"
 
 
+# What a preview of a user's own LLM shows before they type anything: a few generations, and perplexity on a short
+# plain-English paragraph (a number that moves with every slider; paste your own text or give a file for a real one).
+DEFAULT_PROMPTS = ("Once upon a time,", "The three primary colours are", "def fibonacci(n):")
+DEFAULT_TEXT = ("The river starts as a thin stream high in the hills. It gathers water from many small brooks, grows "
+                "wider as it flows through the valley, and turns the wheels of an old mill before it reaches the town. "
+                "In spring the water rises and covers the fields; in late summer it is slow and clear, and children "
+                "walk along its banks looking for smooth stones. Near the sea the river divides into several channels, "
+                "and the water becomes salty as the tide comes in.")
+
+
 @dataclass
 class TextRequest:
     """What a person asks of the text preview.
@@ -49,14 +59,14 @@ class TextRequest:
       expected answers compared by ``match`` ("contains" or "exact").
     """
 
-    prompts: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     chat: bool = False
     max_new_tokens: int = 32
     greedy: bool = True
     seed: int = 0
     temperature: float = 0.8
     top_p: float = 0.95
-    text: str = ""
+    text: str = DEFAULT_TEXT
     text_file: str | Path | None = None
     max_text_tokens: int = 2048
     seq_len: int = 512
@@ -75,7 +85,7 @@ class TextRequest:
             raise bad(f"temperature is {self.temperature}", "sampling needs a temperature above 0 (or use greedy)")
         if not self.greedy and not 0 < self.top_p <= 1:
             raise bad(f"top_p is {self.top_p}", "top_p is a probability in (0, 1]")
-        if self.text and self.text_file:
+        if self.text and self.text != DEFAULT_TEXT and self.text_file:
             raise bad("both a pasted text and a text file were given", "measure perplexity on one of them")
         if self.max_text_tokens < 2 or self.seq_len < 2:
             raise bad("the perplexity budget is under 2 tokens", "use max_text_tokens and seq_len of 2 or more")
@@ -268,6 +278,10 @@ def render_text(model, tokenizer, request: TextRequest) -> dict:
                                str(request.eval_set))
         metric = "accuracy"
         per_task = {k: v for k, v in table["accuracy"].items() if k != "choice_raw"}
+    if text == DEFAULT_TEXT:  # the sample paragraph stands in only while nothing else is chosen
+        text = "" if request.eval_set else text
+        if text:
+            notes.append("perplexity on a sample paragraph: paste your own text or choose a text file")
     if text:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > request.max_text_tokens:

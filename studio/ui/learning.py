@@ -16,7 +16,8 @@ from typing import Any, Callable
 from ..errors import StudioError
 from ..learn import LearnResult, get_learner, get_variant, list_variants, run_learned
 from ..output import AtomicTarget, check_target, is_single_file, learned_summary_path
-from .preview_view import LOWER_IS_BETTER, Preview
+from ..evaluate import lower_is_better
+from .preview_view import Preview
 
 
 @dataclass
@@ -215,7 +216,7 @@ def learned_markdown(lr: Learned) -> str:
     else:
         head += f" — average {metric} **{avg:.4g}**"
     if cur is not None and avg is not None:
-        better = (avg < cur) if metric in LOWER_IS_BETTER else (avg > cur)
+        better = (avg < cur) if lower_is_better(metric) else (avg > cur)
         head += f" (your recipe: {cur:.4g}, {'better' if better else 'not better'})"
     m = lr.result.metrics
     bits = [f"{lab} {_fmt_num(m[k])}" for k, lab in (("objective_start", "objective before"),

@@ -13,6 +13,7 @@ from PIL import Image
 
 from .. import figures
 from ..describe import human_bytes
+from ..evaluate import lower_is_better
 from ..recipe.files import RECIPE_KEY
 
 
@@ -33,7 +34,6 @@ class Preview:
     source: str | None = None          # set when the numbers are of learned weights, not of the recipe
 
 
-LOWER_IS_BETTER = {"perplexity", "loss"}
 
 def _num(v):
     try:
@@ -82,8 +82,8 @@ def score_table(pv) -> tuple[list[str], list[list[Any]]]:
         e = experts.get(task)
         p = _num(prev.get(task))
         rows.append([task, fmt(_num(base.get(task))), fmt(e), fmt(v), fmt(None if p is None or v is None else v - p),
-                     fmt(v / e if (e and v is not None and metric not in LOWER_IS_BETTER) else
-                         (e / v if e and v and metric in LOWER_IS_BETTER else None), ratio=True)])
+                     fmt(v / e if (e and v is not None and not lower_is_better(metric)) else
+                         (e / v if e and v and lower_is_better(metric) else None), ratio=True)])
     if per:
         avg = _num(r.get("average"))
         b_avg = _num((pv.inputs.get("base") or {}).get("average"))
@@ -91,7 +91,7 @@ def score_table(pv) -> tuple[list[str], list[list[Any]]]:
         p_avg = _num((pv.previous or {}).get("average"))
         rows.append(["average", fmt(b_avg), fmt(e_avg), fmt(avg),
                      fmt(None if p_avg is None or avg is None else avg - p_avg),
-                     fmt(avg / e_avg if avg is not None and e_avg and metric not in LOWER_IS_BETTER else None,
+                     fmt(avg / e_avg if avg is not None and e_avg and not lower_is_better(metric) else None,
                          ratio=True)])
     return headers, rows
 

@@ -21,7 +21,7 @@ from ..errors import StudioError
 from ..describe import compare, human_bytes
 from ..layout import FlatLayout
 from ..methods import get_method, list_methods
-from ..recipe import Recipe
+from ..recipe import Recipe, effective_lora_scales
 from ..recipe import edit as E
 from ..recipe.edit import SettingPath
 from . import history as H
@@ -252,7 +252,9 @@ class Session:
             s = build_plan(self.recipe_obj(), self.env.opener).summary()
             msg = (f"✓ **Ready** — {s['merged']} of {s['tensors']} tensors merged with `{s['method']}`, "
                    f"{len(s['groups'])} groups ({s['layout']}), output {human_bytes(s['output_bytes'])}. "
-                   f"Checked from headers only." + "".join(f"\n\n⚠ {w}" for w in s.get("warnings") or []))
+                   f"Checked from headers only." + "".join(f"\n\n⚠ {w}" for w in s.get("warnings") or [])
+                   # a LoRA's strength meets the method's weight and λ: say what reaches the merge
+                   + "".join(f"\n\nℹ {x.explanation}" for x in effective_lora_scales(self.recipe_obj())))
             verdict = (True, msg)
         except StudioError as e:
             verdict = (False, f"✗ **Will not merge:** {e}")

@@ -97,7 +97,7 @@ def test_logits_equal_transformers_on_the_written_merge(lm_family, written):
 def test_greedy_equals_generate_and_sampling_is_deterministic_per_seed(lm_family, written):
     pv, _ = preview(lm_family, recipe(lm_family, 0.3))
     model, tok = loaded(written)
-    out = pv.render(TextRequest(prompts=PROMPTS, max_new_tokens=12))
+    out = pv.render(TextRequest(prompts=PROMPTS, max_new_tokens=12, text=""))  # no text: generations, no numbers
     assert out["metric"] == "" and out["per_task"] == {} and math.isnan(out["average"])
     for p in PROMPTS:
         ids = tok(p, return_tensors="pt")["input_ids"]
@@ -176,7 +176,7 @@ def test_chat_template_is_applied_when_the_tokenizer_has_one(lm_family, tmp_path
     add_word_tokenizer(chat, chat_template=template)
     fam = {**lm_family, "base": chat}
     pv, _ = preview(fam, recipe(fam, 0.3))
-    out = pv.render(TextRequest(prompts=PROMPTS, chat=True, max_new_tokens=10))
+    out = pv.render(TextRequest(prompts=PROMPTS, chat=True, max_new_tokens=10, text=""))
     assert "notes" not in out
     model, tok = loaded(lm_family["base"])
     model.load_state_dict(merge_in_memory(recipe(fam, 0.3)))
@@ -189,7 +189,7 @@ def test_chat_template_is_applied_when_the_tokenizer_has_one(lm_family, tmp_path
     assert plain["samples"] != out["samples"]
     # no template: the prompt as it is, and a note saying so
     pv2, _ = preview(lm_family, recipe(lm_family, 0.3))
-    none = pv2.render(TextRequest(prompts=PROMPTS, chat=True, max_new_tokens=10))
+    none = pv2.render(TextRequest(prompts=PROMPTS, chat=True, max_new_tokens=10, text=""))
     assert none["notes"] == [NO_TEMPLATE]
     assert none["samples"] == pv2.render(TextRequest(prompts=PROMPTS, max_new_tokens=10))["samples"]
 
@@ -304,3 +304,15 @@ def test_a_hub_id_previews_from_the_local_cache(lm_family, monkeypatch, tmp_path
     req = TextRequest(prompts=PROMPTS, max_new_tokens=8)
     model, tok = loaded(lm_family["a"])
     assert pv.render(req)["samples"] == render_text(model, tok, req)["samples"]
+
+
+def test_a_new_request_shows_generations_and_a_number_before_anything_is_typed(lm_family):
+    """A user's own LLM previews something at once: the default prompts, and perplexity on a sample paragraph
+    (said in the notes); a text file or an evaluation set replaces the paragraph."""
+    from studio.preview.llm import DEFAULT_PROMPTS, DEFAULT_TEXT
+    pv, _ = preview(lm_family, recipe(lm_family, 0.3))
+    out = pv.render(TextRequest(max_new_tokens=4))
+    assert list(out["samples"]) == list(DEFAULT_PROMPTS)
+    assert out["metric"] == "perplexity" and out["average"] > 1 and "sample paragraph" in out["notes"][0]
+    assert out["per_task"] == pv.render(TextRequest(prompts=[], text=DEFAULT_TEXT))["per_task"]
+    TextRequest(text_file="x.txt").check()  # the paragraph gives way to a file

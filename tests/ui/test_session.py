@@ -395,7 +395,9 @@ def test_own_llms_preview_text_from_the_users_prompts_and_perplexity(env, tmp_pa
     s.add_model(str(b))
     assert s.family is None and s.included() == [str(a), str(b)]
     first = s.preview()
-    assert first.result["samples"] == {} and {f.name for f in s.previewing.request_fields()} >= {"prompts", "text"}
+    from studio.preview.llm import DEFAULT_PROMPTS
+    assert list(first.result["samples"]) == list(DEFAULT_PROMPTS) and first.result["metric"] == "perplexity"
+    assert {f.name for f in s.previewing.request_fields()} >= {"prompts", "text"}
     prompt = " ".join(WORDS[5:9])
     s.previewing.set_request("prompts", prompt)
     s.previewing.set_request("max_new_tokens", 4)

@@ -13,7 +13,8 @@ def build() -> SimpleNamespace:
     ns = SimpleNamespace()
     gr.Markdown("Every preview is recorded. Click a row (or type its number) and restore it; *Undo* steps back "
                 "through your edits.")
-    ns.table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="history-table")
+    ns.table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="history-table",
+                            column_widths=["6%", "11%", "14%", "39%", "10%", "10%", "10%"])
     with gr.Row():
         ns.entry = gr.Number(None, label="Entry #", precision=0, scale=1, elem_id="history-entry")
         ns.restore = gr.Button("Restore entry", scale=1, elem_id="history-restore")
