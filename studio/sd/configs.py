@@ -22,6 +22,7 @@ CLIP_BPE = CONFIG_ROOT / "clip"
 SHIPPED = ("sd1", "sd2", "sdxl", "flux-dev", "flux-schnell")
 CONFIG_FILES = ("config.json", "scheduler_config.json")
 TOKENIZER_DIRS = ("tokenizer", "tokenizer_2")
+PREDICTION = {"v": "v_prediction", "v_prediction": "v_prediction", "epsilon": "epsilon", "eps": "epsilon"}
 
 
 def shipped_folder(family: str) -> Path:
@@ -50,19 +51,44 @@ def component_config(folder: Path, component: str) -> dict | None:
 
 def write_config_folder(target: str | Path, family: str, overrides: dict[str, dict] | None = None) -> Path:
     """A complete diffusers config folder for ``family`` at ``target`` (what ``from_single_file(config=…)`` reads):
-    the shipped JSON files, each component's config updated with ``overrides[component]``, and the CLIP BPE files
-    copied into every tokenizer folder. Tests use it for shrunk architectures, exports for the configs of a diffusers
-    folder; anyone may use it to load a single file with diffusers offline."""
+    the shipped JSON files, each component's config updated with ``overrides[component]``, and the tokenizer folders
+    (:func:`write_tokenizers`). Tests use it for shrunk architectures, exports for the configs of a diffusers folder;
+    anyone may use it to load a single file with diffusers offline."""
     src, out = shipped_folder(family), Path(target)
     overrides = overrides or {}
     for path in sorted(src.rglob("*.json")):
         rel = path.relative_to(src)
+        if rel.parts[0] in TOKENIZER_DIRS:
+            continue
         data = read_json(path)
         if len(rel.parts) == 2 and rel.parts[0] in overrides:
             data.update(overrides[rel.parts[0]])
         write_json(out / rel, data)
-    for tok in TOKENIZER_DIRS:
-        if (out / tok).is_dir():
-            for name in ("vocab.json", "merges.txt"):
-                write_text(out / tok / name, (CLIP_BPE / name).read_text(encoding="utf-8"))
+    write_tokenizers(out, family)
     return out
+
+
+def write_tokenizers(target: str | Path, family: str) -> list[str]:
+    """The shipped tokenizer folders of ``family`` (their settings and the CLIP BPE files) into ``target``; returns
+    the folder names written (``tokenizer``, and SDXL's ``tokenizer_2``)."""
+    src, out = shipped_folder(family), Path(target)
+    names = [t for t in TOKENIZER_DIRS if (src / t).is_dir()]
+    for tok in names:
+        for path in sorted((src / tok).glob("*.json")):
+            write_json(out / tok / path.name, read_json(path))
+        for name in ("vocab.json", "merges.txt"):
+            write_text(out / tok / name, (CLIP_BPE / name).read_text(encoding="utf-8"))
+    return names
+
+def prediction_type(source, explicit: str | None = None) -> str | None:
+    """The diffusers ``prediction_type`` of a checkpoint: ``explicit`` when given, else what its metadata
+    (``modelspec.prediction_type``) or ComfyUI's ``v_pred`` marker tensor says; None when nothing says (SD2 512-ε and
+    768-v share every key)."""
+    said = explicit or (source.metadata or {}).get("modelspec.prediction_type")
+    if said is None and "v_pred" in source:
+        said = "v"
+    if said is None:
+        return None
+    if str(said).lower() not in PREDICTION:
+        raise StudioError(f"unknown prediction type {said!r}", where=source.ref, hint="use epsilon or v")
+    return PREDICTION[str(said).lower()]
