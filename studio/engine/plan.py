@@ -53,6 +53,10 @@ class Plan:
     def reference(self) -> TensorSource:
         return self.sources[0]
 
+    def outputs(self) -> dict[str, TensorInfo]:
+        """Output key → shape and dtype as computed (an output form may rename and reshape them when written)."""
+        return {t.out_key: TensorInfo(tuple(t.info.shape), t.out_dtype or t.info.dtype) for t in self.tasks}
+
     def output_bytes(self) -> int:
         return sum(t.info.numel * (t.out_dtype or t.info.dtype).itemsize for t in self.tasks)
 

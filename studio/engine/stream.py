@@ -19,7 +19,7 @@ from ..output import (AtomicTarget, ShardWriter, atomic_files, check_target, cop
                       is_single_file, library_name, model_card, plan_shards, recipe_path, write_index, write_json, write_text)
 from ..output.forms import Assembler, OutputEntry, OutputForm, identity_form, in_write_order
 from ..recipe import Recipe
-from ..sources import TensorInfo, TensorSource, open_source
+from ..sources import TensorSource, open_source
 from .execute import run_tasks
 from .plan import Plan, build_plan
 
@@ -75,10 +75,6 @@ def check_merge_target(plan: Plan, out: Path, overwrite: bool) -> None:
         check_target(recipe_path(out), overwrite, inputs)
 
 
-def _plan_outputs(plan: Plan) -> dict[str, TensorInfo]:
-    return {t.out_key: TensorInfo(tuple(t.info.shape), t.out_dtype or t.info.dtype) for t in plan.tasks}
-
-
 def _stem(part: TensorSource) -> str:
     """The weight-file stem of a diffusers component (``model`` for transformers text encoders)."""
     stem = Path(getattr(part, "files", [part])[0].path).name.split(".")[0].split("-0")[0]
@@ -94,8 +90,8 @@ def output_form(plan: Plan, single_file: bool) -> OutputForm:
             return form
     ref = plan.reference
     if single_file or ref.kind != "diffusers":
-        return identity_form(_plan_outputs(plan))
-    return identity_form(_plan_outputs(plan), components=True, stems={c: _stem(p) for c, p in ref.parts.items()})
+        return identity_form(plan.outputs())
+    return identity_form(plan.outputs(), components=True, stems={c: _stem(p) for c, p in ref.parts.items()})
 
 
 def _entries(entries: list[OutputEntry], strip: str = ""):
