@@ -19,10 +19,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..engine.plan import INPUT_VIEWS
+from ..errors import StudioError
+from ..layout.sd import base_family, diffusion_family, layout_for
 from ..layout.sd_keys import (LAYERS_PER_BLOCK, UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openclip_from_hf, openclip_to_hf,
                               unet_from_ldm, unet_to_ldm, vae_from_ldm, vae_to_ldm)
 from ..output.forms import OutputEntry, Reshape, Rows, concat, transposed
-from ..sources import TensorInfo
+from ..sources import TensorInfo, TensorSource
 from .vae import vae_levels
 
 Infos = dict[str, TensorInfo]
@@ -179,3 +182,64 @@ def _openclip_from_ldm(out: Converted, sub: Infos, prefix: str, comp: str, last_
             d = info.shape[0] // 3
             for name, i in targets:
                 out.rename(prefix + k, info, f"{comp}.{name}", Rows(i * d, (i + 1) * d), (d, *info.shape[1:]))
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def convertible_family(family: str | None) -> str | None:
+    """sd1 / sd2 / sdxl (inpainting and pix2pix variants included) when ``family``'s names convert; None for any
+    other (Flux, an SDXL refiner, Playground, not a diffusion model)."""
+    if family is None or family in ("sdxl-refiner", "playground-v2.5"):
+        return None
+    base = base_family(family)
+    return base if base in TEXT_ENCODERS else None
+
+
+class ConvertedSource(TensorSource):
+    """``source`` seen under other names: each entry's tensor is built from ``source``'s tensors when read."""
+
+    def __init__(self, source: TensorSource, entries: list[OutputEntry]):
+        super().__init__(ref=source.ref, path=source.path, kind=source.kind, config=source.config,
+                         metadata=dict(source.metadata), folder=source.folder)
+        self.inner = source
+        self.entries = {e.name: e for e in entries}
+        self._index = {e.name: e.info for e in entries}
+
+    def _read(self, key):
+        entry = self.entries[key]
+        return entry.build([self.inner.get(p) for p in entry.parts])
+
+    def release(self, key):
+        for p in self.entries[key].parts:
+            self.inner.release(p)
+
+    def close(self):
+        self.inner.close()
+
+
+def _whole_sd(source: TensorSource):
+    """(base family, naming) of a whole SD checkpoint (ldm file or diffusers pipeline), else None."""
+    layout = layout_for(source) if diffusion_family(source) is not None else None
+    family = convertible_family(getattr(layout, "family", None))
+    if family is None or (layout.naming, layout.unet_prefix) not in (("ldm", UNET_PREFIX), ("diffusers", "unet.")):
+        return None
+    return family, layout.naming
+
+
+def sd_input_view(reference: TensorSource, source: TensorSource) -> TensorSource | None:
+    """The INPUT_VIEWS hook: an SD pipeline among ldm checkpoints is seen in ldm names, an ldm checkpoint among
+    pipelines in diffusers names, so one recipe may mix both namings (the reference model's naming is the merge's)."""
+    ref, src = _whole_sd(reference), _whole_sd(source)
+    if ref is None or src is None or ref[0] != src[0] or ref[1] == src[1]:
+        return None
+    infos = {k: source.info(k) for k in source.keys()}
+    convert = to_ldm if ref[1] == "ldm" else to_diffusers
+    view = ConvertedSource(source, convert(infos, ref[0]).entries)
+    missing = [k for k in reference.keys() if k not in view and not k.endswith("position_ids")]
+    if missing:  # e.g. SD2: a pipeline has no last OpenCLIP layer for an ldm reference's
+        raise StudioError(f"this {src[1]} model has no counterpart of {len(missing)} tensors of the {ref[1]} "
+                          f"reference (e.g. {missing[0]})", where=source.ref,
+                          hint="list this model first (or make it base_model): the merge then runs in its naming")
+    return view
+
+
+INPUT_VIEWS.append(sd_input_view)

@@ -17,31 +17,20 @@ import shutil
 from pathlib import Path
 
 from ..engine import OUTPUT_FORMS
-from ..layout.sd import base_family
 from ..layout.sd_keys import UNET_PREFIX
 from ..output import write_json
 from ..output.forms import OutputForm
 from .configs import prediction_type, read_json, shipped_folder, write_config_folder
-from .convert import count_indexed, to_diffusers, to_ldm
+from .convert import convertible_family, count_indexed, to_diffusers, to_ldm
 
-FAMILIES = ("sd1", "sd2", "sdxl")
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 Shapes = dict[str, tuple[int, ...]]
-
-
-def export_family(plan) -> str | None:
-    """sd1 / sd2 / sdxl (inpainting and pix2pix variants included) for plans whose names can be converted; None
-    for any other model (an LLM, Flux, an SDXL refiner, a lone UNet)."""
-    family = getattr(plan.layout, "family", None)
-    if family is None or family == "sdxl-refiner" or base_family(family) not in FAMILIES:
-        return None
-    return base_family(family)
 
 
 def sd_output_form(plan, single_file: bool) -> OutputForm | None:
     """The OUTPUT_FORMS hook: ldm names for a single file from a diffusers pipeline, a diffusers pipeline folder
     from an ldm checkpoint; None (as computed) when the merge is already in its target's layout."""
-    family = export_family(plan)
+    family = convertible_family(getattr(plan.layout, "family", None))
     if family is None:
         return None
     naming, prefix = plan.layout.naming, plan.layout.unet_prefix

@@ -11,6 +11,7 @@ import torch
 
 from studio.cli import main
 from studio.engine import merge_to_disk
+from studio.errors import StudioError
 from studio.layout.sd import detect_family
 from studio.layout.sd_keys import UNET_PREFIX
 from studio.recipe import Recipe
@@ -133,3 +134,28 @@ def test_full_size_names_convert_both_ways_and_their_configs_are_the_published_o
         shipped = read_json(shipped_folder(fam) / comp / "config.json")
         for field, value in fields.items():
             assert value == shipped.get(field, CLASS_DEFAULTS.get(field)), f"{comp}.{field}: {value}"
+
+
+def alone(model) -> Recipe:
+    """A merge of one model with weight 1: the model itself, written in the target's layout."""
+    return Recipe.from_dict({"merge_method": "linear", "models": [{"model": str(model), "parameters": {"weight": 1.0}}]})
+
+
+@pytest.mark.parametrize("fam", ["sd1", "sd2", "sdxl"])
+def test_one_recipe_may_mix_ldm_files_and_pipelines_and_merges_in_its_first_models_naming(fam, models, tmp_path):
+    f = models(fam)
+    cases = [("file", f["la"], f["b"], "m.safetensors"), ("folder", f["a"], f["lb"], "m")]
+    if fam == "sd2":  # a pipeline lacks the last OpenCLIP layer an ldm reference has: the pipeline must lead
+        with pytest.raises(StudioError, match="list this model first"):
+            merge_to_disk(Recipe.from_yaml(recipe_yaml(f["la"], f["b"])), tmp_path / "x.safetensors", progress=False)
+        cases = cases[1:]
+    for name, first, other, out in cases:
+        merge_to_disk(Recipe.from_yaml(recipe_yaml(first, other)), tmp_path / name / out, device="cpu", progress=False)
+        # the other model converted on its own first, then merged: the same tensors
+        merge_to_disk(alone(other), tmp_path / name / f"other_{out}", device="cpu", progress=False)
+        merge_to_disk(Recipe.from_yaml(recipe_yaml(first, tmp_path / name / f"other_{out}")),
+                      tmp_path / name / f"want_{out}", device="cpu", progress=False)
+        got, want = open_source(str(tmp_path / name / out)), open_source(str(tmp_path / name / f"want_{out}"))
+        assert got.keys() == want.keys() == open_source(str(first)).keys()
+        for k in got.keys():
+            assert torch.equal(got.get(k), want.get(k)), k
