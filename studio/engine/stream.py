@@ -94,6 +94,16 @@ def output_form(plan: Plan, single_file: bool) -> OutputForm:
     return identity_form(plan.outputs(), components=True, stems={c: _stem(p) for c, p in ref.parts.items()})
 
 
+def planned_output(plan: Plan, out: Path) -> OutputForm:
+    """The form the target ``out`` takes (:func:`output_form`); what has no place in it is named in the plan's
+    warnings (``--dry-run`` reports them too)."""
+    form = output_form(plan, is_single_file(out))
+    if form.left_out:
+        plan.warnings.append(f"{len(form.left_out)} tensor(s) have no place in this output and are left out "
+                             f"(e.g. {form.left_out[0]})")
+    return form
+
+
 def _entries(entries: list[OutputEntry], strip: str = ""):
     return [(e.name[len(strip):], tuple(e.info.shape), e.info.dtype) for e in entries]
 
@@ -214,10 +224,7 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
     check_merge_target(plan, out, overwrite)
     dev = resolve_device(device)
     recipe_yaml = recipe.to_yaml() if seed is None or recipe.seed == seed else _with_seed(recipe, seed).to_yaml()
-    form = output_form(plan, is_single_file(out))
-    if form.left_out:
-        plan.warnings.append(f"{len(form.left_out)} tensor(s) have no place in this output and are left out "
-                             f"(e.g. {form.left_out[0]})")
+    form = planned_output(plan, out)
     if is_single_file(out):
         with atomic_files(out, recipe_path(out)) as (tmp_file, tmp_recipe):
             _write_weights(plan, form, tmp_file.parent, dev, seed, progress, shard_bytes, single_file=tmp_file,

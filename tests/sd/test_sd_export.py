@@ -159,3 +159,14 @@ def test_one_recipe_may_mix_ldm_files_and_pipelines_and_merges_in_its_first_mode
         assert got.keys() == want.keys() == open_source(str(first)).keys()
         for k in got.keys():
             assert torch.equal(got.get(k), want.get(k)), k
+
+
+def test_a_dry_run_names_what_the_target_has_no_place_for(models, tmp_path, capsys):
+    f = models("sd2")
+    (tmp_path / "r.yaml").write_text(recipe_yaml(f["la"], f["lb"]))
+    assert main(["merge", str(tmp_path / "r.yaml"), str(tmp_path / "m"), "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert "warning: 13 tensor(s) have no place in this output" in said and "resblocks.9." in said
+    assert not (tmp_path / "m").exists()
+    assert main(["merge", str(tmp_path / "r.yaml"), str(tmp_path / "m.safetensors"), "--dry-run"]) == 0
+    assert "warning" not in capsys.readouterr().out  # an ldm file keeps every tensor
