@@ -123,8 +123,9 @@ def unet_config(s: Shapes, shipped: dict, text_encoder_2: Shapes) -> dict:
         cfg["transformer_layers_per_block"] = blocks
     if "add_embedding.linear_1.weight" in s:  # SDXL: six size/crop embeddings + the pooled text projection
         total = s["add_embedding.linear_1.weight"][1]
-        pooled = text_encoder_2["text_projection.weight"][0]
-        cfg.update(projection_class_embeddings_input_dim=total, addition_time_embed_dim=(total - pooled) // 6)
+        cfg["projection_class_embeddings_input_dim"] = total
+        if "text_projection.weight" in text_encoder_2:  # a UNet alone keeps the shipped size embedding
+            cfg["addition_time_embed_dim"] = (total - text_encoder_2["text_projection.weight"][0]) // 6
     return cfg
 
 
