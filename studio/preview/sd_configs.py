@@ -19,8 +19,11 @@ from pathlib import Path
 
 from ..errors import StudioError
 from ..output import write_text
-from ..sd.configs import (CLIP_BPE, CONFIG_FILES, CONFIG_ROOT, SHIPPED, TOKENIZER_DIRS,  # noqa: F401  (re-exported)
-                          component_config, prediction_type, read_json, shipped_folder, write_config_folder)
+from ..sd.configs import (CLIP_BPE, component_config, prediction_type, read_json, shipped_folder,
+                          write_config_folder)
+
+__all__ = ["CLIP_BPE", "CLIP_MERGES", "build_clip_bpe", "clip_tokenizer", "component_config", "has_bpe_files",
+           "prediction_type", "read_json", "shipped_folder", "write_config_folder"]
 
 # OpenAI CLIP: 49152 BPE ranks minus the 256 byte tokens and 2 specials are merges (the first line is a header)
 CLIP_MERGES = 49152 - 256 - 2

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from ..engine.plan import INPUT_VIEWS
 from ..errors import StudioError
 from ..layout.sd import base_family, diffusion_family, layout_for
-from ..layout.sd_keys import (LAYERS_PER_BLOCK, UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openclip_from_hf, openclip_to_hf,
-                              unet_from_ldm, unet_to_ldm, vae_from_ldm, vae_to_ldm)
-from ..output.forms import OutputEntry, Reshape, Rows, concat, transposed
+from ..layout.sd_keys import (LAYERS_PER_BLOCK, UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openclip_from_hf,
+                              openclip_to_hf, unet_from_ldm, unet_to_ldm, vae_from_ldm, vae_to_ldm)
+from ..output.forms import OutputEntry, Reshape, Rows, concat, same, transposed
 from ..sources import TensorInfo, TensorSource
 from .vae import vae_levels
 
@@ -50,8 +50,7 @@ class Converted:
             self.left_out.append(key)
             return
         entry_info = TensorInfo(tuple(shape), info.dtype) if shape is not None else info
-        self.entries.append(OutputEntry(name, entry_info, (key,), build) if build else
-                            OutputEntry(name, entry_info, (key,)))
+        self.entries.append(OutputEntry(name, entry_info, (key,), build or same))
 
 
 def _under(outputs: Infos, prefix: str) -> Infos:

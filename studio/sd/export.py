@@ -111,14 +111,16 @@ def unet_config(s: Shapes, shipped: dict, text_encoder_2: Shapes) -> dict:
              for i, c in enumerate(channels)]
     cfg = {"block_out_channels": channels, "layers_per_block": count_indexed(s, r"down_blocks\.0\.resnets\.(\d+)\."),
            "in_channels": s["conv_in.weight"][1], "out_channels": s["conv_out.weight"][0],
-           "down_block_types": ["CrossAttnDownBlock2D" if has_attn("down", i) else "DownBlock2D" for i in range(levels)],
-           "up_block_types": ["CrossAttnUpBlock2D" if has_attn("up", i) else "UpBlock2D" for i in range(levels)],
+           "down_block_types": [("CrossAttnDownBlock2D" if has_attn("down", i) else "DownBlock2D")
+                                for i in range(levels)],
+           "up_block_types": [("CrossAttnUpBlock2D" if has_attn("up", i) else "UpBlock2D") for i in range(levels)],
            "cross_attention_dim": _first(s, "attn2.to_k.weight")[1],
            "use_linear_projection": len(_first(s, "proj_in.weight")) == 2,
            "attention_head_dim": heads[0] if isinstance(shipped["attention_head_dim"], int) and
            len(set(heads)) == 1 else heads,
            "norm_num_groups": _divisor(shipped.get("norm_num_groups", 32), channels)}
-    blocks = [count_indexed(s, rf"down_blocks\.{i}\.attentions\.0\.transformer_blocks\.(\d+)\.") or 1 for i in range(levels)]
+    blocks = [count_indexed(s, rf"down_blocks\.{i}\.attentions\.0\.transformer_blocks\.(\d+)\.") or 1
+              for i in range(levels)]
     if "transformer_layers_per_block" in shipped or set(blocks) != {1}:
         cfg["transformer_layers_per_block"] = blocks
     if "add_embedding.linear_1.weight" in s:  # SDXL: six size/crop embeddings + the pooled text projection

@@ -30,7 +30,7 @@ CLASS_DEFAULTS = {"transformer_layers_per_block": 1, "use_linear_projection": Fa
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """fam → two tiny runnable pipelines (with tokenizers) and two ldm files, each pair with its own random weights."""
+    """fam → two tiny runnable pipelines (with tokenizers) and two ldm files, each with its own random weights."""
     made = {}
 
     def make(fam):
@@ -48,7 +48,8 @@ def models(tmp_path_factory):
 
 
 def recipe_yaml(a, b) -> str:
-    return (f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: {{IN04: 0.8, BASE: 0.3, '*': 0.5}}}}\n"
+    return (f"merge_method: linear\nmodels:\n  - model: {a}\n"
+            f"    parameters: {{weight: {{IN04: 0.8, BASE: 0.3, '*': 0.5}}}}\n"
             f"  - model: {b}\n    parameters: {{weight: 0.5}}\n")
 
 
@@ -104,7 +105,8 @@ def test_ldm_files_merged_to_a_folder_are_a_diffusers_pipeline_that_from_pretrai
     for tok in ["tokenizer", "tokenizer_2"] if fam == "sdxl" else ["tokenizer"]:
         assert (out / tok / "vocab.json").is_file() and (out / tok / "merges.txt").is_file()
     index = json.loads((out / "model_index.json").read_text())
-    assert index["_class_name"] == pipeline_class(fam).__name__ and (out / "scheduler" / "scheduler_config.json").is_file()
+    assert index["_class_name"] == pipeline_class(fam).__name__
+    assert (out / "scheduler" / "scheduler_config.json").is_file()
     assert "library_name: diffusers" in (out / "README.md").read_text()
     # SD2: the last OpenCLIP layer has no place in diffusers' text encoder, and the merge says so
     assert bool(summary["warnings"]) == (fam == "sd2")
@@ -138,7 +140,8 @@ def test_full_size_names_convert_both_ways_and_their_configs_are_the_published_o
 
 def alone(model) -> Recipe:
     """A merge of one model with weight 1: the model itself, written in the target's layout."""
-    return Recipe.from_dict({"merge_method": "linear", "models": [{"model": str(model), "parameters": {"weight": 1.0}}]})
+    return Recipe.from_dict({"merge_method": "linear",
+                             "models": [{"model": str(model), "parameters": {"weight": 1.0}}]})
 
 
 @pytest.mark.parametrize("fam", ["sd1", "sd2", "sdxl"])
