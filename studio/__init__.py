@@ -7,6 +7,8 @@ __version__ = "0.1.0"  # before the imports below: the modules they load read it
 # module top).
 from . import lora  # noqa: E402,F401  sources.REFERENCE_MODIFIERS ← BASE+LORA[:strength] references
 from .engine import emr  # noqa: E402,F401  engine.SIDE_FILE_HOOKS ← EMR's masks and rescalers in a merged folder
+from .sd import convert  # noqa: E402,F401  engine.plan.INPUT_VIEWS ← ldm files and SD pipelines mixed in one recipe
+from .sd import export  # noqa: E402,F401  engine.OUTPUT_FORMS ← SD files in ldm names, SD folders as pipelines
 from .sd import metadata  # noqa: E402,F401  engine.METADATA_HOOKS ← modelspec and sd_merge_recipe keys of SD files
 from .sd import infotext  # noqa: E402,F401  recipe.files.READERS ← A1111 sd_merge_recipe, Model Mixer infotext
 from .sd import vae  # noqa: E402,F401  engine.plan.PLAN_HOOKS ← the VAE slot of SD merges (copy or bake)

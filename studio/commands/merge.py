@@ -10,7 +10,7 @@ from pathlib import Path
 from ..cli import load_recipe, print_json
 from ..describe import human_bytes, human_count
 from ..devices import parse_size
-from ..engine import build_plan, check_merge_target, merge_to_disk
+from ..engine import build_plan, check_merge_target, merge_to_disk, planned_output
 from ..errors import StudioError
 from ..recipe import effective_lora_scales
 from ..recipe.edit import with_assignments
@@ -54,6 +54,7 @@ def run(args) -> int:
     if args.dry_run:
         plan = build_plan(recipe)
         check_merge_target(plan, Path(args.out), args.overwrite)
+        planned_output(plan, Path(args.out))  # names what the target has no place for
         summary = dict(plan.summary(), lora_scales=lora_scales)
         print_json(summary) if args.json else (print("dry run: headers only, nothing written"), print_summary(summary))
         return 0

@@ -1,7 +1,8 @@
 """Two engines, one plan: ``stream`` (disk → device → disk) and ``live`` (resident deltas → module)."""
 
 from .plan import PLAN_HOOKS, Plan, TensorTask, build_plan
-from .stream import METADATA_HOOKS, SIDE_FILE_HOOKS, check_merge_target, merge_in_memory, merge_to_disk
+from .stream import (METADATA_HOOKS, OUTPUT_FORMS, SIDE_FILE_HOOKS, check_merge_target, merge_in_memory, merge_to_disk,
+                     planned_output)
 
-__all__ = ["METADATA_HOOKS", "PLAN_HOOKS", "Plan", "SIDE_FILE_HOOKS", "TensorTask", "build_plan", "check_merge_target",
-           "merge_in_memory", "merge_to_disk"]
+__all__ = ["METADATA_HOOKS", "OUTPUT_FORMS", "PLAN_HOOKS", "Plan", "SIDE_FILE_HOOKS", "TensorTask", "build_plan",
+           "check_merge_target", "merge_in_memory", "merge_to_disk", "planned_output"]

@@ -53,6 +53,10 @@ class Plan:
     def reference(self) -> TensorSource:
         return self.sources[0]
 
+    def outputs(self) -> dict[str, TensorInfo]:
+        """Output key → shape and dtype as computed (an output form may rename and reshape them when written)."""
+        return {t.out_key: TensorInfo(tuple(t.info.shape), t.out_dtype or t.info.dtype) for t in self.tasks}
+
     def output_bytes(self) -> int:
         return sum(t.info.numel * (t.out_dtype or t.info.dtype).itemsize for t in self.tasks)
 
@@ -72,6 +76,20 @@ class Plan:
 # Hooks that may adjust a finished plan, each taking (plan) and editing it in place. Families above the engine append
 # theirs when imported (studio.sd.vae: the VAE slot of SD merges).
 PLAN_HOOKS: list[Callable[[Plan], None]] = []
+# Views of an input in its reference model's naming, ``view(reference, source) -> TensorSource | None`` (None: the
+# source as it is). Families register theirs (studio.sd.convert: an SD pipeline among ldm files, or the reverse).
+INPUT_VIEWS: list[Callable[[TensorSource, TensorSource], TensorSource | None]] = []
+
+
+def in_reference_naming(reference: TensorSource, source: TensorSource) -> TensorSource:
+    """``source`` as the first INPUT_VIEWS hook presents it under ``reference``'s names, else as it is."""
+    if source is reference:
+        return source
+    for view in INPUT_VIEWS:
+        seen = view(reference, source)
+        if seen is not None:
+            return seen
+    return source
 
 
 class _Sources:
@@ -141,6 +159,7 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
     for m in entries:
         pool.index(m.model)
     reference = pool.items[ref_idx]
+    pool.items = [in_reference_naming(reference, src) for src in pool.items]
     layout = detect_layout(reference)
     method_inputs = [m for m in entries if spec.includes_base or m.model != base]
     base_in = base is not None and (spec.needs_base or not spec.includes_base)

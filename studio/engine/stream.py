@@ -17,6 +17,7 @@ from ..devices import dtype_name, parse_dtype, resolve_device
 from ..errors import StudioError
 from ..output import (AtomicTarget, ShardWriter, atomic_files, check_target, copy_non_weight_files, copy_side_files,
                       is_single_file, library_name, model_card, plan_shards, recipe_path, write_index, write_json, write_text)
+from ..output.forms import Assembler, OutputEntry, OutputForm, identity_form, in_write_order
 from ..recipe import Recipe
 from ..recipe.files import RECIPE_KEY
 from ..sources import TensorSource, open_source
@@ -31,6 +32,10 @@ DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
 # its files into an output folder before the folder is renamed into place.
 METADATA_HOOKS: list[Callable[[Plan], dict[str, str]]] = []
 SIDE_FILE_HOOKS: list[Callable[[Plan, Path, torch.device], None]] = []
+# An output-form hook ``hook(plan, single_file) -> OutputForm | None`` names and shapes what a single file
+# (``single_file``) or a folder written from the plan holds, when that differs from the plan's own outputs (SD: ldm
+# names in single files, a diffusers pipeline in folders); None leaves the plan's outputs as they are.
+OUTPUT_FORMS: list[Callable[[Plan, bool], OutputForm | None]] = []
 
 
 def _progress_bar(plan: Plan, enabled: bool, callback: Callable[[float], None] | None = None):
@@ -70,50 +75,78 @@ def check_merge_target(plan: Plan, out: Path, overwrite: bool) -> None:
         check_target(recipe_path(out), overwrite, inputs)
 
 
-def _components(plan: Plan) -> dict[str, list]:
-    """Diffusers pipelines: tasks grouped by component (``unet.`` → ``unet``)."""
-    out: dict[str, list] = {}
-    for t in plan.tasks:
-        comp, _, _ = t.out_key.partition(".")
-        out.setdefault(comp, []).append(t)
-    return out
+def _stem(part: TensorSource) -> str:
+    """The weight-file stem of a diffusers component (``model`` for transformers text encoders)."""
+    stem = Path(getattr(part, "files", [part])[0].path).name.split(".")[0].split("-0")[0]
+    return stem if stem in ("model", "diffusion_pytorch_model") else "diffusion_pytorch_model"
 
 
-def _entries(tasks, strip: str = ""):
-    return [(t.out_key[len(strip):], tuple(t.info.shape), t.out_dtype or t.info.dtype) for t in tasks]
-
-
-def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: int, single_file: Path | None,
-                   progress_callback: Callable[[float], None] | None = None):
-    """Stream every task's output into safetensors files under ``tmp``; returns nothing, raises on failure."""
-    meta = _metadata(plan, single_file is not None)
+def output_form(plan: Plan, single_file: bool) -> OutputForm:
+    """What a single file (``single_file``) or a folder written from ``plan`` holds: the first OUTPUT_FORMS hook's
+    form, else the plan's outputs as they are (a diffusers pipeline's folder split into its components)."""
+    for hook in OUTPUT_FORMS:
+        form = hook(plan, single_file)
+        if form is not None:
+            return form
     ref = plan.reference
-    writers: dict[str, tuple[ShardWriter, str]] = {}  # task-key prefix → (writer, prefix to strip)
-    if single_file is not None:
-        shards = plan_shards(_entries(plan.tasks), 1 << 62, single_name=single_file.name)
-        writers[""] = (ShardWriter(single_file.parent, shards, meta), "")
-    elif ref.kind == "diffusers":
-        for comp, tasks in _components(plan).items():
-            part = ref.parts[comp]
-            stem = Path(getattr(part, "files", [part])[0].path).name.split(".")[0].split("-0")[0]
-            stem = stem if stem in ("model", "diffusion_pytorch_model") else "diffusion_pytorch_model"
-            (tmp / comp).mkdir(exist_ok=True)
-            shards = plan_shards(_entries(tasks, comp + "."), shard_bytes, prefix=stem,
-                                 single_name=f"{stem}.safetensors")
-            writers[comp + "."] = (ShardWriter(tmp / comp, shards, meta), comp + ".")
-    else:
-        # one shard is named model.safetensors (what loaders look for without an index); more get an index
-        shards = plan_shards(_entries(plan.tasks), shard_bytes, single_name="model.safetensors")
-        writers[""] = (ShardWriter(tmp, shards, meta), "")
+    if single_file or ref.kind != "diffusers":
+        return identity_form(plan.outputs())
+    return identity_form(plan.outputs(), components=True, stems={c: _stem(p) for c, p in ref.parts.items()})
 
-    def writer_for(key):
+
+def planned_output(plan: Plan, out: Path) -> OutputForm:
+    """The form the target ``out`` takes (:func:`output_form`); what has no place in it is named in the plan's
+    warnings (``--dry-run`` reports them too)."""
+    form = output_form(plan, is_single_file(out))
+    if form.left_out:
+        plan.warnings.append(f"{len(form.left_out)} tensor(s) have no place in this output and are left out "
+                             f"(e.g. {form.left_out[0]})")
+    return form
+
+
+def _entries(entries: list[OutputEntry], strip: str = ""):
+    return [(e.name[len(strip):], tuple(e.info.shape), e.info.dtype) for e in entries]
+
+
+def _writers(entries: list[OutputEntry], form: OutputForm, tmp: Path, meta: dict, shard_bytes: int,
+             single_file: Path | None) -> dict[str, tuple[ShardWriter, str]]:
+    """Entry-name prefix → (its writer, the prefix stripped from names in its files)."""
+    if single_file is not None:
+        shards = plan_shards(_entries(entries), 1 << 62, single_name=single_file.name)
+        return {"": (ShardWriter(single_file.parent, shards, meta), "")}
+    if not form.components:
+        # one shard is named model.safetensors (what loaders look for without an index); more get an index
+        return {"": (ShardWriter(tmp, plan_shards(_entries(entries), shard_bytes, single_name="model.safetensors"),
+                                 meta), "")}
+    groups: dict[str, list[OutputEntry]] = {}
+    for e in entries:
+        groups.setdefault(e.name.partition(".")[0], []).append(e)
+    writers = {}
+    for comp, items in groups.items():
+        stem = form.stems.get(comp, "diffusion_pytorch_model")
+        (tmp / comp).mkdir(exist_ok=True)
+        shards = plan_shards(_entries(items, comp + "."), shard_bytes, prefix=stem, single_name=f"{stem}.safetensors")
+        writers[comp + "."] = (ShardWriter(tmp / comp, shards, meta), comp + ".")
+    return writers
+
+
+def _write_weights(plan: Plan, form: OutputForm, tmp: Path, device, seed, progress, shard_bytes: int,
+                   single_file: Path | None, progress_callback: Callable[[float], None] | None = None):
+    """Stream every task's output, as ``form`` names and shapes it, into safetensors files under ``tmp``; returns
+    nothing, raises on failure."""
+    entries = in_write_order(form.entries, [t.out_key for t in plan.tasks])
+    writers = _writers(entries, form, tmp, _metadata(plan, single_file is not None), shard_bytes, single_file)
+    assembler = Assembler(entries)
+
+    def writer_for(name):
         if "" in writers:
             return writers[""]
-        return writers[key.partition(".")[0] + "."]
+        return writers[name.partition(".")[0] + "."]
 
     def write(task, tensor):
-        w, strip = writer_for(task.out_key)
-        w.write(task.out_key[len(strip):], tensor)
+        for entry, t in assembler.feed(task.out_key, tensor):
+            w, strip = writer_for(entry.name)
+            w.write(entry.name[len(strip):], t)
         if task.op == "copy":
             plan.sources[task.inputs[0][0]].release(task.inputs[0][1])
         if step:
@@ -141,8 +174,11 @@ def _write_weights(plan: Plan, tmp: Path, device, seed, progress, shard_bytes: i
                         {"merge_studio_version": __version__})
 
 
-def _write_side_files(plan: Plan, tmp: Path) -> None:
+def _write_side_files(plan: Plan, form: OutputForm, tmp: Path) -> None:
     recipe, ref = plan.recipe, plan.reference
+    if form.side_files is not None:
+        form.side_files(tmp)
+        return
     if ref.kind == "diffusers":
         for item in Path(ref.path).iterdir():
             if item.is_file():
@@ -188,22 +224,23 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
     check_merge_target(plan, out, overwrite)
     dev = resolve_device(device)
     recipe_yaml = recipe.to_yaml() if seed is None or recipe.seed == seed else _with_seed(recipe, seed).to_yaml()
+    form = planned_output(plan, out)
     if is_single_file(out):
         with atomic_files(out, recipe_path(out)) as (tmp_file, tmp_recipe):
-            _write_weights(plan, tmp_file.parent, dev, seed, progress, shard_bytes, single_file=tmp_file,
+            _write_weights(plan, form, tmp_file.parent, dev, seed, progress, shard_bytes, single_file=tmp_file,
                            progress_callback=progress_callback)
             tmp_recipe.write_text(recipe_yaml, encoding="utf-8")
     else:
         with AtomicTarget(out) as tmp:
-            _write_weights(plan, tmp, dev, seed, progress, shard_bytes, single_file=None,
+            _write_weights(plan, form, tmp, dev, seed, progress, shard_bytes, single_file=None,
                            progress_callback=progress_callback)
-            _write_side_files(plan, tmp)
+            _write_side_files(plan, form, tmp)
             for hook in SIDE_FILE_HOOKS:
                 hook(plan, tmp, dev)
             write_text(recipe_path(tmp), recipe_yaml)
             write_text(tmp / "README.md", model_card(recipe_yaml, plan.spec.label or plan.spec.name,
                                                      recipe.referenced_models(), recipe.base_model,
-                                                     library=library_name(plan.sources[0])))
+                                                     library=form.library or library_name(plan.sources[0])))
     return plan.summary()
 
 

@@ -165,10 +165,10 @@ def _family_diffusers(source, p: str) -> str:
     fam = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl-refiner"}.get(ctx)
     if fam is None:
         # tiny test models and unusual widths: decide from the structure instead of the width
+        # (SD2 projects into its transformers with a Linear, SD1 with a 1×1 conv; SDXL has the added embedding)
         xl = any(k.startswith(p + "add_embedding.") for k in keys)
-        fam = "sdxl" if xl else "sd1"
-        if "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.weight" in source and not xl:
-            fam = "sd1"
+        proj_in = next((k for k in keys if k.startswith(p) and k.endswith(".proj_in.weight")), None)
+        fam = "sdxl" if xl else "sd2" if proj_in is not None and len(_shape(source, proj_in)) == 2 else "sd1"
     if fam == "sdxl" and p == "unet." and "text_encoder.text_model.final_layer_norm.weight" not in source \
             and any(k.startswith("text_encoder_2.") for k in keys):
         fam = "sdxl-refiner"

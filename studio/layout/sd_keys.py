@@ -212,12 +212,29 @@ def openclip_to_hf(name: str) -> list[tuple[str, int | None]]:
             return [(f"{base}self_attn.{p}_proj.{suffix}", i) for i, p in enumerate(QKV)]
         hit = _split(rest, OPENCLIP_TO_HF)
         return [(base + hit[0] + hit[1], None)] if hit else []
-    simple = {"token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-              "positional_embedding": "text_model.embeddings.position_embedding.weight",
-              "ln_final.weight": "text_model.final_layer_norm.weight",
-              "ln_final.bias": "text_model.final_layer_norm.bias",
-              "text_projection": "text_projection.weight"}
+    simple = {v: k for k, v in OPENCLIP_SIMPLE_FROM_HF.items()}
     return [(simple[name], None)] if name in simple else []
+
+
+OPENCLIP_SIMPLE_FROM_HF = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+                           "text_model.embeddings.position_embedding.weight": "positional_embedding",
+                           "text_model.final_layer_norm.weight": "ln_final.weight",
+                           "text_model.final_layer_norm.bias": "ln_final.bias",
+                           "text_projection.weight": "text_projection"}
+_HF_QKV = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
+_HF_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.(.*)$")
+
+
+def openclip_from_hf(name: str) -> tuple[str, int | None] | None:
+    """HF CLIP text-encoder name (with ``text_model.``) → (OpenCLIP / ldm name, q/k/v index or None): q, k and v
+    go to rows [0:d], [d:2d], [2d:3d] of the layer's fused ``attn.in_proj_weight`` / ``in_proj_bias``
+    (inverse of :func:`openclip_to_hf`; ``text_projection.weight`` is the transpose of ``text_projection``)."""
+    if m := _HF_QKV.match(name):
+        return f"transformer.resblocks.{m[1]}.attn.in_proj_{m[3]}", QKV.index(m[2])
+    if m := _HF_LAYER.match(name):
+        hit = _split(m[2], OPENCLIP_FROM_HF)
+        return (f"transformer.resblocks.{m[1]}.{hit[0]}{hit[1]}", None) if hit else None
+    return (OPENCLIP_SIMPLE_FROM_HF[name], None) if name in OPENCLIP_SIMPLE_FROM_HF else None
 
 
 def openclip_text_keys(layers: int, width: int, heads_mlp: int, vocab: int = 49408, ctx: int = 77,

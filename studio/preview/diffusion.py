@@ -43,7 +43,7 @@ from ..sd.infotext import format_infotext
 from ..sources import TensorSource, open_source
 from ..sources.resolve import resolve_path
 from .base import PREVIEWERS, Previewer
-from .sd_configs import clip_tokenizer, component_config, read_json, shipped_folder
+from .sd_configs import clip_tokenizer, component_config, prediction_type, read_json, shipped_folder
 
 SUPPORTED = ("sd1", "sd2", "sdxl", "flux-dev", "flux-schnell")
 PIPELINES = {"sd1": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
@@ -59,7 +59,6 @@ SAMPLERS = {
 }
 FLOW_SAMPLERS = {"euler": ("FlowMatchEulerDiscreteScheduler", {})}
 GUIDANCE = {"sd1": 7.5, "sd2": 7.5, "sdxl": 5.0, "flux-dev": 3.5, "flux-schnell": 0.0}
-PREDICTION = {"v": "v_prediction", "v_prediction": "v_prediction", "epsilon": "epsilon", "eps": "epsilon"}
 FLUX_REPOS = ("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")
 T5_MAX_LENGTH = {"flux-dev": 512, "flux-schnell": 256}
 
@@ -248,15 +247,7 @@ class DiffusionPreviewer(Previewer):
                           hint=f"give config=<a diffusers {self.family} pipeline folder>")
 
     def _prediction_type(self, explicit: str | None) -> str | None:
-        meta = self.reference.metadata or {}
-        said = explicit or meta.get("modelspec.prediction_type")
-        if said is None and "v_pred" in self.reference:  # ComfyUI's marker tensor
-            said = "v"
-        if said is None:
-            return None
-        if str(said).lower() not in PREDICTION:
-            raise StudioError(f"unknown prediction type {said!r}", hint="use epsilon or v")
-        return PREDICTION[str(said).lower()]
+        return prediction_type(self.reference, explicit)
 
     # -------------------------------------------------------------------------------------------- building
     def _build_components(self, keys: list[str]) -> list[Component]:

@@ -1,9 +1,8 @@
 """The configs and tokenizers a diffusion preview needs, offline.
 
 ``from_single_file`` would fetch a diffusers config folder from the hub for every single-file checkpoint; the ones a
-preview needs ship under ``assets/configs/<family>/`` instead (SD1.5, SD2.1 768-v, SDXL base 1.0, Flux.1 dev /
-schnell; diffusers ``config.json`` of each model, the scheduler config, ``model_index.json``, tokenizer settings),
-written from the published architecture facts. The CLIP BPE vocabulary is shared by every family's tokenizers (they
+preview needs ship under ``assets/configs/<family>/`` instead (read by :mod:`studio.sd.configs`, whose names this
+module re-exports; exports use them too). The CLIP BPE vocabulary is shared by every family's tokenizers (they
 differ only in their pad token: SD2's and SDXL's second tokenizer pad with ``!``): it ships once, as the
 ``vocab.json`` / ``merges.txt`` pair built by :func:`build_clip_bpe` from OpenAI's ``bpe_simple_vocab_16e6.txt.gz``
 (the file the PyPI package ``open-clip-torch`` carries).
@@ -19,13 +18,12 @@ import json
 from pathlib import Path
 
 from ..errors import StudioError
-from ..output import write_json, write_text
+from ..output import write_text
+from ..sd.configs import (CLIP_BPE, component_config, prediction_type, read_json, shipped_folder,
+                          write_config_folder)
 
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "assets" / "configs"
-CLIP_BPE = CONFIG_ROOT / "clip"
-SHIPPED = ("sd1", "sd2", "sdxl", "flux-dev", "flux-schnell")
-CONFIG_FILES = ("config.json", "scheduler_config.json")
-TOKENIZER_DIRS = ("tokenizer", "tokenizer_2")
+__all__ = ["CLIP_BPE", "CLIP_MERGES", "build_clip_bpe", "clip_tokenizer", "component_config", "has_bpe_files",
+           "prediction_type", "read_json", "shipped_folder", "write_config_folder"]
 
 # OpenAI CLIP: 49152 BPE ranks minus the 256 byte tokens and 2 specials are merges (the first line is a header)
 CLIP_MERGES = 49152 - 256 - 2
@@ -60,28 +58,10 @@ def build_clip_bpe(gz_path: str | Path, out_dir: str | Path) -> tuple[Path, Path
     return vocab, merges_file
 
 
-def shipped_folder(family: str) -> Path:
-    """``assets/configs/<family>``; a StudioError for a family without shipped configs."""
-    if family not in SHIPPED:
-        raise StudioError(f"no shipped configs for the {family} family", hint=f"shipped: {', '.join(SHIPPED)}; "
-                          "pass config=<a diffusers pipeline folder of this model> instead")
-    return CONFIG_ROOT / family
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise StudioError(f"cannot read {Path(path).name} ({e})", where=str(Path(path).parent)) from None
 
 
-def component_config(folder: Path, component: str) -> dict | None:
-    """``<folder>/<component>/config.json`` (or ``scheduler_config.json``) as a dict; None when absent."""
-    for name in CONFIG_FILES:
-        path = Path(folder) / component / name
-        if path.is_file():
-            return read_json(path)
-    return None
 
 
 def has_bpe_files(folder: Path) -> bool:
@@ -101,22 +81,3 @@ def clip_tokenizer(folder: Path | None, fallback: Path):
                                        "errors") if k in settings}
     return CLIPTokenizer(vocab=str(CLIP_BPE / "vocab.json"), merges=str(CLIP_BPE / "merges.txt"), **kwargs)
 
-
-def write_config_folder(target: str | Path, family: str, overrides: dict[str, dict] | None = None) -> Path:
-    """A complete diffusers config folder for ``family`` at ``target`` (what ``from_single_file(config=…)`` reads):
-    the shipped JSON files, each component's config updated with ``overrides[component]``, and the CLIP BPE files
-    copied into every tokenizer folder. Tests use it for shrunk architectures; anyone may use it to load a single
-    file with diffusers offline."""
-    src, out = shipped_folder(family), Path(target)
-    overrides = overrides or {}
-    for path in sorted(src.rglob("*.json")):
-        rel = path.relative_to(src)
-        data = read_json(path)
-        if len(rel.parts) == 2 and rel.parts[0] in overrides:
-            data.update(overrides[rel.parts[0]])
-        write_json(out / rel, data)
-    for tok in TOKENIZER_DIRS:
-        if (out / tok).is_dir():
-            for name in ("vocab.json", "merges.txt"):
-                write_text(out / tok / name, (CLIP_BPE / name).read_text(encoding="utf-8"))
-    return out

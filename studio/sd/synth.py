@@ -20,6 +20,7 @@ from ..layout.sd_keys import (UNET_PREFIX, VAE_PREFIX, is_vae_attn_linear, openc
                               vae_to_ldm)
 from ..output import write_json, write_safetensors, write_text
 from ..sources import TensorInfo
+from .configs import write_tokenizers
 
 Table = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
@@ -224,8 +225,10 @@ SD_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scal
                 "steps_offset": 1, "timestep_spacing": "leading", "prediction_type": "epsilon"}
 
 
-def write_random_pipeline(folder: Path, family: str, seed: int = 0, tiny: bool = True, runnable: bool = False) -> Path:
-    """A diffusers pipeline folder with random weights (model_index.json + component folders; no tokenizer)."""
+def write_random_pipeline(folder: Path, family: str, seed: int = 0, tiny: bool = True, runnable: bool = False,
+                          tokenizers: bool = False) -> Path:
+    """A diffusers pipeline folder with random weights (model_index.json + component folders); ``tokenizers``: with
+    the family's shipped CLIP tokenizer folders too (a pipeline ``from_pretrained`` loads without being given one)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     classes = {"unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
@@ -254,6 +257,8 @@ def write_random_pipeline(folder: Path, family: str, seed: int = 0, tiny: bool =
     (folder / "scheduler").mkdir(exist_ok=True)
     write_json(folder / "scheduler" / "scheduler_config.json", {"_class_name": "EulerDiscreteScheduler", **SD_SCHEDULER})
     index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
+    for tok in write_tokenizers(folder, family) if tokenizers else []:
+        index[tok] = ["transformers", "CLIPTokenizer"]
     write_json(folder / "model_index.json", index)
     return folder
 

@@ -14,7 +14,8 @@ from ..sources import TensorInfo, TensorSource, open_source
 from ..layout.sd_keys import VAE_PREFIX, VAE_PREFIXES, vae_from_ldm, vae_to_ldm
 
 
-def _levels(keys) -> int:
+def vae_levels(keys) -> int:
+    """How many resolution levels a VAE has, from its keys in either naming (the encoder's down blocks)."""
     found = {int(m[1]) for k in keys if (m := re.search(r"encoder\.down(?:_blocks)?\.(\d+)\.", k))}
     return max(found) + 1 if found else 4
 
@@ -26,7 +27,7 @@ class VaeSource(TensorSource):
         super().__init__(ref=vae.ref, path=vae.path, kind=vae.kind, config=vae.config, metadata=dict(vae.metadata),
                          folder=vae.folder)
         self.vae = vae
-        levels = _levels(vae.keys())
+        levels = vae_levels(vae.keys())
         self._map: dict[str, str] = {}
         missing = []
         for out_key, info in wanted.items():
