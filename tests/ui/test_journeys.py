@@ -38,7 +38,7 @@ def journey_server(toy_family, tmp_path_factory):
 
     own = tmp_path_factory.mktemp("own")
     for name, seed in (("my-sd-a", 1), ("my-sd-b", 2)):
-        synth.write_random_pipeline(own / name, "sd1", seed=seed, tiny=True, runnable=True)
+        synth.write_random_pipeline(own / name, "sd1", seed=seed, tiny=True, runnable=True, tokenizers=True)
     base = make_llama(own / "llama-base", seed=0)
     from safetensors.torch import load_file
     state = load_file(str(base / "model.safetensors"))
@@ -164,14 +164,20 @@ def test_artist(journey_server):
     assert recipe.merge_method == "linear" and "IN00" in str(recipe.to_dict())
     expected = merge_in_memory(recipe)
     from diffusers import StableDiffusionPipeline
-    # the test's pipelines carry no tokenizer folder (the studio reads CLIP's vocabulary from open-clip-torch)
-    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, tokenizer=None, safety_checker=None,
-                                                   feature_extractor=None, image_encoder=None)
-    for name, module in (("unet", pipe.unet), ("vae", pipe.vae), ("text_encoder", pipe.text_encoder)):
-        for k, v in module.state_dict().items():
-            if f"{name}.{k}" in expected:
-                torch.testing.assert_close(v, expected[f"{name}.{k}"].to(v.dtype), rtol=1e-3, atol=1e-3)
-    assert single.is_file() and (ws / "exports" / "artist-mix.recipe.yml").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+
+    def plain(key):  # CLIP's ``text_model.`` level: files and transformers versions differ on it
+        return key.replace("text_model.", "")
+    state = {plain(f"{name}.{k}"): v for name in ("unet", "vae", "text_encoder")
+             for k, v in getattr(pipe, name).state_dict().items()}
+    for k, v in expected.items():
+        torch.testing.assert_close(state[plain(k)], v.to(state[plain(k)].dtype))
+    # the single file has the original (ldm) names A1111, ComfyUI and diffusers' from_single_file read
+    assert (ws / "exports" / "artist-mix.recipe.yml").is_file()
+    one = StableDiffusionPipeline.from_single_file(str(single), config=str(own / "my-sd-a"), local_files_only=True)
+    for name in ("unet", "vae", "text_encoder"):
+        for k, v in getattr(one, name).state_dict().items():
+            torch.testing.assert_close(v.float(), getattr(pipe, name).state_dict()[k].float())  # both float16 data
 
 
 def test_llm_practitioner(journey_server):
@@ -184,6 +190,7 @@ def test_llm_practitioner(journey_server):
         _pick(page, expect, "llama-a")
         page.locator("#files-start").click()
         expect(page.locator("#include-models")).to_contain_text("llama-a", timeout=60_000)
+        expect(page.locator("#latency")).to_contain_text("perplexity", timeout=120_000)  # at once, nothing typed
         _idle(page, expect)
         _shot(page, "llm-1-opened")
 
@@ -194,9 +201,8 @@ def test_llm_practitioner(journey_server):
         page.keyboard.press("Delete")
         editor.fill(yaml_text)
         page.locator("#apply-yaml").click()
-        expect(page.locator("#verdict")).to_contain_text("Ready", timeout=60_000)
+        expect(page.locator("#verdict")).to_contain_text("slerp", timeout=60_000)
         expect(page.locator("#include-models")).to_contain_text("llama-b", timeout=60_000)
-        expect(page.locator("#latency")).to_contain_text("perplexity", timeout=120_000)
         _idle(page, expect)
         _shot(page, "llm-2-yaml")
 
