@@ -62,14 +62,3 @@ def main(argv: list[str] | None = None) -> int:
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
-
-def load_recipe(path: str):
-    """The recipe a command was given: a mergekit YAML, or any file that carries one (a merged .safetensors, an
-    output folder, a PNG with merge settings; see :func:`studio.recipe.files.read_recipe`). What could not be carried
-    over goes to stderr as notes."""
-    from .recipe import Recipe
-    from .recipe.files import read_recipe
-    found = read_recipe(path)
-    for note in found.notes:
-        print(f"note: {note}", file=sys.stderr)
-    return Recipe.from_dict(found.recipe, where=str(path))

@@ -55,3 +55,14 @@ def add_word_tokenizer(path: Path, chat_template: str | None = None) -> Path:
         fast.chat_template = chat_template
     fast.save_pretrained(path)
     return path
+
+
+def tagged_png(path: Path, **chunks: str) -> Path:
+    """A 4×4 PNG at ``path`` with these text chunks (a recipe, A1111's ``parameters``)."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for k, v in chunks.items():
+        info.add_text(k, v)
+    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+    return path

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 from ..analysis import landscape_1d, landscape_random_plane, landscape_task_plane, task_vector_stats
 from ..analysis.report import build_report
-from ..cli import load_recipe, print_json
+from ..cli import print_json
+from . import load_recipe
 from ..errors import StudioError
 from ..output import write_text
 from ..zoo import get_family, list_families

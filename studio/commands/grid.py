@@ -11,7 +11,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..engine.live import LiveMerger
-from ..cli import load_recipe
+from . import load_recipe
 from ..errors import StudioError
 from ..preview import previewer_for
 from ..preview.grid import Axis, render_grid, save_grid

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import load_recipe, print_json
+from ..cli import print_json
+from . import load_recipe
 from ..describe import human_bytes, human_count
 from ..devices import parse_size
 from ..engine import build_plan, check_merge_target, merge_to_disk, planned_output

@@ -45,13 +45,13 @@ class FileBrowser:
 
     def go(self, folder: str | None) -> None:
         """List ``folder`` (only inside the allowed folders; the hub cache lists its models by id)."""
-        self.selected, self.message = None, ""
         if not folder:
-            self.cwd, self.place, self.entries = None, None, []
+            self.cwd, self.place, self.entries, self.selected, self.message = None, None, [], None, ""
             return
-        path = self.s.env.roots.check_path(str(folder))
+        path = self.s.env.roots.check_path(str(folder))  # a refused folder leaves the listing as it was
         if not path.is_dir():
             raise StudioError("not a folder", where=str(path))
+        self.selected, self.message = None, ""
         hub = self.s.env.roots.hub_cache
         self.entries = hub_models(path) if hub is not None and path == hub else list_folder(path)
         self.cwd = path

@@ -5,8 +5,9 @@ import json
 
 import pytest
 import torch
-from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
+
+from tinymodels import tagged_png
 
 import studio  # noqa: F401 — registers the readers
 from studio.errors import StudioError
@@ -17,13 +18,6 @@ RECIPE = {"merge_method": "linear", "models": [{"model": "/m/a", "parameters": {
 YAML = "merge_method: linear\nmodels:\n  - model: /m/a\n    parameters: {weight: 0.25}\n" \
        "  - model: /m/b\n    parameters: {weight: 0.75}\n"
 
-
-def _png(path, **chunks):
-    info = PngImagePlugin.PngInfo()
-    for k, v in chunks.items():
-        info.add_text(k, v)
-    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
-    return path
 
 
 def test_yaml_folder_and_sibling(tmp_path):
@@ -44,17 +38,17 @@ def test_embedded_in_safetensors_and_png(tmp_path):
     f = tmp_path / "m.safetensors"
     save_file({"w": torch.zeros(2)}, str(f), metadata={RECIPE_KEY: json.dumps(RECIPE)})
     assert read_recipe(f).recipe == RECIPE
-    png = _png(tmp_path / "p.png", **{RECIPE_KEY: json.dumps(RECIPE)})
+    png = tagged_png(tmp_path / "p.png", **{RECIPE_KEY: json.dumps(RECIPE)})
     assert read_recipe(png).recipe == RECIPE
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda p: _png(p / "plain.png", parameters="a cat\nSteps: 20, Sampler: Euler a, Seed: 1"), "carries no merge"),
+    (lambda p: tagged_png(p / "plain.png", parameters="a cat\nSteps: 20, Sampler: Euler a, Seed: 1"), "carries no merge"),
     (lambda p: (p / "x.txt").write_text("hello") and p / "x.txt", "cannot read a recipe from a '.txt'"),
     (lambda p: (p / "bad.png").write_bytes(b"\x89PNG not really") and p / "bad.png", "cannot read the image"),
     (lambda p: p / "missing.yml", "no such file"),
     (lambda p: p, f"no {RECIPE_FILE} in this folder"),
-    (lambda p: _png(p / "j.png", **{RECIPE_KEY: "{not json"}), "not valid JSON"),
+    (lambda p: tagged_png(p / "j.png", **{RECIPE_KEY: "{not json"}), "not valid JSON"),
 ])
 def test_refusals_name_what_was_looked_for(tmp_path, make, message):
     with pytest.raises(StudioError, match=message):

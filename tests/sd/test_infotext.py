@@ -5,8 +5,9 @@ import json
 
 import pytest
 import torch
-from PIL import Image, PngImagePlugin
 from safetensors.torch import load_file, save_file
+
+from tinymodels import tagged_png
 
 from studio.engine import merge_in_memory
 from studio.errors import StudioError
@@ -31,11 +32,9 @@ def _checkpoints(folder, names):
     return out
 
 
+
 def _png(path, text):
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", text)
-    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
-    return path
+    return tagged_png(path, parameters=text)
 
 
 def test_infotext_round_trip():

@@ -9,22 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image, PngImagePlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinymodels import add_word_tokenizer, make_llama  # noqa: E402
+from tinymodels import add_word_tokenizer, make_llama, tagged_png  # noqa: E402
 
 from studio.errors import StudioError
 from studio.recipe.files import RECIPE_KEY
 from studio.ui.paths import PathNotAllowed
 
-
-def _png(path, **chunks):
-    info = PngImagePlugin.PngInfo()
-    for k, v in chunks.items():
-        info.add_text(k, v)
-    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
-    return path
 
 
 @pytest.fixture()
@@ -38,8 +30,8 @@ def own(tmp_path, toy_family):
         {"model": str(tmp_path / "models" / "alpha.safetensors"), "parameters": {"weight": 0.3}},
         {"model": str(tmp_path / "models" / "beta.safetensors"), "parameters": {"weight": 0.7}}]}
     (tmp_path / "models" / "mine.yml").write_text(json.dumps(recipe))
-    _png(tmp_path / "models" / "shot.png", **{RECIPE_KEY: json.dumps(recipe)})
-    _png(tmp_path / "models" / "plain.png")
+    tagged_png(tmp_path / "models" / "shot.png", **{RECIPE_KEY: json.dumps(recipe)})
+    tagged_png(tmp_path / "models" / "plain.png")
     (tmp_path / "models" / "eval.jsonl").write_text('{"prompt": "a", "answer": "b"}\n')
     (tmp_path / "models" / "notes.odt").write_text("x")
     return tmp_path / "models", recipe
@@ -101,7 +93,7 @@ def test_open_and_drop_recipes(env, own, tmp_path_factory):
     outside = dict(recipe, models=[{"model": "/etc/passwd"}, {"model": recipe["models"][1]["model"]}])
     before = s2.recipe
     with pytest.raises(PathNotAllowed):
-        s2.files.drop(str(_png(up / "evil.png", **{RECIPE_KEY: json.dumps(outside)})))
+        s2.files.drop(str(tagged_png(up / "evil.png", **{RECIPE_KEY: json.dumps(outside)})))
     assert s2.recipe == before
     with pytest.raises(StudioError, match="no recipe to open"):
         s2.files.drop(str(folder / "eval.jsonl"))

@@ -72,7 +72,7 @@ def _open_place(page, expect, folder: Path):
 
 
 def _pick(page, expect, name: str):
-    page.locator("#files-table").get_by_text(name, exact=True).click()
+    page.locator("#files-table").get_by_text(name, exact=True).filter(visible=True).first.click()
     expect(page.locator("#files-where")).to_contain_text(f"selected {name}", timeout=30_000)
 
 
