@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import traceback
+import warnings
 
 from .errors import StudioError
 
@@ -42,21 +45,42 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --debug anywhere (or STUDIO_DEBUG=1): library warnings and a bug's traceback are shown
+    debug = "--debug" in argv or os.environ.get("STUDIO_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if not debug:  # transformers and diffusers log notices to stderr; they read these when first imported
+        for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+            os.environ.setdefault(var, "error")
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except StudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; no output was written", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        if not debug:  # stderr holds our own lines (progress, notes, the error), not libraries' deprecation notices
+            warnings.simplefilter("ignore")
+        try:
+            return int(args._run(args) or 0)
+        except StudioError as e:
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted; no output was written", file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001 - a bug: one line (the traceback with --debug), exit 1
+            if debug:
+                traceback.print_exc()
+            print(f"internal error ({type(e).__name__}: {one_line(str(e))[:200]}) — a bug: please report it with the "
+                  "command" + (" and the traceback above" if debug else " and the traceback --debug shows"),
+                  file=sys.stderr)
+            return 1
+
+
+def one_line(text: str) -> str:
+    """A message on one line (a parser's or a library's text may hold newlines)."""
+    return " ".join(text.split())
 
 
 def print_json(obj) -> None:

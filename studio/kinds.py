@@ -85,8 +85,8 @@ def what_is(path: str | Path) -> Entry | None:
             return Entry(path, EVAL_SET, "evaluation set (JSONL)")
         if suffix in (".txt", ".md"):
             return Entry(path, TEXT, "text (perplexity)")
-    except (StudioError, OSError):
-        return Entry(path, FOLDER if path.is_dir() else MODEL, "unreadable")
+    except (StudioError, OSError):  # a broken header, a name too long: listed, and opening it says why
+        return Entry(path, MODEL, "unreadable")
     return None
 
 

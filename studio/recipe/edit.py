@@ -418,7 +418,7 @@ def rules_to_text(rules: list[dict]) -> str:
 def parse_rules(text: str) -> list[dict]:
     """Lines ``substring: value`` (or ``=``); '#' starts a comment. First matching line wins, as in mergekit."""
     rules = []
-    for n, line in enumerate((text or "").splitlines(), start=1):
+    for n, line in enumerate(("" if text is None else str(text)).splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -454,6 +454,8 @@ def curve(shape: str, n: int, lo: float, hi: float) -> list[float]:
 
 def preset_values(name: str, groups: list[str]) -> list[float]:
     """A block-weight preset for these groups: the exact row for SD layouts, else the U-Net shape resampled."""
+    if not isinstance(name, str) or not name.strip():
+        raise RecipeError("choose a preset", hint="e.g. GRAD_V, ALL_B, or a row of assets/presets/block_weights.tsv")
     n = len(groups)
     vals = lookup_preset(name, n)
     if vals is not None:

@@ -78,13 +78,17 @@ def _yaml(path: Path) -> FoundRecipe:
 def read_recipe(path: str | Path, folders: Sequence[Path] = ()) -> FoundRecipe:
     """The recipe a file or folder carries (see the module's doc); StudioError saying what was looked for. Models
     that other tools name by file name are looked for beside ``path`` and in ``folders``."""
-    path = Path(path)
-    if path.is_dir():
+    path = Path(str(path))
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as e:  # a name too long for the filesystem, a loop of links
+        raise StudioError(f"cannot read this path ({e.strerror or e})", where=str(path)[:200]) from None
+    if is_dir:
         if (path / RECIPE_FILE).is_file():
             return _yaml(path / RECIPE_FILE)
         raise StudioError(f"no {RECIPE_FILE} in this folder", where=str(path),
                           hint="open a recipe YAML, a merged .safetensors or a PNG made by the studio")
-    if not path.is_file():
+    if not is_file:
         raise StudioError("no such file", where=str(path))
     suffix = path.suffix.lower()
     if suffix in YAML_SUFFIXES:

@@ -11,8 +11,10 @@ parallel merges; slider releases use ``trigger_mode="always_last"`` so a newer v
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
+import uuid
 from typing import Any, Callable, Sequence
 
 import gradio as gr
@@ -184,9 +186,18 @@ class StudioUI:
             gr.Warning(str(e))
             return None, str(e)
         except Exception as e:  # noqa: BLE001 - a bug must not show a traceback to the user; it goes to the log
-            log.error("%s failed: %s", what, traceback.format_exc())
-            gr.Warning(f"{type(e).__name__}: {e}")
-            return None, f"{type(e).__name__}: {e}"
+            msg = bug_report(what, e)
+            gr.Warning(msg)
+            return None, msg
+
+    def guard(self, fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+        """An event handler that cannot fail in the page: a user's mistake anywhere in it (a number box sent empty)
+        is a warning, a bug a logged one-line warning with an id; its outputs then stay as they are."""
+        @functools.wraps(fn)  # keeps the signature: gradio finds the handler's gr.Progress argument through it
+        def guarded(*args, **kwargs):
+            out, err = self.attempt(lambda: fn(*args, **kwargs), what)
+            return {} if err is not None else out
+        return guarded
 
     def on(self, trigger, fn: Callable[..., Any], inputs: Sequence = (), *, api_name: str | None = None,
            preview: bool = True, refresh: bool = False, scope: Sequence | None = None):
@@ -239,6 +250,14 @@ class StudioUI:
         self.demo.queue(default_concurrency_limit=self.env.max_parallel)
         return self.demo.launch(server_name=host, server_port=port, share=share, theme=_theme(), css=CSS,
                                 head=KEYS_COMMIT, allowed_paths=[str(p) for p in self.env.roots.roots], **kw)
+
+
+def bug_report(what: str, exc: BaseException) -> str:
+    """Log a bug with its traceback under a short id, and the one line the page shows for it."""
+    ident = uuid.uuid4().hex[:8]
+    log.error("bug #%s in %s:\n%s", ident, what, traceback.format_exc())
+    return (f"internal error in {what} ({type(exc).__name__}) — logged as #{ident}; please report it with what you "
+            "did")
 
 
 def _update(props: dict):

@@ -136,7 +136,7 @@ class FileBrowser:
         """A file dropped on the page: a recipe, a merged .safetensors or an image with merge settings."""
         if not path:
             return
-        entry = what_is(path)
+        entry = what_is(str(path))
         if entry is not None and entry.action not in (RECIPE, MODEL, LORA):
             raise StudioError(f"a dropped {entry.label} has no recipe to open",
                               hint="drop a recipe YAML, a merged .safetensors or a PNG with merge settings; "

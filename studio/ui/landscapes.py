@@ -3,6 +3,7 @@ task-vector statistics — numbers from :mod:`studio.analysis`, labelled for the
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from ..analysis import landscape_1d, landscape_2d, task_vector_stats
@@ -12,6 +13,20 @@ from ..recipe.edit import SettingPath
 from .controls import path_label, slider_range
 
 Progress = Callable[[float, str], None]
+
+
+MAX_POINTS = 101
+
+
+def whole_number(value, what: str, lo: int, hi: int) -> int:
+    """A count typed into the page (a number box may send None, a float or text) as an int in [lo, hi]."""
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        raise StudioError(f"{what}: a whole number from {lo} to {hi}, got {value!r}") from None
+    if not math.isfinite(n) or n != int(n) or not lo <= n <= hi:
+        raise StudioError(f"{what}: a whole number from {lo} to {hi}, got {value!r}")
+    return int(n)
 
 
 class LandscapeController:
@@ -36,10 +51,11 @@ class LandscapeController:
         """
         s = self.s
         path = SettingPath.parse(target) if target else s.need_target()
+        path.groups(s.layout())  # a group the layout does not have is named now, not deep in the sweep
         r_lo, r_hi, _ = slider_range(E.param_of(s.recipe, path), None)
         lo = r_lo if lo is None else float(lo)
         hi = r_hi if hi is None else float(hi)
-        points = max(2, int(points))
+        points = whole_number(points, "points", 2, MAX_POINTS)
         xs = [lo + (hi - lo) * i / (points - 1) for i in range(points)]
         if E.param_of(s.recipe, path).kind is int:
             xs = sorted({int(round(x)) for x in xs})
@@ -70,6 +86,7 @@ class LandscapeController:
         ``note`` in the result says what was (not) overlaid.
         """
         s = self.s
+        steps = whole_number(steps, "grid", 2, MAX_POINTS)
         base = s.recipe.get("base_model")
         experts = s.experts()
         if not base:
@@ -93,7 +110,7 @@ class LandscapeController:
         with s.env.heavy, pv.lock:
             live = pv.sync_live()
             data = landscape_2d(live, lambda state: self._numbers(pv.score(state)), plane="task", i=x_model,
-                                j=y_model, steps=int(steps), trajectories=trajectories, device=s.env.device,
+                                j=y_model, steps=steps, trajectories=trajectories, device=s.env.device,
                                 score_name=f"average {pv.metric}", progress=progress)
         data["x"]["label"] = f"α · τ({s.label(x_model)})"
         data["y"]["label"] = f"β · τ({s.label(y_model)})"

@@ -69,7 +69,11 @@ class AllowedRoots:
             raise PathNotAllowed("empty path")
         p = Path(os.path.expanduser(str(text).strip()))
         # resolve() follows symlinks and '..', so a link inside an allowed folder cannot point outside it
-        p = p.resolve()
+        try:
+            p = p.resolve()
+        except (OSError, RuntimeError) as e:  # a name too long for the filesystem, a loop of links
+            raise PathNotAllowed(f"cannot resolve this path ({getattr(e, 'strerror', None) or e})",
+                                 where=str(text)[:200]) from None
         if write and self._inside(p, [INSTALL_DIR]):
             raise PathNotAllowed(f"{p} is inside the studio's own install folder, which it never writes",
                                  hint="export into the workspace (--workspace DIR) or an --allow folder")

@@ -197,7 +197,7 @@ class Session:
 
     def set_yaml(self, text: str) -> None:
         """Replace the recipe by edited YAML (RecipeError with the parser's message when it is not valid)."""
-        self.open_recipe(Recipe.from_yaml(text, where="YAML view").to_dict())
+        self.open_recipe(Recipe.from_yaml("" if text is None else str(text), where="YAML view").to_dict())
 
     def open_recipe(self, recipe: dict, where: str = "recipe") -> None:
         """A recipe from outside the session (typed, opened, dropped, saved in the browser) becomes its recipe: it

@@ -88,7 +88,8 @@ def wire(ui) -> None:
                                                           progress=ui.progress(progress, "sweeping")), "sweep")
         return gr.update() if err else gr.update(value=figures.sweep_line(data), visible=True)
 
-    ns.sweep_btn.click(sweep, [ui.state, ns.target, ns.points], [ns.landscape], api_name="landscape", **heavy)
+    ns.sweep_btn.click(ui.guard(sweep, "sweep"), [ui.state, ns.target, ns.points], [ns.landscape],
+                       api_name="landscape", **heavy)
 
     def plane(state, x, y, grid, progress=gr.Progress()):
         s = ui.session(state)
@@ -100,7 +101,8 @@ def wire(ui) -> None:
             return f"⚠ {err}", gr.update()
         return plane_note(data), gr.update(value=figures.landscape_contour(data), visible=True)
 
-    ns.plane_btn.click(plane, [ui.state, ns.plane_x, ns.plane_y, ns.grid], [ns.plane_note, ns.plane],
+    ns.plane_btn.click(ui.guard(plane, "task-vector plane"), [ui.state, ns.plane_x, ns.plane_y, ns.grid],
+                       [ns.plane_note, ns.plane],
                        api_name="landscape_plane", **heavy)
 
     def diagnostics(state, progress=gr.Progress()):
@@ -113,4 +115,5 @@ def wire(ui) -> None:
         return [note] + [gr.update(value=figs[i], visible=True) if i < len(figs) else gr.update(visible=False)
                          for i in range(DIAGNOSTIC_PLOTS)]
 
-    ns.diag_btn.click(diagnostics, [ui.state], [ns.diag_note] + ns.diag_plots, api_name="diagnostics", **heavy)
+    ns.diag_btn.click(ui.guard(diagnostics, "diagnostics"), [ui.state], [ns.diag_note] + ns.diag_plots,
+                      api_name="diagnostics", **heavy)

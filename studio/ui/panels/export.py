@@ -70,5 +70,6 @@ def wire(ui) -> None:
                 f"{res['summary'].get('tensors')} tensors.\n\n{files}",
                 card_markdown(res["card"]) or f"```yaml\n{res['recipe']}\n```")
 
-    ns.button.click(export, [ui.state, ns.format, ns.dtype, ns.folder, ns.name, ns.overwrite], [ns.result, ns.card],
+    ns.button.click(ui.guard(export, "export"), [ui.state, ns.format, ns.dtype, ns.folder, ns.name, ns.overwrite],
+                    [ns.result, ns.card],
                     api_name="export", concurrency_id=ui.HEAVY)

@@ -59,7 +59,8 @@ def wire(ui) -> None:
         return (f"{cells} previews in {g.seconds:.1f} s.",
                 gr.update(value=s.grids.picture(), visible=True))
 
-    ns.button.click(grid, [ui.state, ns.x_path, ns.x_values, ns.y_path, ns.y_values], [ns.note, ns.image],
+    ns.button.click(ui.guard(grid, "grid"), [ui.state, ns.x_path, ns.x_values, ns.y_path, ns.y_values],
+                    [ns.note, ns.image],
                     api_name="grid", concurrency_id=ui.HEAVY, show_progress_on=[ns.note])
 
     def save(state, folder, name, overwrite):
@@ -68,5 +69,6 @@ def wire(ui) -> None:
                                                     bool(overwrite)), "save grid")
         return f"⚠ **Not saved:** {err}" if err else f"✓ Saved `{path}` (each cell's recipe is in its metadata)"
 
-    ns.save.click(save, [ui.state, ns.folder, ns.name, ns.overwrite], [ns.saved], api_name="save_grid",
+    ns.save.click(ui.guard(save, "save grid"), [ui.state, ns.folder, ns.name, ns.overwrite], [ns.saved],
+                  api_name="save_grid",
                   concurrency_id=ui.HEAVY)

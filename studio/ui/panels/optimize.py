@@ -108,7 +108,8 @@ def wire(ui) -> None:
                                    visible=True),
                 ns.export_box: gr.update(visible=lr.recipe is None), ns.export_result: ""}
 
-    ns.run.click(learn, [ui.state, ns.method, ns.steps, ns.data], ui.outputs + after, api_name="learn",
+    ns.run.click(ui.guard(learn, "learn"), [ui.state, ns.method, ns.steps, ns.data], ui.outputs + after,
+                 api_name="learn",
                  concurrency_id=ui.HEAVY, show_progress_on=[ns.result])
     ui.on(ns.load_btn.click, lambda s: s.learning.load(), api_name="load_learned")
     ui.on(ns.show_btn.click, lambda s: s.learning.preview(), api_name="preview_learned", preview=False)
@@ -123,5 +124,6 @@ def wire(ui) -> None:
         files = "\n".join(f"- `{f}`" for f in res["files"])
         return f"✓ **Exported** {human_bytes(res['bytes'])} in {res['seconds']:.2f} s\n\n{files}"
 
-    ns.export_btn.click(export, [ui.state, ns.export_name, ns.export_dtype, ns.export_overwrite], [ns.export_result],
+    ns.export_btn.click(ui.guard(export, "export learned"),
+                        [ui.state, ns.export_name, ns.export_dtype, ns.export_overwrite], [ns.export_result],
                         api_name="export_learned", concurrency_id=ui.HEAVY)

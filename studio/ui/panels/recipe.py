@@ -263,7 +263,8 @@ def wire(ui) -> None:
         pv, error = ui.attempt(s.preview, "preview")
         return ui.changes(s, pv or s.last_preview, error)
 
-    ns.yaml_apply.click(apply_yaml, [ui.state, ns.yaml], ui.outputs, api_name="apply_yaml", concurrency_id=ui.HEAVY,
+    ns.yaml_apply.click(ui.guard(apply_yaml, "apply YAML"), [ui.state, ns.yaml], ui.outputs, api_name="apply_yaml",
+                        concurrency_id=ui.HEAVY,
                         show_progress_on=[ui.p.latency])
     # the draft arrives with the event, so the page's YAML differs from the recipe's and is sent back
     ui.on(ns.yaml_reset.click, lambda s, draft: None, [ns.yaml], api_name="revert_yaml", preview=False)
