@@ -77,3 +77,113 @@ SAFETENSORS_ROWS = {
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------- LoRAs
+def lora_base() -> dict[str, torch.Tensor]:
+    """A base whose tensors the LoRA rows target: a linear layer (16×8), a 3×3 conv (16×8×3×3), an embedding."""
+    g = torch.Generator().manual_seed(0)
+    return {"net.fc.weight": torch.randn(16, 8, generator=g), "net.fc.bias": torch.zeros(16),
+            "net.conv.weight": torch.randn(16, 8, 3, 3, generator=g), "net.emb.weight": torch.randn(10, 8, generator=g)}
+
+
+def _r(*shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+
+
+FC, CONV = "net.fc", "net.conv"
+# id → (the LoRA file's tensors, the module the error must name); each is a good LoRA of its flavour with one factor
+# (or the target) made not to fit
+LORA_ROWS = {
+    "lora-up-rank-not-down-rank": ({f"{FC}.lora_A.weight": _r(4, 8), f"{FC}.lora_B.weight": _r(16, 2)}, FC),
+    "kohya-up-rank-not-down-rank": ({f"{FC}.lora_down.weight": _r(2, 8), f"{FC}.lora_up.weight": _r(16, 4),
+                                     f"{FC}.alpha": torch.tensor(2.0)}, FC),
+    "locon-up-rank-not-down-rank": ({f"{CONV}.lora_down.weight": _r(4, 8, 3, 3),
+                                     f"{CONV}.lora_up.weight": _r(16, 2, 1, 1)}, CONV),
+    "locon-up-with-a-kernel": ({f"{CONV}.lora_down.weight": _r(4, 8, 1, 1),
+                                f"{CONV}.lora_up.weight": _r(16, 4, 3, 3)}, CONV),
+    "down-a-vector": ({f"{FC}.lora_A.weight": _r(32), f"{FC}.lora_B.weight": _r(16, 4)}, FC),
+    "tucker-mid-not-joining": ({f"{CONV}.lora_mid.weight": _r(3, 2, 3, 3), f"{CONV}.lora_up.weight": _r(16, 2, 1, 1),
+                                f"{CONV}.lora_down.weight": _r(3, 8, 1, 1)}, CONV),
+    "tucker-mid-alone": ({f"{CONV}.lora_mid.weight": _r(2, 3, 3, 3)}, CONV),
+    "loha-rank-mismatch": ({f"{FC}.hada_w1_a": _r(16, 4), f"{FC}.hada_w1_b": _r(3, 8), f"{FC}.hada_w2_a": _r(16, 2),
+                            f"{FC}.hada_w2_b": _r(2, 8)}, FC),
+    "loha-factors-of-two-shapes": ({f"{FC}.hada_w1_a": _r(16, 4), f"{FC}.hada_w1_b": _r(4, 8),
+                                    f"{FC}.hada_w2_a": _r(8, 2), f"{FC}.hada_w2_b": _r(2, 16)}, FC),
+    "loha-missing-a-factor": ({f"{FC}.hada_w1_a": _r(16, 4), f"{FC}.hada_w1_b": _r(4, 8),
+                               f"{FC}.hada_w2_a": _r(16, 2)}, FC),
+    "loha-tucker-core-not-joining": ({f"{CONV}.hada_w1_a": _r(2, 16), f"{CONV}.hada_w1_b": _r(2, 8),
+                                      f"{CONV}.hada_t1": _r(3, 2, 3, 3), f"{CONV}.hada_w2_a": _r(2, 16),
+                                      f"{CONV}.hada_w2_b": _r(2, 8), f"{CONV}.hada_t2": _r(2, 2, 3, 3)}, CONV),
+    "lokr-rank-mismatch": ({f"{FC}.lokr_w1": _r(2, 2), f"{FC}.lokr_w2_a": _r(8, 2), f"{FC}.lokr_w2_b": _r(3, 4)}, FC),
+    "lokr-without-w2": ({f"{FC}.lokr_w1": _r(2, 2), f"{FC}.lokr_w2_a": _r(8, 2)}, FC),
+    "embedding-rank-mismatch": ({"net.emb.lora_embedding_A": _r(4, 10), "net.emb.lora_embedding_B": _r(8, 2)},
+                                "net.emb"),
+    "alpha-not-a-number": ({f"{FC}.lora_A.weight": _r(4, 8), f"{FC}.lora_B.weight": _r(16, 4),
+                            f"{FC}.alpha": torch.zeros(0)}, FC),
+    "dora-magnitude-of-neither-side": ({f"{FC}.lora_A.weight": _r(4, 8), f"{FC}.lora_B.weight": _r(16, 4),
+                                        f"{FC}.lora_magnitude_vector": _r(5)}, FC),
+    "module-wider-than-its-target": ({f"{FC}.lora_A.weight": _r(4, 8), f"{FC}.lora_B.weight": _r(32, 4)}, FC),
+    "conv-module-on-a-linear-target": ({f"{FC}.lora_down.weight": _r(4, 8, 3, 3),
+                                        f"{FC}.lora_up.weight": _r(16, 4, 1, 1)}, FC),
+}
+
+
+# ----------------------------------------------------------------------------------------- paths and pickles
+def long_paths(tmp: Path) -> dict[str, str]:
+    """References the system cannot even look up: id → the reference text."""
+    deep = str(tmp) + "/" + "/".join(["d" * 200] * 25) + "/m.safetensors"  # names ≤ 255 bytes, path > 4096
+    return {
+        "5000-character-name": "a" * 5000,
+        "name-over-255-bytes": str(tmp / ("b" * 300 + ".safetensors")),
+        "path-over-4096-bytes": deep,
+        "multibyte-name-over-255-bytes": str(tmp / ("é" * 130 + ".safetensors")),  # 130 characters, 265 bytes
+        "long-model-plus-lora": "x" * 300 + "+lora.safetensors:0.5",
+        "model-plus-long-lora": "{base}+" + str(tmp / ("l" * 300 + ".safetensors")) + ":0.8",
+        "hub-id-shaped": "n" * 300 + "/model",
+    }
+
+
+class Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {os.environ.get('EVIL_MARKER', '/nonexistent/pwned')}",))
+
+
+def _torchscript(path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated; such archives are still around
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+
+
+PICKLE_IDS = ["garbage", "empty", "truncated-zip", "truncated-legacy", "module-object", "evil-raw-pickle",
+              "evil-torch-save", "protocol-4", "torchscript", "no-tensors"]
+
+
+def pickle_rows(tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Checkpoints that are not (tensor) checkpoints, written into ``tmp``: id → (path, what the message says)."""
+    import pickle
+
+    out: dict[str, tuple[Path, str]] = {}
+
+    def put(name, text, write):
+        path = tmp / name
+        write(path)
+        out[name.rsplit(".", 1)[0]] = (path, text)
+
+    good = {"w": torch.ones(3, 3)}
+    put("garbage.pt", "cannot read", lambda p: p.write_bytes(b"hello, not a pickle"))
+    put("empty.bin", "cannot read", lambda p: p.write_bytes(b""))
+    put("truncated-zip.bin", "cannot read", lambda p: (torch.save(good, p), p.write_bytes(p.read_bytes()[:120])))
+    put("truncated-legacy.ckpt", "cannot read",
+        lambda p: (torch.save(good, p, _use_new_zipfile_serialization=False), p.write_bytes(p.read_bytes()[:60])))
+    put("module-object.pt", "refused", lambda p: torch.save({"w": torch.nn.Linear(2, 2)}, p))
+    put("evil-raw-pickle.ckpt", "refused", lambda p: p.write_bytes(pickle.dumps({"state_dict": {"w": Evil()}})))
+    put("evil-torch-save.bin", "refused", lambda p: torch.save({"w": torch.ones(2), "x": Evil()}, p))
+    put("protocol-4.bin", "refused", lambda p: torch.save(good, p, pickle_protocol=4))
+    put("torchscript.pt", "cannot read", _torchscript)
+    put("no-tensors.ckpt", "no tensors", lambda p: torch.save({"epoch": 3, "lr": [0.1]}, p))
+    return out
