@@ -187,3 +187,32 @@ def pickle_rows(tmp: Path) -> dict[str, tuple[Path, str]]:
     put("torchscript.pt", "cannot read", _torchscript)
     put("no-tensors.ckpt", "no tensors", lambda p: torch.save({"epoch": 3, "lr": [0.1]}, p))
     return out
+
+
+# ------------------------------------------------------------------------------------------- non-finite weights
+def finite_model(seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"layers.0.w": torch.randn(6, 4, generator=g).to(dtype), "layers.1.w": torch.randn(6, 4, generator=g).to(dtype),
+            "alphas_cumprod": torch.linspace(1, 0.1, 5).to(dtype)}  # a buffer copied from the base, never merged
+
+
+def _spoil(values: list[float], key="layers.1.w", dtype=torch.float32):
+    def spoil(state):
+        t = state[key].to(torch.float32).flatten()
+        t[:len(values)] = torch.tensor(values)
+        state[key] = t.reshape(state[key].shape).to(dtype)
+        return state
+    return spoil
+
+
+NAN, INF = float("nan"), float("inf")
+# id → (dtype of the files, which model is spoiled: "base" or "model", how, the counts the message must give)
+NONFINITE_ROWS = {
+    "one-nan": (torch.float32, "model", _spoil([NAN]), "1 NaN / 0 Inf"),
+    "nans-and-infs": (torch.float32, "model", _spoil([NAN, NAN, INF, -INF, INF]), "2 NaN / 3 Inf"),
+    "minus-inf-only": (torch.float32, "model", _spoil([-INF]), "0 NaN / 1 Inf"),
+    "nan-in-the-base": (torch.float32, "base", _spoil([NAN] * 12, key="layers.0.w"), "12 NaN / 0 Inf"),
+    "fp16-overflowed": (torch.float16, "model", _spoil([INF, INF], dtype=torch.float16), "0 NaN / 2 Inf"),
+    "bf16-nan": (torch.bfloat16, "model", _spoil([NAN], dtype=torch.bfloat16), "1 NaN / 0 Inf"),
+    "all-nan": (torch.float32, "model", _spoil([NAN] * 24), "24 NaN / 0 Inf"),
+}
