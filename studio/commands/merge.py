@@ -1,5 +1,5 @@
 """python -m studio merge RECIPE.yaml OUT_DIR [--set PATH=VALUE …] [--device auto|cpu|cuda] [--seed N] [--overwrite]
-[--dry-run]"""
+[--dry-run] [--allow-nonfinite]"""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def add_arguments(p):
     p.add_argument("--shard-size", default="5G", help="maximum shard size, e.g. 2G or 500M (default 5G)")
     p.add_argument("--json", action="store_true", help="print the plan summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="merge input tensors holding NaN/Inf values (refused by default: they spread through a merge)")
 
 
 def print_summary(summary: dict, out=None) -> None:
@@ -61,7 +63,8 @@ def run(args) -> int:
         return 0
     t0 = time.perf_counter()
     summary = merge_to_disk(recipe, args.out, device=args.device, seed=args.seed, overwrite=args.overwrite,
-                            progress=not args.quiet, shard_bytes=parse_size(args.shard_size))
+                            progress=not args.quiet, shard_bytes=parse_size(args.shard_size),
+                            allow_nonfinite=args.allow_nonfinite)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["lora_scales"] = lora_scales
     if args.json:

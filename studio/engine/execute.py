@@ -2,6 +2,10 @@
 
 Reading and computing run in a small thread pool (torch and file reads release the GIL), bounded so that only a few
 tensors are in flight; results are consumed in plan order so a streaming writer can append them sequentially.
+
+Every floating input a merge task reads is checked for NaN/Inf as it arrives on the device (``allow_nonfinite`` lets
+them through): a merge spreads a NaN into every value it touches, so one damaged tensor would silently spoil its
+output. Copied tensors are not checked: they reach the output as they are (a buffer may hold -inf on purpose).
 """
 
 from __future__ import annotations
@@ -14,6 +18,24 @@ import torch
 
 from ..errors import StudioError
 from .plan import Plan, TensorTask
+
+
+def refuse_nonfinite(t: torch.Tensor, plan: Plan, inp) -> None:
+    """StudioError naming the model and tensor when the floating tensor ``t`` (input ``inp`` of ``plan``) holds NaN
+    or ±Inf. One ``aminmax`` pass decides (NaN propagates to both ends; ±Inf is an end itself): no allocation, ~5 ms
+    per 16M float32 values on one CPU thread, where ``isfinite(t).all()`` took ~120 ms. Only a failing tensor is
+    counted."""
+    if not t.dtype.is_floating_point or t.numel() == 0:
+        return
+    try:
+        ends = torch.stack(torch.aminmax(t))
+    except RuntimeError:  # float8 has no aminmax kernel on the CPU
+        ends = torch.stack(torch.aminmax(t.float()))
+    if bool(torch.isfinite(ends).all()):
+        return
+    nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    raise StudioError(f"tensor {inp[1]!r} has {nan} NaN / {inf} Inf values", where=f"model {plan.sources[inp[0]].ref}",
+                      hint="fix the checkpoint, or pass --allow-nonfinite (allow_nonfinite=True) to merge anyway")
 
 
 def load_input(plan: Plan, inp, device) -> torch.Tensor:
@@ -53,12 +75,14 @@ def method_kwargs(plan: Plan, task: TensorTask, device, seed: int | None, contex
 
 
 def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int | None = None,
-                 context=None, fetch: Callable | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                 context=None, fetch: Callable | None = None, out: torch.Tensor | None = None,
+                 allow_nonfinite: bool = False) -> torch.Tensor:
     """The output tensor of one task, on ``device``, in its output dtype.
 
     ``fetch(inp)``: where an input's stored tensor comes from (default: its source; the live engine passes its
     device-resident copies). ``out``: a float32 tensor of the result's shape that a method declared
-    ``accepts_out`` overwrites instead of allocating (the live engine's merged state)."""
+    ``accepts_out`` overwrites instead of allocating (the live engine's merged state). ``allow_nonfinite``: merge
+    inputs holding NaN/Inf instead of refusing them (:func:`refuse_nonfinite`)."""
     if fetch is None:
         fetch = lambda inp: _view(plan, inp, device)  # noqa: E731
     if task.op == "copy":
@@ -71,6 +95,8 @@ def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int |
         load = fetch
     else:  # the method owns its inputs (it may work in place) and never sees a view of a mapped file
         load = lambda inp: fetch(inp).to(device=device, dtype=torch.float32, copy=True)  # noqa: E731
+    if not allow_nonfinite:
+        load = _checked(load, plan)
     base = load(task.base) if task.base is not None else None
     models = [load(i) for i in task.inputs]
     kw = method_kwargs(plan, task, device, seed, context)
@@ -91,6 +117,15 @@ def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int |
         raise StudioError(f"{plan.spec.name} returned shape {list(out.shape)}, expected {list(task.info.shape)}",
                           where=task.out_key)
     return out.to(task.out_dtype or task.info.dtype)
+
+
+def _checked(load: Callable, plan: Plan) -> Callable:
+    def load_finite(inp):
+        t = load(inp)
+        refuse_nonfinite(t, plan, inp)
+        return t
+
+    return load_finite
 
 
 def collect_context(plan: Plan, device, progress: Callable | None = None):
@@ -128,7 +163,7 @@ def task_cost(task: TensorTask, stored: bool = False) -> int:
 
 
 def run_tasks(plan: Plan, device: torch.device, seed: int | None = None, workers: int = 2,
-              memory_budget: int = 1 << 30, progress: Callable | None = None
+              memory_budget: int = 1 << 30, progress: Callable | None = None, allow_nonfinite: bool = False
               ) -> Iterator[tuple[TensorTask, torch.Tensor]]:
     """Yield (task, output tensor on the CPU) in plan order.
 
@@ -138,7 +173,7 @@ def run_tasks(plan: Plan, device: torch.device, seed: int | None = None, workers
     context = collect_context(plan, device)
 
     def job(task):
-        out = compute_task(plan, task, device, seed, context)
+        out = compute_task(plan, task, device, seed, context, allow_nonfinite=allow_nonfinite)
         return out.to("cpu") if out.device.type != "cpu" else out
 
     if workers <= 1:

@@ -78,13 +78,15 @@ class LiveMerger:
 
     ``memory_budget``: bytes of inputs to keep resident on the device in their stored dtype (default
     :func:`default_budget`); ``resident_bytes`` says how much is. ``workers``: threads re-merging tensors side by
-    side on the CPU (one intra-op thread each, as the streaming engine runs them).
+    side on the CPU (one intra-op thread each, as the streaming engine runs them). ``allow_nonfinite``: merge inputs
+    holding NaN/Inf instead of refusing them (as the streaming engine).
     """
 
     def __init__(self, recipe: Recipe, device: str = "auto", opener: Callable[[str], TensorSource] = open_source,
                  seed: int | None = None, out_dtype: torch.dtype = torch.float32, memory_budget: int | None = None,
-                 workers: int = 2):
+                 workers: int = 2, allow_nonfinite: bool = False):
         self.device = resolve_device(device)
+        self.allow_nonfinite = allow_nonfinite
         self.workers = max(1, int(workers))
         self._lock = threading.Lock()  # the resident inputs' bookkeeping, shared by the workers
         self.opener = opener if isinstance(opener, CachedOpener) else CachedOpener(opener)
@@ -192,8 +194,9 @@ class LiveMerger:
                 and self.out_dtype == torch.float32 and tuple(prev.shape) == tuple(task.info.shape)):
             # the method writes its result into the merged state itself: no result tensor, no copy
             return compute_task(plan, task, self.device, seed, context, fetch=lambda inp: self._fetch(plan, inp),
-                                out=prev)
-        return compute_task(plan, task, self.device, seed, context, fetch=lambda inp: self._fetch(plan, inp))
+                                out=prev, allow_nonfinite=self.allow_nonfinite)
+        return compute_task(plan, task, self.device, seed, context, fetch=lambda inp: self._fetch(plan, inp),
+                            allow_nonfinite=self.allow_nonfinite)
 
     def _store(self, key: str, out: torch.Tensor) -> None:
         prev = self.state.get(key)

@@ -49,7 +49,10 @@ def _progress_bar(plan: Plan, enabled: bool, callback: Callable[[float], None] |
         return None, report
     if not enabled:
         return None, None
-    bar = tqdm(total=plan.output_bytes(), unit="B", unit_scale=True, unit_divisor=1024, desc="merging", leave=False)
+    # disable=None: a bar only on a terminal, where leave=False wipes it; in a log or a pipe its carriage-return
+    # frames would stand before an error as lines of their own
+    bar = tqdm(total=plan.output_bytes(), unit="B", unit_scale=True, unit_divisor=1024, desc="merging", leave=False,
+               disable=None)
 
     def step(task):
         bar.update(task.info.numel * (task.out_dtype or task.info.dtype).itemsize)
@@ -131,7 +134,8 @@ def _writers(entries: list[OutputEntry], form: OutputForm, tmp: Path, meta: dict
 
 
 def _write_weights(plan: Plan, form: OutputForm, tmp: Path, device, seed, progress, shard_bytes: int,
-                   single_file: Path | None, progress_callback: Callable[[float], None] | None = None):
+                   single_file: Path | None, progress_callback: Callable[[float], None] | None = None,
+                   allow_nonfinite: bool = False):
     """Stream every task's output, as ``form`` names and shapes it, into safetensors files under ``tmp``; returns
     nothing, raises on failure."""
     entries = in_write_order(form.entries, [t.out_key for t in plan.tasks])
@@ -157,7 +161,7 @@ def _write_weights(plan: Plan, form: OutputForm, tmp: Path, device, seed, progre
     pending: deque = deque()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer_pool:
-            for task, tensor in run_tasks(plan, device, seed):
+            for task, tensor in run_tasks(plan, device, seed, allow_nonfinite=allow_nonfinite):
                 pending.append(writer_pool.submit(write, task, tensor))
                 while len(pending) > 2:
                     pending.popleft().result()
@@ -211,12 +215,13 @@ def _write_side_files(plan: Plan, form: OutputForm, tmp: Path) -> None:
 def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed: int | None = None,
                   overwrite: bool = False, progress: bool = True, shard_bytes: int = DEFAULT_SHARD_BYTES,
                   opener: Callable[[str], TensorSource] = open_source,
-                  progress_callback: Callable[[float], None] | None = None) -> dict:
+                  progress_callback: Callable[[float], None] | None = None, allow_nonfinite: bool = False) -> dict:
     """Run a recipe to an output folder, or to a single ``.safetensors`` file with ``<stem>.recipe.yml`` beside it.
     Either way everything appears at once or not at all; an existing target (either file) needs ``overwrite``.
     Returns the plan summary.
 
     ``progress_callback(fraction)`` (optional) is called as output tensors are written, e.g. by a UI progress bar.
+    An input tensor holding NaN/Inf stops the merge (nothing is written) unless ``allow_nonfinite``.
     """
     out = Path(out)
     seed = recipe.seed if seed is None else seed
@@ -228,12 +233,12 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
     if is_single_file(out):
         with atomic_files(out, recipe_path(out)) as (tmp_file, tmp_recipe):
             _write_weights(plan, form, tmp_file.parent, dev, seed, progress, shard_bytes, single_file=tmp_file,
-                           progress_callback=progress_callback)
+                           progress_callback=progress_callback, allow_nonfinite=allow_nonfinite)
             tmp_recipe.write_text(recipe_yaml, encoding="utf-8")
     else:
         with AtomicTarget(out) as tmp:
             _write_weights(plan, form, tmp, dev, seed, progress, shard_bytes, single_file=None,
-                           progress_callback=progress_callback)
+                           progress_callback=progress_callback, allow_nonfinite=allow_nonfinite)
             _write_side_files(plan, form, tmp)
             for hook in SIDE_FILE_HOOKS:
                 hook(plan, tmp, dev)
@@ -251,11 +256,13 @@ def _with_seed(recipe: Recipe, seed: int) -> Recipe:
 
 
 def merge_in_memory(recipe: Recipe, device: str = "cpu", seed: int | None = None,
-                    opener: Callable[[str], TensorSource] = open_source) -> dict[str, torch.Tensor]:
-    """Run a recipe and return the output state dict (CPU tensors owning their memory)."""
+                    opener: Callable[[str], TensorSource] = open_source, allow_nonfinite: bool = False
+                    ) -> dict[str, torch.Tensor]:
+    """Run a recipe and return the output state dict (CPU tensors owning their memory); inputs holding NaN/Inf are
+    refused unless ``allow_nonfinite``."""
     plan = build_plan(recipe, opener)
     seed = recipe.seed if seed is None else seed
     out = {}
-    for task, tensor in run_tasks(plan, resolve_device(device), seed):
+    for task, tensor in run_tasks(plan, resolve_device(device), seed, allow_nonfinite=allow_nonfinite):
         out[task.out_key] = tensor.clone() if task.op == "copy" else tensor
     return out

@@ -220,6 +220,67 @@ def _factor(mod: LoraModule, src, ka, kb, kt) -> torch.Tensor:
     return mod._t(src, ka) @ mod._t(src, kb)
 
 
+def _product(a: tuple, b: tuple, t: tuple | None, names: str) -> tuple[tuple | None, str | None]:
+    """The shape of ``a @ b`` (or, with a Tucker core ``t``, of einsum("ij...,ip,jr->pr...", t, a, b)) from the
+    factors' header shapes, else None and why they do not multiply (``names``: how the message calls a and b)."""
+    na, nb = names.split("/")
+    if len(a) != 2 or len(b) != 2:
+        return None, f"{na} {a} and {nb} {b} must both be matrices"
+    if t is None:
+        if a[1] != b[0]:
+            return None, f"{na} {a} and {nb} {b} do not multiply (rank {a[1]} vs {b[0]})"
+        return (a[0], b[1]), None
+    if len(t) < 2 or (t[0], t[1]) != (a[0], b[0]):
+        return None, f"Tucker core {t} does not join {na} {a} and {nb} {b} (ranks {a[0]} and {b[0]})"
+    return (a[1], b[1], *t[2:]), None
+
+
+def factor_mismatch(algo: str, s: dict[str, tuple]) -> str | None:
+    """Why a module's factors (header shapes by role) cannot make a ΔW, or None when they can: checked when a LoRA is
+    read, so a damaged file or one with mixed-up ranks is named there instead of failing in a matmul later."""
+    if algo in ("lora", "tucker"):
+        if "emb_down" in s or "emb_up" in s:
+            if "emb_down" not in s or "emb_up" not in s:
+                return "an embedding LoRA needs both lora_embedding_A and lora_embedding_B"
+            return _product(s["emb_up"], s["emb_down"], None, "lora_embedding_B/lora_embedding_A")[1]
+        if "up" not in s or "down" not in s:
+            return "a LoRA module needs both an up and a down matrix"
+        up, down = s["up"], s["down"]
+        if len(up) < 2 or len(down) < 2 or any(d != 1 for d in up[2:]):
+            return f"up {up} and down {down} are not LoRA factors (up: out × rank[×1×1], down: rank × in[×k×k])"
+        rank_up = math.prod(up[1:])
+        if "mid" in s:
+            mid = s["mid"]
+            if len(mid) < 2 or (mid[0], mid[1]) != (rank_up, down[0]) or any(d != 1 for d in down[2:]):
+                return f"mid {mid} does not join up {up} and down {down}"
+        elif rank_up != down[0]:
+            return f"up {up} and down {down} do not multiply (rank {rank_up} vs {down[0]})"
+        return None
+    if algo == "loha":
+        missing = [r for r in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b") if r not in s]
+        if missing:
+            return f"LoHa factors missing: {', '.join(missing)}"
+        w1, why = _product(s["hada_w1_a"], s["hada_w1_b"], s.get("hada_t1"), "hada_w1_a/hada_w1_b")
+        w2, why2 = _product(s["hada_w2_a"], s["hada_w2_b"], s.get("hada_t2"), "hada_w2_a/hada_w2_b")
+        if why or why2:
+            return why or why2
+        return None if w1 == w2 else f"the two Hadamard factors have shapes {w1} and {w2}"
+    if algo == "lokr":
+        if "lokr_w1" not in s and not {"lokr_w1_a", "lokr_w1_b"} <= set(s):
+            return "LoKr needs lokr_w1, or lokr_w1_a and lokr_w1_b"
+        if "lokr_w2" not in s and not {"lokr_w2_a", "lokr_w2_b"} <= set(s):
+            return "LoKr needs lokr_w2, or lokr_w2_a and lokr_w2_b"
+        why = None
+        if "lokr_w1" not in s:
+            why = _product(s["lokr_w1_a"], s["lokr_w1_b"], None, "lokr_w1_a/lokr_w1_b")[1]
+        if why is None and "lokr_w2" not in s:
+            why = _product(s["lokr_w2_a"], s["lokr_w2_b"], s.get("lokr_t2"), "lokr_w2_a/lokr_w2_b")[1]
+        if why is None and len(s.get("lokr_w1", (0, 0))) != 2:
+            why = f"lokr_w1 {s['lokr_w1']} must be a matrix"
+        return why
+    return None
+
+
 @dataclass
 class LoraNetwork:
     """A parsed LoRA file / adapter folder."""
@@ -334,10 +395,22 @@ def read_lora(src) -> LoraNetwork:
             raise StudioError(f"LoRA module {name!r} has only {sorted(roles)} (incomplete)", where=src.ref)
         if algo in ("lora", "tucker") and ("down" in roles) != ("up" in roles):
             raise StudioError(f"LoRA module {name!r} has a down without an up matrix (or the reverse)", where=src.ref)
+        why = factor_mismatch(algo, shapes)
+        if why:
+            raise StudioError(f"LoRA module {name!r}: {why}", where=src.ref,
+                              hint="the LoRA file is damaged, or its factors come from different modules or ranks")
         alpha = None
         if "alpha" in roles:
+            if src.info(roles["alpha"]).numel != 1:
+                raise StudioError(f"LoRA module {name!r}: alpha has shape {tuple(src.info(roles['alpha']).shape)}, "
+                                  "not one number", where=src.ref)
             alpha = float(src.get(roles["alpha"]).float().reshape(-1)[0])  # bf16 scalars: .float() first
         mod = LoraModule(name=name, keys=roles, alpha=alpha, algo=algo, shapes=shapes)
+        if "dora" in roles and mod.has_weight:
+            ds, n = mod.delta_shape() or (), src.info(roles["dora"]).numel
+            if len(ds) >= 2 and n not in ds[:2]:
+                raise StudioError(f"LoRA module {name!r}: a DoRA magnitude of {n} values fits neither the rows nor the "
+                                  f"columns of its ΔW {tuple(ds)}", where=src.ref)
         if cfg is not None:
             mod.scale_override = _peft_scale(cfg, name, mod.rank or 1)
             mod.fan_in_fan_out = bool(cfg.get("fan_in_fan_out")) and "emb_down" not in roles

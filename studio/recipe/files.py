@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import StudioError
+from ..sources import paths
 from ..sources.safetensors_file import read_header
 from .model import Recipe
 
@@ -79,17 +80,13 @@ def read_recipe(path: str | Path, folders: Sequence[Path] = ()) -> FoundRecipe:
     """The recipe a file or folder carries (see the module's doc); StudioError saying what was looked for. Models
     that other tools name by file name are looked for beside ``path`` and in ``folders``."""
     path = Path(str(path))
-    try:
-        is_dir, is_file = path.is_dir(), path.is_file()
-    except OSError as e:  # a name too long for the filesystem, a loop of links
-        raise StudioError(f"cannot read this path ({e.strerror or e})", where=str(path)[:200]) from None
-    if is_dir:
-        if (path / RECIPE_FILE).is_file():
+    if paths.is_dir(path):
+        if paths.is_file(path / RECIPE_FILE):
             return _yaml(path / RECIPE_FILE)
         raise StudioError(f"no {RECIPE_FILE} in this folder", where=str(path),
                           hint="open a recipe YAML, a merged .safetensors or a PNG made by the studio")
-    if not is_file:
-        raise StudioError("no such file", where=str(path))
+    if not paths.is_file(path):
+        raise StudioError("no such file", where=paths.shown(path))
     suffix = path.suffix.lower()
     if suffix in YAML_SUFFIXES:
         return _yaml(path)
@@ -102,7 +99,7 @@ def read_recipe(path: str | Path, folders: Sequence[Path] = ()) -> FoundRecipe:
         meta = safetensors_metadata(path)
         if RECIPE_KEY in meta:
             return _ours(meta[RECIPE_KEY], str(path))
-        if recipe_path(path).is_file():
+        if paths.is_file(recipe_path(path)):
             return _yaml(recipe_path(path))
     else:
         raise StudioError(f"cannot read a recipe from a {suffix or 'file without suffix'!r} file", where=str(path),

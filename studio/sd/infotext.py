@@ -22,6 +22,7 @@ from ..errors import StudioError
 from ..layout.sd import SD1_BLOCKS, SDXL_BLOCKS
 from ..recipe import Recipe
 from ..recipe.files import READERS, FoundRecipe
+from ..sources import paths
 
 # "Key: value" pairs of an infotext's last line; a value with commas is written in double quotes
 PARAM = re.compile(r'\s*([\w][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -74,7 +75,7 @@ def find_named_model(name: str, folders: Sequence[Path]) -> str | None:
     for folder in folders:
         folder = Path(folder)
         direct = folder / wanted
-        if direct.exists():
+        if paths.exists(direct):
             return str(direct)
         for suffix in MODEL_SUFFIXES:
             for hit in (folder / wanted.parent).glob(f"{stem}{suffix}"):

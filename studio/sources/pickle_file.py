@@ -7,6 +7,8 @@ anything else is refused before any of it runs.
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,23 +16,41 @@ import torch
 from ..errors import SourceError, UnsafeFileError
 from .base import TensorInfo, TensorSource
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(e: BaseException) -> str:
+    """One line of what torch said: the weights-only unpickler's own verdict when it gives one (its message is a
+    page of advice around it), else the first line; ANSI colour codes removed."""
+    text = _ANSI.sub("", str(e))
+    _, marker, verdict = text.partition("WeightsUnpickler error:")
+    if marker:
+        return " ".join(re.split(r"\s(?:Please use|Check the documentation)", verdict)[0].split())[:160]
+    text = " ".join(text.split())[:160]
+    return text if len(text) > 24 else f"{type(e).__name__} {text}".strip()  # a bare KeyError('101') says '101'
+
 
 def safe_torch_load(path: Path):
-    try:
+    # torch warns on stderr about what it reads (a pickle protocol other than 2, a TorchScript archive) before it
+    # fails or succeeds; the studio's own message says what matters, and the CLI's stderr stays one line.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e) and "zip" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format cannot be mapped
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "disallowed object"
-        raise UnsafeFileError(
-            f"refused to load: unpickling would execute code or build non-tensor objects ({first[:160]})",
-            where=str(path), hint="nothing from the file was run; convert it to .safetensors with a tool you trust",
-        ) from None
-    except (OSError, EOFError, RuntimeError, ValueError) as e:
-        raise SourceError(f"cannot read checkpoint ({str(e).splitlines()[0][:200]})", where=str(path)) from None
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e) and "zip" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy format cannot be mapped
+        except pickle.UnpicklingError as e:
+            raise UnsafeFileError(
+                f"refused to load: unpickling would execute code or build non-tensor objects ({_reason(e)})",
+                where=str(path), hint="nothing from the file was run; convert it to .safetensors with a tool you trust",
+            ) from None
+        except Exception as e:  # noqa: BLE001 - see below
+            # weights_only unpickling runs nothing from the file, so whatever it raises on bytes that are not a
+            # checkpoint (EOFError, KeyError, IndexError, zip and struct errors, …) says only that
+            raise SourceError(f"cannot read checkpoint ({_reason(e)})", where=str(path)) from None
 
 
 def _tensor_dict(obj) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import SourceError
+from . import paths
 from .base import PrefixedSource, TensorSource
 from .pickle_file import PickleFile
 from .safetensors_file import MultiFileSource, SafetensorsFile
@@ -54,7 +55,7 @@ def split_strength(text: str) -> tuple[str, float]:
 def split_reference(ref: str) -> list[str]:
     """The file or hub parts of a model reference: ``base+lora:0.8`` → ``[base, lora]``."""
     ref = str(ref).strip()
-    if "+" in ref and not Path(ref).exists():
+    if "+" in ref and not paths.exists(ref):
         base, lora = ref.rsplit("+", 1)
         lora = STRENGTH.sub("", lora)
         return [base.strip(), lora.strip()]
@@ -73,7 +74,7 @@ class ModelRef:
         text = str(text).strip()
         if not text:
             raise SourceError("empty model reference")
-        if "+" in text and not Path(text).exists():
+        if "+" in text and not paths.exists(text):
             base, lora = text.rsplit("+", 1)
             return cls(base, lora)
         return cls(text)
@@ -100,11 +101,11 @@ def open_file(path: Path, ref: str | None = None, **kw) -> TensorSource:
 
 def open_folder(path: Path, ref: str | None = None) -> TensorSource:
     ref = ref or str(path)
-    if (path / "model_index.json").is_file():
+    if paths.is_file(path / "model_index.json"):
         index = _load_json(path / "model_index.json")
         parts = {}
         for name, value in index.items():
-            if name.startswith("_") or not (path / name).is_dir():
+            if name.startswith("_") or not paths.is_dir(path / name):
                 continue
             try:
                 parts[name] = open_folder(path / name, ref=f"{ref}/{name}")
@@ -113,23 +114,23 @@ def open_folder(path: Path, ref: str | None = None) -> TensorSource:
         if not parts:
             raise SourceError("diffusers pipeline folder holds no weights", where=ref)
         return PrefixedSource(parts, ref=ref, path=path, kind="diffusers", config=index)
-    config = _load_json(path / "config.json") if (path / "config.json").is_file() else None
+    config = _load_json(path / "config.json") if paths.is_file(path / "config.json") else None
     kind = "transformers"
-    if (path / "adapter_config.json").is_file():
+    if paths.is_file(path / "adapter_config.json"):
         kind, config = "peft-lora", _load_json(path / "adapter_config.json")
     elif config and "_class_name" in config:
         kind = "diffusers-component"
     for name in WEIGHT_INDEXES:
-        if (path / name).is_file():
+        if paths.is_file(path / name):
             weight_map = _load_json(path / name).get("weight_map") or {}
             shards = sorted(set(weight_map.values()))
-            missing = [s for s in shards if not (path / s).is_file()]
+            missing = [s for s in shards if not paths.is_file(path / s)]
             if missing:
                 raise SourceError(f"shard {missing[0]} listed in {name} is missing", where=ref)
             files = [open_file(path / s) for s in shards]
             return MultiFileSource(files, ref=ref, path=path, kind=kind, config=config, folder=path)
     for name in WEIGHT_FILES:
-        if (path / name).is_file():
+        if paths.is_file(path / name):
             return open_file(path / name, ref=ref, kind=kind, config=config, folder=path)
     singles = sorted(path.glob("*.safetensors"))
     if len(singles) == 1:
@@ -165,24 +166,24 @@ def hub_snapshot(repo: str, revision: str | None) -> Path:
 
 def is_hub_id(text: str) -> bool:
     """A Hub repository id (``org/name[@revision]``) and not a local path (a folder named like one wins)."""
-    return bool(HUB_ID.match(text)) and not Path(os.path.expanduser(text)).exists()
+    return bool(HUB_ID.match(text)) and not paths.exists(os.path.expanduser(text))
 
 
 def resolve_path(ref: str) -> Path:
     p = Path(os.path.expanduser(ref))
-    if p.exists():
+    if paths.exists(p):
         return p
     if is_hub_id(ref):
         repo, _, rev = ref.partition("@")
         return hub_snapshot(repo, rev or None)
-    raise SourceError("no such file or folder, and not a hub id (org/name[@revision])", where=ref)
+    raise SourceError("no such file or folder, and not a hub id (org/name[@revision])", where=paths.shown(ref))
 
 
 def open_source(ref: str | ModelRef) -> TensorSource:
     """Open a model reference lazily: only headers are read here."""
     mref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
     path = resolve_path(mref.model)
-    src = open_folder(path, ref=mref.model) if path.is_dir() else open_file(path, ref=mref.model, folder=None)
+    src = open_folder(path, ref=mref.model) if paths.is_dir(path) else open_file(path, ref=mref.model, folder=None)
     if mref.lora is None:
         return src
     for modify in REFERENCE_MODIFIERS:

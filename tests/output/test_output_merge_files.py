@@ -66,8 +66,8 @@ def test_interrupted_single_file_merge_leaves_neither_file(llama_family, tmp_pat
 
     computed = []
 
-    def interrupted_after_five(plan, device, seed):
-        for task, tensor in real_run_tasks(plan, device, seed):
+    def interrupted_after_five(plan, device, seed, **options):
+        for task, tensor in real_run_tasks(plan, device, seed, **options):
             if len(computed) == 5:
                 raise KeyboardInterrupt  # Ctrl-C half-way through the weights
             computed.append(task.out_key)
