@@ -155,3 +155,13 @@ def test_a_read_only_copy_of_the_project_starts_and_exports_into_the_workspace(t
     assert _tree(copy) == before
     for p in copy.rglob("*"):
         p.chmod(p.stat().st_mode | 0o200)  # let pytest clean it up
+
+
+def test_the_studio_binds_this_machine_only_unless_told(capsys):
+    import app
+
+    assert app.parse_args([]).host == "127.0.0.1"
+    import inspect
+
+    from studio.ui.app import StudioUI
+    assert inspect.signature(StudioUI.launch).parameters["host"].default == "127.0.0.1"
