@@ -139,10 +139,10 @@ class AtomicTarget:
     def __init__(self, target: Path, is_file: bool = False):
         self.target = Path(target)
         self.is_file = is_file
-        problem = _parent_problem(self.target)
-        if problem is not None:
-            raise problem
         try:
+            problem = _parent_problem(self.target)
+            if problem is not None:
+                raise problem
             self.target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise output_error(e, self.target) from None

@@ -31,9 +31,9 @@ def sha(path):
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def absent(path) -> bool:
-    """No such entry (``exists()`` itself fails on a name too long for the file system)."""
-    return not path.parent.is_dir() or path.name not in os.listdir(path.parent)
+def absent(path, root) -> bool:
+    """No such entry below ``root`` (``exists()`` itself fails on a name too long for the file system)."""
+    return all(os.path.join(d, n) != str(path) for d, dirs, files in os.walk(root) for n in dirs + files)
 
 
 def leftovers(folder):
@@ -71,6 +71,7 @@ REAL = {
     "single file under a file": (lambda p: file_parent(p).with_suffix(".safetensors"), "is a file, not a folder"),
     "name too long": (lambda p: p / ("m" * 300), "name is too long"),
     "single-file name too long": (lambda p: p / ("m" * 300 + ".safetensors"), "name is too long"),
+    "a parent's name too long": (lambda p: p / ("m" * 300) / "out", "name is too long"),
 }
 
 
@@ -79,7 +80,7 @@ def test_unwritable_target_is_one_line(setup, tmp_path, capsys, make, message):
     out = make(tmp_path)
     line = run_merge(setup, out, capsys)
     assert message in line and "nothing was written" in line
-    assert absent(out) and leftovers(tmp_path) == []
+    assert absent(out, tmp_path) and leftovers(tmp_path) == []
     with pytest.raises(StudioError, match=message):   # the library says the same
         merge_to_disk(Recipe.load(setup), out, device="cpu", progress=False)
 
