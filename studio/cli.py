@@ -6,11 +6,43 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
+from contextlib import contextmanager
 
 from .errors import StudioError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds as after Ctrl-C: every atomic target removes its
+    temporary sibling and nothing is left behind (SIGKILL gives no such chance: only the sibling stays)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+@contextmanager
+def _signals_unwind():
+    """While a command runs: SIGTERM raises Terminated, SIGINT KeyboardInterrupt (Python's own handler, set again in
+    case the shell started us with it ignored and the user wants it). A signal the caller ignores stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = {signal.SIGTERM: _terminate, signal.SIGINT: signal.default_int_handler}
+    before = {sig: signal.getsignal(sig) for sig in wanted}
+    for sig, handler in wanted.items():
+        if before[sig] is not signal.SIG_IGN:
+            signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 # command → (module exposing add_arguments(parser) and run(args) -> int, help line)
 COMMANDS = {
@@ -62,13 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         if not debug:  # stderr holds our own lines (progress, notes, the error), not libraries' deprecation notices
             warnings.simplefilter("ignore")
         try:
-            return int(args._run(args) or 0)
+            with _signals_unwind():
+                return int(args._run(args) or 0)
         except StudioError as e:
             print(f"error: {one_line(str(e))}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted; no output was written", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:
+            print("interrupted: nothing written", file=sys.stderr)
+            return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
         except Exception as e:  # noqa: BLE001 - a bug: one line (the traceback with --debug), exit 1
             if debug:
                 traceback.print_exc()

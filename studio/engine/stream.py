@@ -16,11 +16,13 @@ from .. import __version__
 from ..devices import dtype_name, parse_dtype, resolve_device
 from ..errors import StudioError
 from ..output import (AtomicTarget, ShardWriter, atomic_files, check_target, copy_non_weight_files, copy_side_files,
-                      is_single_file, library_name, model_card, plan_shards, recipe_path, write_index, write_json, write_text)
+                      is_single_file, library_name, model_card, plan_shards, recipe_path, source_paths, write_index,
+                      write_json, write_text)
 from ..output.forms import Assembler, OutputEntry, OutputForm, identity_form, in_write_order
 from ..recipe import Recipe
 from ..recipe.files import RECIPE_KEY
 from ..sources import TensorSource, open_source
+from ..sources.resolve import split_reference
 from .execute import run_tasks
 from .plan import Plan, build_plan
 
@@ -71,8 +73,12 @@ def _metadata(plan: Plan, single_file: bool) -> dict[str, str]:
 
 def check_merge_target(plan: Plan, out: Path, overwrite: bool) -> None:
     """Refuse what ``merge_to_disk`` would refuse, before anything is computed (``--dry-run`` checks it too): a
-    non-empty target without ``overwrite`` — for a single file, its ``.recipe.yml`` as well — or one in an input."""
-    inputs = [Path(s.folder or s.path) for s in plan.sources]
+    non-empty target without ``overwrite`` — for a single file, its ``.recipe.yml`` as well — or one in an input:
+    any file or folder the merge reads (a LoRA applied to a base, the VAE, a local ``tokenizer_source``)."""
+    inputs = source_paths(plan.sources)
+    if plan.recipe.tokenizer_source not in (None, "base", "union"):
+        inputs += [p.expanduser() for p in map(Path, split_reference(plan.recipe.tokenizer_source))
+                   if p.expanduser().exists()]
     check_target(out, overwrite, inputs)
     if is_single_file(out):
         check_target(recipe_path(out), overwrite, inputs)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .order_statistics import kth_smallest
-from .registry import Param, method
+from .registry import NON_NEGATIVE, Param, method
 
 
 @method(
@@ -48,7 +48,7 @@ def model_stock(base, models, *, filter_wise):
 
 @method(
     "nearswap",
-    params=[Param("t", range=(0.0, 1.0), doc="similarity threshold: entries closer than t move to the other model",
+    params=[Param("t", range=(0.0, 1.0), bounds=NON_NEGATIVE, doc="similarity threshold: entries closer than t move to the other model",
                   start=0.5)],
     needs_base=True,
     min_models=1, max_models=1,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .cache_blocks import blocked_cast
-from .registry import Param, method
+from .registry import FRACTION, Param, method
 from .shared_params import INT8_MASK, LAMBDA, WEIGHT
 
 def weighted_sum(tensors: list[torch.Tensor], weights: list[float], out: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,7 +67,7 @@ TASK_ARITHMETIC_PARAMS = [
     WEIGHT,
     Param("normalize", default=False, kind=bool, doc="divide the summed delta by Σ weights"),
     LAMBDA,
-    Param("density", per_model=True, default=1.0, range=(0.0, 1.0),
+    Param("density", per_model=True, default=1.0, range=(0.0, 1.0), bounds=FRACTION,
           doc="accepted for mergekit compatibility; task arithmetic keeps the whole delta", compat=True),
     Param("rescale", default=False, kind=bool, doc="accepted for mergekit compatibility; no effect here", compat=True),
     INT8_MASK,
@@ -127,7 +127,7 @@ def slerp_tensors(t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: flo
 
 @method(
     "slerp",
-    params=[Param("t", range=(0.0, 1.0), doc="fraction of the way from the base to the other model", start=0.5)],
+    params=[Param("t", range=(0.0, 1.0), bounds=FRACTION, doc="fraction of the way from the base to the other model", start=0.5)],
     needs_base=True,
     min_models=1,
     max_models=1,

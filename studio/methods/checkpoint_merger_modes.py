@@ -12,21 +12,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .registry import Param, method
+from .registry import FRACTION, Param, method
 
 
 REF = "hako-mikan/sd-webui-supermerger (scripts/mergers/mergers.py); AUTOMATIC1111 checkpoint merger"
 
 
-def _alpha(default: float, doc: str = "0 → model A, 1 → model B") -> Param:
-    return Param("alpha", default=default, range=(0.0, 1.0), doc=doc, label="α (alpha)")
+# a share of a convex mix (weighted sum, sum twice, triple sum) is a fraction, as A1111's slider has it; a multiplier
+# (add difference, train difference) or an offset (cosine) is not bounded
+def _alpha(default: float, doc: str = "0 → model A, 1 → model B", share: bool = False) -> Param:
+    return Param("alpha", default=default, range=(0.0, 1.0), bounds=FRACTION if share else None, doc=doc,
+                 label="α (alpha)")
 
 
 def _beta(default: float, doc: str) -> Param:
-    return Param("beta", default=default, range=(0.0, 1.0), doc=doc, label="β (beta)")
+    return Param("beta", default=default, range=(0.0, 1.0), bounds=FRACTION, doc=doc, label="β (beta)")
 
 
-@method("weighted_sum", params=[_alpha(0.5)], includes_base=True, pure_inputs=True, min_models=2,
+@method("weighted_sum", params=[_alpha(0.5, share=True)], includes_base=True, pure_inputs=True, min_models=2,
         max_models=2, category="supermerger", ref=REF, formula="θ = (1−α)·A + α·B", label="Weight sum (A1111)")
 def sd_weighted_sum(base, models, *, alpha):
     """A1111's weighted sum ``(1 − α)·A + α·B``; α = 0 returns A exactly and α = 1 returns B exactly."""
@@ -47,7 +50,7 @@ def add_difference(base, models, *, alpha):
     return a + alpha * (b - c)
 
 
-@method("triple_sum", params=[_alpha(0.33, "share of model B"), _beta(0.33, "share of model C")],
+@method("triple_sum", params=[_alpha(0.33, "share of model B", share=True), _beta(0.33, "share of model C")],
         includes_base=True, pure_inputs=True, min_models=3, max_models=3, category="supermerger", ref=REF,
         formula="θ = (1−α−β)·A + α·B + β·C", label="Triple sum")
 def triple_sum(base, models, *, alpha, beta):
@@ -56,7 +59,7 @@ def triple_sum(base, models, *, alpha, beta):
     return (1 - alpha - beta) * a + alpha * b + beta * c
 
 
-@method("sum_twice", params=[_alpha(0.5), _beta(0.5, "0 → (A,B) mix, 1 → model C")],
+@method("sum_twice", params=[_alpha(0.5, share=True), _beta(0.5, "0 → (A,B) mix, 1 → model C")],
         includes_base=True, pure_inputs=True, min_models=3, max_models=3, category="supermerger", ref=REF,
         formula="θ = (1−β)·((1−α)·A + α·B) + β·C", label="Sum twice")
 def sum_twice(base, models, *, alpha, beta):

@@ -23,6 +23,8 @@ def _fmt_param(p) -> str:
     bits = [f"`{p.name}`" + (" (per model)" if p.per_model else ""), _fmt_default(p)]
     if p.range:
         bits.append(f"range {p.range[0]:g}–{p.range[1]:g}")
+    if p.bounds:
+        bits.append(f"refused unless {p.bounds_text()}")
     if p.choices:
         bits.append("one of " + ", ".join(map(str, p.choices)))
     return " · ".join(bits) + (f" — {p.doc}" if p.doc else "")

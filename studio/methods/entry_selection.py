@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 
 from .order_statistics import topk_mask
-from .registry import Param, method
+from .registry import FRACTION, NON_NEGATIVE, Param, method
 from .shared_params import INT8_MASK, LAMBDA
 
 
 @method(
     "sce",
-    params=[Param("select_topk", default=1.0, range=(0.0, 1.0),
+    params=[Param("select_topk", default=1.0, range=(0.0, 1.0), bounds=FRACTION,
                   doc="fraction of entries (by variance across models) that are kept"),
             INT8_MASK],
     needs_base=True,
@@ -59,9 +59,9 @@ def tall_masks(taus: list[torch.Tensor], merged: torch.Tensor, lambdas: list[flo
 @method(
     "consensus_ta",
     params=[Param("weight", default=1.0, per_model=True, range=(-1.0, 2.0), doc="this task vector's coefficient"),
-            Param("tall_lambda", default=0.6, per_model=True, range=(0.0, 1.0),
+            Param("tall_lambda", default=0.6, per_model=True, range=(0.0, 1.0), bounds=NON_NEGATIVE,
                   doc="TALL mask strictness λₜ (the paper tunes it in [0.2, 0.6])"),
-            Param("min_agree", default=2, kind=int, range=(1, 8),
+            Param("min_agree", default=2, kind=int, range=(1, 8), bounds=NON_NEGATIVE,
                   doc="keep entries that at least this many task masks select"),
             LAMBDA],
     needs_base=True,

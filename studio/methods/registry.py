@@ -21,18 +21,37 @@ Calling convention::
   A spec with ``rounds = r > 1`` needs r passes: round j ≥ 2 calls ``collect(..., context=<combine of round
   j−1>)`` on every tensor, and the method receives the last round's combine (see
   ``studio.methods.global_stats.gather_context``, the reference driver).
+
+Parameter values: ``range`` and ``bounds``
+
+* ``range`` is where a control goes: the slider's ends in the studio, the span a search samples, the docs table. It
+  is advice, not a rule: a recipe may set a weight of 3 or a λ of 5 and the merge follows it (extrapolation is a
+  use, not a mistake).
+* ``bounds`` is the rule: a value outside has no meaning for the method (a fraction of entries above 1, a
+  probability band wider than the probabilities, a negative count or tolerance). The recipe is refused with a
+  RecipeError naming the parameter, the value and the bounds. Either end may be None (unbounded). Declare bounds
+  only where the formula needs them; ``range`` must lie within them.
+
+Every value a recipe gives is checked where it is read, in every spelling a setting has (a scalar, each point of a
+gradient list, each group of a ``{"*": …, "L03": …}`` mapping, each number of a block-weight string, each filter
+rule's value) and again once resolved per tensor. Every number must be finite: NaN and ±inf are refused for every
+parameter, bounded or not.
 """
 
 from __future__ import annotations
 
 import inspect
 import keyword
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import RecipeError
 
 REQUIRED = object()
+# the bounds most parameters that have any share: a fraction (of entries, of the way), and "no negative values"
+FRACTION = (0.0, 1.0)
+NON_NEGATIVE = (0.0, None)
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,8 @@ class Param:
     per_model: bool = False
     range: tuple[float, float] | None = None
     kind: type = float
+    # hard limits (None: open at that end); values outside are refused — see the module's doc on range and bounds
+    bounds: tuple[float | None, float | None] | None = None
     choices: tuple | None = None
     doc: str = ""
     # accepted so mergekit recipes validate, but without effect here: the studio does not draw a control for it
@@ -92,21 +113,37 @@ class Param:
                         return False
                     raise ValueError
                 return bool(value)
-            if self.kind is int:
-                if isinstance(value, bool) or float(value) != int(float(value)):
-                    raise ValueError
-                value = int(float(value))
-            elif self.kind is float:
+            if self.kind in (int, float):
                 if isinstance(value, bool):
                     raise ValueError
-                value = float(value)
+                number = float(value)
+                if not math.isfinite(number):
+                    raise RecipeError(f"parameter {self.name!r} must be a finite number, got {value!r}", where,
+                                      hint="NaN and infinity are not values")
+                if self.kind is int and number != int(number):
+                    raise ValueError
+                value = int(number) if self.kind is int else number
             else:
                 value = self.kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RecipeError(f"parameter {self.name!r} must be {self.kind.__name__}, got {value!r}", where) from None
         if self.choices is not None and value not in self.choices:
             raise RecipeError(f"parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}", where)
+        if self.bounds is not None and not self.within_bounds(value):
+            raise RecipeError(f"parameter {self.name!r} must be {self.bounds_text()}, got {value!r}", where,
+                              hint=self.doc or None)
         return value
+
+    def within_bounds(self, value: float) -> bool:
+        lo, hi = self.bounds or (None, None)
+        return (lo is None or value >= lo) and (hi is None or value <= hi)
+
+    def bounds_text(self) -> str:
+        """``within [0, 1]``, ``at least 1``, ``at most 2``."""
+        lo, hi = self.bounds or (None, None)
+        if lo is not None and hi is not None:
+            return f"within [{lo:g}, {hi:g}]"
+        return f"at least {lo:g}" if lo is not None else f"at most {hi:g}" if hi is not None else "any number"
 
     def describe(self) -> dict:
         return {
@@ -115,6 +152,7 @@ class Param:
             "required": self.required,
             "per_model": self.per_model,
             "range": list(self.range) if self.range else None,
+            "bounds": list(self.bounds) if self.bounds else None,
             "kind": self.kind.__name__,
             "choices": list(self.choices) if self.choices else None,
             "doc": self.doc,
@@ -203,6 +241,9 @@ def method(name: str, params: list[Param] | None = None, **flags) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"merge method {name!r} registered twice")
         spec = MethodSpec(name=name, fn=fn, params=list(params or []), **flags)
+        for p in spec.params:  # a slider must not offer what the recipe would refuse
+            if p.bounds and p.range and not (p.within_bounds(p.range[0]) and p.within_bounds(p.range[1])):
+                raise ValueError(f"method {name}: parameter {p.name}'s range {p.range} leaves its bounds {p.bounds}")
         accepted = set(inspect.signature(fn).parameters)
         missing = [p.py_name for p in spec.params if p.py_name not in accepted]
         if missing:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .registry import Param, method
+from .registry import NON_NEGATIVE, Param, method
 
 
 WEIGHT_REQ = Param("weight", per_model=True, range=(0.0, 2.0), doc="this model's share of the interpolation",
@@ -62,7 +62,7 @@ def nuslerp(base, models, *, weight, nuslerp_row_wise, nuslerp_flatten):
     "multislerp",
     params=[WEIGHT_REQ,
             Param("normalize_weights", default=True, kind=bool, doc="divide the weights by their sum"),
-            Param("eps", default=1e-8, range=(0.0, 1e-4), doc="numerical floor for norms")],
+            Param("eps", default=1e-8, range=(0.0, 1e-4), bounds=NON_NEGATIVE, doc="numerical floor for norms")],
     min_models=1,
     ref="Goddard, Multi-SLERP (goddard.blog/posts/multislerp-wow-what-a-cool-idea); mergekit multislerp",
     formula="uᵢ = xᵢ/‖xᵢ‖; μ = Σwᵢuᵢ/‖·‖; v = Σwᵢ(uᵢ−⟨uᵢ,μ⟩μ); θ = (cos‖v‖μ + sin‖v‖·v/‖v‖)·Σwᵢ‖xᵢ‖",
@@ -138,8 +138,8 @@ def karcher_mean(tensors: list[torch.Tensor], alphas: list[float], max_iter: int
 
 @method(
     "karcher",
-    params=[Param("max_iter", default=10, kind=int, range=(1, 100), doc="fixed-point iterations"),
-            Param("tol", default=1e-5, range=(0.0, 1e-2), doc="stop when the tangent step is this small")],
+    params=[Param("max_iter", default=10, kind=int, range=(1, 100), bounds=(1, None), doc="fixed-point iterations"),
+            Param("tol", default=1e-5, range=(0.0, 1e-2), bounds=NON_NEGATIVE, doc="stop when the tangent step is this small")],
     includes_base=True,
     min_models=1,
     ref="Karcher 1977, Riemannian center of mass; mergekit karcher",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .registry import Param, method
+from .registry import NON_NEGATIVE, Param, method
 
 
 def _polar(x: torch.Tensor) -> torch.Tensor:
@@ -72,8 +72,8 @@ def wudi_optimize(taus: list[torch.Tensor], iters: int = 300, lr: float = 1e-5) 
 
 @method(
     "wudi",
-    params=[Param("iters", default=300, kind=int, range=(0, 2000), doc="Adam steps"),
-            Param("lr", default=1e-5, range=(0.0, 1e-3), doc="Adam learning rate")],
+    params=[Param("iters", default=300, kind=int, range=(0, 2000), bounds=NON_NEGATIVE, doc="Adam steps"),
+            Param("lr", default=1e-5, range=(0.0, 1e-3), bounds=NON_NEGATIVE, doc="Adam learning rate")],
     needs_base=True,
     category="survey",
     ref="Cheng et al. 2025, Whoever Started the Interference Should End It / WUDI (ICML 2025, arXiv 2503.08099); "

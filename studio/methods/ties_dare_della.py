@@ -20,14 +20,15 @@ from __future__ import annotations
 import torch
 
 from . import sparsify as sp
-from .registry import Param, method
+from .registry import FRACTION, Param, method
 from .shared_params import INT8_MASK, LAMBDA, WEIGHT
 from .ties_blocked import blocked_ok, dare_ties_blocked, ties_blocked
 
-DENSITY = Param("density", default=1.0, per_model=True, range=(0.0, 1.0), doc="fraction of the delta kept")
-GAMMA = Param("gamma", default=0.01, per_model=True, range=(0.0, 0.2),
+DENSITY = Param("density", default=1.0, per_model=True, range=(0.0, 1.0), bounds=FRACTION,
+                doc="fraction of the delta kept")
+GAMMA = Param("gamma", default=0.01, per_model=True, range=(0.0, 0.2), bounds=FRACTION,
               doc="fraction of the largest-magnitude entries removed (outliers)", label="γ (gamma)")
-EPSILON = Param("epsilon", default=0.15, per_model=True, range=(0.0, 0.5),
+EPSILON = Param("epsilon", default=0.15, per_model=True, range=(0.0, 0.5), bounds=FRACTION,
                 doc="half-width of the keep-probability band around density", label="ε (epsilon)")
 
 

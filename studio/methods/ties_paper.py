@@ -11,7 +11,7 @@ import torch
 
 from ..errors import StudioError
 from .order_statistics import LO_BINS, abs_bits, bits_to_float, hist_hi, hist_lo, kth_smallest, locate_kth_smallest
-from .registry import Param, method
+from .registry import FRACTION, Param, method
 from .shared_params import LAMBDA
 
 
@@ -64,7 +64,7 @@ def ties_global_context(hist_hi: torch.Tensor, density: float) -> dict:
 
 @method(
     "ties_paper",
-    params=[Param("density", default=0.2, range=(0.0, 1.0),
+    params=[Param("density", default=0.2, range=(0.0, 1.0), bounds=FRACTION,
                   doc="fraction of each task vector kept, top-k over the whole model"),
             LAMBDA],
     needs_base=True,

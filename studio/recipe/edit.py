@@ -29,13 +29,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import yaml
-
 from ..errors import RecipeError
 from ..layout import Layout, detect_layout
 from ..layout.presets import load_presets, lookup_preset
 from ..methods import MethodSpec, Param, get_method
 from ..sources import open_source
+from .limits import parse_yaml
 from .model import Recipe
 from .resolve import evaluate_setting, interpolate
 
@@ -369,9 +368,10 @@ def parse_assignment(text: str) -> tuple[SettingPath, Any]:
     if not sep or not path.strip():
         raise RecipeError(f"--set {text!r} needs PATH=VALUE", hint="e.g. --set models.0.weight=0.5")
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise RecipeError(f"--set {text!r}: {raw!r} is not a value", hint="numbers, true/false, [lists]") from None
+        value = parse_yaml(raw, where=f"--set {text!r}")
+    except RecipeError as e:
+        raise RecipeError(f"--set {text!r}: {raw!r} is not a value ({e.what})", hint="numbers, true/false, [lists]") \
+            from None
     return SettingPath.parse(path), value
 
 

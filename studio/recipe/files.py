@@ -5,7 +5,6 @@ the studio made (its text chunks) — and, through :data:`READERS`, other tools'
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -13,6 +12,7 @@ from typing import Callable, Sequence
 from ..errors import StudioError
 from ..sources import paths
 from ..sources.safetensors_file import read_header
+from .limits import parse_json
 from .model import Recipe
 
 RECIPE_FILE = "mergekit_config.yml"   # mergekit's name, so its tools find the recipe in our folders too
@@ -65,11 +65,7 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
 
 
 def _ours(raw: str, origin: str) -> FoundRecipe:
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise StudioError(f"the embedded recipe is not valid JSON ({e.msg})", where=origin) from None
-    return FoundRecipe(Recipe.from_dict(data, where=origin).to_dict(), origin)
+    return FoundRecipe(Recipe.from_dict(parse_json(raw, origin), where=origin).to_dict(), origin)
 
 
 def _yaml(path: Path) -> FoundRecipe:

@@ -15,6 +15,7 @@ import yaml
 
 from ..errors import RecipeError
 from ..methods import get_method
+from .limits import parse_yaml, read_text
 from .resolve import check_setting
 
 TOP_KEYS = ["name", "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
@@ -23,6 +24,10 @@ MODEL_KEYS = {"model", "parameters"}
 SOURCE_KEYS = {"model", "layer_range", "parameters"}
 SLICE_KEYS = {"sources", "parameters", "base_model", "residual_weight"}
 DTYPE_NAMES = {"float32", "float16", "bfloat16", "fp32", "fp16", "bf16"}
+# top-level keys whose value has one shape (models and parameters have their own checks)
+TEXT_KEYS = [("name", str, "text"), ("vae", str, "a path or hub id"),
+             ("tokenizer_source", str, "base, union or a model reference"), ("chat_template", str, "text"),
+             ("tokenizer", dict, "a mapping (mergekit's tokenizer settings)")]
 
 
 def _unknown(keys, allowed, where):
@@ -127,6 +132,8 @@ class Recipe:
                 if not isinstance(s, dict):
                     raise RecipeError("each slice must be a mapping with sources", where=w)
                 _unknown(s, SLICE_KEYS, w)
+                if not isinstance(s.get("sources") or [], list):
+                    raise RecipeError("sources must be a list of {model, layer_range} mappings", where=w)
                 srcs = []
                 for j, src in enumerate(s.get("sources") or []):
                     ws = f"{w}.sources[{j}]"
@@ -134,7 +141,8 @@ class Recipe:
                         raise RecipeError("each source must be a mapping with model and layer_range", where=ws)
                     _unknown(src, SOURCE_KEYS, ws)
                     lr = src.get("layer_range")
-                    if (not isinstance(lr, (list, tuple)) or len(lr) != 2 or not all(isinstance(x, int) for x in lr)
+                    if (not isinstance(lr, (list, tuple)) or len(lr) != 2
+                            or not all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
                             or lr[0] < 0 or lr[1] < lr[0]):
                         raise RecipeError(f"layer_range must be [start, end] with 0 ≤ start ≤ end, got {lr!r}", where=ws)
                     srcs.append(InputModel(_model_text(src.get("model"), ws), _params(src.get("parameters"), ws),
@@ -153,6 +161,9 @@ class Recipe:
         for key in ("dtype", "out_dtype"):
             if data.get(key) is not None and str(data[key]).lower() not in DTYPE_NAMES:
                 raise RecipeError(f"{key} must be one of float32, float16, bfloat16; got {data[key]!r}", where=where)
+        for key, kind, what in TEXT_KEYS:
+            if data.get(key) is not None and not isinstance(data[key], kind):
+                raise RecipeError(f"{key} must be {what}, got {data[key]!r}", where=where)
         seed = data.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise RecipeError(f"seed must be an integer, got {seed!r}", where=where)
@@ -170,21 +181,12 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "recipe") -> "Recipe":
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            loc = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise RecipeError(f"invalid YAML{loc}: {getattr(e, 'problem', None) or e}", where=where) from None
-        return cls.from_dict(data, where)
+        """A recipe from YAML text, read within :mod:`studio.recipe.limits` (size, aliases, nesting)."""
+        return cls.from_dict(parse_yaml(text, where), where)
 
     @classmethod
     def load(cls, path) -> "Recipe":
-        try:
-            text = open(path, encoding="utf-8").read()
-        except OSError as e:
-            raise RecipeError(f"cannot read recipe ({e.strerror})", where=str(path)) from None
-        return cls.from_yaml(text, where=str(path))
+        return cls.from_yaml(read_text(path), where=str(path))
 
     # -- validation -------------------------------------------------------------------------------
     @property

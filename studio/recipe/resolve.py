@@ -101,7 +101,7 @@ def check_setting(param: Param, value: Any, where: str) -> None:
         if all(isinstance(v, dict) for v in value):
             for rule in value:
                 extra = set(rule) - {"filter", "value"}
-                if extra or "value" not in rule:
+                if extra or "value" not in rule or not isinstance(rule.get("filter", ""), (str, type(None))):
                     raise RecipeError("filter rules are {filter: substring, value: setting}", where=where)
                 check_setting(param, rule["value"], where)
             return

@@ -22,6 +22,7 @@ from ..errors import StudioError
 from ..layout.sd import SD1_BLOCKS, SDXL_BLOCKS
 from ..recipe import Recipe
 from ..recipe.files import READERS, FoundRecipe
+from ..recipe.limits import check_size, parse_json
 from ..sources import paths
 
 # "Key: value" pairs of an infotext's last line; a value with commas is written in double quotes
@@ -122,11 +123,10 @@ def read_merge_recipe(path: Path, chunks: dict, meta: dict, folders: Sequence[Pa
     if not raw:
         return None
     origin = f"{path} (sd_merge_recipe)"
-    try:
-        sm = json.loads(raw)
-        names = json.loads(meta.get("sd_merge_models") or "{}")
-    except json.JSONDecodeError:
-        raise StudioError("sd_merge_recipe is not valid JSON", where=str(path)) from None
+    sm = parse_json(raw, origin)
+    names = parse_json(meta.get("sd_merge_models") or "{}", f"{path} (sd_merge_models)")
+    if not isinstance(names, dict):
+        names = {}
     if not isinstance(sm, dict):
         return None
     if isinstance(sm.get("studio_recipe"), dict):
@@ -140,7 +140,7 @@ def read_merge_recipe(path: Path, chunks: dict, meta: dict, folders: Sequence[Pa
     models = _Models([path.parent, *folders])
     refs = []
     for which in ("primary", "secondary", "tertiary")[:n]:
-        h = sm.get(f"{which}_model_hash")
+        h = str(sm.get(f"{which}_model_hash"))
         named = (names.get(h) or {}).get("name") if isinstance(names.get(h), dict) else None
         refs.append(models(named or str(h)))
     recipe = {"name": sm.get("custom_name") or path.stem, "merge_method": method,
@@ -212,8 +212,9 @@ def read_model_mixer(path: Path, chunks: dict, meta: dict, folders: Sequence[Pat
     text = chunks.get("parameters")
     if not text or "ModelMixer" not in text:
         return None
-    _, _, params = parse_infotext(text)
     origin = f"{path} (Model Mixer settings)"
+    check_size(len(text.encode("utf-8", "surrogatepass")), origin)
+    _, _, params = parse_infotext(text)
     steps = _mixer_steps(params, origin)
     if not steps:
         raise StudioError("the image's Model Mixer settings merge no model", where=str(path))

@@ -100,7 +100,7 @@ def test_a_failed_rename_puts_the_old_target_back_and_files_go_in_the_order_give
         return real(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StudioError, match="disk full"):  # what the system said, as one StudioError
         with AtomicTarget(target, is_file=True) as tmp:
             tmp.write_text("new")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
