@@ -214,11 +214,15 @@ def _run_pool(plan: Plan, job: Callable, workers: int, memory_budget: int, progr
                 nxt += 1
 
         fill()
-        while queue:
-            task, cost, fut = queue.popleft()
-            result = fut.result()
-            used -= cost
-            fill()
-            yield task, result
-            if progress:
-                progress(task)
+        try:
+            while queue:
+                task, cost, fut = queue.popleft()
+                result = fut.result()
+                used -= cost
+                fill()
+                yield task, result
+                if progress:
+                    progress(task)
+        finally:  # stopped early (an error, Ctrl-C, SIGTERM): queued tasks never start, so the pool closes at once
+            for _, _, fut in queue:
+                fut.cancel()

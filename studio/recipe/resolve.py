@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import RecipeError
-from ..layout.presets import lookup_preset
+from ..layout.presets import load_presets, lookup_preset
 from ..methods.registry import Param
 
 
@@ -92,6 +92,8 @@ def names_matter(value: Any) -> bool:
 def check_setting(param: Param, value: Any, where: str) -> None:
     """Static validation of a setting against its declaration (every leaf value must coerce)."""
     if isinstance(value, str) and param.kind is not str:
+        if value.strip().upper() in load_presets():
+            return  # a preset's values depend on the layout's groups: checked per tensor when they are resolved
         value = expand_string(value)
         if isinstance(value, str) and param.kind is not bool:
             raise RecipeError(f"{value!r} is neither a number, a comma-separated list nor a known preset", where=where)

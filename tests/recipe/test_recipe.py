@@ -106,3 +106,17 @@ def test_parameter_precedence_in_plan(llama_family, tmp_path):
     by_key = {t.out_key: t for t in plan.tasks}
     assert by_key["lm_head.weight"].params == {**by_key["lm_head.weight"].params, "weight": [0.25, 0.75], "lambda": 2.0}
     assert by_key["model.norm.weight"].params["lambda"] == 1.0
+
+
+def test_a_preset_name_is_a_valid_block_setting_and_merges_as_its_row(tmp_path):
+    """``alpha: GRAD_V`` (a SuperMerger preset by name, as the README promises) validates and resolves per block."""
+    from studio.layout.presets import load_presets
+    from studio.recipe.resolve import expand_string
+    r = Recipe.from_dict({"merge_method": "weighted_sum", "models": [{"model": "a"}, {"model": "b"}],
+                          "parameters": {"alpha": "GRAD_V"}})
+    assert r.parameters["alpha"] == "GRAD_V"
+    row = load_presets()["GRAD_V"]
+    assert expand_string("GRAD_V", 26) == [float(v) for v in row]
+    with pytest.raises(RecipeError, match="known preset"):
+        Recipe.from_dict({"merge_method": "weighted_sum", "models": [{"model": "a"}, {"model": "b"}],
+                          "parameters": {"alpha": "NOT_A_PRESET"}})
