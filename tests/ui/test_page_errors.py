@@ -82,3 +82,26 @@ def test_junk_from_the_page_ends_as_a_studio_error_or_is_taken(env, call):
         except Exception as e:  # noqa: BLE001 - what the test is looking for
             unexpected.append(f"{value!r:.30}: {type(e).__name__}: {e}")
     assert not unexpected, unexpected
+
+
+def test_an_export_into_a_read_only_folder_is_one_clear_line(ui, env, tmp_path, monkeypatch):
+    """The studio's Export on a read-only disk (simulated: tests run as root, which ignores permission bits) says
+    so in one line and leaves nothing behind — not gradio's "upstream app raised an exception"."""
+    import errno
+    import os
+
+    from studio.ui.exporting import export_recipe
+
+    real_mkdir = os.mkdir
+
+    def read_only(path, *a, **kw):
+        if str(path).startswith(str(tmp_path)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *a, **kw)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    s = env.new_session()
+    target = tmp_path / "exports" / "mine"
+    out, err = ui.attempt(lambda: export_recipe(s, str(target)), "export")
+    assert out is None and "read-only" in err and "\n" not in err and not err.startswith("internal error")
+    assert not target.exists() and not list(tmp_path.glob("**/.mine.partial-*"))
