@@ -16,7 +16,7 @@ import yaml
 from ..errors import RecipeError
 from ..methods import get_method
 from .limits import parse_yaml, read_text
-from .resolve import check_setting
+from .resolve import check_setting, normalize_setting
 
 TOP_KEYS = ["name", "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "seed", "vae"]
@@ -211,6 +211,7 @@ class Recipe:
                 if per_model_only and not p.per_model:
                     raise RecipeError(f"{k!r} is a global parameter of {spec.name!r}; set it under top-level parameters",
                                       where=w)
+                params[k] = v = normalize_setting(p, v)
                 check_setting(p, v, f"{w}.{k}")
 
         check(self.parameters, f"{where}: parameters", False)

@@ -89,6 +89,30 @@ def names_matter(value: Any) -> bool:
     return False
 
 
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def normalize_setting(param: Param, value: Any) -> Any:
+    """Text that YAML left a string but mergekit's schema reads as a value — ``"1e-5"`` (YAML 1.1 needs a dot for a
+    float), ``"0.5"``, ``"true"`` — as that value, wherever it sits (a gradient, a per-group mapping, a rule)."""
+    if isinstance(value, list):
+        return [normalize_setting(param, v) for v in value]
+    if isinstance(value, dict):
+        return {k: (v if k == "filter" else normalize_setting(param, v)) for k, v in value.items()}
+    if not isinstance(value, str) or param.kind is str:
+        return value
+    text = value.strip()
+    if param.kind is bool:
+        return BOOL_WORDS.get(text.lower(), value)
+    try:
+        number = float(text)
+    except ValueError:
+        return value
+    if param.kind is int and number.is_integer():
+        return int(number)
+    return number  # a non-finite one is refused by the check, as when written as a number
+
+
 def check_setting(param: Param, value: Any, where: str) -> None:
     """Static validation of a setting against its declaration (every leaf value must coerce)."""
     if isinstance(value, str) and param.kind is not str:

@@ -120,3 +120,29 @@ def test_a_preset_name_is_a_valid_block_setting_and_merges_as_its_row(tmp_path):
     with pytest.raises(RecipeError, match="known preset"):
         Recipe.from_dict({"merge_method": "weighted_sum", "models": [{"model": "a"}, {"model": "b"}],
                           "parameters": {"alpha": "NOT_A_PRESET"}})
+
+
+def test_numbers_yaml_leaves_as_text_are_read_as_mergekit_reads_them():
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string, and published recipes quote numbers; mergekit's schema converts
+    them, and so do we — in plain values, gradients, per-group mappings and rules (#19 item 3)."""
+    text = """
+merge_method: ties
+base_model: a
+models:
+  - model: b
+    parameters: {weight: "0.5", density: 1e-1}
+  - model: c
+    parameters:
+      weight: [1e-1, "0.25", 1]
+      density: {"*": "0.5", L01: 2e-1}
+parameters:
+  lambda: [{filter: mlp, value: 1e0}, {value: "2"}]
+  normalize: "false"
+"""
+    r = Recipe.from_yaml(text)
+    d = r.to_dict()
+    assert d["models"][0]["parameters"] == {"weight": 0.5, "density": 0.1}
+    assert d["models"][1]["parameters"] == {"weight": [0.1, 0.25, 1], "density": {"*": 0.5, "L01": 0.2}}
+    assert d["parameters"] == {"lambda": [{"filter": "mlp", "value": 1.0}, {"value": 2.0}], "normalize": False}
+    with pytest.raises(RecipeError, match="finite"):
+        Recipe.from_yaml(text.replace('"0.5", density: 1e-1', '"nan", density: 1e-1'))
