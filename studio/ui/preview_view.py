@@ -117,7 +117,7 @@ def samples_markdown(pv) -> str:
     per = (pv.result or {}).get("per_task") or {}
     metric = (pv.result or {}).get("metric", "score")
     prev = (pv.previous or {}).get("samples") if isinstance((pv.previous or {}).get("samples"), dict) else {}
-    lines = ["#### Generations" + ("  <sub>greedy, from each corpus' prompt</sub>" if metric == "perplexity"
+    lines = ["#### Generations" + ("  <sub>the merge's continuation of each prompt</sub>" if metric == "perplexity"
                                    else "")]
     for task, text in s.items():
         if isinstance(text, (list, tuple)):
