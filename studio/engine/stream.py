@@ -16,10 +16,11 @@ from .. import __version__
 from ..devices import dtype_name, parse_dtype, resolve_device
 from ..errors import StudioError
 from ..output import (AtomicTarget, ShardWriter, atomic_files, check_target, copy_non_weight_files, copy_side_files,
-                      is_single_file, library_name, model_card, plan_shards, recipe_path, source_paths, write_index,
-                      write_json, write_text)
+                      is_single_file, library_name, model_card, plan_shards, recipe_path, source_paths,
+                      write_chat_template, write_index, write_json, write_text)
 from ..output.forms import Assembler, OutputEntry, OutputForm, identity_form, in_write_order
 from ..recipe import Recipe
+from ..recipe.chat_templates import resolve_chat_template
 from ..recipe.files import RECIPE_KEY
 from ..sources import TensorSource, open_source
 from ..sources.resolve import split_reference
@@ -216,6 +217,10 @@ def _write_side_files(plan: Plan, form: OutputForm, tmp: Path) -> None:
     copy_side_files(tok_src.folder, tmp)
     if tok_src is not ref:
         copy_side_files(ref.folder, tmp, ["generation_config.json"])
+    if recipe.chat_template is not None:  # auto: the template most inputs carry; a name; or the template itself
+        template = resolve_chat_template(recipe.chat_template, [getattr(s, "folder", None) for s in plan.sources])
+        if template is not None:
+            write_chat_template(tmp, template)
 
 
 def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed: int | None = None,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..recipe.files import RECIPE_FILE, is_single_file, recipe_path  # noqa: F401 — re-exported: where the recipe goes
 from ..sources.resolve import WEIGHT_SUFFIXES  # re-exported: what counts as a weights file
+from .target import write_json, write_text
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
@@ -65,3 +66,14 @@ def peft_adapter_config(ranks: dict[str, int], base_model: str | None) -> dict:
             "fan_in_fan_out": False, "bias": "none", "lora_dropout": 0.0, "init_lora_weights": True,
             "modules_to_save": None, "inference_mode": True,
             "target_modules": sorted({n.rsplit(".", 1)[-1] for n in ranks})}
+
+
+def write_chat_template(folder: Path, template: str) -> None:
+    """Put a recipe's chat template in ``folder``'s tokenizer config (and its ``chat_template.jinja`` when one was
+    copied from an input, which transformers reads first)."""
+    folder = Path(folder)
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    write_json(cfg_path, {**cfg, "chat_template": template})
+    if (folder / "chat_template.jinja").is_file():
+        write_text(folder / "chat_template.jinja", template)

@@ -16,6 +16,7 @@ import yaml
 from ..errors import RecipeError
 from ..methods import get_method
 from .limits import parse_yaml, read_text
+from .chat_templates import check_chat_template
 from .resolve import check_setting, normalize_setting
 
 TOP_KEYS = ["name", "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
@@ -200,6 +201,7 @@ class Recipe:
 
     def validate(self, where: str = "recipe") -> None:
         spec = self.spec  # raises for an unknown method
+        check_chat_template(self.chat_template, where)
         names = {p.name for p in spec.params}
 
         def check(params: dict, w: str, per_model_only: bool):
