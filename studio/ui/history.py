@@ -39,9 +39,13 @@ def record(history: list[HistoryEntry], recipe: dict, result: dict, seconds: flo
     del history[:-MAX_HISTORY]
 
 
+FIELDS = tuple(f.name for f in dataclasses.fields(HistoryEntry))
+
+
 def dump(history: list[HistoryEntry]) -> list[dict]:
-    """The history as plain data (JSON-able: the browser keeps it across page reloads)."""
-    return [dataclasses.asdict(h) for h in history]
+    """The history as plain data (JSON-able: the browser keeps it across page reloads). Entries are never changed
+    once recorded (a re-run replaces its row), so their recipes are shared, not copied: this runs on every event."""
+    return [{f: getattr(h, f) for f in FIELDS} for h in history]
 
 
 def load(data) -> list[HistoryEntry]:
