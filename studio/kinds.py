@@ -3,12 +3,12 @@ settings, evaluation data — and so what opening it does. Cheap: marker files a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import StudioError
 from .lora.network import is_lora_key
-from .recipe.files import RECIPE_FILE, RECIPE_KEY, YAML_SUFFIXES, png_text, safetensors_metadata
+from .recipe.files import RECIPE_FILE, RECIPE_KEY, YAML_SUFFIXES, png_text
 from .sources.resolve import PICKLE_SUFFIXES
 from .sources.safetensors_file import read_header
 
@@ -22,8 +22,7 @@ RECIPE_CHUNKS = (RECIPE_KEY, "sd_merge_recipe")
 class Entry:
     path: Path
     action: str        # MODEL | LORA | VAE | RECIPE | EVAL_SET | TEXT | FOLDER
-    label: str         # what it is, in words
-    has_recipe: bool = False   # a model that also carries the recipe it was merged with
+    label: str         # what it is, in words ("· recipe inside": a merge that carries its recipe)
     hub_id: str | None = None  # a model of the Hugging Face cache: opened by its id, not its snapshot's path
 
     @property
@@ -36,31 +35,34 @@ class Entry:
         return self.hub_id or str(self.path)
 
 
+def _model(path: Path, what: str, recipe: bool) -> Entry:
+    return Entry(path, MODEL, what + (" · recipe inside" if recipe else ""))
+
+
 def _safetensors(path: Path) -> Entry:
     entries, meta, _ = read_header(path)
     keys = [k for k in entries if k != "__metadata__"]
-    recipe = isinstance(meta, dict) and any(k in meta for k in RECIPE_CHUNKS)
     if keys and sum(map(is_lora_key, keys)) * 2 >= len(keys):
-        return Entry(path, LORA, "LoRA", recipe)
+        return Entry(path, LORA, "LoRA")
     if keys and all(k.startswith(VAE_ROOTS) for k in keys):
         return Entry(path, VAE, "VAE")
-    return Entry(path, MODEL, "checkpoint" + (" · recipe inside" if recipe else ""), recipe)
+    return _model(path, "checkpoint", isinstance(meta, dict) and any(k in meta for k in RECIPE_CHUNKS))
 
 
 def _folder(path: Path) -> Entry:
-    has = (lambda name: (path / name).is_file())
+    def has(name):
+        return (path / name).is_file()
     recipe = has(RECIPE_FILE)
     if has("model_index.json"):
-        return Entry(path, MODEL, "diffusers pipeline" + (" · recipe inside" if recipe else ""), recipe)
+        return _model(path, "diffusers pipeline", recipe)
     if has("adapter_config.json"):
         return Entry(path, LORA, "PEFT LoRA adapter")
     weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin")) or any(path.glob("*.index.json"))
     if has("config.json") and weights:
-        text = (path / "config.json").read_text(errors="replace") if has("config.json") else ""
+        text = (path / "config.json").read_text(errors="replace")
         if '"AutoencoderKL"' in text:
             return Entry(path, VAE, "VAE (diffusers)")
-        return Entry(path, MODEL, ("diffusers component" if '"_class_name"' in text else "transformers model")
-                     + (" · recipe inside" if recipe else ""), recipe)
+        return _model(path, "diffusers component" if '"_class_name"' in text else "transformers model", recipe)
     return Entry(path, FOLDER, "folder")
 
 
@@ -117,5 +119,5 @@ def hub_models(cache: str | Path) -> list[Entry]:
         entry = what_is(snapshots[0]) if snapshots else None
         if entry is not None and entry.action != FOLDER:
             hub_id = repo.name.removeprefix("models--").replace("--", "/", 1)
-            out.append(Entry(entry.path, entry.action, entry.label, entry.has_recipe, hub_id))
+            out.append(replace(entry, hub_id=hub_id))
     return out

@@ -33,7 +33,6 @@ def places(env) -> list[tuple[str, str]]:
 class FileBrowser:
     def __init__(self, session):
         self.s = session
-        self.place: str | None = None         # the allowed folder the listing is in
         self.cwd: Path | None = None          # None: nothing listed yet
         self.entries: list[Entry] = []
         self.selected: Entry | None = None
@@ -46,7 +45,7 @@ class FileBrowser:
     def go(self, folder: str | None) -> None:
         """List ``folder`` (only inside the allowed folders; the hub cache lists its models by id)."""
         if not folder:
-            self.cwd, self.place, self.entries, self.selected, self.message = None, None, [], None, ""
+            self.cwd, self.entries, self.selected, self.message = None, [], None, ""
             return
         path = self.s.env.roots.check_path(str(folder))  # a refused folder leaves the listing as it was
         if not path.is_dir():
@@ -55,7 +54,11 @@ class FileBrowser:
         hub = self.s.env.roots.hub_cache
         self.entries = hub_models(path) if hub is not None and path == hub else list_folder(path)
         self.cwd = path
-        self.place = next((p for _, p in self.places() if path.is_relative_to(p)), None)
+
+    @property
+    def place(self) -> str | None:
+        """The allowed folder the listing is in."""
+        return None if self.cwd is None else next((p for _, p in self.places() if self.cwd.is_relative_to(p)), None)
 
     def up(self) -> None:
         if self.cwd is None:
