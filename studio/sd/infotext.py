@@ -27,6 +27,7 @@ from ..sources import paths
 
 # "Key: value" pairs of an infotext's last line; a value with commas is written in double quotes
 PARAM = re.compile(r'\s*([\w][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+A1111_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,10}\]\s*$")   # "v1-5-pruned [6ce0161689]": A1111's title of a model
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -65,10 +66,15 @@ def format_infotext(prompt: str, negative: str = "", params: dict | None = None)
 
 
 # ------------------------------------------------------------------------------------------- finding named models
+def bare_name(name) -> str:
+    """A model's name without the hash A1111 appends to its title."""
+    return A1111_HASH.sub("", str(name or "")).strip()
+
+
 def find_named_model(name: str, folders: Sequence[Path]) -> str | None:
     """A model another tool names (``v1-5-pruned.safetensors``, ``v1-5-pruned [6ce0161689]``, ``sub/name``) among
     ``folders`` (and the folders in them): the path of the first match, else None."""
-    name = re.sub(r"\s*\[[0-9a-fA-F]{8,10}\]\s*$", "", str(name or "")).strip()
+    name = bare_name(name)
     if not name or name == "None":
         return None
     wanted = Path(name.replace("\\", "/"))
@@ -97,7 +103,7 @@ class _Models:
         path = find_named_model(name, self.folders)
         if path is None:
             self.missing.append(name)
-            return re.sub(r"\s*\[[0-9a-fA-F]{8,10}\]\s*$", "", name).strip()
+            return bare_name(name)
         return path
 
     def notes(self) -> list[str]:
