@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..analysis import landscape_1d, landscape_random_plane, landscape_task_plane, task_vector_stats
 from ..analysis.report import build_report
 from ..cli import print_json
-from . import load_recipe
+from . import STRICT_HELP, load_recipe
 from ..errors import StudioError
 from ..output import write_text
 from ..zoo import get_family, list_families
@@ -34,6 +34,7 @@ def add_arguments(p):
     p.add_argument("--grid", type=int, default=11, help="grid points per axis for landscapes (default 11)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is much faster on a busy, shared CPU)")
     p.add_argument("--experts", default="0,1", help="the two experts spanning the task-vector plane (indices)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
 
 
 def _density(arg: str, recipe) -> float | None:
@@ -88,7 +89,7 @@ def _bar(desc: str, quiet: bool):
 
 
 def run(args) -> int:
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, strict=args.strict)
     if args.threads:
         torch.set_num_threads(max(1, args.threads))
     density = _density(args.density, recipe)

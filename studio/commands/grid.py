@@ -11,7 +11,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..engine.live import LiveMerger
-from . import load_recipe
+from . import STRICT_HELP, load_recipe
 from ..errors import StudioError
 from ..preview import previewer_for
 from ..preview.grid import Axis, render_grid, save_grid
@@ -35,6 +35,7 @@ def add_arguments(p):
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
 
 
 def _zoo_judge(recipe: Recipe, device: str):
@@ -63,7 +64,7 @@ def _request(cls, prompts: list[str], fields: list[str]):
 
 
 def run(args) -> int:
-    recipe = with_assignments(load_recipe(args.recipe), args.set)
+    recipe = with_assignments(load_recipe(args.recipe, strict=args.strict), args.set)
     x, y = Axis.parse(args.x), Axis.parse(args.y)
     out = Path(args.out)
     if out.exists() and not args.overwrite:

@@ -1,5 +1,5 @@
 """python -m studio merge RECIPE.yaml OUT_DIR [--set PATH=VALUE …] [--device auto|cpu|cuda] [--seed N] [--overwrite]
-[--dry-run] [--allow-nonfinite]"""
+[--dry-run] [--allow-nonfinite] [--strict]"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..cli import print_json
-from . import load_recipe
+from . import STRICT_HELP, load_recipe
 from ..describe import human_bytes, human_count
 from ..devices import parse_size
 from ..engine import build_plan, check_merge_target, merge_to_disk, planned_output
@@ -33,6 +33,7 @@ def add_arguments(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="merge input tensors holding NaN/Inf values (refused by default: they spread through a merge)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
 
 
 def print_summary(summary: dict, out=None) -> None:
@@ -51,7 +52,7 @@ def print_summary(summary: dict, out=None) -> None:
 
 
 def run(args) -> int:
-    recipe = with_assignments(load_recipe(args.recipe), args.set)
+    recipe = with_assignments(load_recipe(args.recipe, strict=args.strict), args.set)
     # a LoRA's strength meets the method's weight and λ: say what reaches the output (0.8 × λ 0.5 = 0.4)
     lora_scales = [s.to_dict() for s in effective_lora_scales(recipe)]
     if args.dry_run:

@@ -39,6 +39,7 @@ class FoundRecipe:
     recipe: dict
     origin: str
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # keys that had no effect (``Recipe.warnings``)
 
 
 # Readers of other tools' formats: ``reader(path, text_chunks, metadata, folders) -> FoundRecipe | None`` —
@@ -64,17 +65,22 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
     return {str(k): v for k, v in meta.items() if isinstance(v, str)} if isinstance(meta, dict) else {}
 
 
-def _ours(raw: str, origin: str) -> FoundRecipe:
-    return FoundRecipe(Recipe.from_dict(parse_json(raw, origin), where=origin).to_dict(), origin)
+def _found(recipe: Recipe, origin: str) -> FoundRecipe:
+    """What was read, with a warning for each key that had no effect (see ``Recipe.warnings``)."""
+    return FoundRecipe(recipe.to_dict(), origin, warnings=list(recipe.warnings))
 
 
-def _yaml(path: Path) -> FoundRecipe:
-    return FoundRecipe(Recipe.load(path).to_dict(), str(path))
-
-
-def read_recipe(path: str | Path, folders: Sequence[Path] = ()) -> FoundRecipe:
+def read_recipe(path: str | Path, folders: Sequence[Path] = (), strict: bool = False) -> FoundRecipe:
     """The recipe a file or folder carries (see the module's doc); StudioError saying what was looked for. Models
-    that other tools name by file name are looked for beside ``path`` and in ``folders``."""
+    that other tools name by file name are looked for beside ``path`` and in ``folders``. Keys without effect are
+    warnings, or refused when ``strict``."""
+
+    def _ours(raw: str, origin: str) -> FoundRecipe:
+        return _found(Recipe.from_dict(parse_json(raw, origin), where=origin, strict=strict), origin)
+
+    def _yaml(path: Path) -> FoundRecipe:
+        return _found(Recipe.load(path, strict=strict), str(path))
+
     path = Path(str(path))
     if paths.is_dir(path):
         if paths.is_file(path / RECIPE_FILE):

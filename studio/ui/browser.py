@@ -133,7 +133,7 @@ class FileBrowser:
         found = read_recipe(path, folders=folders)
         self.s.open_recipe(found.recipe)
         name = Path(path).name
-        self.message = f"opened the recipe of {name}" + "".join(f"\n\n⚠ {n}" for n in found.notes)
+        self.message = f"opened the recipe of {name}" + "".join(f"\n\n⚠ {n}" for n in found.notes + found.warnings)
 
     def drop(self, path: str | None) -> None:
         """A file dropped on the page: a recipe, a merged .safetensors or an image with merge settings."""

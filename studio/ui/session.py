@@ -195,9 +195,12 @@ class Session:
             Recipe.from_dict(copy.deepcopy(new))
         return self.set_recipe(new)
 
-    def set_yaml(self, text: str) -> None:
-        """Replace the recipe by edited YAML (RecipeError with the parser's message when it is not valid)."""
-        self.open_recipe(Recipe.from_yaml("" if text is None else str(text), where="YAML view").to_dict())
+    def set_yaml(self, text: str) -> list[str]:
+        """Replace the recipe by edited YAML (RecipeError with the parser's message when it is not valid); returns a
+        line for each key that had no effect and was dropped."""
+        r = Recipe.from_yaml("" if text is None else str(text), where="YAML view")
+        self.open_recipe(r.to_dict())
+        return r.warnings
 
     def open_recipe(self, recipe: dict, where: str = "recipe") -> None:
         """A recipe from outside the session (typed, opened, dropped, saved in the browser) becomes its recipe: it

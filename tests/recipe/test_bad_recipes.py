@@ -3,6 +3,7 @@ parameter's bounds, NaN and infinity, text that is not UTF-8, YAML alias bombs, 
 the same recipes carried as JSON in a PNG or a .safetensors header. Through the CLI: exit 2, one stderr line, no
 output left behind, inputs untouched."""
 
+import copy
 import hashlib
 import json
 import math
@@ -60,11 +61,9 @@ MALFORMED = {
     "model key a number": ta_model({"model": 5}),
     "model key a list": ta_model({"model": ["/m/a"]}),
     "model key blank": ta_model({"model": "   "}),
-    "an unknown key in a model entry": ta_model({"model": "/m/a", "weight": 1}),
     "parameters a list": ta_model({"model": "/m/a", "parameters": [1.0]}),
     "parameters a string": ta_model({"model": "/m/a", "parameters": "weight=1"}),
     "top-level parameters a list": ta(parameters=[1, 2]),
-    "an unknown parameter": ta(parameters={"nope": 1}),
     "a parameter named by a number": ta(parameters={1: 1}),
     "a filter rule outside a list": ta(parameters={"lambda": {"filter": "mlp", "value": 1}}),
     "a filter that is a number": ta(parameters={"lambda": [{"filter": 5, "value": 1}]}),
@@ -102,7 +101,6 @@ MALFORMED = {
     "tokenizer a list": ta(tokenizer=["union"]),
     "chat_template a number": ta(chat_template=5),
     "name a list": ta(name=["merged"]),
-    "an unknown top-level key": ta(foo=1),
     "both models and slices": {**TA, "slices": PASS["slices"]},
 }
 
@@ -113,6 +111,41 @@ def test_malformed_recipe_is_a_recipe_error(data):
         Recipe.from_dict(data)
     with pytest.raises(RecipeError):   # the same shape written as YAML
         Recipe.from_yaml(yaml.safe_dump(data))
+
+
+# keys that have no effect: mergekit drops them silently; we drop them with one warning each, and refuse them when
+# strict — (recipe, words of the warning)
+NO_EFFECT = {
+    "a method parameter in a model entry": (ta_model({"model": "/m/a", "weight": 1}),
+                                            ["key 'weight'", "put it under this entry's parameters"]),
+    "an unknown parameter": (ta(parameters={"nope": 1}), ["parameter 'nope'", "its parameters:"]),
+    "an unknown top-level key": (ta(foo=1), ["key 'foo'"]),
+    "a misspelt top-level key": (ta(base_modle="/m/b"), ["key 'base_modle'", "did you mean 'base_model'?"]),
+    "a global parameter per model": (ta_params(**{"lambda": 0.5}), ["'lambda' per model", "top-level parameters"]),
+    "a top-level parameter": ({**TA, "merge_method": "sce", "models": ["/m/a"], "select_topk": 0.5},
+                              ["key 'select_topk'", "put it under parameters:"]),
+    "padding outside tokenizer": (ta(pad_to_multiple_of=64), ["key 'pad_to_multiple_of'", "under tokenizer:"]),
+    "int8_mask on linear": ({"merge_method": "linear", "models": ["/m/a", "/m/b"], "parameters": {"int8_mask": True}},
+                            ["parameter 'int8_mask'", "float32"]),
+    "normalize on multislerp": ({"merge_method": "multislerp", "models": ["/m/a", "/m/b"],
+                                 "parameters": {"normalize": True}}, ["did you mean 'normalize_weights'?"]),
+    "a slice's residual_weight": ({**PASS, "slices": [{**PASS["slices"][0], "residual_weight": 0.5}]},
+                                  ["key 'residual_weight'"]),
+}
+
+
+@pytest.mark.parametrize("data, words", NO_EFFECT.values(), ids=NO_EFFECT.keys())
+def test_keys_without_effect_warn_once_and_strict_refuses_them(data, words):
+    r = Recipe.from_dict(copy.deepcopy(data), where="r.yml")
+    assert len(r.warnings) == 1, r.warnings
+    assert r.warnings[0].startswith("r.yml") and "has no effect and is ignored" in r.warnings[0]
+    for w in words:
+        assert w in r.warnings[0]
+    assert r.to_dict() == Recipe.from_dict(r.to_dict()).to_dict() and not Recipe.from_dict(r.to_dict()).warnings
+    with pytest.raises(RecipeError, match="not allowed here"):
+        Recipe.from_dict(copy.deepcopy(data), strict=True)
+    with pytest.raises(RecipeError, match="not allowed here"):
+        Recipe.from_yaml(yaml.safe_dump(data), strict=True)
 
 
 # parameter spellings that break a hard bound: (recipe, words the message must hold)

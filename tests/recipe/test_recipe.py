@@ -50,9 +50,9 @@ dtype: float32
 
 @pytest.mark.parametrize("text, needle", [
     ("merge_method: nope\nmodels: [a]", "unknown merge method 'nope'"),
-    ("merge_method: linear\nmodels: [a]\nbogus: 1", "unknown key 'bogus'"),
-    ("merge_method: linear\nmodels: [{model: a, parameters: {weigth: 1}}]", "no parameter 'weigth'"),
-    ("merge_method: linear\nmodels: [{model: a, colour: red}]", "unknown key 'colour'"),
+    ("merge_method: linear\nmodels: [a]\nbogus: 1", "key 'bogus' is not allowed here"),
+    ("merge_method: linear\nmodels: [{model: a, parameters: {weigth: 1}}]", "has no such parameter"),
+    ("merge_method: linear\nmodels: [{model: a, colour: red}]", "key 'colour' is not allowed here"),
     ("merge_method: task_arithmetic\nmodels: [{model: a, parameters: {weight: 1}}]", "needs a base_model"),
     ("merge_method: slerp\nbase_model: a\nmodels: [a, b, c]\nparameters: {t: 0.5}", "exactly 1"),
     ("merge_method: linear\nmodels: [a]\ndtype: float8", "dtype must be"),
@@ -64,7 +64,7 @@ dtype: float32
 ])
 def test_bad_recipes_name_the_problem(text, needle):
     with pytest.raises(RecipeError) as e:
-        Recipe.from_yaml(text)
+        Recipe.from_yaml(text, strict=True)
     assert needle in str(e.value)
 
 

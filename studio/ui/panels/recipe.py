@@ -256,12 +256,13 @@ def wire(ui) -> None:
         s = ui.session(state)
         ui.resend(s, [ns.yaml])
         try:
-            s.set_yaml(text)
+            ignored = s.set_yaml(text)
         except StudioError as e:  # keep the user's text so they can fix it, and say what is wrong beside it
             return ui.changes(s, s.last_preview, skip=[ns.yaml],
                               override={ns.yaml_error: {"value": f"⚠ **Not applied:** {e}"}})
         pv, error = ui.attempt(s.preview, "preview")
-        return ui.changes(s, pv or s.last_preview, error)
+        said = {ns.yaml_error: {"value": "".join(f"⚠ {w}  \n" for w in ignored)}} if ignored else None
+        return ui.changes(s, pv or s.last_preview, error, override=said)
 
     ns.yaml_apply.click(ui.guard(apply_yaml, "apply YAML"), [ui.state, ns.yaml], ui.outputs, api_name="apply_yaml",
                         concurrency_id=ui.HEAVY,
