@@ -66,3 +66,36 @@ def tagged_png(path: Path, **chunks: str) -> Path:
         info.add_text(k, v)
     Image.new("RGB", (4, 4)).save(path, pnginfo=info)
     return path
+
+
+def add_word_tokenizer_extra(path: Path, extra: list[str], chat_template: str | None = None) -> Path:
+    """Like :func:`add_word_tokenizer`, with ``extra`` words after the 64 (ids 64, 65, …): a model saved with
+    ``vocab=64 + len(extra)`` then has a vocabulary the others lack (what ``tokenizer_source: union`` unites)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = WORDS + list(extra)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   additional_special_tokens=list(extra))
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    fast.save_pretrained(path)
+    return path
+
+
+def make_peft_lora(path: Path, base: Path, seed: int, r: int = 2, targets: tuple = ("q_proj", "v_proj")) -> Path:
+    """Save a PEFT LoRA adapter for the tiny model at ``base`` into ``path``, with random (nonzero) A and B."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=r, lora_alpha=2 * r,
+                                                                                  target_modules=list(targets)))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.save_pretrained(path)
+    return path
