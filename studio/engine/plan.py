@@ -15,10 +15,11 @@ import torch
 from ..devices import parse_dtype
 from ..errors import RecipeError, StudioError
 from ..layout import LayerStackLayout, Layout, detect_layout, is_mergeable
+from ..layout.modules import LAYER_COUNT_FIELDS, ModulesLayout, module_of
 from ..methods import MethodSpec
 from ..recipe import InputModel, Recipe
 from ..recipe.resolve import names_matter, resolve_param
-from ..sources import TensorInfo, TensorSource, open_source
+from ..sources import SubsetSource, TensorInfo, TensorSource, open_source
 
 Input = tuple[int, str]  # (source index, tensor name in that source)
 
@@ -48,6 +49,7 @@ class Plan:
     tasks: list[TensorTask]
     num_layers: int | None = None        # output layer count when slices changed it
     warnings: list[str] = field(default_factory=list)
+    config_updates: dict[str, int] = field(default_factory=dict)  # dotted config path → value (a module's layers)
 
     @property
     def reference(self) -> TensorSource:
@@ -70,7 +72,7 @@ class Plan:
         return {"method": self.spec.name, "layout": self.layout.name, "tensors": len(self.tasks),
                 "merged": sum(t.op == "merge" for t in self.tasks), "output_bytes": self.output_bytes(),
                 "num_layers": self.num_layers, "groups": {g: v for g, v in groups.items() if v["tensors"]}, "warnings": list(self.warnings),
-                "models": [s.ref for s in self.sources]}
+                "models": list(dict.fromkeys(s.ref for s in self.sources))}
 
 
 # Hooks that may adjust a finished plan, each taking (plan) and editing it in place. Families above the engine append
@@ -128,8 +130,9 @@ def _check_inputs(key: str, infos: list[tuple[TensorSource, str]], ref_info: Ten
 def build_plan(recipe: Recipe, opener: Callable[[str], TensorSource] = open_source) -> Plan:
     spec = recipe.spec
     pool = _Sources(opener)
-    slices = recipe.slices
-    if slices is None:
+    if recipe.modules is not None:
+        plan = _plan_modules(recipe, spec, opener)
+    elif recipe.slices is None:
         plan = _plan_models(recipe, spec, pool)
     else:
         plan = _plan_slices(recipe, spec, pool)
@@ -268,3 +271,65 @@ def _plan_slices(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
     for t in tasks:
         t.group = plan.layout.group_of(t.out_key)
     return plan
+
+
+def _plan_modules(recipe: Recipe, spec: MethodSpec, opener) -> Plan:
+    """mergekit's ``modules:``: each module is merged as a recipe of its own over its tensors (its parameters before
+    the top-level ones; :mod:`studio.layout.modules` says which tensors are whose), and the plans are joined. Tensors
+    of a module the recipe does not name are copied from the reference model."""
+    opened: dict[str, TensorSource] = {}
+
+    def open_once(ref: str) -> TensorSource:
+        if ref not in opened:
+            opened[ref] = opener(ref)
+        return opened[ref]
+
+    names = list(recipe.modules)
+    reference = open_once(recipe.base_model or recipe.input_models()[0].model)
+    sources, tasks, layouts, warnings, updates = [reference], [], {}, [], {}
+    for name, module in recipe.modules.items():
+        def subset(ref: str, name=name) -> TensorSource:
+            src = open_once(ref)
+            return SubsetSource(src, [k for k in src.keys() if module_of(k, names) == name])
+
+        sub = Recipe(recipe.merge_method, recipe.base_model, models=module.models, slices=module.slices,
+                     parameters={**recipe.parameters, **module.parameters}, dtype=recipe.dtype,
+                     out_dtype=recipe.out_dtype, seed=recipe.seed)
+        pool = _Sources(subset)
+        part = _plan_models(sub, spec, pool) if module.models is not None else _plan_slices(sub, spec, pool)
+        if not part.tasks:
+            raise RecipeError(f"no tensor of {reference.ref} belongs to module {name!r}", where=f"modules.{name}",
+                              hint="modules are found by name in the tensor keys (e.g. language_model → "
+                                   "text_decoder, vision_tower); use default for the whole model")
+        offset = len(sources)
+        sources += part.sources
+        for t in part.tasks:
+            t.inputs = [(i + offset, k) for i, k in t.inputs]
+            t.base = (t.base[0] + offset, t.base[1]) if t.base else None
+        tasks += part.tasks
+        layouts[name] = part.layout
+        warnings += [f"module {name}: {w}" for w in part.warnings]
+        if part.num_layers is not None:
+            path = next((f for f in LAYER_COUNT_FIELDS.get(name, ()) if _config_value(reference.config, f)), None)
+            if path is None:
+                warnings.append(f"module {name} now has {part.num_layers} layers; its config.json field is not "
+                                f"known here and keeps the old count")
+            else:
+                updates[path] = part.num_layers
+    unclaimed = [k for k in reference.keys() if module_of(k, names) is None]
+    if unclaimed:
+        warnings.append(f"{len(unclaimed)} tensor(s) belong to no module of the recipe and are copied from "
+                        f"{reference.ref} (e.g. {unclaimed[0]})")
+        tasks += [TensorTask(k, "copy", [(0, k)], info=reference.info(k)) for k in unclaimed]
+    plan = Plan(recipe, spec, sources, ModulesLayout(layouts), tasks, warnings=warnings, config_updates=updates)
+    for t in tasks:
+        t.group = plan.layout.group_of(t.out_key)
+    return plan
+
+
+def _config_value(config: dict | None, path: str):
+    for part in path.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return None
+        config = config[part]
+    return config

@@ -203,6 +203,13 @@ def _write_side_files(plan: Plan, form: OutputForm, tmp: Path) -> None:
             for field in ("num_hidden_layers", "n_layer", "num_layers"):
                 if field in config:
                     config[field] = plan.num_layers
+        for path, value in plan.config_updates.items():  # e.g. text_config.num_hidden_layers of a sliced module
+            *outer, last = path.split(".")
+            node = config
+            for part in outer:
+                node[part] = dict(node[part])
+                node = node[part]
+            node[last] = value
         out_dtype = parse_dtype(recipe.out_dtype) or parse_dtype(recipe.dtype)
         if out_dtype is not None:
             key = "dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"

@@ -114,6 +114,23 @@ class DictSource(TensorSource):
         return self._tensors[key]
 
 
+class SubsetSource(TensorSource):
+    """Some of a source's tensors under their own names (one module of a multimodal model). Without the config: a
+    layer count is then read from the subset's keys, not from the whole model's config."""
+
+    def __init__(self, inner: TensorSource, keys):
+        super().__init__(ref=inner.ref, path=inner.path, kind=inner.kind, metadata=dict(inner.metadata),
+                         folder=inner.folder)
+        self.inner = inner
+        self._index = {k: inner.info(k) for k in keys}
+
+    def _read(self, key):
+        return self.inner.get(key)
+
+    def release(self, key):
+        self.inner.release(key)
+
+
 class PrefixedSource(TensorSource):
     """Several sources seen as one, each under a key prefix (diffusers pipelines: ``unet.``, ``vae.``, ...)."""
 

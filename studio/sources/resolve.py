@@ -176,6 +176,9 @@ def resolve_path(ref: str) -> Path:
     if is_hub_id(ref):
         repo, _, rev = ref.partition("@")
         return hub_snapshot(repo, rev or None)
+    head, at, _ = ref.rpartition("@")
+    if at and paths.exists(os.path.expanduser(head)):
+        return Path(os.path.expanduser(head))  # a local folder has one revision: ``path@rev`` is it (as in mergekit)
     raise SourceError("no such file or folder, and not a hub id (org/name[@revision])", where=paths.shown(ref))
 
 
