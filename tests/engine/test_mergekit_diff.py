@@ -6,21 +6,11 @@ import pytest
 import torch
 import yaml
 
-from tinymodels import load_state
+from mergekit_runner import run_mergekit
 from studio.engine import merge_in_memory
 from studio.recipe import Recipe
 
 mergekit = pytest.importorskip("mergekit")
-
-
-def run_mergekit(recipe_dict: dict, out) -> dict:
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import MergeOptions, run_merge
-
-    config = MergeConfiguration.model_validate(recipe_dict)
-    run_merge(config, str(out), options=MergeOptions(device="cpu", copy_tokenizer=False, lazy_unpickle=False,
-                                                      low_cpu_memory=False))
-    return load_state(out)
 
 
 def recipes(f):

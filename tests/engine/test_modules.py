@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from mergekit_runner import run_mergekit
 from tinymodels import load_state
 
 import studio  # noqa: F401 — registers the methods
@@ -110,7 +111,6 @@ def test_a_module_nothing_belongs_to_is_refused_and_unnamed_modules_are_copied(f
 
 def test_equal_to_mergekit(family, tmp_path):
     pytest.importorskip("mergekit")
-    from test_mergekit_diff import run_mergekit
     d = recipe(family)
     ours = merge_in_memory(Recipe.from_dict(d))
     theirs = run_mergekit(yaml.safe_load(yaml.safe_dump(d)), tmp_path / "mk")
