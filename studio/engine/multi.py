@@ -101,13 +101,13 @@ def merge_steps(multi: MultiRecipe, out: str | Path, *, device: str = "auto", se
         for sp in steps:
             if announce:
                 announce(sp.label)
-            target = sp.target or temp / sp.intermediate
+            is_output = sp.target is not None
+            target = sp.target if is_output else temp / sp.intermediate
             with _errors_of(sp):
                 recipe = substitute(sp.step.recipe, {n: str(written[n]) for n in _side_reads(sp.step, multi)})
-                summary = merge_to_disk(recipe, target, device=device, seed=seed, overwrite=overwrite and sp.target
-                                        is not None, progress=progress, shard_bytes=shard_bytes,
-                                        opener=_opener(multi, lambda name: open_source(str(written[name]))),
-                                        allow_nonfinite=allow_nonfinite)
+                summary = merge_to_disk(recipe, target, device=device, seed=seed, overwrite=overwrite and is_output,
+                                        progress=progress, shard_bytes=shard_bytes, allow_nonfinite=allow_nonfinite,
+                                        opener=_opener(multi, lambda name: open_source(str(written[name]))))
             summaries.append(dict(summary, step=sp.label))
             if sp.step.name:
                 written[sp.step.name] = target

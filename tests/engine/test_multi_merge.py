@@ -3,6 +3,7 @@ outlives the merge, a dry run refuses what the merge would, the CLI's one error 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -228,9 +229,15 @@ def test_equal_to_mergekit_multi(llama_family, tmp_path):
     recipe.write_text(three_steps(llama_family, final_name=None))   # mergekit-multi writes the unnamed one to --out-path
     merge_steps(MultiRecipe.from_yaml(recipe.read_text(), str(recipe)), tmp_path / "ours", device="cpu",
                 progress=False)
-    mergekit_multi.main([str(recipe), "--intermediate-dir", str(tmp_path / "mk_steps"), "--out-path",
-                         str(tmp_path / "theirs"), "--no-copy-tokenizer", "--quiet", "--no-lazy"],
-                        standalone_mode=False)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        mergekit_multi.main([str(recipe), "--intermediate-dir", str(tmp_path / "mk_steps"), "--out-path",
+                             str(tmp_path / "theirs"), "--no-copy-tokenizer", "--quiet", "--no-lazy"],
+                            standalone_mode=False)
+    finally:  # it configures the root logger (logging.basicConfig): later tests read stderr
+        root.handlers[:] = handlers
+        root.setLevel(level)
     assert sorted(os.listdir(tmp_path / "mk_steps")) == ["ab", "abc"]
     ours, theirs = load_state(tmp_path / "ours"), load_state(tmp_path / "theirs")
     assert set(ours) == set(theirs)
