@@ -113,8 +113,18 @@ def check_size(nbytes: int, where: str) -> None:
 
 
 def parse_yaml(text: str, where: str = "recipe"):
-    """The data of one YAML document (safe tags only), within the limits above; RecipeError for invalid YAML."""
-    return _load(text, where, lambda loader: loader.get_single_data())
+    """The data of one YAML document (safe tags only), within the limits above; RecipeError for invalid YAML, and
+    for a second document (mergekit-multi's steps: :mod:`studio.recipe.multi` reads those)."""
+
+    def one_document(loader):
+        data = loader.get_data() if loader.check_data() else None
+        if loader.check_data():
+            raise RecipeError("the text holds more than one YAML document ('---' starts another)", where=where,
+                              hint="several named recipes are a multi-step merge: run them with `python -m studio "
+                                   "merge FILE OUT`; one recipe is one document")
+        return data
+
+    return _load(text, where, one_document)
 
 
 def parse_yaml_documents(text: str, where: str = "recipe") -> list:

@@ -122,6 +122,11 @@ def test_read_recipe_sends_a_multi_document_file_to_the_merge_command(models, tm
     assert e.value.what == "this file holds 2 recipes, the steps of a multi-step merge"
     assert f"python -m studio merge {path} OUT" in e.value.hint
     assert [s.name for s in load_multi(path).steps] == ["s", None]
+    with pytest.raises(RecipeError) as e:   # where one recipe is read from text (the studio's YAML view)
+        Recipe.from_yaml(path.read_text(), "YAML view")
+    assert (e.value.where, e.value.what) == ("YAML view", "the text holds more than one YAML document ('---' starts "
+                                                          "another)")
+    assert "python -m studio merge" in e.value.hint
 
 
 def test_substitute_swaps_every_reference_to_a_step_and_nothing_else(models):
