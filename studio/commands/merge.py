@@ -1,5 +1,8 @@
 """python -m studio merge RECIPE.yaml OUT_DIR [--set PATH=VALUE …] [--device auto|cpu|cuda] [--seed N] [--overwrite]
-[--dry-run] [--allow-nonfinite] [--strict]"""
+[--dry-run] [--allow-nonfinite] [--strict]
+
+RECIPE.yaml may hold several recipes (mergekit-multi's ``---`` documents, steps reading earlier steps by name): every
+step is merged in turn and the one no step reads is written to OUT_DIR."""
 
 from __future__ import annotations
 
@@ -11,15 +14,17 @@ from ..cli import print_json
 from . import STRICT_HELP, load_recipe
 from ..describe import human_bytes, human_count
 from ..devices import parse_size
-from ..engine import build_plan, check_merge_target, merge_to_disk, planned_output
+from ..engine import build_plan, check_merge_target, merge_steps, merge_to_disk, plan_steps, planned_output
 from ..errors import StudioError
 from ..recipe import effective_lora_scales
 from ..recipe.edit import with_assignments
+from ..recipe.multi import MultiRecipe, load_multi
 
 
 def add_arguments(p):
     p.add_argument("recipe", help="mergekit-style YAML recipe, or what carries one: a merged .safetensors or folder, "
-                                  "a PNG with merge settings (the studio's, Model Mixer's)")
+                                  "a PNG with merge settings (the studio's, Model Mixer's); a YAML of several named "
+                                  "recipes (mergekit-multi's) merges them in turn")
     p.add_argument("out", help="output folder (or a .safetensors file for single-file checkpoints)")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="change one setting before merging (repeatable), e.g. models.0.weight=0.5, "
@@ -52,6 +57,9 @@ def print_summary(summary: dict, out=None) -> None:
 
 
 def run(args) -> int:
+    multi = load_multi(args.recipe, strict=args.strict)
+    if multi is not None:
+        return run_steps(args, multi)
     recipe = with_assignments(load_recipe(args.recipe, strict=args.strict), args.set)
     # a LoRA's strength meets the method's weight and λ: say what reaches the output (0.8 × λ 0.5 = 0.4)
     lora_scales = [s.to_dict() for s in effective_lora_scales(recipe)]
@@ -73,4 +81,43 @@ def run(args) -> int:
     else:
         print_summary(summary)
         print(f"wrote {args.out} in {summary['seconds']:.1f} s")
+    return 0
+
+
+def run_steps(args, multi: MultiRecipe) -> int:
+    """A multi-step recipe: every step planned (``--dry-run``) or merged in turn, each reported under its label."""
+    if args.set:
+        raise StudioError("--set changes one recipe, and this file holds several", where=args.recipe,
+                          hint="edit the step in the file")
+    for step in multi.steps:
+        for warning in step.recipe.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    # with --json, stdout carries the JSON alone
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    if args.dry_run:
+        steps = [dict(sp.plan.summary(), step=sp.label,
+                      lora_scales=[s.to_dict() for s in effective_lora_scales(sp.step.recipe)])
+                 for sp in plan_steps(multi, Path(args.out), args.overwrite)]
+        if args.json:
+            print_json({"steps": steps})
+        else:
+            print(f"dry run: headers only, nothing written ({len(steps)} steps)")
+            for summary in steps:
+                print(summary["step"])
+                print_summary(summary)
+        return 0
+    t0 = time.perf_counter()
+    steps = merge_steps(multi, args.out, device=args.device, seed=args.seed, overwrite=args.overwrite,
+                        progress=not args.quiet, shard_bytes=parse_size(args.shard_size),
+                        allow_nonfinite=args.allow_nonfinite, announce=say)
+    for summary, step in zip(steps, multi.steps):
+        summary["lora_scales"] = [s.to_dict() for s in effective_lora_scales(step.recipe)]
+    seconds = round(time.perf_counter() - t0, 3)
+    if args.json:
+        print_json({"steps": steps, "seconds": seconds})
+    else:
+        for summary in steps:
+            print(summary["step"])
+            print_summary(summary)
+        print(f"wrote {args.out} in {seconds:.1f} s ({len(steps)} steps)")
     return 0

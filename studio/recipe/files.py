@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from ..errors import StudioError
 from ..sources import paths
 from ..sources.safetensors_file import read_header
-from .limits import parse_json
+from .limits import parse_json, parse_yaml_documents, read_text
 from .model import Recipe
 
 RECIPE_FILE = "mergekit_config.yml"   # mergekit's name, so its tools find the recipe in our folders too
@@ -79,7 +79,13 @@ def read_recipe(path: str | Path, folders: Sequence[Path] = (), strict: bool = F
         return _found(Recipe.from_dict(parse_json(raw, origin), where=origin, strict=strict), origin)
 
     def _yaml(path: Path) -> FoundRecipe:
-        return _found(Recipe.load(path, strict=strict), str(path))
+        text = read_text(path)
+        count = sum(d is not None for d in parse_yaml_documents(text, str(path)))
+        if count > 1:  # mergekit-multi's steps: merged in turn by the merge command, not one recipe to open
+            raise StudioError(f"this file holds {count} recipes, the steps of a multi-step merge", where=str(path),
+                              hint=f"merge them with `python -m studio merge {paths.shown(path)} OUT`; the studio "
+                                   "opens one recipe at a time")
+        return _found(Recipe.from_yaml(text, where=str(path), strict=strict), str(path))
 
     path = Path(str(path))
     if paths.is_dir(path):

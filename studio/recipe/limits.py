@@ -81,6 +81,10 @@ class _CountingComposer(Composer):
             raise _too_many(self._count)
         return node
 
+    def forget_sizes(self) -> None:
+        """Drop the sizes of a finished document's nodes (the count of values goes on)."""
+        self._sizes.clear()
+
 
 if yaml.__with_libyaml__:
     from yaml._yaml import CParser
@@ -109,12 +113,41 @@ def check_size(nbytes: int, where: str) -> None:
 
 
 def parse_yaml(text: str, where: str = "recipe"):
-    """The data of one YAML document (safe tags only), within the limits above; RecipeError for invalid YAML."""
+    """The data of one YAML document (safe tags only), within the limits above; RecipeError for invalid YAML, and
+    for a second document (mergekit-multi's steps: :mod:`studio.recipe.multi` reads those)."""
+
+    def one_document(loader):
+        data = loader.get_data() if loader.check_data() else None
+        if loader.check_data():
+            raise RecipeError("the text holds more than one YAML document ('---' starts another)", where=where,
+                              hint="several named recipes are a multi-step merge: run them with `python -m studio "
+                                   "merge FILE OUT`; one recipe is one document")
+        return data
+
+    return _load(text, where, one_document)
+
+
+def parse_yaml_documents(text: str, where: str = "recipe") -> list:
+    """The data of every document in a YAML stream (``---`` between them; an empty document is None), safe tags
+    only; the limits hold for the whole text, as for one document."""
+
+    def every_document(loader):
+        docs = []
+        while loader.check_data():
+            docs.append(loader.get_data())
+            # aliases never reach across documents; node ids of a finished document may be reused by the next
+            loader.forget_sizes()
+        return docs
+
+    return _load(text, where, every_document)
+
+
+def _load(text: str, where: str, read):
     check_size(len(text.encode("utf-8", "surrogatepass")), where)
     loader = None
     try:
         loader = BoundedLoader(text)
-        return loader.get_single_data()
+        return read(loader)
     except _LimitReached as e:
         _refuse(e, where)
     except yaml.YAMLError as e:

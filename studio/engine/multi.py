@@ -1,0 +1,230 @@
+"""Running a multi-step recipe (:mod:`studio.recipe.multi`): each intermediate step merged into a temporary folder
+beside the output, the output last, atomically, by :func:`merge_to_disk`; the temporary folder is removed whether the
+merge succeeds or fails (each intermediate as soon as no later step reads it).
+
+Steps keep reading earlier steps by name — an opener hands the step's output for its name — so the output's
+``mergekit_config.yml`` and model card say ``base_model: step1``, not a temporary path that no longer exists. Only
+``tokenizer_source`` and ``vae``, which the engine opens itself, get the path. Every step is planned from headers before
+anything is merged: a step reading an earlier one is planned against a header-only source built from that step's plan
+(names, shapes and dtypes as it will write them), so a dry run refuses what the merge would, and the merge refuses it
+before computing anything.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..devices import dtype_name, parse_dtype
+from ..errors import StudioError
+from ..output import is_single_file, output_error, recipe_path
+from ..recipe.multi import MultiRecipe, Step, step_name, substitute
+from ..sources import PrefixedSource, REFERENCE_MODIFIERS, ModelRef, TensorInfo, TensorSource, open_source
+from .plan import Plan, build_plan
+from .stream import DEFAULT_SHARD_BYTES, check_merge_target, merge_to_disk, planned_output
+
+LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers")   # the config fields a merge's layer count rewrites
+
+
+@dataclass
+class StepPlan:
+    """A step, its plan from headers, and where its output goes: ``target`` for the output; for an intermediate, a
+    name in the temporary folder (``.safetensors`` when its reference model is one file, as the output of SD
+    checkpoints is; a folder otherwise)."""
+    step: Step
+    number: int
+    count: int
+    plan: Plan | None = None
+    target: Path | None = None
+    intermediate: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"step {self.number}/{self.count}: {self.step.label}"
+
+
+class PlannedSource(TensorSource):
+    """What a step will write, known from its plan alone: names, shapes and dtypes, no data."""
+
+    def __init__(self, ref: str, path: Path, infos: dict[str, TensorInfo], kind: str, config: dict | None,
+                 folder: Path | None):
+        super().__init__(ref=ref, path=path, kind=kind, config=config, folder=folder)
+        self._index = dict(infos)
+
+    def _read(self, key):
+        raise StudioError("a planned step's output holds no tensors yet", where=self.ref,
+                          hint="a dry run plans from headers only")
+
+
+def plan_steps(multi: MultiRecipe, out: str | Path, overwrite: bool = False) -> list[StepPlan]:
+    """Every step's plan, from headers only, each step reading its predecessors' planned outputs; StudioError (naming
+    the step) for what the merge would refuse, the output's target included."""
+    out = Path(out)
+    planned: dict[str, TensorSource] = {}
+    places: dict[str, str] = {}
+    steps = []
+    for number, step in enumerate(multi.steps, start=1):
+        sp = StepPlan(step, number, len(multi.steps))
+        with _errors_of(sp):
+            recipe = substitute(step.recipe, {n: places[n] for n in _side_reads(step, multi)})
+            sp.plan = build_plan(recipe, _opener(multi, lambda name: planned[name]))
+            if step is multi.final:
+                sp.target = out
+                check_merge_target(sp.plan, out, overwrite)
+                planned_output(sp.plan, out)
+            else:
+                sp.intermediate = _intermediate_name(number, step, sp.plan)
+                place = out.parent / f".{out.name}.steps" / sp.intermediate   # where a dry run pictures it
+                planned[step.name] = _planned_source(sp.plan, planned_output(sp.plan, place), step.name, place)
+                places[step.name] = str(place)
+        steps.append(sp)
+    return steps
+
+
+def merge_steps(multi: MultiRecipe, out: str | Path, *, device: str = "auto", seed: int | None = None,
+                overwrite: bool = False, progress: bool = True, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                allow_nonfinite: bool = False, announce: Callable[[str], None] | None = None) -> list[dict]:
+    """Merge every step in turn (intermediates in a temporary folder beside ``out``, removed afterwards) and the last
+    one to ``out``, atomically; ``announce("step 2/3: name")`` as each starts. ``seed`` (when given) is every
+    step's. Returns the steps' plan summaries, each with its ``step`` label."""
+    out = Path(out)
+    steps = plan_steps(multi, out, overwrite)   # refuses before anything is merged
+    written: dict[str, Path] = {}
+    readers = multi.uses()
+    summaries = []
+    with _temporary_folder(out) as temp:
+        for sp in steps:
+            if announce:
+                announce(sp.label)
+            is_output = sp.target is not None
+            target = sp.target if is_output else temp / sp.intermediate
+            with _errors_of(sp):
+                recipe = substitute(sp.step.recipe, {n: str(written[n]) for n in _side_reads(sp.step, multi)})
+                summary = merge_to_disk(recipe, target, device=device, seed=seed, overwrite=overwrite and is_output,
+                                        progress=progress, shard_bytes=shard_bytes, allow_nonfinite=allow_nonfinite,
+                                        opener=_opener(multi, lambda name: open_source(str(written[name]))))
+            summaries.append(dict(summary, step=sp.label))
+            if sp.step.name:
+                written[sp.step.name] = target
+            for name in sp.step.reads:   # the disk an intermediate takes is given back once no later step reads it
+                if readers[name][-1] is sp.step:
+                    _remove(written[name])
+                    _remove(recipe_path(written[name]))
+    return summaries
+
+
+def _side_reads(step: Step, multi: MultiRecipe) -> list[str]:
+    """The steps ``step`` names as its tokenizer source or VAE: the engine opens those itself, so they get a path."""
+    return [n for n in (step_name(step.recipe.tokenizer_source, multi.names), step_name(step.recipe.vae, multi.names))
+            if n is not None]
+
+
+def _opener(multi: MultiRecipe, output_of: Callable[[str], TensorSource]) -> Callable[[str], TensorSource]:
+    """open_source, but a step's name (with a LoRA after it or not) opens ``output_of(name)``, seen under the name."""
+
+    def opener(ref: str) -> TensorSource:
+        name = step_name(ref, multi.names)
+        if name is None:
+            return open_source(ref)
+        src = output_of(name)
+        lora = ModelRef.parse(ref).lora
+        if lora is not None:
+            src = _modified(src, lora, ref)
+        src.ref = ref  # messages name the step as the recipe does, not a temporary path
+        return src
+
+    return opener
+
+
+def _modified(src: TensorSource, text: str, ref: str) -> TensorSource:
+    """``src`` with what follows ``+`` in ``ref`` applied (a LoRA), as open_source does for files."""
+    for modify in REFERENCE_MODIFIERS:
+        modified = modify(src, text, ref)
+        if modified is not None:
+            return modified
+    raise StudioError(f"nothing understands {'+' + text!r} after the step", where=ref,
+                      hint="write STEP+LORA_FILE[:STRENGTH]")
+
+
+def _intermediate_name(number: int, step: Step, plan: Plan) -> str:
+    """A file or folder name for the step's output: numbered (names may differ only in what a file name cannot
+    hold); one ``.safetensors`` when its reference model is one file, so the next step reads it in the same form."""
+    stem = f"{number:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', step.name)[:60]}"
+    return stem + ".safetensors" if plan.reference.folder is None else stem
+
+
+def _planned_source(plan: Plan, form, ref: str, place: Path) -> TensorSource:
+    """A header-only source of what ``plan`` writes to ``place`` in ``form``, as opening the written output would
+    present it: one file; a model folder (its config's layer count and dtype as the merge rewrites them); or a
+    pipeline folder of components."""
+    infos = {e.name: e.info for e in form.entries}
+    if is_single_file(place):
+        return PlannedSource(ref, place, infos, "safetensors", None, None)
+    reference = plan.reference
+    if not form.components:
+        return PlannedSource(ref, place, infos, reference.kind, _written_config(plan), place)
+    parts: dict[str, dict[str, TensorInfo]] = {}
+    for name, info in infos.items():
+        comp, _, key = name.partition(".")
+        parts.setdefault(comp, {})[key] = info
+    ref_parts = getattr(reference, "parts", {})
+    sources = {comp: PlannedSource(f"{ref}/{comp}", place / comp, items, "diffusers-component",
+                                   getattr(ref_parts.get(comp), "config", None), place / comp)
+               for comp, items in parts.items()}
+    return PrefixedSource(sources, ref=ref, path=place, kind="diffusers", config=reference.config)
+
+
+def _written_config(plan: Plan) -> dict | None:
+    """The config.json a folder output of ``plan`` carries (the layer count and dtype rewritten as the merge does)."""
+    if plan.reference.config is None:
+        return None
+    config = dict(plan.reference.config)
+    if plan.num_layers is not None:
+        config.update({f: plan.num_layers for f in LAYER_FIELDS if f in config})
+    out_dtype = parse_dtype(plan.recipe.out_dtype) or parse_dtype(plan.recipe.dtype)
+    if out_dtype is not None:
+        config["dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"] = dtype_name(out_dtype)
+    return config
+
+
+@contextmanager
+def _errors_of(sp: StepPlan) -> Iterator[None]:
+    """A StudioError raised while planning or merging a step, naming the step first."""
+    try:
+        yield
+    except StudioError as e:
+        where = sp.label if e.where is None else f"{sp.label}: {e.where}"
+        try:
+            relabelled = type(e)(e.what, where=where, hint=e.hint)
+        except TypeError:  # a subclass with other arguments: the family's own class carries the same message
+            relabelled = StudioError(e.what, where=where, hint=e.hint)
+        raise relabelled from e
+
+
+@contextmanager
+def _temporary_folder(out: Path) -> Iterator[Path]:
+    """A new folder beside ``out`` (the same disk, and where the user looks), removed with all it holds on leaving."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.steps-", dir=out.parent))
+    except OSError as e:
+        raise output_error(e, out) from None
+    try:
+        yield temp
+    finally:
+        _remove(temp)
+
+
+def _remove(p: Path) -> None:
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    except OSError:  # cleanup must not hide the error that made it necessary
+        pass
