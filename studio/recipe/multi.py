@@ -79,11 +79,18 @@ class MultiRecipe:
 
 
 def step_name(ref: str | None, names) -> str | None:
-    """The step a reference reads (``step1`` or ``step1+lora.safetensors:0.5`` → ``step1``), else None."""
+    """The step a reference reads (``step1`` or ``step1+lora.safetensors:0.5`` → ``step1``), else None. A path that
+    does not exist and ends in a step's name reads that step too: mergekit-multi writes each step to
+    ``<intermediate dir>/<name>``, and published recipes read ``./intermediates/First``."""
     if not ref or ref in NOT_MODELS:
         return None
     model = ModelRef.parse(ref).model
-    return model if model in names else None
+    if model in names:
+        return model
+    tail = model.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    if "/" in model and tail in names and not paths.exists(Path(model).expanduser()):
+        return tail
+    return None
 
 
 def substitute(recipe: Recipe, places: dict[str, str]) -> Recipe:

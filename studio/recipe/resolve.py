@@ -120,7 +120,9 @@ def check_setting(param: Param, value: Any, where: str) -> None:
             return  # a preset's values depend on the layout's groups: checked per tensor when they are resolved
         value = expand_string(value)
         if isinstance(value, str) and param.kind is not bool:
-            raise RecipeError(f"{value!r} is neither a number, a comma-separated list nor a known preset", where=where)
+            raise RecipeError(f"{value!r} is neither a number, a comma-separated list nor a known preset", where=where,
+                              hint="write a number (0.5), a gradient ([0, 0.5, 1]), block weights (\"0.5, 1, 1\") or a "
+                                   "block-weight preset such as GRAD_V")
     if isinstance(value, list):
         if not value:
             raise RecipeError("an empty list is not a value", where=where)

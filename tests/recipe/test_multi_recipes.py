@@ -78,7 +78,8 @@ def test_a_lora_after_a_step_name_reads_the_step(models):
     ("unread", "no step reads 'side', and a multi-step recipe has one output (side, document 3 are read by none)",
      "m.yml: document 2 (side)"),
     ("plus", "step name 'a+b' cannot be read back", "m.yml: document 1 (a+b)"),
-    ("bad_step", "method 'linear' has no parameter 'density'", "m.yml: document 2 (two): one: parameters"),
+    ("bad_step", "'plenty' is neither a number, a comma-separated list nor a known preset",
+     "m.yml: document 2 (two): one: parameters.weight"),
 ])
 def test_a_bad_multi_recipe_says_what_and_where(models, case, message, where):
     m = models
@@ -94,7 +95,7 @@ def test_a_bad_multi_recipe_says_what_and_where(models, case, message, where):
                    doc(None, refs=["one", m["b"]])],
         "plus": [doc("a+b", refs=[m["a"], m["b"]]), doc(None, refs=[m["a"], m["b"]])],
         "bad_step": [doc("one", refs=[m["a"], m["b"]]),
-                     doc("two", refs=["one", m["b"]]).replace("weight: 1.0", "density: 0.5", 1),
+                     doc("two", refs=["one", m["b"]]).replace("weight: 1.0", "weight: plenty", 1),
                      doc(None, refs=["two", m["a"]])],
     }[case]
     with pytest.raises(RecipeError) as e:
