@@ -66,3 +66,16 @@ def tagged_png(path: Path, **chunks: str) -> Path:
         info.add_text(k, v)
     Image.new("RGB", (4, 4)).save(path, pnginfo=info)
     return path
+
+
+def add_tokenizer_of(path: Path, words: list[str]) -> Path:
+    """Save a whitespace word-level tokenizer into ``path`` whose token i is ``words[i]`` (``<unk>``, ``<s>`` and
+    ``</s>`` are special when listed), built with ``tokenizers`` (no network): models with their own vocabularies."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    specials = {k: w for k, w in (("unk_token", "<unk>"), ("bos_token", "<s>"), ("eos_token", "</s>")) if w in words}
+    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(path)
+    return path
