@@ -77,9 +77,10 @@ def check_merge_target(plan: Plan, out: Path, overwrite: bool) -> None:
     non-empty target without ``overwrite`` — for a single file, its ``.recipe.yml`` as well — or one in an input:
     any file or folder the merge reads (a LoRA applied to a base, the VAE, a local ``tokenizer_source``)."""
     inputs = source_paths(plan.sources)
-    if plan.recipe.tokenizer_source not in (None, "base", "union"):
-        inputs += [p.expanduser() for p in map(Path, split_reference(plan.recipe.tokenizer_source))
-                   if p.expanduser().exists()]
+    vocab = vocabulary_of(plan.sources)
+    tokenizer_source = vocab.settings.source if vocab is not None else None  # tokenizer_source or tokenizer.source
+    if tokenizer_source not in (None, "base", "union"):
+        inputs += [p.expanduser() for p in map(Path, split_reference(tokenizer_source)) if p.expanduser().exists()]
     check_target(out, overwrite, inputs)
     if is_single_file(out):
         check_target(recipe_path(out), overwrite, inputs)

@@ -148,6 +148,8 @@ def test_merged_folder_loads_and_encodes_the_union(vocab_family, tmp_path):
     text = "w5 x3 y7 x15 w40"
     ids = tok(text).input_ids
     assert tok.convert_ids_to_tokens(ids) == text.split() and tok.unk_token_id not in ids
+    words = sorted(set(WORDS[3:]) | set(B_WORDS[3:]) | set(C_WORDS[3:]))
+    assert [tok.convert_ids_to_tokens(tok(w).input_ids) for w in words] == [[w] for w in words]
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.get_input_embeddings().weight.shape == (114, 16)
     with torch.no_grad():
@@ -250,6 +252,5 @@ def test_equal_to_mergekit(vocab_family, tmp_path, name):
         torch.testing.assert_close(ours[key][n:], theirs[key][n:], rtol=1e-5, atol=1e-6)
     for k in set(ours) - {EMBED, HEAD}:
         torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name} {k}: {m}")
-    text = "w5 x3 y7 x15 brandnew"
-    assert ours_tok.convert_ids_to_tokens(ours_tok(text).input_ids) == \
-        theirs_tok.convert_ids_to_tokens(theirs_tok(text).input_ids)
+    # (how each splits text is not compared: with mergekit's run-to-run order of added tokens, its tokenizer
+    # sometimes reads "x15" as "x1" + "5")
