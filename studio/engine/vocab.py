@@ -117,7 +117,7 @@ def _stripped(tokenizer, vocab_size: int, where: str):
     return tokenizer
 
 
-def _union(base_tok, base_ref: str, toks: dict, sizes: dict):
+def _union(base_tok, toks: dict, sizes: dict):
     """The base's tokenizer plus, in model order and each model's id order, the tokens of the others it lacks, then
     every model's added (special) tokens, the first model's settings for each."""
     plain: list[str] = []
@@ -195,9 +195,9 @@ def _build(settings, refs, sources, folders) -> Vocabulary:
     for ref in refs:
         sizes[ref] = sizes[ref] or len(toks.get(ref, base_tok).get_vocab())
     if settings.source == "base":
-        out = base_tok
+        out = _copy(base_tok)  # the tokens: settings add to the output, not to what the base has rows for
     elif settings.source == "union":
-        out = _union(base_tok, base_ref, toks, sizes)
+        out = _union(base_tok, toks, sizes)
     else:
         out = _load_tokenizer(_tokenizer_folder(settings.source))
         if out is None:

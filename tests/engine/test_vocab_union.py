@@ -172,6 +172,20 @@ def test_tied_heads_stay_tied(vocab_family, tmp_path):
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
+def test_tokens_beyond_a_models_vocab_size_are_left_out(vocab_family, tmp_path):
+    f = vocab_family
+    padded = make_llama(tmp_path / "padded", 6, layers=2, hidden=16, vocab=64)
+    add_tokenizer_of(padded, WORDS + [f"z{i}" for i in range(6)])  # ids 64…69: no rows in the model
+    r = Recipe.from_dict({"merge_method": "linear", "base_model": str(padded), "tokenizer_source": "union",
+                          "dtype": "float32", "models": [{"model": str(padded), "parameters": {"weight": 0.5}},
+                                                         {"model": f["c"], "parameters": {"weight": 0.5}}]})
+    vocab = build_plan(r).sources[0].vocabulary
+    assert not any(t.startswith("z") for t in vocab.ids) and vocab.size == len(vocab.ids) == 94
+    out = merge_in_memory(r)
+    assert out[EMBED].shape == (94, 16)
+    torch.testing.assert_close(out[EMBED][vocab.ids["w63"]], load_state(padded)[EMBED][63])
+
+
 def test_live_engine_sees_the_same_vocabulary(vocab_family):
     r = Recipe.from_dict({**recipes(vocab_family)["union_linear"], "dtype": "float32"})
     live = LiveMerger(r, device="cpu", workers=1)
