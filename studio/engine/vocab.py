@@ -335,21 +335,22 @@ class _Aligner:
         return acc / count.clamp(min=1).view(-1, *([1] * len(width)))
 
     def read(self, m: int, key: str) -> torch.Tensor:
-        """Model ``m``'s ``key`` re-indexed to the output vocabulary (float32)."""
+        """Model ``m``'s ``key`` re-indexed to the output vocabulary, in its stored dtype (its own rows exact; the
+        default and padding rows computed in float32)."""
         src, ref = self.sources[m], self.refs[m]
         own = src.get(key)
         n = len(self.vocab.ids)
-        out = torch.zeros((self.vocab.size, *own.shape[1:]), dtype=torch.float32)
+        out = torch.zeros((self.vocab.size, *own.shape[1:]), dtype=own.dtype)
         mine = [(i, r) for i, r in self.vocab.rows[ref].items() if not self.forced(self._token(i))]
         if mine:
-            out[torch.tensor([i for i, _ in mine])] = own[torch.tensor([r for _, r in mine])].float()
+            out[torch.tensor([i for i, _ in mine])] = own[torch.tensor([r for _, r in mine])]
         d, rows = self.default_rows(key)
         keep = [p for p, i in enumerate(d.ids) if i not in self.vocab.rows[ref] or self.forced(self._token(i))]
         if keep:
-            out[torch.tensor([d.ids[p] for p in keep])] = rows[torch.tensor(keep)]
+            out[torch.tensor([d.ids[p] for p in keep])] = rows[torch.tensor(keep)].to(own.dtype)
         if self.vocab.size > n:  # padding rows: the mean of the real ones
-            out[n:] = out[:n].mean(dim=0)
-        return out.to(own.dtype)
+            out[n:] = out[:n].float().mean(dim=0).to(own.dtype)
+        return out
 
     def _token(self, i: int) -> str:
         return self._tokens[i]
