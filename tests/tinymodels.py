@@ -98,4 +98,16 @@ def make_peft_lora(path: Path, base: Path, seed: int, r: int = 2, targets: tuple
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     model.save_pretrained(path)
+
+
+def add_tokenizer_of(path: Path, words: list[str]) -> Path:
+    """Save a whitespace word-level tokenizer into ``path`` whose token i is ``words[i]`` (``<unk>``, ``<s>`` and
+    ``</s>`` are special when listed), built with ``tokenizers`` (no network): models with their own vocabularies."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    specials = {k: w for k, w in (("unk_token", "<unk>"), ("bos_token", "<s>"), ("eos_token", "</s>")) if w in words}
+    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(path)
     return path

@@ -20,6 +20,7 @@ from ..methods import MethodSpec
 from ..recipe import InputModel, Recipe
 from ..recipe.resolve import names_matter, resolve_param
 from ..sources import SubsetSource, TensorInfo, TensorSource, open_source
+from .vocab import aligned_sources
 
 Input = tuple[int, str]  # (source index, tensor name in that source)
 
@@ -123,7 +124,8 @@ def _check_inputs(key: str, infos: list[tuple[TensorSource, str]], ref_info: Ten
         if shape != ref_info.shape:
             vocab = any(w in key for w in ("embed", "lm_head", "wte"))
             raise StudioError(f"tensor {k!r} has shape {list(shape)}, expected {list(ref_info.shape)}", where=src.ref,
-                              hint="vocabulary sizes differ; merge models sharing a tokenizer" if vocab
+                              hint="vocabulary sizes differ; set tokenizer_source: union (or base) to merge them "
+                                   "over one vocabulary" if vocab
                               else "the models do not share an architecture")
 
 
@@ -162,7 +164,8 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
     for m in entries:
         pool.index(m.model)
     reference = pool.items[ref_idx]
-    pool.items = [in_reference_naming(reference, src) for src in pool.items]
+    pool.items = aligned_sources(recipe, pool.refs, [in_reference_naming(reference, src) for src in pool.items])
+    reference = pool.items[ref_idx]
     layout = detect_layout(reference)
     method_inputs = [m for m in entries if spec.includes_base or m.model != base]
     base_in = base is not None and (spec.needs_base or not spec.includes_base)
@@ -207,6 +210,7 @@ def _plan_slices(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
     for sl in recipe.slices:
         for s in sl.sources:
             pool.index(s.model)
+    pool.items = aligned_sources(recipe, pool.refs, pool.items)
     reference = pool.items[ref_idx]
     layout = detect_layout(reference)
     if not isinstance(layout, LayerStackLayout):

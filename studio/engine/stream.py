@@ -14,7 +14,6 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..devices import dtype_name, parse_dtype, resolve_device
-from ..errors import StudioError
 from ..output import (AtomicTarget, ShardWriter, atomic_files, check_target, copy_non_weight_files, copy_side_files,
                       is_single_file, library_name, model_card, plan_shards, recipe_path, source_paths,
                       write_chat_template, write_index, write_json, write_text)
@@ -26,6 +25,7 @@ from ..sources import TensorSource, open_source
 from ..sources.resolve import split_reference
 from .execute import run_tasks
 from .plan import Plan, build_plan
+from .vocab import vocabulary_of
 
 DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
 
@@ -77,9 +77,10 @@ def check_merge_target(plan: Plan, out: Path, overwrite: bool) -> None:
     non-empty target without ``overwrite`` — for a single file, its ``.recipe.yml`` as well — or one in an input:
     any file or folder the merge reads (a LoRA applied to a base, the VAE, a local ``tokenizer_source``)."""
     inputs = source_paths(plan.sources)
-    if plan.recipe.tokenizer_source not in (None, "base", "union"):
-        inputs += [p.expanduser() for p in map(Path, split_reference(plan.recipe.tokenizer_source))
-                   if p.expanduser().exists()]
+    vocab = vocabulary_of(plan.sources)
+    tokenizer_source = vocab.settings.source if vocab is not None else None  # tokenizer_source or tokenizer.source
+    if tokenizer_source not in (None, "base", "union"):
+        inputs += [p.expanduser() for p in map(Path, split_reference(tokenizer_source)) if p.expanduser().exists()]
     check_target(out, overwrite, inputs)
     if is_single_file(out):
         check_target(recipe_path(out), overwrite, inputs)
@@ -215,14 +216,11 @@ def _write_side_files(plan: Plan, form: OutputForm, tmp: Path) -> None:
             key = "dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"
             config[key] = dtype_name(out_dtype)
         write_json(tmp / "config.json", config)
-    tok_src = ref
-    ts = recipe.tokenizer_source
-    if ts not in (None, "base"):
-        if ts == "union":
-            raise StudioError("tokenizer_source: union is not supported", hint="use base or a model reference")
-        tok_src = open_source(ts)
-    copy_side_files(tok_src.folder, tmp)
-    if tok_src is not ref:
+    vocab = vocabulary_of(plan.sources)
+    if vocab is None:
+        copy_side_files(ref.folder, tmp)
+    else:  # the tokenizer built for the recipe's vocabulary settings (config.json's vocab_size is its size already)
+        vocab.tokenizer.save_pretrained(str(tmp))
         copy_side_files(ref.folder, tmp, ["generation_config.json"])
     if recipe.chat_template is not None:  # auto: the template most inputs carry; a name; or the template itself
         template = resolve_chat_template(recipe.chat_template, [getattr(s, "folder", None) for s in plan.sources])

@@ -22,6 +22,7 @@ from ..methods import get_method
 from .limits import parse_yaml, read_text
 from .chat_templates import check_chat_template
 from .resolve import check_setting, normalize_setting
+from .tokenizer_config import check_tokenizer
 
 TOP_KEYS = ["name", "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "seed", "vae", "modules"]
@@ -352,6 +353,7 @@ class Recipe:
         spec = self.spec  # raises for an unknown method
         tol = tol or Tolerance(strict=True)
         check_chat_template(self.chat_template, where)
+        check_tokenizer(self.tokenizer_source, self.tokenizer, where)
         names = {p.name for p in spec.params}
 
         def check(params: dict, w: str, per_model_only: bool):
