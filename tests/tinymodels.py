@@ -98,6 +98,7 @@ def make_peft_lora(path: Path, base: Path, seed: int, r: int = 2, targets: tuple
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     model.save_pretrained(path)
+    return path
 
 
 def add_tokenizer_of(path: Path, words: list[str]) -> Path:

@@ -12,6 +12,7 @@ before computing anything.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -20,16 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..devices import dtype_name, parse_dtype
 from ..errors import StudioError
 from ..output import is_single_file, output_error, recipe_path
 from ..recipe.multi import MultiRecipe, Step, step_name, substitute
 from ..sources import PrefixedSource, REFERENCE_MODIFIERS, ModelRef, TensorInfo, TensorSource, open_source
 from .plan import Plan, build_plan
-from .stream import DEFAULT_SHARD_BYTES, check_merge_target, merge_to_disk, planned_output
-
-LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers")   # the config fields a merge's layer count rewrites
-
+from .stream import DEFAULT_SHARD_BYTES, check_merge_target, merge_to_disk, planned_output, write_side_files
 
 @dataclass
 class StepPlan:
@@ -68,21 +65,29 @@ def plan_steps(multi: MultiRecipe, out: str | Path, overwrite: bool = False) -> 
     planned: dict[str, TensorSource] = {}
     places: dict[str, str] = {}
     steps = []
-    for number, step in enumerate(multi.steps, start=1):
-        sp = StepPlan(step, number, len(multi.steps))
-        with _errors_of(sp):
-            recipe = substitute(step.recipe, {n: places[n] for n in _side_reads(step, multi)})
-            sp.plan = build_plan(recipe, _opener(multi, lambda name: planned[name]))
-            if step is multi.final:
-                sp.target = out
-                check_merge_target(sp.plan, out, overwrite)
-                planned_output(sp.plan, out)
-            else:
-                sp.intermediate = _intermediate_name(number, step, sp.plan)
-                place = out.parent / f".{out.name}.steps" / sp.intermediate   # where a dry run pictures it
-                planned[step.name] = _planned_source(sp.plan, planned_output(sp.plan, place), step.name, place)
-                places[step.name] = str(place)
-        steps.append(sp)
+    # An intermediate's side files (config, tokenizer: what later steps' vocabulary settings read) are small: they are
+    # written for real into a system temporary folder, so later steps plan against what the merge will give them.
+    with tempfile.TemporaryDirectory(prefix="merge-studio-plan-") as sides:
+        for number, step in enumerate(multi.steps, start=1):
+            sp = StepPlan(step, number, len(multi.steps))
+            with _errors_of(sp):
+                recipe = substitute(step.recipe, {n: places[n] for n in _side_reads(step, multi)}, models=False)
+                sp.plan = build_plan(recipe, _opener(multi, lambda name: planned[name]))
+                if step is multi.final:
+                    sp.target = out
+                    check_merge_target(sp.plan, out, overwrite)
+                    planned_output(sp.plan, out)
+                else:
+                    sp.intermediate = _intermediate_name(number, step, sp.plan)
+                    place = out.parent / f".{out.name}.steps" / sp.intermediate   # where a dry run pictures it
+                    form = planned_output(sp.plan, place)
+                    side = Path(sides) / sp.intermediate
+                    if not is_single_file(place):
+                        side.mkdir()
+                        write_side_files(sp.plan, form, side)
+                    planned[step.name] = _planned_source(sp.plan, form, step.name, place, side)
+                    places[step.name] = str(side if side.is_dir() else place)
+            steps.append(sp)
     return steps
 
 
@@ -104,7 +109,8 @@ def merge_steps(multi: MultiRecipe, out: str | Path, *, device: str = "auto", se
             is_output = sp.target is not None
             target = sp.target if is_output else temp / sp.intermediate
             with _errors_of(sp):
-                recipe = substitute(sp.step.recipe, {n: str(written[n]) for n in _side_reads(sp.step, multi)})
+                recipe = substitute(sp.step.recipe, {n: str(written[n]) for n in _side_reads(sp.step, multi)},
+                                    models=False)
                 summary = merge_to_disk(recipe, target, device=device, seed=seed, overwrite=overwrite and is_output,
                                         progress=progress, shard_bytes=shard_bytes, allow_nonfinite=allow_nonfinite,
                                         opener=_opener(multi, lambda name: open_source(str(written[name]))))
@@ -120,8 +126,8 @@ def merge_steps(multi: MultiRecipe, out: str | Path, *, device: str = "auto", se
 
 def _side_reads(step: Step, multi: MultiRecipe) -> list[str]:
     """The steps ``step`` names as its tokenizer source or VAE: the engine opens those itself, so they get a path."""
-    return [n for n in (step_name(step.recipe.tokenizer_source, multi.names), step_name(step.recipe.vae, multi.names))
-            if n is not None]
+    return [n for n in (step_name(step.recipe.tokenizer_reference(), multi.names),
+                        step_name(step.recipe.vae, multi.names)) if n is not None]
 
 
 def _opener(multi: MultiRecipe, output_of: Callable[[str], TensorSource]) -> Callable[[str], TensorSource]:
@@ -158,38 +164,26 @@ def _intermediate_name(number: int, step: Step, plan: Plan) -> str:
     return stem + ".safetensors" if plan.reference.folder is None else stem
 
 
-def _planned_source(plan: Plan, form, ref: str, place: Path) -> TensorSource:
+def _planned_source(plan: Plan, form, ref: str, place: Path, side: Path) -> TensorSource:
     """A header-only source of what ``plan`` writes to ``place`` in ``form``, as opening the written output would
-    present it: one file; a model folder (its config's layer count and dtype as the merge rewrites them); or a
-    pipeline folder of components."""
+    present it: one file; a model folder (its side files, as the merge writes them, in ``side``); or a pipeline
+    folder of components."""
     infos = {e.name: e.info for e in form.entries}
     if is_single_file(place):
         return PlannedSource(ref, place, infos, "safetensors", None, None)
     reference = plan.reference
     if not form.components:
-        return PlannedSource(ref, place, infos, reference.kind, _written_config(plan), place)
+        config = json.loads((side / "config.json").read_text()) if (side / "config.json").is_file() else None
+        return PlannedSource(ref, place, infos, reference.kind, config, side)
     parts: dict[str, dict[str, TensorInfo]] = {}
     for name, info in infos.items():
         comp, _, key = name.partition(".")
         parts.setdefault(comp, {})[key] = info
     ref_parts = getattr(reference, "parts", {})
     sources = {comp: PlannedSource(f"{ref}/{comp}", place / comp, items, "diffusers-component",
-                                   getattr(ref_parts.get(comp), "config", None), place / comp)
+                                   getattr(ref_parts.get(comp), "config", None), side / comp)
                for comp, items in parts.items()}
     return PrefixedSource(sources, ref=ref, path=place, kind="diffusers", config=reference.config)
-
-
-def _written_config(plan: Plan) -> dict | None:
-    """The config.json a folder output of ``plan`` carries (the layer count and dtype rewritten as the merge does)."""
-    if plan.reference.config is None:
-        return None
-    config = dict(plan.reference.config)
-    if plan.num_layers is not None:
-        config.update({f: plan.num_layers for f in LAYER_FIELDS if f in config})
-    out_dtype = parse_dtype(plan.recipe.out_dtype) or parse_dtype(plan.recipe.dtype)
-    if out_dtype is not None:
-        config["dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"] = dtype_name(out_dtype)
-    return config
 
 
 @contextmanager

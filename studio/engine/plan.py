@@ -20,7 +20,7 @@ from ..methods import MethodSpec
 from ..recipe import InputModel, Recipe
 from ..recipe.resolve import names_matter, resolve_param
 from ..sources import SubsetSource, TensorInfo, TensorSource, open_source
-from .vocab import aligned_sources
+from .vocab import aligned_sources, config_vocab_size, vocabulary_of
 
 Input = tuple[int, str]  # (source index, tensor name in that source)
 
@@ -294,11 +294,14 @@ def _plan_modules(recipe: Recipe, spec: MethodSpec, opener) -> Plan:
     for name, module in recipe.modules.items():
         def subset(ref: str, name=name) -> TensorSource:
             src = open_once(ref)
-            return SubsetSource(src, [k for k in src.keys() if module_of(k, names) == name])
+            size = config_vocab_size(src.config)  # what vocabulary settings need of the config (not its layers)
+            return SubsetSource(src, [k for k in src.keys() if module_of(k, names) == name],
+                                {"vocab_size": size} if size else None)
 
         sub = Recipe(recipe.merge_method, recipe.base_model, models=module.models, slices=module.slices,
                      parameters={**recipe.parameters, **module.parameters}, dtype=recipe.dtype,
-                     out_dtype=recipe.out_dtype, seed=recipe.seed)
+                     out_dtype=recipe.out_dtype, tokenizer_source=recipe.tokenizer_source,
+                     tokenizer=recipe.tokenizer, seed=recipe.seed)
         pool = _Sources(subset)
         part = _plan_models(sub, spec, pool) if module.models is not None else _plan_slices(sub, spec, pool)
         if not part.tasks:
@@ -313,6 +316,10 @@ def _plan_modules(recipe: Recipe, spec: MethodSpec, opener) -> Plan:
         tasks += part.tasks
         layouts[name] = part.layout
         warnings += [f"module {name}: {w}" for w in part.warnings]
+        vocab = vocabulary_of(part.sources)
+        if vocab is not None:  # the module holding the embeddings sets the model's vocab size
+            updates["text_config.vocab_size" if _config_value(reference.config, "text_config.vocab_size")
+                    and not _config_value(reference.config, "vocab_size") else "vocab_size"] = vocab.size
         if part.num_layers is not None:
             path = next((f for f in LAYER_COUNT_FIELDS.get(name, ()) if _config_value(reference.config, f)), None)
             if path is None:

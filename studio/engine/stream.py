@@ -186,7 +186,10 @@ def _write_weights(plan: Plan, form: OutputForm, tmp: Path, device, seed, progre
                         {"merge_studio_version": __version__})
 
 
-def _write_side_files(plan: Plan, form: OutputForm, tmp: Path) -> None:
+def write_side_files(plan: Plan, form: OutputForm, tmp: Path) -> None:
+    """What makes an output folder a model besides its weights: configs (layer counts, dtype and vocab size as the
+    merge changed them), the tokenizer (built for the recipe's vocabulary settings, or the reference's), the chat
+    template; a pipeline's component files."""
     recipe, ref = plan.recipe, plan.reference
     if form.side_files is not None:
         form.side_files(tmp)
@@ -255,7 +258,7 @@ def merge_to_disk(recipe: Recipe, out: str | Path, *, device: str = "auto", seed
         with AtomicTarget(out) as tmp:
             _write_weights(plan, form, tmp, dev, seed, progress, shard_bytes, single_file=None,
                            progress_callback=progress_callback, allow_nonfinite=allow_nonfinite)
-            _write_side_files(plan, form, tmp)
+            write_side_files(plan, form, tmp)
             for hook in SIDE_FILE_HOOKS:
                 hook(plan, tmp, dev)
             write_text(recipe_path(tmp), recipe_yaml)

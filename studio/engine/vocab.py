@@ -422,4 +422,4 @@ def aligned_sources(recipe: Recipe, refs: list[str], sources: list[TensorSource]
 
 def vocabulary_of(sources: list[TensorSource]) -> Vocabulary | None:
     """The output vocabulary the plan's sources were aligned to (None when the recipe has no vocabulary settings)."""
-    return getattr(sources[0], "vocabulary", None) if sources else None
+    return next((s.vocabulary for s in sources if getattr(s, "vocabulary", None) is not None), None)

@@ -22,7 +22,7 @@ from ..methods import get_method
 from .limits import parse_yaml, read_text
 from .chat_templates import check_chat_template
 from .resolve import check_setting, normalize_setting
-from .tokenizer_config import check_tokenizer
+from .tokenizer_config import check_tokenizer, tokenizer_settings
 
 TOP_KEYS = ["name", "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "tokenizer", "chat_template", "seed", "vae", "modules"]
@@ -433,10 +433,15 @@ class Recipe:
     def input_references(self) -> list[str]:
         """Every reference the merge reads: the models (base first), then the VAE and the tokenizer source."""
         out = self.referenced_models()
-        for ref in (self.vae, self.tokenizer_source):
+        for ref in (self.vae, self.tokenizer_reference()):
             if ref and ref not in ("base", "union") and ref not in out:
                 out.append(ref)
         return out
+
+    def tokenizer_reference(self) -> str | None:
+        """The model whose tokenizer the output takes (``tokenizer_source`` or ``tokenizer.source``), if one does."""
+        settings = tokenizer_settings(self.tokenizer_source, self.tokenizer)
+        return settings.source if settings is not None and settings.source not in ("base", "union") else None
 
     def referenced_models(self) -> list[str]:
         """Every model reference, base first, each once, in recipe order."""

@@ -93,21 +93,26 @@ def step_name(ref: str | None, names) -> str | None:
     return None
 
 
-def substitute(recipe: Recipe, places: dict[str, str]) -> Recipe:
+def substitute(recipe: Recipe, places: dict[str, str], models: bool = True) -> Recipe:
     """A copy of ``recipe`` whose references to the steps named in ``places`` read those places instead (a LoRA after
-    a name stays after the place)."""
+    a name stays after the place); with ``models`` False, only the tokenizer source and the VAE (what the engine opens
+    itself; models are opened through an opener that knows the steps)."""
 
     def swap(ref):
         name = step_name(ref, places)
         return ref if name is None else str(ModelRef(str(places[name]), ModelRef.parse(ref).lora))
 
     r = copy.deepcopy(recipe)
-    r.base_model = swap(r.base_model)
-    for m in r.input_models():
-        m.model = swap(m.model)
-    for sl in r.slices or []:
-        sl.base_model = swap(sl.base_model)
+    if models:
+        r.base_model = swap(r.base_model)
+        for m in r.input_models():
+            m.model = swap(m.model)
+        for part in r.parts():
+            for sl in part.slices or []:
+                sl.base_model = swap(sl.base_model)
     r.tokenizer_source, r.vae = swap(r.tokenizer_source), swap(r.vae)
+    if isinstance(r.tokenizer, dict) and isinstance(r.tokenizer.get("source"), str):
+        r.tokenizer["source"] = swap(r.tokenizer["source"])
     return r
 
 

@@ -115,12 +115,12 @@ class DictSource(TensorSource):
 
 
 class SubsetSource(TensorSource):
-    """Some of a source's tensors under their own names (one module of a multimodal model). Without the config: a
-    layer count is then read from the subset's keys, not from the whole model's config."""
+    """Some of a source's tensors under their own names (one module of a multimodal model). Not with the whole
+    model's config (its layer count is another module's): ``config`` is what the caller says holds for the subset."""
 
-    def __init__(self, inner: TensorSource, keys):
-        super().__init__(ref=inner.ref, path=inner.path, kind=inner.kind, metadata=dict(inner.metadata),
-                         folder=inner.folder)
+    def __init__(self, inner: TensorSource, keys, config: dict | None = None):
+        super().__init__(ref=inner.ref, path=inner.path, kind=inner.kind, config=config,
+                         metadata=dict(inner.metadata), folder=inner.folder)
         self.inner = inner
         self._index = {k: inner.info(k) for k in keys}
 

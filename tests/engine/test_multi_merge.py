@@ -139,7 +139,8 @@ def test_a_dry_run_refuses_what_the_merge_refuses_and_writes_nothing(llama_famil
     assert dry.err.count("\n") == 1
     # the step is named as the recipe names it, in the dry run and in the merge
     assert dry.err == ("error: step 2/2: document 2: one: tensor 'lm_head.weight' has shape [64, 32], expected "
-                       "[80, 32] — vocabulary sizes differ; merge models sharing a tokenizer\n")
+                       "[80, 32] — vocabulary sizes differ; set tokenizer_source: union (or base) to merge them over one "
+                       "vocabulary\n")
     assert not parent.exists()
     assert cli.main(["merge", str(recipe), str(parent / "out"), "--quiet"]) == 2
     real = capsys.readouterr()
