@@ -17,11 +17,11 @@ NAMED = {
         "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"),
-    "llama3": (
+    "llama3": (  # each turn on its own line, as mergekit writes it
         "{{ bos_token }}"
         "{% for message in messages %}"
         "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
-        " + '<|eot_id|>' }}"
+        " + '<|eot_id|>\\n' }}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"),
     "alpaca": (
@@ -31,12 +31,16 @@ NAMED = {
         "{% else %}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}{% endif %}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"),
-    "mistral": (
+    "mistral": (  # a system message opens the first instruction
         "{{ bos_token }}"
-        "{% for message in messages %}"
-        "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
-        "{% else %}{{ message['content'] + '\\n\\n' }}{% endif %}"
+        "{% if messages and messages[0]['role'] == 'system' %}"
+        "{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+        "{% else %}{% set system = none %}{% set turns = messages %}{% endif %}"
+        "{% for message in turns %}"
+        "{% if message['role'] == 'user' %}"
+        "{{ ' [INST] ' + (system + '\\n\\n' if loop.first and system is not none else '') + message['content']"
+        " + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
         "{% endfor %}"),
 }
 

@@ -58,12 +58,45 @@ def test_an_unknown_name_is_refused_before_merging():
 
 @pytest.mark.parametrize("name, expected", [
     ("chatml", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
-    ("llama3", "<s><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ("llama3", "<s><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>\n<|start_header_id|>assistant"
+               "<|end_header_id|>\n\n"),
     ("alpaca", "### Instruction:\nhi\n\n### Response:\n"),
-    ("mistral", "<s>[INST] hi [/INST]"),
+    ("mistral", "<s> [INST] hi [/INST]"),
 ])
 def test_every_named_template_renders_its_format(llamas, name, expected):
     tok = AutoTokenizer.from_pretrained(llamas["a"])
     tok.chat_template = NAMED[name]
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                    add_generation_prompt=True) == expected
+
+
+CONVERSATIONS = [[{"role": "user", "content": "hi"}],
+                 [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                  {"role": "assistant", "content": "hello"}, {"role": "user", "content": " two "}]]
+
+
+def _renders(tok):
+    return [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=g) for c in CONVERSATIONS
+            for g in (False, True)]
+
+
+@pytest.mark.parametrize("template", ["chatml", "llama3", "mistral", "auto", T2])
+def test_the_template_renders_as_mergekits(llamas, tmp_path, template):
+    """The prompts a merged model is given equal those of mergekit 0.1.5's output on the same recipe (templates are
+    compared by what they render through transformers, the text being ours)."""
+    pytest.importorskip("mergekit")
+    from mergekit_runner import run_mergekit
+    recipe = {"merge_method": "linear", "dtype": "float32", "chat_template": template,
+              "models": [{"model": str(llamas[k]), "parameters": {"weight": 1.0}} for k in "abc"]}
+    run_mergekit(recipe, tmp_path / "mk", copy_tokenizer=True)
+    assert _renders(_merge(llamas, tmp_path, template)) == _renders(AutoTokenizer.from_pretrained(tmp_path / "mk"))
+
+
+def test_alpaca_keeps_the_blank_line_before_the_response():
+    """mergekit 0.1.5's alpaca template, rendered by transformers, runs the instruction into the response header
+    ('hi### Response:'); ours keeps the Alpaca format's blank line."""
+    from jinja2 import Environment
+    env = Environment(trim_blocks=True, lstrip_blocks=True)
+    text = env.from_string(NAMED["alpaca"]).render(messages=CONVERSATIONS[0], add_generation_prompt=True,
+                                                   eos_token="</s>")
+    assert text == "### Instruction:\nhi\n\n### Response:\n"
