@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from mergekit_runner import run_mergekit
 from tinymodels import WORDS, add_tokenizer_of, load_state, make_llama
 from studio.cli import main
 from studio.engine import build_plan, merge_in_memory, merge_to_disk
@@ -236,20 +237,12 @@ def test_dry_run_reports_the_output_vocabulary_shapes(vocab_family):
 
 
 # ------------------------------------------------------------------------------------------------ mergekit
-def run_mergekit(recipe: dict, out):
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import MergeOptions, run_merge
-
-    run_merge(MergeConfiguration.model_validate(recipe), str(out),
-              options=MergeOptions(device="cpu", lazy_unpickle=False, low_cpu_memory=False, quiet=True))
-
-
 @pytest.mark.parametrize("name", ["union_linear", "union_ties", "base_padded", "tokens_forced", "model_source"])
 def test_equal_to_mergekit(vocab_family, tmp_path, name):
     pytest.importorskip("mergekit")
     d = dict(recipes(vocab_family)[name], dtype="float32")
     merge_to_disk(Recipe.from_dict(d), tmp_path / "ours", progress=False)
-    run_mergekit(yaml.safe_load(yaml.safe_dump(d)), tmp_path / "mk")
+    run_mergekit(yaml.safe_load(yaml.safe_dump(d)), tmp_path / "mk", copy_tokenizer=True)
     ours_tok, theirs_tok = tokenizer(tmp_path / "ours"), tokenizer(tmp_path / "mk")
     # mergekit appends the union's tokens in hash order (it differs run to run): compare token by token
     assert ours_tok.get_vocab().keys() == theirs_tok.get_vocab().keys()
@@ -268,3 +261,15 @@ def test_equal_to_mergekit(vocab_family, tmp_path, name):
         torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name} {k}: {m}")
     # (how each splits text is not compared: with mergekit's run-to-run order of added tokens, its tokenizer
     # sometimes reads "x15" as "x1" + "5")
+
+
+def test_the_live_engine_follows_a_change_of_vocabulary_settings(vocab_family):
+    """Under the same references, new tokenizer settings re-map the embedding rows: the live merger recomputes them."""
+    r = Recipe.from_dict({**recipes(vocab_family)["union_linear"], "dtype": "float32"})
+    live = LiveMerger(r, device="cpu", workers=1)
+    padded = Recipe.from_dict({**r.to_dict(), "tokenizer_source": None,
+                               "tokenizer": {"source": "union", "pad_to_multiple_of": 32}})
+    live.update(padded)
+    streamed = merge_in_memory(padded)
+    for k in streamed:
+        torch.testing.assert_close(live.state[k].float(), streamed[k].float())
