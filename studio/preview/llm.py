@@ -193,14 +193,21 @@ def parameter_slots(model: nn.Module) -> list[ParamSlot]:
     return list(slots.values())
 
 
-def build_causal_lm(folder: Path, dtype: torch.dtype, device: torch.device):
-    """``AutoModelForCausalLM`` from ``folder``'s config.json in eval mode: buffers (computed by the model's code)
-    on ``device``, parameters in ``dtype`` still on the meta device — no memory until :class:`ParamSlot` places a
-    tensor in each."""
+def build_causal_lm(folder: Path, dtype: torch.dtype, device: torch.device, vocab_size: int | None = None,
+                    num_layers: int | None = None):
+    """``AutoModelForCausalLM`` from ``folder``'s config.json (``vocab_size`` and the layer count — a slices
+    merge's — replaced when given) in eval mode: buffers (computed by the model's code) on ``device``, parameters in
+    ``dtype`` still on the meta device — no memory until :class:`ParamSlot` places a tensor in each."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig  # optional and heavy
 
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        if vocab_size is not None:
+            config.vocab_size = vocab_size
+        if num_layers is not None:
+            config.num_hidden_layers = num_layers
+            if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds follow the count
+                config.layer_types = (config.layer_types * num_layers)[:num_layers]
         with parameters_on_meta():
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
@@ -313,11 +320,15 @@ class LLMPreviewer(Previewer):
     Request = TextRequest
 
     def __init__(self, reference: TensorSource, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, num_layers: int | None = None):
         super().__init__(reference, resolve_device(device) if isinstance(device, str) else device, dtype)
         self.folder = model_folder(reference)
-        self.tokenizer = load_tokenizer(self.folder)
-        self.model = build_causal_lm(self.folder, dtype, self.device)
+        # a recipe with vocabulary settings (tokenizer_source: union, …) previews with the tokenizer it builds, and
+        # the embedding rows it maps to it (the reference is then the plan's view of the reference model)
+        vocab = getattr(reference, "vocabulary", None)
+        self.tokenizer = load_tokenizer(self.folder) if vocab is None else vocab.tokenizer
+        self.model = build_causal_lm(self.folder, dtype, self.device, None if vocab is None else vocab.size,
+                                     num_layers)
         self.slots = parameter_slots(self.model)
         self.targets: dict[str, torch.Tensor] = {}
         self.bound: set[str] = set()

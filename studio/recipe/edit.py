@@ -24,6 +24,7 @@ sliders show exactly what the engine applies.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -382,10 +383,42 @@ def apply_assignments(recipe: dict, assignments: Iterable[str], layout: Layout |
     return recipe
 
 
+def _entries(recipe: dict) -> list[dict]:
+    """Every model entry of a recipe mapping: its models, its slices' sources, its modules' (in recipe order)."""
+    parts = [recipe] + [m for m in (recipe.get("modules") or {}).values() if isinstance(m, dict)]
+    return [e for p in parts for e in (p.get("models") or [s for sl in p.get("slices") or []
+                                                           for s in sl.get("sources") or []])]
+
+
+def input_refs(recipe: dict) -> list[str]:
+    """Every model a recipe mapping merges (its models, slices' sources or modules'), each once, in recipe order."""
+    return list(dict.fromkeys(e["model"] for e in _entries(recipe) if isinstance(e, dict) and "model" in e))
+
+
 def reference_model(recipe: dict) -> str | None:
     """The model whose tensor names and layout the merge follows: the base, else the first model (as the plan)."""
-    models = recipe.get("models") or [s for sl in recipe.get("slices") or [] for s in sl.get("sources") or []]
+    models = _entries(recipe)
     return recipe.get("base_model") or (models[0]["model"] if models else None)
+
+
+def output_layers(recipe: dict) -> int | None:
+    """The layer count a slices recipe builds (None for other recipes: the reference model's)."""
+    slices = recipe.get("slices")
+    if not slices:
+        return None
+    try:
+        return sum(int(sl["sources"][0]["layer_range"][1]) - int(sl["sources"][0]["layer_range"][0]) for sl in slices)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def vocabulary_key(recipe: dict) -> str | None:
+    """What the merge's vocabulary (tokenizer and embedding rows) depends on: its tokenizer settings and its models;
+    None when it has no vocabulary settings."""
+    if recipe.get("tokenizer_source") is None and recipe.get("tokenizer") is None:
+        return None
+    return json.dumps([recipe.get("tokenizer_source"), recipe.get("tokenizer"), recipe.get("base_model"),
+                       [e.get("model") for e in _entries(recipe)]], sort_keys=True, default=str)
 
 
 def with_assignments(recipe: Recipe, assignments: Iterable[str], opener=open_source) -> Recipe:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..engine import build_plan
 from ..engine.live import LiveMerger
 from ..errors import StudioError
 from ..preview import Previewer, previewer_for
@@ -166,29 +167,37 @@ class PreviewController:
         or the reference model changes."""
         s = self.s
         family = s.family  # models that do not fit a family start a recipe of their own (Session.start_own)
-        key = (family, E.reference_model(s.recipe))
+        # vocabulary settings change the reference's rows and tokenizer: the pipeline is made again when they do
+        # so do vocabulary settings (the reference's rows and tokenizer) and slices (the model's layer count)
+        vocab, layers = E.vocabulary_key(s.recipe), E.output_layers(s.recipe)
+        key = (family, E.reference_model(s.recipe), vocab, layers)
         if key == self._judged:
             return
         self.live, self._judged, self.missing = None, key, None
-        self.judge = FamilyJudge(s.env, family) if family else self._pipeline(key[1])
+        self.judge = FamilyJudge(s.env, family) if family else self._pipeline(key[1], vocab is not None, layers)
 
-    def _pipeline(self, ref: str | None) -> PipelineJudge | None:
+    def _pipeline(self, ref: str | None, vocabulary: bool = False, layers: int | None = None) -> PipelineJudge | None:
         if ref is None:
             return None
         env = self.s.env
-        source = env.opener(ref)
+        source, opener, shape = env.opener(ref), env.opener, {}
+        if vocabulary:  # the plan's views: the reference and every input with their rows on the output vocabulary
+            views = {src.ref: src for src in build_plan(self.s.recipe_obj(), env.opener).sources}
+            source, opener = views[ref], (lambda r: views.get(r) or env.opener(r))
+        if layers is not None:
+            shape = {"num_layers": layers}
         try:
             cls = previewer_for(source)
         except StudioError:
             return None  # merge only: nothing renders this kind of model
         try:
-            previewer = cls(source, device=env.device, dtype=env.pipeline_dtype)
+            previewer = cls(source, device=env.device, dtype=env.pipeline_dtype, **shape)
         except StudioError as e:  # a piece the pipeline needs is missing: merge only, and say what to provide
             self.missing = str(e)
             return None
         if not isinstance(self.request, cls.Request):
             self.request = previewer.preview_request()
-        return PipelineJudge(previewer, self.request, env.opener)
+        return PipelineJudge(previewer, self.request, opener)
 
     def request_fields(self) -> list[RequestField]:
         """The preview pipeline's request as controls (none when a demo family's evaluator judges the merge)."""
@@ -251,7 +260,7 @@ class PreviewController:
         if judge is None:
             return {}
         base = s.recipe.get("base_model")
-        refs = ([base] if base else []) + [r for r in s.included() if r != base]
+        refs = ([base] if base else []) + [r for r in E.input_refs(s.recipe) if r != base]
         out, t0 = {}, time.perf_counter()
         for i, ref in enumerate(refs):
             if progress is not None:
@@ -275,7 +284,7 @@ class PreviewController:
         s = self.s
         ticket = self.next_ticket() if ticket is None else ticket
         snapshot = copy.deepcopy(s.recipe)
-        if not s.included():  # a new, empty recipe: nothing to merge yet, and nothing wrong
+        if not E.input_refs(s.recipe):  # a new, empty recipe: nothing to merge yet, and nothing wrong
             self.close()
             self.last = Preview(snapshot, {"notes": ["no models yet: add your own in the Models tab, or choose a "
                                                      "demo family"]}, {}, 0.0, 0.0, 0.0, 0, 0)

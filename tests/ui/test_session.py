@@ -423,6 +423,53 @@ def test_own_llms_preview_text_from_the_users_prompts_and_perplexity(env, tmp_pa
         s.previewing.set_request("max_new_tokens", -3)
 
 
+def test_own_llms_with_different_vocabularies_preview_over_their_union(env, tmp_path):
+    """Two own LLMs whose tokenizers differ, merged with tokenizer_source: union (typed as published YAML): the
+    preview's model has the union's rows, its tokenizer knows both models' words, each input model previews in the
+    same modules through its mapped rows, and the resident weights are the CLI merge's."""
+    from tinymodels import WORDS, add_tokenizer_of, make_llama
+
+    a = add_tokenizer_of(make_llama(tmp_path / "llama-a", 0), WORDS)
+    b = add_tokenizer_of(make_llama(tmp_path / "llama-b", 1, vocab=66), WORDS + ["zephyr", "quokka"])
+    s = env.new_session()
+    ignored = s.set_yaml(f"merge_method: linear\nmodels:\n  - model: {a}\n  - model: {b}\n"
+                         "parameters: {weight: 0.5}\ntokenizer_source: union\nselect_topk: 0.5\n")
+    assert len(ignored) == 1 and "select_topk" in ignored[0]
+    s.preview()
+    s.previewing.set_request("prompts", "w5 zephyr quokka")
+    s.previewing.set_request("max_new_tokens", 2)
+    pv = s.preview()
+    previewer = s.previewing.judge.previewer
+    assert previewer.model.get_input_embeddings().weight.shape[0] == 66
+    assert {"zephyr", "quokka"} <= set(previewer.tokenizer.get_vocab())
+    assert set(pv.inputs) == {"llama-a", "llama-b"} and pv.result["metric"] == "perplexity"
+    expect = merge_in_memory(s.recipe_obj())
+    for k, v in expect.items():
+        assert torch.equal(s.live.state[k], v), k
+
+
+@pytest.mark.parametrize("kind", ["slices", "modules"])
+def test_own_llm_frankenmerges_and_module_recipes_preview(env, tmp_path, kind):
+    """A passthrough of slices (a model with more layers than its inputs) and a modules: recipe preview too: the
+    preview's model has the merge's layer count and holds every merged tensor, which are the CLI merge's."""
+    from tinymodels import add_word_tokenizer, make_llama
+
+    a = add_word_tokenizer(make_llama(tmp_path / "llama-a", 0))
+    b = add_word_tokenizer(make_llama(tmp_path / "llama-b", 1))
+    s = env.new_session()
+    s.set_yaml(f"merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 3]}}]\n"
+               f"  - sources: [{{model: {b}, layer_range: [1, 3]}}]\n" if kind == "slices" else
+               f"merge_method: linear\nmodules:\n  default:\n    models: [{{model: {a}}}, {{model: {b}}}]\n"
+               "parameters: {weight: 0.5}\n")
+    pv = s.preview()
+    assert pv.result["metric"] == "perplexity" and pv.result["average"] > 1
+    previewer = s.previewing.judge.previewer
+    assert len(previewer.model.model.layers) == (5 if kind == "slices" else 3) and previewer.unused == []
+    expect = merge_in_memory(s.recipe_obj())
+    for k, v in expect.items():
+        assert torch.equal(s.live.state[k], v), k
+
+
 def test_own_sd_pipelines_preview_images_that_follow_the_block_sliders(env, tmp_path):
     """Two of a user's own SD1 pipeline folders: the preview draws images from the user's prompt with the live merge
     inside the pipeline (no copy of the UNet), a block slider changes the image, the merged weights are the CLI
