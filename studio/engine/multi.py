@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 from ..errors import StudioError
 from ..output import is_single_file, output_error, recipe_path
+from ..recipe import Recipe
 from ..recipe.multi import MultiRecipe, Step, step_name, substitute
 from ..sources import PrefixedSource, REFERENCE_MODIFIERS, ModelRef, TensorInfo, TensorSource, open_source
 from .plan import Plan, build_plan
@@ -122,6 +123,31 @@ def merge_steps(multi: MultiRecipe, out: str | Path, *, device: str = "auto", se
                     _remove(written[name])
                     _remove(recipe_path(written[name]))
     return summaries
+
+
+def merge_intermediates(multi: MultiRecipe, folder: str | Path, *, device: str = "auto",
+                        announce: Callable[[str], None] | None = None) -> tuple[Recipe, list[str]]:
+    """The studio's way into a multi-step recipe: every step but the output merged into ``folder`` (kept there: they
+    are the output step's inputs while it is tuned live; a step whose folder already holds that step's recipe is
+    reused), and the output step's recipe reading them there. Returns that recipe and the steps merged anew."""
+    folder = Path(folder)
+    steps = plan_steps(multi, folder / "output")  # refuses before anything is merged; "output" is never written
+    written: dict[str, Path] = {}
+    merged = []
+    for sp in steps[:-1]:
+        target = folder / sp.intermediate
+        with _errors_of(sp):
+            recipe = substitute(sp.step.recipe, {n: str(written[n]) for n in _side_reads(sp.step, multi)},
+                                models=False)
+            done = recipe_path(target)
+            if not (done.is_file() and done.read_text(encoding="utf-8") == recipe.to_yaml()):
+                if announce:
+                    announce(sp.label)
+                merge_to_disk(recipe, target, device=device, overwrite=True, progress=False,
+                              opener=_opener(multi, lambda name: open_source(str(written[name]))))
+                merged.append(sp.step.label)
+        written[sp.step.name] = target
+    return substitute(multi.final.recipe, {n: str(p) for n, p in written.items()}), merged
 
 
 def _side_reads(step: Step, multi: MultiRecipe) -> list[str]:

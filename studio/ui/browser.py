@@ -5,11 +5,15 @@ restores its recipe, evaluation data goes to the preview. Dropped files arrive h
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from ..engine import merge_intermediates
 from ..errors import StudioError
 from ..kinds import EVAL_SET, FOLDER, LORA, MODEL, RECIPE, TEXT, VAE, Entry, hub_models, list_folder, what_is
 from ..recipe.files import read_recipe
+from ..recipe.multi import MultiRecipe, load_multi, step_name
+from ..sources import paths
 
 HUB = "Hugging Face cache"
 OPEN_LABEL = {MODEL: "Add to recipe", LORA: "Apply LoRA to the base", VAE: "Use this VAE", RECIPE: "Open recipe",
@@ -129,11 +133,33 @@ class FileBrowser:
         dropped file is an upload's copy: only its recipe is read)."""
         if not dropped:
             path = self.s.env.roots.check_path(str(path))
+        name = Path(path).name
+        multi = load_multi(path)
+        if multi is not None:
+            self._open_steps(multi, Path(path))
+            return
         folders = [Path(p) for _, p in self.places()]
         found = read_recipe(path, folders=folders)
         self.s.open_recipe(found.recipe)
-        name = Path(path).name
         self.message = f"opened the recipe of {name}" + "".join(f"\n\n⚠ {n}" for n in found.notes + found.warnings)
+
+    def _open_steps(self, multi: MultiRecipe, path: Path) -> None:
+        """A multi-step recipe: its earlier steps are merged into the workspace's ``steps/`` (once; reused while
+        unchanged) and its output step opens, live, reading them there."""
+        env = self.s.env
+        for step in multi.steps:  # every model a step reads must lie in the allowed folders, as for one recipe
+            for ref in step.recipe.input_references():
+                if step_name(ref, multi.names) is None:
+                    env.roots.check_reference(ref)
+        folder = Path(env.default_dir("steps")) / re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:80]
+        with env.heavy:
+            recipe, merged = merge_intermediates(multi, folder, device=env.device)
+        self.s.open_recipe(recipe.to_dict())
+        warnings = [w for step in multi.steps for w in step.recipe.warnings]
+        self.message = (f"opened the output step of {path.name}: "
+                        + (f"merged {', '.join(merged)} into {paths.shown(folder)}" if merged
+                           else f"its earlier steps are in {paths.shown(folder)}")
+                        + "".join(f"\n\n⚠ {w}" for w in warnings))
 
     def drop(self, path: str | None) -> None:
         """A file dropped on the page: a recipe, a merged .safetensors or an image with merge settings."""

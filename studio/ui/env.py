@@ -20,7 +20,7 @@ from .session import Session
 
 
 # the workspace's folders, one per kind of file the studio makes
-WORKSPACE_FOLDERS = ("exports", "grids", "reports", "recipes")
+WORKSPACE_FOLDERS = ("exports", "grids", "reports", "recipes", "steps")
 
 
 class StudioEnv:

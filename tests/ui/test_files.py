@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinymodels import add_word_tokenizer, make_llama, tagged_png  # noqa: E402
@@ -97,6 +98,36 @@ def test_open_and_drop_recipes(env, own, tmp_path_factory):
     assert s2.recipe == before
     with pytest.raises(StudioError, match="no recipe to open"):
         s2.files.drop(str(folder / "eval.jsonl"))
+
+
+def test_a_multi_step_recipe_opens_its_output_step_over_merged_steps(env, own, tmp_path):
+    """Opening a mergekit-multi file merges its earlier steps into the workspace's steps/ folder (once: opened again,
+    they are reused) and opens the output step live, reading them; its merge equals the CLI's of the whole file; a
+    step reading a model outside the allowed folders is refused before anything is merged."""
+    from studio.cli import main
+    from studio.engine import merge_in_memory
+    from tinymodels import load_state
+
+    folder, _ = own
+    a, b = folder / "llama-a", folder / "llama-b"
+    text = (f"name: first\nmerge_method: linear\nmodels: [{{model: {a}}}, {{model: {b}}}]\n"
+            "parameters: {weight: [1, 0.2]}\ndtype: float32\n---\n"
+            f"merge_method: slerp\nbase_model: first\nmodels: [{{model: first}}, {{model: {b}}}]\n"
+            "parameters: {t: 0.3}\ndtype: float32\n")
+    (folder / "steps.yml").write_text(text)
+    s = env.new_session()
+    s.files.open_recipe(folder / "steps.yml")
+    assert "merged first into" in s.files.message
+    steps = Path(env.default_dir("steps")) / "steps"
+    assert s.recipe["base_model"] == str(steps / "01-first") and (steps / "01-first" / "config.json").is_file()
+    assert main(["merge", str(folder / "steps.yml"), str(tmp_path / "cli"), "--quiet"]) == 0
+    cli, ours = load_state(tmp_path / "cli"), merge_in_memory(s.recipe_obj())
+    assert set(cli) == set(ours) and all(torch.equal(cli[k], ours[k]) for k in cli)
+    s.files.open_recipe(folder / "steps.yml")
+    assert "merged" not in s.files.message and "earlier steps are in" in s.files.message
+    (folder / "evil.yml").write_text(text.replace(str(a), "/etc/passwd", 1))
+    with pytest.raises(PathNotAllowed):
+        s.files.open_recipe(folder / "evil.yml")
 
 
 def test_data_needs_a_preview_that_takes_it(env, own):
