@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import StudioError
-from ..output import is_single_file, output_error, recipe_path
+from ..output import is_single_file, output_error, recipe_path, remove_quietly
 from ..recipe import Recipe
 from ..recipe.multi import MultiRecipe, Step, step_name, substitute
 from ..sources import PrefixedSource, REFERENCE_MODIFIERS, ModelRef, TensorInfo, TensorSource, open_source
@@ -120,8 +119,8 @@ def merge_steps(multi: MultiRecipe, out: str | Path, *, device: str = "auto", se
                 written[sp.step.name] = target
             for name in sp.step.reads:   # the disk an intermediate takes is given back once no later step reads it
                 if readers[name][-1] is sp.step:
-                    _remove(written[name])
-                    _remove(recipe_path(written[name]))
+                    remove_quietly(written[name])
+                    remove_quietly(recipe_path(written[name]))
     return summaries
 
 
@@ -237,14 +236,6 @@ def _temporary_folder(out: Path) -> Iterator[Path]:
     try:
         yield temp
     finally:
-        _remove(temp)
+        remove_quietly(temp)
 
 
-def _remove(p: Path) -> None:
-    try:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
-    except OSError:  # cleanup must not hide the error that made it necessary
-        pass

@@ -165,7 +165,7 @@ class AtomicTarget:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            self._remove(self.tmp)
+            remove_quietly(self.tmp)
             if _is_output_side(exc, self.target, self.tmp):
                 raise output_error(exc, self.target) from exc
             return False
@@ -185,20 +185,22 @@ class AtomicTarget:
         except BaseException:  # the new one could not take its place: the old one goes back
             if old is not None and not self.target.exists():
                 os.replace(old, self.target)
-            self._remove(self.tmp)
+            remove_quietly(self.tmp)
             raise
         if old is not None:
-            self._remove(old)
+            remove_quietly(old)
 
-    @staticmethod
-    def _remove(p: Path):
-        try:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            elif p.exists() or p.is_symlink():
-                p.unlink()
-        except OSError:  # cleanup must not hide the error that made it necessary
-            pass
+
+
+def remove_quietly(p: Path) -> None:
+    """Remove a file or folder tree if it is there; a cleanup must not hide the error that made it necessary."""
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    except OSError:
+        pass
 
 
 @contextmanager
