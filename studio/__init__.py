@@ -14,3 +14,4 @@ from .sd import infotext  # noqa: E402,F401  recipe.files.READERS ← A1111 sd_m
 from .sd import vae  # noqa: E402,F401  engine.plan.PLAN_HOOKS ← the VAE slot of SD merges (copy or bake)
 from .zoo import unlabeled_data  # noqa: E402,F401  learn.DATA_RESOLVERS ← the `zoo` / `zoo:<family>` data spec
 from .zoo import vision_adapter  # noqa: E402,F401  learn.ADAPTER_DETECTORS ← the zoo's vision backbones
+from .zoo import search_evaluator  # noqa: E402,F401  search.EVALUATORS ← the `zoo` evaluator of searches

@@ -45,10 +45,13 @@ class ZooFamily:
     heads: dict[str, str] = field(default_factory=dict)       # vision: task → head file
     task_docs: dict[str, str] = field(default_factory=dict)
 
-    def evaluator(self, budget: str = "preview", device: str = "cpu"):
-        """The family's evaluator (vision: accuracy %, text: perplexity + generations, diffusion: style scores)."""
+    def evaluator(self, budget: str = "preview", device: str = "cpu", split: str = "test"):
+        """The family's evaluator (vision: accuracy %, text: perplexity + generations, diffusion: style scores);
+        ``split="train"``: a validation split from the training data (vision only)."""
         if self.kind == "vision":
-            return VisionEvaluator(self.root, self.tasks, budget, device)
+            return VisionEvaluator(self.root, self.tasks, budget, device, split)
+        if split != "test":
+            raise StudioError(f"the {self.kind} family has no {split!r} evaluation split", hint="use its test split")
         if self.kind == "text":
             return TextEvaluator(self.base, self.tasks, budget, device)
         return DiffusionEvaluator(self.base, self.tasks, budget, device)

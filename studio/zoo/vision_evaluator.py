@@ -18,8 +18,9 @@ PREVIEW_EXAMPLES = 96
 class VisionEvaluator:
     """Accuracy per task (percent, 0–100) of a backbone state dict.
 
-    ``budget``: ``preview`` (96 test examples per task, spread evenly), ``report`` (the whole test split) or a number
-    of examples (the first ones of the test split). ``evaluate(state_dict)`` loads the backbone weights (keys
+    ``budget``: ``preview`` (96 examples per task, spread evenly), ``report`` (the whole split) or a number of
+    examples (the first ones); ``split``: ``test`` (held out) or ``train`` (a validation split from the experts'
+    training data). ``evaluate(state_dict)`` loads the backbone weights (keys
     ``embed.*``, ``blocks.<i>.*``, ``norm.*``) into one resident module and scores every task with its own head from
     ``heads/<task>.safetensors``.
     Data-aware merge methods use :meth:`data` and :meth:`build_module`.
@@ -28,9 +29,14 @@ class VisionEvaluator:
     metric = "accuracy"
 
     def __init__(self, root: str | Path, tasks: list[str] | None = None, budget: str | int = "preview",
-                 device: str = "cpu"):
+                 device: str = "cpu", split: str = "test"):
         if not isinstance(budget, int):
             check_budget(budget)
+        if split not in ("test", "train"):
+            raise StudioError(f"unknown evaluation split {split!r}",
+                              hint="test (held out), or train (a validation split carved from the experts' training "
+                                   "data, for searches that must leave the test split untouched)")
+        self.split = split
         self.root = Path(root)
         self.tasks = list(tasks or V.TASKS)
         self.budget = budget
@@ -43,7 +49,7 @@ class VisionEvaluator:
                                   hint="rebuild the zoo with `python -m studio zoo build --family vision`")
             self.heads[task] = V.make_head(load_file(str(path))).to(self.device).eval()
         self.backbone = V.Backbone(V.CONFIG).to(self.device).eval()
-        self._eval_data = {t: self._slice(*V.task_data(t, "test")) for t in self.tasks}
+        self._eval_data = {t: self._slice(*V.task_data(t, split)) for t in self.tasks}
 
     def _slice(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(self.budget, int):
