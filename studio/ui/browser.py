@@ -131,9 +131,8 @@ class FileBrowser:
     def open_recipe(self, path: str | Path, dropped: bool = False) -> None:
         """The recipe ``path`` carries becomes the session's; its models must lie inside the allowed folders (a
         dropped file is an upload's copy: only its recipe is read)."""
-        if not dropped:
-            path = self.s.env.roots.check_path(str(path))
-        name = Path(path).name
+        path = Path(str(path)) if dropped else self.s.env.roots.check_path(str(path))
+        name = path.name
         multi = load_multi(path)
         if multi is not None:
             self._open_steps(multi, Path(path))
