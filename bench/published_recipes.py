@@ -50,23 +50,9 @@ PRELOAD = ["__main__", COMMANDS["merge"][0], "mergekit.scripts.run_yaml", "merge
            "peft"]
 
 
-class _Folders:
-    """What the zoo fixture asks of pytest's tmp_path_factory."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def mktemp(self, name: str) -> Path:
-        path = self.root / name
-        path.mkdir(parents=True)
-        return path
-
-
 def build_zoo(root: Path) -> dict[str, Path]:
-    """The test's session zoo, built by the fixture's own function."""
-    fixture = published.zoo
-    build = getattr(fixture, "__wrapped__", None) or fixture._get_wrapped_function()  # pytest < 8.4 / >= 8.4
-    return build(_Folders(root))
+    """The test's zoo of tiny models."""
+    return published.build_zoo(root)
 
 
 def documents(text: str) -> list[dict]:

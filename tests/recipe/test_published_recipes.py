@@ -39,7 +39,11 @@ def _padded(state: dict, rows: int, seed: int) -> dict:
 
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("published_zoo")
+    return build_zoo(tmp_path_factory.mktemp("published_zoo"))
+
+
+def build_zoo(root: Path) -> dict[str, Path]:
+    """The tiny models the placeholders name (also built by bench/published_recipes.py)."""
     kw = dict(layers=LAYERS, hidden=HIDDEN)
     base = add_word_tokenizer(make_llama(root / "base", 0, **kw), chat_template=TEMPLATE)
     state = load_state(base)
