@@ -123,6 +123,42 @@ class LandscapeController:
         data["plane_models"] = [x_model, y_model]
         return data
 
+    def params_plane(self, path_x: str | SettingPath, path_y: str | SettingPath, steps: int = 7,
+                     progress: Progress | None = None) -> dict:
+        """A 2-D landscape over two settings (:func:`studio.analysis.landscape_2d`, ``plane="params"``): each point
+        the recipe with both replaced, scored by the preview evaluator. Each axis spans its slider's range, widened
+        to the last search's bounds when that search varied both settings — then its trials are drawn as a
+        trajectory (their other searched settings as they were; ``note`` says so)."""
+        s = self.s
+        steps = whole_number(steps, "grid", 2, MAX_POINTS)
+        px, py = SettingPath.parse(path_x), SettingPath.parse(path_y)
+        if px == py:
+            raise StudioError("choose two different settings for the axes")
+        layout = s.layout()
+        trajectory = s.searching.trajectory(str(px), str(py))
+        values = []
+        for path, axis in ((px, "x"), (py, "y")):
+            path.groups(layout)
+            param = E.param_of(s.recipe, path)
+            lo, hi, _ = slider_range(param, E.plain_value(s.recipe, path, layout))
+            if trajectory is not None:
+                lo, hi = min(lo, trajectory["bounds"][axis][0]), max(hi, trajectory["bounds"][axis][1])
+            xs = [lo + (hi - lo) * i / (steps - 1) for i in range(steps)]
+            values.append(sorted({int(round(x)) for x in xs}) if param.kind is int else xs)
+        pv = s.previewing
+        with s.env.heavy, pv.lock:
+            live = pv.sync_live()
+            data = landscape_2d(live, lambda state: self._numbers(pv.score(state)), plane="params", path_x=px,
+                                values_x=values[0], path_y=py, values_y=values[1],
+                                trajectories=None if trajectory is None else [trajectory], device=s.env.device,
+                                score_name=f"average {pv.metric}", progress=progress)
+        data["x"]["label"] = path_label(s.recipe, px, s.label) + (f" @ {px.first}" if px.first else "")
+        data["y"]["label"] = path_label(s.recipe, py, s.label) + (f" @ {py.first}" if py.first else "")
+        data["note"] = "" if trajectory is None else (
+            f"{len(trajectory['points'])} trials of {trajectory['name']} drawn in trial order; their score is the "
+            f"search's objective, and settings the plot does not show are as each trial had them.")
+        return data
+
     def statistics(self, density: float | None = 0.2) -> dict:
         """Task-vector statistics of the merged models against the base (:func:`studio.analysis.task_vector_stats`),
         with the session's labels as display names."""
