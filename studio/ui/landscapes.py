@@ -10,7 +10,7 @@ from ..analysis import landscape_1d, landscape_2d, task_vector_stats
 from ..errors import StudioError
 from ..recipe import edit as E
 from ..recipe.edit import SettingPath
-from .controls import path_label, slider_range
+from .controls import path_choices, path_label, slider_range
 
 Progress = Callable[[float, str], None]
 
@@ -122,6 +122,15 @@ class LandscapeController:
         data["note"] = note
         data["plane_models"] = [x_model, y_model]
         return data
+
+    def axis_choices(self) -> list[tuple[str, str]]:
+        """(label, setting path) of the axes a two-settings landscape offers: every slider's setting, and the
+        settings the last search varied (one group of a setting, say)."""
+        s = self.s
+        out = path_choices(s.recipe, s.label)
+        known = {v for _, v in out}
+        run = s.searching.run
+        return out + [(f"{name} (searched)", name) for name in (run.settings if run else []) if name not in known]
 
     def params_plane(self, path_x: str | SettingPath, path_y: str | SettingPath, steps: int = 7,
                      progress: Progress | None = None) -> dict:

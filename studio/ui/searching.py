@@ -72,6 +72,7 @@ class SearchController:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()          # the run's fields between the worker and the page
+        self._zoo: tuple = (None, False)       # (models, whether the zoo evaluator scores them)
 
     # ------------------------------------------------------------------------------------------- the form
     def setting_choices(self) -> list[tuple[str, str]]:
@@ -121,11 +122,16 @@ class SearchController:
         return out
 
     def _zoo_family(self) -> bool:
-        try:
-            family_of(Recipe.from_dict(dict(self.s.recipe), where="recipe"))
-        except StudioError:
-            return False
-        return True
+        """Whether the zoo evaluator scores these models (asked once per set of models: every page render asks)."""
+        s = self.s
+        key = (s.family, s.recipe.get("base_model"), tuple(s.included()))
+        if self._zoo[0] != key:
+            try:
+                family_of(Recipe.from_dict(dict(s.recipe), where="recipe"))
+                self._zoo = (key, True)
+            except StudioError:
+                self._zoo = (key, False)
+        return self._zoo[1]
 
     def objectives(self, choice: str | None, own: str | None) -> list[Objective]:
         """The objectives a run optimises: ``own`` (one per line or ';', e.g. ``python:my_module:score,min``) when
