@@ -421,3 +421,30 @@ text-align:right}}</style></head>
 <body><h1>{html.escape(title)}</h1>{intro}
 {body}
 </body></html>"""
+
+
+# ------------------------------------------------------------------------------------------------ searches
+SEARCH_COLORS = ["#4f46e5", "#f59e0b", "#10b981", "#ef4444"]
+
+
+def search_progress_figure(points: Sequence, names: Sequence[str], directions: Sequence[str],
+                           title: str = "Search") -> go.Figure:
+    """A search's convergence: each completed trial's objective values (markers, by trial number) and the best so
+    far (a step line), one colour per objective. ``points``: ``(trial, [value per objective])`` in trial order."""
+    data = []
+    trials = [int(n) for n, _ in points]
+    for i, (name, direction) in enumerate(zip(names, directions)):
+        color = SEARCH_COLORS[i % len(SEARCH_COLORS)]
+        values = [float(v[i]) for _, v in points]
+        pick = max if direction == "maximize" else min
+        best = [pick(values[:k + 1]) for k in range(len(values))]
+        data.append(go.Scatter(x=trials, y=values, mode="markers", name=f"{name} (trial)", opacity=0.6,
+                               marker=dict(size=6, color=color),
+                               hovertemplate=f"trial %{{x}}<br>{html.escape(name)}: %{{y:.5g}}<extra></extra>"))
+        data.append(go.Scatter(x=trials, y=best, mode="lines", line_shape="hv", name=f"best {name} ({direction[:3]})",
+                               line=dict(color=color, width=2),
+                               hovertemplate=f"after trial %{{x}}<br>best: %{{y:.5g}}<extra></extra>"))
+    layout = dict(template=TEMPLATE, height=320, title=dict(text=f"{title}: objective per trial", x=0.01),
+                  xaxis=dict(title="trial"), yaxis=dict(title=names[0] if len(names) == 1 else "objective"),
+                  margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
+    return go.Figure(data, layout)

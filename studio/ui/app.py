@@ -96,7 +96,7 @@ class StudioUI:
         families = env.catalog.names()
         with gr.Blocks(title="Merge Studio") as demo:
             self.demo = demo
-            self.state = gr.State(None, time_to_live=6 * 3600, delete_callback=lambda s: s.close() if s else None)
+            self.state = gr.State(None, time_to_live=6 * 3600, delete_callback=forget_session)
             # the tab's recipe, family and history, kept by the browser: a reload comes back to them
             self.kept = gr.BrowserState(None, storage_key="merge-studio-session")
             with gr.Row(elem_id="title"):
@@ -250,6 +250,13 @@ class StudioUI:
         self.demo.queue(default_concurrency_limit=self.env.max_parallel)
         return self.demo.launch(server_name=host, server_port=port, share=share, theme=_theme(), css=CSS,
                                 head=KEYS_COMMIT, allowed_paths=[str(p) for p in self.env.roots.roots], **kw)
+
+
+def forget_session(s: Session | None) -> None:
+    """A tab's state expired: its search stops after its current trial, and its resident model is dropped."""
+    if s:
+        s.searching.stop()
+        s.close()
 
 
 def bug_report(what: str, exc: BaseException) -> str:

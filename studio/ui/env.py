@@ -20,7 +20,7 @@ from .session import Session
 
 
 # the workspace's folders, one per kind of file the studio makes
-WORKSPACE_FOLDERS = ("exports", "grids", "reports", "recipes", "steps")
+WORKSPACE_FOLDERS = ("exports", "grids", "reports", "recipes", "steps", "searches")
 
 
 class StudioEnv:
@@ -44,7 +44,7 @@ class StudioEnv:
             for p in list((getattr(fam, "experts", None) or {}).values()) + list(
                     (getattr(fam, "loras", None) or {}).values()):
                 self.roots.add(Path(str(p)).parent, writable=False)
-        # the workspace holds what the studio makes (exports, grids, reports, saved recipes)
+        # the workspace holds what the studio makes (exports, grids, reports, saved recipes, searches)
         self.workspace = None if workspace is None else Path(workspace).expanduser().resolve()
         if self.workspace is not None:
             self.roots.add(self.workspace)

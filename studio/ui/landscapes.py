@@ -10,7 +10,7 @@ from ..analysis import landscape_1d, landscape_2d, task_vector_stats
 from ..errors import StudioError
 from ..recipe import edit as E
 from ..recipe.edit import SettingPath
-from .controls import path_label, slider_range
+from .controls import path_choices, path_label, slider_range
 
 Progress = Callable[[float, str], None]
 
@@ -121,6 +121,51 @@ class LandscapeController:
             t["name"] = f"{lr.label} trajectory" if lr else t["name"]
         data["note"] = note
         data["plane_models"] = [x_model, y_model]
+        return data
+
+    def axis_choices(self) -> list[tuple[str, str]]:
+        """(label, setting path) of the axes a two-settings landscape offers: every slider's setting, and the
+        settings the last search varied (one group of a setting, say)."""
+        s = self.s
+        out = path_choices(s.recipe, s.label)
+        known = {v for _, v in out}
+        run = s.searching.run
+        return out + [(f"{name} (searched)", name) for name in (run.settings if run else []) if name not in known]
+
+    def params_plane(self, path_x: str | SettingPath, path_y: str | SettingPath, steps: int = 7,
+                     progress: Progress | None = None) -> dict:
+        """A 2-D landscape over two settings (:func:`studio.analysis.landscape_2d`, ``plane="params"``): each point
+        the recipe with both replaced, scored by the preview evaluator. Each axis spans its slider's range, widened
+        to the last search's bounds when that search varied both settings — then its trials are drawn as a
+        trajectory (their other searched settings as they were; ``note`` says so)."""
+        s = self.s
+        steps = whole_number(steps, "grid", 2, MAX_POINTS)
+        px, py = SettingPath.parse(path_x), SettingPath.parse(path_y)
+        if px == py:
+            raise StudioError("choose two different settings for the axes")
+        layout = s.layout()
+        trajectory = s.searching.trajectory(str(px), str(py))
+        values = []
+        for path, axis in ((px, "x"), (py, "y")):
+            path.groups(layout)
+            param = E.param_of(s.recipe, path)
+            lo, hi, _ = slider_range(param, E.plain_value(s.recipe, path, layout))
+            if trajectory is not None:
+                lo, hi = min(lo, trajectory["bounds"][axis][0]), max(hi, trajectory["bounds"][axis][1])
+            xs = [lo + (hi - lo) * i / (steps - 1) for i in range(steps)]
+            values.append(sorted({int(round(x)) for x in xs}) if param.kind is int else xs)
+        pv = s.previewing
+        with s.env.heavy, pv.lock:
+            live = pv.sync_live()
+            data = landscape_2d(live, lambda state: self._numbers(pv.score(state)), plane="params", path_x=px,
+                                values_x=values[0], path_y=py, values_y=values[1],
+                                trajectories=None if trajectory is None else [trajectory], device=s.env.device,
+                                score_name=f"average {pv.metric}", progress=progress)
+        data["x"]["label"] = path_label(s.recipe, px, s.label) + (f" @ {px.first}" if px.first else "")
+        data["y"]["label"] = path_label(s.recipe, py, s.label) + (f" @ {py.first}" if py.first else "")
+        data["note"] = "" if trajectory is None else (
+            f"{len(trajectory['points'])} trials of {trajectory['name']} drawn in trial order; their score is the "
+            f"search's objective, and settings the plot does not show are as each trial had them.")
         return data
 
     def statistics(self, density: float | None = 0.2) -> dict:

@@ -1,7 +1,7 @@
 """One browser tab's studio: its recipe, undo and history, the models it offers, and the resident preview model —
 plain Python, no gradio.
 
-Every UI event calls one method here (or on one of the session's controllers: ``learning``, ``landscapes``) and
+Every UI event calls one method here (or on one of the session's controllers: ``learning``, ``searching``, ``landscapes``) and
 renders what it returns, so the whole studio can be driven and tested without a browser. Nothing here edits a recipe
 by hand or does merge math: edits are :mod:`studio.recipe.edit` functions, previews go through
 :class:`studio.engine.live.LiveMerger` and the family's evaluator.
@@ -34,6 +34,7 @@ from .learning import LearnController
 from .preview_view import Preview
 from .previewing import PreviewController
 from .recipes import SavedRecipes
+from .searching import SearchController
 from .shelf import ModelShelf
 
 MAX_UNDO = 200
@@ -52,6 +53,7 @@ class Session:
         self.grids = GridController(self)
         self.learning = LearnController(self)
         self.landscapes = LandscapeController(self)
+        self.searching = SearchController(self)
         self.saved = SavedRecipes(self)
         self.files = FileBrowser(self)
         self.events = threading.RLock()           # one UI event of this tab at a time (with --max-parallel > 1)

@@ -78,3 +78,29 @@ def test_client_learns_and_exports_the_learned_weights(studio_server):
     assert "exported-regmean.safetensors" in str(msg), msg
     target = server["export_dir"] / "exported-regmean.safetensors"
     assert target.is_file() and (server["export_dir"] / "exported-regmean.learned.json").is_file()
+
+
+def test_client_searches_and_loads_a_trial_into_the_sliders(studio_server, tmp_path):
+    """The Search section through the API: a grid over λ against a function of the merged tensors runs in the
+    background; its trial, loaded into the sliders, is the recipe."""
+    import sys
+    import time
+
+    server = studio_server
+    module = server["export_dir"] / "client_search_objective.py"
+    module.write_text("def score(state):\n    return float(sum(v.float().sum() for v in state.values()))\n")
+    sys.path.insert(0, str(server["export_dir"]))
+    try:
+        c = Client(server["url"], verbose=False)
+        c.predict(server["family"], api_name="/load_family")
+        out = c.predict(["parameters.lambda"], "parameters.lambda=0.5:0.7", None,
+                        "python:client_search_objective:score", "grid", 10, 0, 2, api_name="/search")
+        assert any(isinstance(v, str) and "trials" in v for v in out), out
+        for _ in range(120):
+            out = c.predict(1, api_name="/load_search_trial")
+            if not any(isinstance(v, str) and "not completed" in v for v in out):
+                break  # else the trial is still running: ask again
+            time.sleep(0.25)
+        assert "lambda: 0.7" in _yaml(server, out)
+    finally:
+        sys.path.remove(str(server["export_dir"]))

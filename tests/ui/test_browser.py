@@ -172,3 +172,34 @@ def test_own_sd_pipelines_in_a_browser(own_sd_server):
         page.get_by_role("tab", name="Models").click()
         sync_api.expect(image).not_to_have_attribute("src", before, timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "10-own-sd-after-slider.png"), full_page=True)
+
+
+def test_a_search_in_the_browser_refreshes_while_it_runs_and_loads_a_trial(studio_server):
+    """The Optimize tab's Search section: tick λ, give a function of the merged tensors, Search; the timer brings the
+    convergence plot and the best trials in without another click, and Load into sliders makes a trial the recipe."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    folder = studio_server["export_dir"]
+    (folder / "browser_search_objective.py").write_text(
+        "import time\n\ndef score(state):\n    time.sleep(0.2)\n"
+        "    return float(sum(v.float().abs().sum() for v in state.values()))\n")
+    sys.path.insert(0, str(folder))
+    try:
+        with studio_page(studio_server["url"]) as page:
+            page.get_by_role("tab", name="Optimize").click()
+            page.locator("#search-box").get_by_text("Search settings against an objective").click()
+            page.locator("#search-settings label").first.click()
+            page.locator("#search-own input, #search-own textarea").first.fill(
+                "python:browser_search_objective:score")
+            page.locator("#search-trials input").fill("6")
+            page.locator("#search-start").click()
+            sync_api.expect(page.locator("#search-status")).to_contain_text("Searching", timeout=30_000)
+            sync_api.expect(page.locator("#search-status")).to_contain_text("Finished after 6", timeout=90_000)
+            sync_api.expect(page.locator("#search-plot .js-plotly-plot")).to_be_visible()
+            sync_api.expect(page.locator("#search-table")).to_contain_text("browser_search_objective")
+            page.screenshot(path=str(ARTIFACTS / "09-search.png"), full_page=True)
+            page.locator("#search-load").click()
+            sync_api.expect(page.get_by_text("processing")).to_have_count(0, timeout=60_000)
+            page.get_by_role("tab", name="History").click()
+            sync_api.expect(page.locator("#history-table")).to_contain_text("lambda", timeout=60_000)
+    finally:
+        sys.path.remove(str(folder))

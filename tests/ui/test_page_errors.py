@@ -66,6 +66,11 @@ CALLS = {
     "preview setting": lambda s, v: s.previewing.set_request(v, v),
     "group value": lambda s, v: s.set_group_value(v, 0.1),
     "learn": lambda s, v: s.learning.learn(v, 1),
+    "search setting": lambda s, v: s.searching.start([v], own=v),
+    "search bounds": lambda s, v: s.searching.start(["parameters.lambda"], ranges=v, own=v),
+    "search numbers": lambda s, v: s.searching.start(["parameters.lambda"], own=v, trials=v, seed=v, sampler=v),
+    "search trial": lambda s, v: s.searching.load(v),
+    "two-settings axis": lambda s, v: s.landscapes.params_plane(v, "parameters.lambda", 2),
 }
 
 

@@ -1,5 +1,6 @@
 """Analysis panel: a 1-D landscape over one setting, the 2-D task-vector plane of two experts (with the current
-recipe and any learned trajectory marked), and the task-vector diagnostics figures."""
+recipe and any learned trajectory marked), a grid over two settings (with a search's trials drawn), and the
+task-vector diagnostics figures."""
 
 from __future__ import annotations
 
@@ -41,6 +42,19 @@ def build() -> SimpleNamespace:
         ns.plane_note = gr.Markdown(elem_id="plane-note")
         ns.plane = gr.Plot(show_label=False, visible=False, elem_id="plane")
     with gr.Column():
+        gr.Markdown("#### Landscape over two settings")
+        gr.Markdown("The preview score over a grid of two settings (everything else as in the recipe); the star marks "
+                    "your current values. When the last search in the Optimize tab varied both, its trials are drawn "
+                    "on top, in trial order.", elem_classes=["panel-note"])
+        with gr.Row(equal_height=True):
+            ns.params_x = gr.Dropdown(label="x: setting", scale=2, elem_id="params-x")
+            ns.params_y = gr.Dropdown(label="y: setting", scale=2, elem_id="params-y")
+            ns.params_grid = gr.Slider(GRID_MIN, GRID_MAX, value=GRID_DEFAULT, step=1, label="grid size",
+                                       info="points per axis", scale=2, elem_id="params-grid")
+            ns.params_btn = gr.Button("Compute grid", variant="primary", scale=1, elem_id="params-btn")
+        ns.params_note = gr.Markdown(elem_id="params-note")
+        ns.params_plot = gr.Plot(show_label=False, visible=False, elem_id="params-plane")
+    with gr.Column():
         gr.Markdown("#### Task-vector diagnostics")
         gr.Markdown("Sign conflicts, cosine similarity, pairwise disagreement and sizes of the task vectors "
                     "τᵢ = θᵢ − θ₀ per layer group: where they disagree, merges lose accuracy.",
@@ -53,7 +67,7 @@ def build() -> SimpleNamespace:
 
 
 def rendered(ns) -> list:
-    return [ns.target, ns.plane_x, ns.plane_y]
+    return [ns.target, ns.plane_x, ns.plane_y, ns.params_x, ns.params_y]
 
 
 def render(ns, s) -> dict:
@@ -62,7 +76,17 @@ def render(ns, s) -> dict:
     target = None if s.target is None else str(s.target)
     return {ns.target: {"choices": path_choices(s.recipe, s.label), "value": target},
             ns.plane_x: {"choices": choices, "value": experts[0] if experts else None},
-            ns.plane_y: {"choices": choices, "value": experts[1] if len(experts) > 1 else None}}
+            ns.plane_y: {"choices": choices, "value": experts[1] if len(experts) > 1 else None},
+            **params_axes(ns, s)}
+
+
+def params_axes(ns, s) -> dict:
+    """The two-settings axes: the last search's first two settings when it varied two, else the first two."""
+    axes = s.landscapes.axis_choices()
+    run = s.searching.run
+    picks = (run.settings if run is not None and len(run.settings) > 1 else []) or [v for _, v in axes]
+    return {ns.params_x: {"choices": axes, "value": picks[0] if picks else None},
+            ns.params_y: {"choices": axes, "value": picks[1] if len(picks) > 1 else None}}
 
 
 def plane_note(data: dict) -> str:
@@ -104,6 +128,20 @@ def wire(ui) -> None:
     ns.plane_btn.click(ui.guard(plane, "task-vector plane"), [ui.state, ns.plane_x, ns.plane_y, ns.grid],
                        [ns.plane_note, ns.plane],
                        api_name="landscape_plane", **heavy)
+
+    def params(state, x, y, grid, progress=gr.Progress()):
+        s = ui.session(state)
+        progress(0.0, desc="two-settings grid")
+        data, err = ui.attempt(lambda: s.landscapes.params_plane(x, y, int(grid),
+                                                                 progress=ui.progress(progress, "two-settings grid")),
+                               "two-settings grid")
+        if err:
+            return f"⚠ {err}", gr.update()
+        note = f"{data['evaluations']} merges scored in {data['seconds']:.1f} s. {data['note']}"
+        return note, gr.update(value=figures.landscape_contour(data), visible=True)
+
+    ns.params_btn.click(ui.guard(params, "two-settings grid"), [ui.state, ns.params_x, ns.params_y, ns.params_grid],
+                        [ns.params_note, ns.params_plot], api_name="landscape_params", **heavy)
 
     def diagnostics(state, progress=gr.Progress()):
         s = ui.session(state)

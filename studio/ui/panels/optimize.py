@@ -1,7 +1,8 @@
 """Optimize panel: learned merges (AdaMerging, SAMerging, FDA, Fisher, RegMean) on the family's unlabeled data or a
 folder of the user's own, with progress, the loss curve, and what to do with the result: load learned coefficients
 into the sliders, or preview and export learned weights. The method list and each method's hyperparameter controls
-come from the learners' declarations (``studio.learn``'s ``@learner`` registry)."""
+come from the learners' declarations (``studio.learn``'s ``@learner`` registry). Below them, a black-box search
+over the recipe's settings (``panels/search.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import gradio as gr
 from ... import figures
 from ...describe import human_bytes
 from ..learning import learned_markdown
+from . import search as search_panel
 
 DTYPES = ["float16", "bfloat16", "float32"]
 MAX_HPARAMS = 10     # hyperparameter slots (no learner declares more drawable ones: a test checks)
@@ -56,16 +58,19 @@ def build(methods: list[tuple[str, str]], default_name: str = "learned") -> Simp
             ns.export_overwrite = gr.Checkbox(label="overwrite", value=False, scale=1)
             ns.export_btn = gr.Button("Export weights", scale=1, elem_id="learn-export-btn")
         ns.export_result = gr.Markdown(elem_id="learn-export-result")
+    with gr.Accordion("Search settings against an objective (black-box)", open=False, elem_id="search-box"):
+        ns.search = search_panel.build()
     return ns
 
 
 def rendered(ns) -> list:
-    return [ns.method, ns.state_note, *ns.hp_number, *ns.hp_check, *ns.hp_drop]
+    return [ns.method, ns.state_note, *ns.hp_number, *ns.hp_check, *ns.hp_drop, *search_panel.rendered(ns.search)]
 
 
 def render(ns, s) -> dict:
     lc = s.learning
-    out = {ns.method: {"value": lc.choice}, ns.state_note: {"value": lc.readiness()}}
+    out = {ns.method: {"value": lc.choice}, ns.state_note: {"value": lc.readiness()},
+           **search_panel.render(ns.search, s)}
     shown = lc.params()
     for i in range(MAX_HPARAMS):
         p, value = shown[i] if i < len(shown) else (None, None)
@@ -86,6 +91,7 @@ def render(ns, s) -> dict:
 
 def wire(ui) -> None:
     ns = ui.o
+    search_panel.wire(ui, ns.search)
     ui.on(ns.method.input, lambda s, choice: s.learning.choose(choice), [ns.method], preview=False)
     for i in range(MAX_HPARAMS):
         for comp in (ns.hp_number[i], ns.hp_check[i], ns.hp_drop[i]):
