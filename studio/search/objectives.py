@@ -61,7 +61,7 @@ class Objective:
         source, _, key = text.partition("#")
         kind = source.partition(":")[0]
         if kind not in EVALUATORS:
-            raise StudioError(f"unknown evaluator {kind!r} in {spec!r}", where="--eval",
+            raise StudioError(f"unknown evaluator {kind!r} in {spec!r}", where="objective",
                               hint=f"one of {', '.join(sorted(EVALUATORS))} (e.g. python:my_module:score, "
                                    "text:notes.txt, eval:questions.jsonl, zoo)")
         return cls(source, key or "average", direction)
@@ -121,16 +121,16 @@ class CallableEvaluator:
     def __init__(self, arg: str, recipe: Recipe, device: str):
         module, _, name = arg.rpartition(":")
         if not module or not name:
-            raise StudioError(f"write python:MODULE:FUNCTION, got python:{arg}", where="--eval")
+            raise StudioError(f"write python:MODULE:FUNCTION, got python:{arg}", where="objective")
         try:
             fn = getattr(importlib.import_module(module), name)
         except ImportError as e:
-            raise StudioError(f"cannot import {module!r} ({e})", where="--eval",
+            raise StudioError(f"cannot import {module!r} ({e})", where="objective",
                               hint="run from the folder that holds it, or put it on PYTHONPATH") from None
         except AttributeError:
-            raise StudioError(f"{module!r} has no {name!r}", where="--eval") from None
+            raise StudioError(f"{module!r} has no {name!r}", where="objective") from None
         if not callable(fn):
-            raise StudioError(f"{module}.{name} is not callable", where="--eval")
+            raise StudioError(f"{module}.{name} is not callable", where="objective")
         self.fn, self.where = fn, f"python:{arg}"
 
     def scores(self, live: LiveMerger) -> dict[str, float]:
@@ -150,7 +150,7 @@ class PipelineEvaluator:
     def __init__(self, field: str, arg: str, recipe: Recipe, device: str):
         if not arg:
             raise StudioError(f"{field} needs a file: {'text:FILE' if field == 'text_file' else 'eval:FILE.jsonl'}",
-                              where="--eval")
+                              where="objective")
         reference = build_plan(recipe).reference
         cls = previewer_for(reference)
         request = cls.Request()

@@ -77,10 +77,12 @@ class Backend(Protocol):
 class Scorer:
     """Merges trial settings into a resident live merger and scores them: what a backend's worker holds."""
 
-    def __init__(self, search: Search, evaluators: dict[str, Evaluator] | None = None):
+    def __init__(self, search: Search, evaluators: dict[str, Evaluator] | None = None, **live_options):
+        """``live_options`` go to the :class:`LiveMerger` (the studio passes its opener, so the models it has open
+        are not opened again, and its memory budget)."""
         self.search = search
         self.layout = search_layout(search.recipe)
-        self.live = LiveMerger(search.recipe, device=search.device)
+        self.live = LiveMerger(search.recipe, device=search.device, **live_options)
         self.evaluators = evaluators or build_evaluators(search.objectives, search.recipe, search.device)
 
     def score(self, values: dict[str, float]) -> TrialResult:
@@ -139,7 +141,7 @@ def _sampler(search: Search, already: int = 0):
     if s == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if s == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if s == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     # grid: every point is enqueued when the study is made (open_study), in order; Optuna's GridSampler stops the
@@ -232,12 +234,13 @@ def run_search(search: Search, study, backend: Backend, *, progress: Callable[[d
                 study.tell(t, state=optuna.trial.TrialState.FAIL)
                 failure = failure or (t.number, r.error)
                 continue
-            t.set_user_attr("recipe", trial_recipe(search.recipe, search.dims, t.params, layout).to_yaml())
+            text = trial_recipe(search.recipe, search.dims, t.params, layout).to_yaml()
+            t.set_user_attr("recipe", text)
             study.tell(t, r.values)
             ran += 1
             if progress:
                 progress({"done": finished(study), "total": search.trials, "trial": t.number, "values": r.values,
-                          "best": best_values(study, search)})
+                          "params": dict(t.params), "recipe": text, "best": best_values(study, search)})
         if failure is not None:
             raise StudioError(f"trial {failure[0]} failed: {failure[1]}", where="search",
                               hint="the trial is stored as failed; fix the evaluator or the ranges and resume")

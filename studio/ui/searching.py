@@ -229,7 +229,8 @@ class SearchController:
         heavy = self.s.env.heavy
         try:
             with heavy:
-                scorer = Scorer(run.search, evaluators)
+                env = self.s.env  # the models the studio has open are not opened again
+                scorer = Scorer(run.search, evaluators, opener=env.opener, memory_budget=env.memory_budget)
             run_search(run.search, run.study, _OneAtATime(LocalBackend(scorer), heavy),
                        progress=lambda ev: self._note(run, ev), stop=self._stop.is_set)
         except StudioError as e:
@@ -250,10 +251,9 @@ class SearchController:
 
     def _note(self, run: SearchRun, event: dict) -> None:
         """After each completed trial (in the worker): its values, and the table's rows read back from the storage."""
-        recipe = run.study.get_trials(deepcopy=False)[event["trial"]].user_attrs.get("recipe")
         with self._lock:
             run.points.append((event["trial"], list(event["values"])))
-            run.recipes[event["trial"]] = recipe
+            run.recipes[event["trial"]] = event["recipe"]
         self._refresh(run)
 
     def _refresh(self, run: SearchRun) -> None:

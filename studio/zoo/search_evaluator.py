@@ -24,13 +24,13 @@ def family_of(recipe: Recipe):
         if Path(fam.base).resolve() in refs or any(Path(p).resolve() in refs for p in fam.experts.values()):
             return fam
     raise StudioError("the zoo evaluator scores merges of the demo zoo, and this recipe merges none of its models",
-                      where="--eval zoo", hint="use python:MODULE:FUNCTION, text:FILE or eval:FILE.jsonl for your own")
+                      where="objective zoo", hint="use python:MODULE:FUNCTION, text:FILE or eval:FILE.jsonl for your own")
 
 
 class ZooEvaluator:
     def __init__(self, arg: str, recipe: Recipe, device: str):
         if arg not in SPLITS:
-            raise StudioError(f"zoo:{arg} is not a split", where="--eval", hint="zoo, zoo:test or zoo:validation")
+            raise StudioError(f"zoo:{arg} is not a split", where="objective", hint="zoo, zoo:test or zoo:validation")
         self.evaluator = family_of(recipe).evaluator("preview", device, split=SPLITS[arg])
         self.metric = self.evaluator.metric
 
