@@ -294,7 +294,7 @@ class SearchController:
         sign = -1.0 if directions and directions[0] == "maximize" else 1.0
         done.sort(key=lambda r: (r["trial"] not in front, sign * r[run.names[0]]))
         headers = ["trial", *run.names, *run.settings]
-        return headers, [[r["trial"], *(r[k] for k in headers[1:])] for r in done[:limit]]
+        return headers, [[r["trial"], *(_shown(r[k]) for k in headers[1:])] for r in done[:limit]]
 
     def load(self, trial) -> None:
         """Make a completed trial's recipe the session's (undo brings the previous one back)."""
@@ -367,3 +367,8 @@ def progress_markdown(p: dict) -> str:
 
 
 __all__ = ["SAMPLERS", "SearchController", "SearchRun", "progress_markdown"]
+
+
+def _shown(value):
+    """A table cell: numbers to 5 significant digits (the stored trial keeps them whole)."""
+    return float(f"{value:.5g}") if isinstance(value, float) else value
