@@ -52,6 +52,8 @@ COMMANDS = {
     "analyze": ("studio.commands.analyze", "sign conflicts, similarity and norms per layer/block; HTML report"),
     "learn": ("studio.commands.learn", "learn merge coefficients or weights from unlabeled data"),
     "zoo": ("studio.commands.zoo", "build, list and report on the built-in demo zoo"),
+    "search": ("studio.commands.search", "search recipe settings for the best score (Optuna; stored, resumable); "
+               "best recipe, trials and an HTML report"),
     "grid": ("studio.commands.grid", "an XY grid of previews over two settings, saved as a PNG"),
     "methods": ("studio.commands.methods", "list merge methods and their parameters"),
     "emr": ("studio.commands.emr", "rebuild one task's model from an EMR merge's masks and rescalers"),

@@ -424,27 +424,56 @@ text-align:right}}</style></head>
 
 
 # ------------------------------------------------------------------------------------------------ searches
-SEARCH_COLORS = ["#4f46e5", "#f59e0b", "#10b981", "#ef4444"]
+SEARCH_COLORS = {"trial": "#9ecae1", "best": "#d62728", "front": "#d62728", "other": "#bdbdbd"}
 
 
-def search_progress_figure(points: Sequence, names: Sequence[str], directions: Sequence[str],
-                           title: str = "Search") -> go.Figure:
-    """A search's convergence: each completed trial's objective values (markers, by trial number) and the best so
-    far (a step line), one colour per objective. ``points``: ``(trial, [value per objective])`` in trial order."""
-    data = []
-    trials = [int(n) for n, _ in points]
-    for i, (name, direction) in enumerate(zip(names, directions)):
-        color = SEARCH_COLORS[i % len(SEARCH_COLORS)]
-        values = [float(v[i]) for _, v in points]
-        pick = max if direction == "maximize" else min
-        best = [pick(values[:k + 1]) for k in range(len(values))]
-        data.append(go.Scatter(x=trials, y=values, mode="markers", name=f"{name} (trial)", opacity=0.6,
-                               marker=dict(size=6, color=color),
-                               hovertemplate=f"trial %{{x}}<br>{html.escape(name)}: %{{y:.5g}}<extra></extra>"))
-        data.append(go.Scatter(x=trials, y=best, mode="lines", line_shape="hv", name=f"best {name} ({direction[:3]})",
-                               line=dict(color=color, width=2),
-                               hovertemplate=f"after trial %{{x}}<br>best: %{{y:.5g}}<extra></extra>"))
-    layout = dict(template=TEMPLATE, height=320, title=dict(text=f"{title}: objective per trial", x=0.01),
-                  xaxis=dict(title="trial"), yaxis=dict(title=names[0] if len(names) == 1 else "objective"),
-                  margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
-    return go.Figure(data, layout)
+def _completed(rows: Sequence[dict], *names: str) -> list[dict]:
+    return [r for r in rows if r.get("state") == "complete" and all(r.get(n) is not None for n in names)]
+
+
+def search_convergence(rows: Sequence[dict], objective: str, direction: str) -> go.Figure:
+    """One objective of a search: every completed trial's value as a point, the best so far as a step line."""
+    done = _completed(rows, objective)
+    xs, ys = [r["trial"] for r in done], [float(r[objective]) for r in done]
+    better = max if direction == "maximize" else min
+    running = [better(ys[:i + 1]) for i in range(len(ys))] if ys else []
+    fig = _figure()
+    fig.add_scatter(x=xs, y=ys, mode="markers", name="trial", marker=dict(color=SEARCH_COLORS["trial"], size=7),
+                    hovertemplate="trial %{x}<br>%{y:.5g}<extra></extra>")
+    fig.add_scatter(x=xs, y=running, mode="lines", name="best so far",
+                    line=dict(color=SEARCH_COLORS["best"], width=2, shape="hv"),
+                    hovertemplate="best after trial %{x}: %{y:.5g}<extra></extra>")
+    word = "higher" if direction == "maximize" else "lower"
+    return _layout(fig, f"{objective} per trial and best so far ({word} is better)", xaxis_title="trial",
+                   yaxis_title=objective, height=380)
+
+
+def param_importance_figure(importances: dict[str, float], objective: str) -> go.Figure:
+    """How much of the objective's variance each searched setting explains (fANOVA), largest on top."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = _figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
+                         marker_color=SEARCH_COLORS["best"], hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    return _layout(fig, f"setting importance for {objective}", xaxis_title="share of variance explained",
+                   xaxis_range=[0, 1], height=max(260, 60 + 28 * len(items)))
+
+
+def pareto_figure(rows: Sequence[dict], objectives: Sequence[str], directions: Sequence[str],
+                  front: Sequence[int]) -> go.Figure:
+    """The first two objectives of every completed trial, the Pareto front highlighted and joined in order."""
+    x_name, y_name = objectives[0], objectives[1]
+    done = _completed(rows, x_name, y_name)
+    on = set(front)
+    fig = _figure()
+    for label, pick, style in (("trial", lambda r: r["trial"] not in on, dict(color=SEARCH_COLORS["other"], size=7)),
+                               ("Pareto front", lambda r: r["trial"] in on,
+                                dict(color=SEARCH_COLORS["front"], size=10, symbol="diamond"))):
+        sel = sorted((r for r in done if pick(r)), key=lambda r: r[x_name])
+        fig.add_scatter(x=[r[x_name] for r in sel], y=[r[y_name] for r in sel], name=label,
+                        mode="lines+markers" if label == "Pareto front" else "markers", marker=style,
+                        line=dict(color=SEARCH_COLORS["front"], width=1, dash="dot"),
+                        text=[f"trial {r['trial']}" for r in sel],
+                        hovertemplate="%{text}<br>" + f"{x_name} %{{x:.5g}}<br>{y_name} %{{y:.5g}}<extra></extra>")
+    words = [("higher" if d == "maximize" else "lower") for d in directions[:2]]
+    extra = f" (first 2 of {len(objectives)} objectives)" if len(objectives) > 2 else ""
+    return _layout(fig, f"Pareto front{extra}: {x_name} ({words[0]} better) vs {y_name} ({words[1]} better)",
+                   xaxis_title=x_name, yaxis_title=y_name, height=460)

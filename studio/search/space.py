@@ -75,6 +75,7 @@ def search_space(recipe: Recipe, specs: list[str], layout: Layout | None) -> lis
             groups = [None] if one.first is None else one.groups(layout) if layout is not None else [one.first]
             for g in groups:
                 dim = Dimension(SettingPath(one.name, one.index, g), low, high, param.kind is int)
+                set_value(data, dim.path, low, layout)  # refuses now what the first trial would: models.7 of 2
                 out.setdefault(dim.name, dim)
     return list(out.values())
 

@@ -205,11 +205,15 @@ def open_study(search: Search, storage: str | None = None, name: str = "search")
     return study
 
 
+INTERRUPTED = "interrupted"   # the error of trials asked but not scored when a search was stopped (Ctrl-C)
+
+
 def finished(study) -> int:
-    """Trials already run to an end (complete or failed): what a resumed search counts toward its total."""
+    """Trials already run to an end (complete, or failed by their merge or evaluator): what a resumed search counts
+    toward its total. Trials an interruption left unscored do not count: a resume runs them again."""
     optuna = _optuna()
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-    return sum(t.state in done for t in study.get_trials(deepcopy=False))
+    return sum(t.state in done and t.user_attrs.get("error") != INTERRUPTED for t in study.get_trials(deepcopy=False))
 
 
 def run_search(search: Search, study, backend: Backend, *, progress: Callable[[dict], None] | None = None,

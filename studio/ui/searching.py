@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import figures
 from ..errors import StudioError
 from ..recipe import Recipe
 from ..recipe import edit as E
@@ -322,6 +323,13 @@ class SearchController:
         dims = {d.name: (d.low, d.high) for d in run.search.dims}
         return {"name": f"search {run.name}", "bounds": {"x": dims[x], "y": dims[y]},
                 "points": [{"x": r[x], "y": r[y], "score": r[run.names[0]], "step": r["trial"]} for r in rows]}
+
+    def figure(self):
+        """The run's convergence (its first objective per trial and the best so far), as the CLI's report draws it."""
+        run = self._need()
+        with self._lock:
+            rows = list(run.rows)
+        return figures.search_convergence(rows, run.names[0], run.search.directions[0])
 
     def progress(self) -> dict:
         """What the page shows of the run: counts, the best values, the points to plot, whether it still runs."""

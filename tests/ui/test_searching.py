@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from studio.engine import merge_in_memory
 from studio.errors import StudioError
 from studio.recipe import Recipe
-from studio.figures import search_progress_figure
 from studio.ui.searching import progress_markdown
 
 optuna = pytest.importorskip("optuna")
@@ -72,7 +71,7 @@ def test_a_grid_search_finds_the_known_optimum_and_loads_it_into_the_sliders(env
     best = rows[0]
     assert best[2] == pytest.approx(LAMBDA) and best[1] == pytest.approx(0.0, abs=1e-9)
     assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
-    fig = search_progress_figure(p["points"], p["names"], p["directions"])
+    fig = s.searching.figure()
     values = [v[0] for _, v in p["points"]]
     assert list(fig.data[0].y) == values and list(fig.data[1].y) == [max(values[:k + 1]) for k in range(11)]
     # the stored study says the same: best trial, 11 complete trials

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ... import figures
 from ..searching import SAMPLERS, progress_markdown
 
 TICK_SECONDS = 1.0
@@ -69,8 +68,7 @@ def view(ns, s) -> dict:
     p = sc.progress()
     headers, rows = sc.best_rows()
     return {ns.status: progress_markdown(p),
-            ns.plot: gr.update(value=figures.search_progress_figure(p["points"], p["names"], p["directions"],
-                                                                    title=p["name"]), visible=bool(p["points"])),
+            ns.plot: gr.update(value=sc.figure(), visible=bool(p["points"])),
             ns.table: gr.update(value={"headers": headers, "data": rows}, visible=bool(rows)),
             ns.load_row: gr.update(visible=bool(rows)),
             ns.trial: rows[0][0] if rows else None,
