@@ -154,7 +154,7 @@ def test_ctrl_c_keeps_the_trials_so_far_writes_the_files_and_says_how_to_resume(
     stop = "python:cli_search_toy:ctrl_c_at_6"
     assert search(toy, out, "--sampler", "random", evals=(stop,)) == 130
     err = capsys.readouterr().err
-    assert "interrupted after 8 of 12 trials" in err and "resume" in err and "--study search" in err
+    assert "interrupted after 4 of 12 trials" in err and "resume" in err and "--study search" in err
     rows = rows_of(out)     # batch 1 scored; the 2nd stopped at its 2nd trial: its trials failed, none left running
     assert [r["state"] for r in rows] == ["complete"] * 4 + ["fail"] * 4
     assert {r.get("error") for r in rows[4:]} == {"interrupted"} and (out / "best.yml").exists()
