@@ -106,6 +106,7 @@ class RayBackend:
         if not ray.is_initialized():
             self._start(address, workers * cpus_per_worker)
         try:
+            self._check_room(workers, cpus_per_worker, gpus_per_worker)
             actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(TrialWorker)
             desc = describe_for_workers(search, "cuda" if gpus_per_worker > 0 else "cpu")
             self.actors = [actor.remote(desc) for _ in range(workers)]
@@ -126,6 +127,16 @@ class RayBackend:
             raise StudioError(f"cannot reach Ray ({first})", where=address or "local Ray",
                               hint="start the head with `ray start --head` and give --address HEAD:6379") from None
         self.started = True
+
+    def _check_room(self, workers: int, cpus: float, gpus: float) -> None:
+        """Workers the cluster can never hold would wait for resources forever: refuse them now."""
+        have = self.ray.cluster_resources()
+        for name, each, flag in (("CPU", cpus, "--cpus-per-worker"), ("GPU", gpus, "--gpus-per-worker")):
+            need, total = workers * each, have.get(name, 0.0)
+            if need > total + 1e-9:
+                raise StudioError(f"{workers} workers need {need:g} {name}s; the Ray cluster has {total:g}",
+                                  where=flag, hint="give fewer --workers, fewer per worker, or add nodes "
+                                                   "(ray start --address HEAD:6379 on each)")
 
     def _check_ready(self) -> None:
         ray = self.ray

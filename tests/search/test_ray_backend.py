@@ -118,6 +118,14 @@ def test_a_worker_that_cannot_load_the_search_is_said_on_the_driver(family, loca
     assert free_cpus(2.0) == 2.0
 
 
+def test_more_workers_than_the_cluster_holds_are_refused_before_any_starts(family, local_ray):
+    with pytest.raises(StudioError, match="3 workers need 3 CPUs; the Ray cluster has 2"):
+        RayBackend(make_search(family), workers=3)
+    with pytest.raises(StudioError, match="2 workers need 2 GPUs; the Ray cluster has 0"):
+        RayBackend(make_search(family), workers=2, gpus_per_worker=1)
+    assert free_cpus(2.0) == 2.0
+
+
 def test_without_ray_the_error_says_what_to_install(family, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(StudioError, match="requirements-distributed.txt"):
