@@ -125,7 +125,9 @@ class RayBackend:
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise StudioError(f"cannot reach Ray ({first})", where=address or "local Ray",
-                              hint="start the head with `ray start --head` and give --address HEAD:6379") from None
+                              hint="start the head with `ray start --head` and give --address HEAD:6379; a head "
+                                   "with token authentication needs its token here (~/.ray/auth_token, "
+                                   "RAY_AUTH_MODE=token)") from None
         self.started = True
 
     def _check_room(self, workers: int, cpus: float, gpus: float) -> None:
