@@ -2,68 +2,22 @@
 in closed form, seeded repeatability, resuming from storage, a trial's recipe reproducing its score through the CLI,
 and bad ranges, paths and evaluators ending as clear errors with the storage left consistent."""
 
-import sys
-import textwrap
-
 import pytest
-import torch
 import yaml
 
-from tinymodels import load_state, make_llama
+from search_toys import TARGET, make_search, recipe
+from tinymodels import load_state
 
 import studio  # noqa: F401 — registers the methods and evaluators
 from studio.cli import main
 from studio.engine import merge_in_memory
 from studio.errors import RecipeError, StudioError
 from studio.recipe import Recipe
-from studio.search import (LocalBackend, Objective, Scorer, Search, finished, open_study, prepare, run_search,
-                           search_space, trial_rows)
+from studio.search import (LocalBackend, Objective, Scorer, finished, open_study, prepare, run_search, search_space,
+                           trial_rows)
 from studio.search.study import best_trials, search_layout
 
 pytest.importorskip("optuna")
-KEY = "model.layers.1.mlp.up_proj.weight"
-TARGET = (0.4, 0.6)
-
-
-@pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search")
-    base = make_llama(root / "base", 0, layers=2, hidden=16)
-    state = load_state(base)
-    a = make_llama(root / "a", 1, layers=2, hidden=16, base_state=state, noise=0.1)
-    b = make_llama(root / "b", 2, layers=2, hidden=16, base_state=state, noise=0.1)
-    sa, sb = load_state(a), load_state(b)
-    target = state[KEY] + TARGET[0] * (sa[KEY] - state[KEY]) + TARGET[1] * (sb[KEY] - state[KEY])
-    torch.save(target, root / "target.pt")
-    (root / "toy_objective.py").write_text(textwrap.dedent(f"""
-        import torch
-        TARGET = torch.load({str(root / 'target.pt')!r})
-
-        def score(state):
-            # a quadratic in the two weights: 0 at weight = {TARGET}
-            return -float(((state[{KEY!r}].float() - TARGET) ** 2).sum())
-
-        def broken(state):
-            raise ValueError("no")
-
-        def words(state):
-            return "good"
-    """))
-    sys.path.insert(0, str(root))
-    yield {"base": str(base), "a": str(a), "b": str(b), "root": root}
-    sys.path.remove(str(root))
-
-
-def recipe(f) -> Recipe:
-    return Recipe.from_dict({"merge_method": "task_arithmetic", "base_model": f["base"], "dtype": "float32",
-                             "models": [{"model": f["a"], "parameters": {"weight": 0.5}},
-                                        {"model": f["b"], "parameters": {"weight": 0.5}}]})
-
-
-def make_search(f, sampler="tpe", trials=24, seed=0, objective="python:toy_objective:score", batch=4):
-    r = recipe(f)
-    dims = search_space(r, ["models.*.weight=0:1"], search_layout(r))
-    return Search(r, dims, [Objective.parse(objective)], sampler=sampler, trials=trials, seed=seed, batch=batch)
 
 
 def run(search, storage=None, name="search"):
