@@ -2,7 +2,7 @@
 
 An objective is ``KIND[:ARG][#KEY][,max|,min]``:
 
-* ``python:module:function`` — your callable, given the merged state dict (``{name: tensor}``), returning a number or
+* ``python:module:function`` (or ``python:FILE.py:function``) — your callable, given the merged state dict (``{name: tensor}``), returning a number or
   a mapping of numbers (``#KEY`` picks one; without it, ``average`` or the only one); maximised unless ``,min``;
 * ``text:FILE`` — perplexity of a causal LM merge on a text file (minimised);
 * ``eval:FILE.jsonl`` — accuracy on an evaluation set (:mod:`studio.preview.evalset`; maximised);
@@ -17,8 +17,12 @@ and ``zoo#SVHN``) share one evaluation per trial. Families above this package re
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
+import sys
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 from ..engine import build_plan
@@ -114,6 +118,27 @@ def _numbers(value, where: str) -> dict[str, float]:
                       hint="return a number, or a mapping of names to numbers")
 
 
+def _load_module(module: str):
+    """``module`` imported by name, or a ``.py`` file by its path (a scorer beside the models, on no import path)."""
+    if not module.endswith(".py"):
+        return importlib.import_module(module)
+    path = Path(module).expanduser()
+    if not path.is_file():
+        raise ImportError(f"no file {module}")
+    name = f"studio_objective_{zlib.crc32(str(path.resolve()).encode()):08x}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    loaded = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(loaded)
+    except Exception as e:  # noqa: BLE001 — the user's file: its own error, in one line
+        raise ImportError(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}") \
+            from None
+    sys.modules[name] = loaded
+    return loaded
+
+
 class CallableEvaluator:
     """``python:module:function`` — ``function(state_dict)`` on the merged tensors (CPU or the merge's device)."""
     metric = ""
@@ -121,9 +146,10 @@ class CallableEvaluator:
     def __init__(self, arg: str, recipe: Recipe, device: str):
         module, _, name = arg.rpartition(":")
         if not module or not name:
-            raise StudioError(f"write python:MODULE:FUNCTION, got python:{arg}", where="objective")
+            raise StudioError(f"write python:MODULE:FUNCTION or python:FILE.py:FUNCTION, got python:{arg}",
+                              where="objective")
         try:
-            fn = getattr(importlib.import_module(module), name)
+            fn = getattr(_load_module(module), name)
         except ImportError as e:
             raise StudioError(f"cannot import {module!r} ({e})", where="objective",
                               hint="run from the folder that holds it, or put it on PYTHONPATH") from None

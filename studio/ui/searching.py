@@ -143,28 +143,43 @@ class SearchController:
         if not specs:
             raise StudioError("choose what to optimise", where="search",
                               hint="pick an evaluator, or write python:MODULE:FUNCTION for your own")
-        out = [Objective.parse(spec) for spec in specs]
-        for o in out:
+        out = []
+        for spec in specs:
+            o = Objective.parse(spec)
             kind, _, arg = o.source.partition(":")
             if kind == "python":
-                self._check_module(arg.rpartition(":")[0])
+                module, _, fn = arg.rpartition(":")
+                found = self._check_module(module)
+                if found != module:  # found in an allowed folder: read from there
+                    o = Objective(f"python:{found}:{fn}", o.key, o.direction)
             elif kind in ("text", "eval") and arg:
                 self.s.env.roots.check_path(arg)
+            out.append(o)
         return out
 
-    def _check_module(self, module: str) -> None:
+    def _check_module(self, module: str) -> str:
+        """Where a ``python:`` objective's code is read from, which must be inside the allowed folders: a ``.py``
+        path as it is; a module on the import path; else ``MODULE.py`` in an allowed folder (its path)."""
+        roots = self.s.env.roots
+        if module.endswith(".py"):
+            roots.check_path(module)
+            return module
         top = module.split(".")[0]
         try:  # finds the top-level module without running it
             spec = importlib.util.find_spec(top) if top else None
         except (ImportError, ValueError):
             spec = None
         if spec is None:
-            raise StudioError(f"cannot import {module!r}", where="search objective",
-                              hint="put the module in an allowed folder that is on PYTHONPATH (or where you start "
-                                   "the studio)")
+            near = [r / (module.replace(".", "/") + ".py") for r in roots.top()]
+            found = next((p for p in near if p.is_file()), None)
+            if found is None:
+                raise StudioError(f"cannot find the module {module!r}", where="search objective",
+                                  hint="put MODULE.py in an allowed folder, or write python:/path/to/file.py:FUNCTION")
+            return str(roots.check_path(str(found)))
         places = list(spec.submodule_search_locations or []) or [spec.origin or ""]
         for place in places:
-            self.s.env.roots.check_path(place)
+            roots.check_path(place)
+        return module
 
     # ------------------------------------------------------------------------------------------- a run
     @property

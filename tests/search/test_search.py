@@ -99,3 +99,12 @@ def test_bad_ranges_paths_and_evaluators_are_clear_errors(family, tmp_path):
         study = open_study(search, url, fn)      # consistent: the failed trial is stored as failed, nothing runs on
         assert [t.state.name for t in study.trials] == ["FAIL"] * search.batch or \
             [t.state.name for t in study.trials][0] == "FAIL"
+
+
+def test_a_scorer_file_is_read_by_its_path(family):
+    """``python:FILE.py:FUNCTION`` reads a file on no import path: the same trials and scores as the module form."""
+    by_name = run(make_search(family, "random", 4))
+    by_file = run(make_search(family, "random", 4, objective=f"python:{family['root'] / 'toy_objective.py'}:score"))
+    assert [t.values for t in by_name.trials] == [t.values for t in by_file.trials]
+    with pytest.raises(StudioError, match="cannot import"):
+        prepare(make_search(family, objective=f"python:{family['root'] / 'missing.py'}:score"))

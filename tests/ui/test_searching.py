@@ -128,7 +128,8 @@ def test_stop_ends_a_run_early_and_the_storage_stays_consistent(env, objective):
 
 def test_bad_evaluators_and_settings_are_clear_messages(env, objective):
     s = env.new_session()
-    for kwargs, words in [(dict(own="python:no_such_module_here:f"), "cannot import"),
+    for kwargs, words in [(dict(own="python:no_such_module_here:f"), "cannot find the module"),
+                          (dict(own="python:/etc/no_scores.py:f"), "outside the folders"),
                           (dict(own="python:os:getcwd"), "outside the folders"),
                           (dict(own="nonsense:x"), "unknown evaluator"),
                           (dict(own=f"{objective}:score", settings=[]), "at least one setting"),
@@ -147,3 +148,18 @@ def test_bad_evaluators_and_settings_are_clear_messages(env, objective):
         s.searching.load(0)
     study = optuna.load_study(study_name=run.name, storage=run.storage)
     assert [t.state.name for t in study.trials] == ["FAIL"]
+
+
+def test_a_scorer_beside_the_models_is_found_without_an_import_path(env, tmp_path):
+    """``python:MODULE:FUNCTION`` with MODULE.py in an allowed folder (not on sys.path), and the same as
+    ``python:FILE.py:FUNCTION``: both read the file there and score the same."""
+    (tmp_path / "beside_scores.py").write_text("def total(state):\n    return float(sum(v.float().sum() for v in "
+                                               "state.values()))\n")
+    values = []
+    for own in ("python:beside_scores:total", f"python:{tmp_path / 'beside_scores.py'}:total"):
+        s = env.new_session()
+        s.searching.start(["parameters.lambda"], own=own, sampler="grid", trials=3, grid_points=3)
+        run = finished(s)
+        assert run.error is None and len(run.points) == 3
+        values.append([v for _, v in run.points])
+    assert values[0] == values[1]
