@@ -6,56 +6,26 @@ stderr line with the storage untouched."""
 import csv
 import json
 import sys
-import textwrap
 
 import pytest
-import torch
 import yaml
 
-from tinymodels import load_state, make_llama
+from search_toys import TARGET, build_family
+from search_toys import recipe as toy_recipe
+from tinymodels import load_state
 
 import studio  # noqa: F401 — registers the methods and evaluators
 from studio.cli import main
 
 pytest.importorskip("optuna")
-KEY = "model.layers.1.mlp.up_proj.weight"
-TARGET = (0.4, 0.6)
 SCORE = "python:cli_search_toy:score"
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("search_cli")
-    base = make_llama(root / "base", 0, layers=2, hidden=16)
-    state = load_state(base)
-    a = make_llama(root / "a", 1, layers=2, hidden=16, base_state=state, noise=0.1)
-    b = make_llama(root / "b", 2, layers=2, hidden=16, base_state=state, noise=0.1)
-    sa, sb = load_state(a), load_state(b)
-    target = state[KEY] + TARGET[0] * (sa[KEY] - state[KEY]) + TARGET[1] * (sb[KEY] - state[KEY])
-    torch.save(target, root / "target.pt")
-    (root / "cli_search_toy.py").write_text(textwrap.dedent(f"""
-        import torch
-        TARGET = torch.load({str(root / 'target.pt')!r})
-        CALLS = [0]
-
-        def score(state):
-            # a quadratic in the two weights: 0 at weight = {TARGET}
-            return -float(((state[{KEY!r}].float() - TARGET) ** 2).sum())
-
-        def size(state):
-            # pulls toward the base: a second objective at odds with the first
-            return float(state[{KEY!r}].float().norm())
-
-        def ctrl_c_at_6(state):
-            CALLS[0] += 1
-            if CALLS[0] == 6:
-                raise KeyboardInterrupt
-            return score(state)
-    """))
-    recipe = {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
-              "models": [{"model": str(a), "parameters": {"weight": 0.5}},
-                         {"model": str(b), "parameters": {"weight": 0.5}}]}
-    (root / "recipe.yml").write_text(yaml.safe_dump(recipe))
+    f = build_family(root, module="cli_search_toy")
+    (root / "recipe.yml").write_text(toy_recipe(f).to_yaml())
     sys.path.insert(0, str(root))
     yield root
     sys.path.remove(str(root))

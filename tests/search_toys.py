@@ -16,8 +16,9 @@ KEY = "model.layers.1.mlp.up_proj.weight"
 TARGET = (0.4, 0.6)
 
 
-def build_family(root: Path) -> dict:
-    """The models and ``toy_objective.py`` under ``root`` (put ``root`` on sys.path to import it)."""
+def build_family(root: Path, module: str = "toy_objective") -> dict:
+    """The models and the objective module ``module``.py under ``root`` (put ``root`` on sys.path to import it;
+    test files that keep state in it name their own module)."""
     base = make_llama(root / "base", 0, layers=2, hidden=16)
     state = load_state(base)
     a = make_llama(root / "a", 1, layers=2, hidden=16, base_state=state, noise=0.1)
@@ -25,7 +26,7 @@ def build_family(root: Path) -> dict:
     sa, sb = load_state(a), load_state(b)
     target = state[KEY] + TARGET[0] * (sa[KEY] - state[KEY]) + TARGET[1] * (sb[KEY] - state[KEY])
     torch.save(target, root / "target.pt")
-    (root / "toy_objective.py").write_text(textwrap.dedent(f"""
+    (root / f"{module}.py").write_text(textwrap.dedent(f"""
         import time
 
         import torch
@@ -45,6 +46,18 @@ def build_family(root: Path) -> dict:
 
         def words(state):
             return "good"
+
+        def size(state):
+            # pulls toward the base: a second objective at odds with the first
+            return float(state[{KEY!r}].float().norm())
+
+        CALLS = [0]
+
+        def ctrl_c_at_6(state):
+            CALLS[0] += 1
+            if CALLS[0] == 6:
+                raise KeyboardInterrupt
+            return score(state)
     """))
     return {"base": str(base), "a": str(a), "b": str(b), "root": root}
 
