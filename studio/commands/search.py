@@ -118,8 +118,10 @@ def run(args) -> int:
     study = open_study(search, url, args.study)
     before = finished(study)
     backend = make_backend(args, search, evaluators)
+    # disable=None: a bar on a terminal only (in a log its carriage-return frames make one unreadable line)
     bar = None if args.quiet or args.json else tqdm(total=search.trials, initial=min(before, search.trials),
-                                                    desc="search", unit="trial", file=sys.stderr, dynamic_ncols=True)
+                                                    desc="search", unit="trial", file=sys.stderr, dynamic_ncols=True,
+                                                    disable=None)
     names = [o.name for o in search.objectives]
 
     def progress(info: dict) -> None:
