@@ -24,7 +24,7 @@ from ..engine.live import LiveMerger
 from ..errors import StudioError
 from ..layout import Layout, detect_layout
 from ..recipe import Recipe
-from ..sources import open_source
+from ..sources import TensorSource, open_source
 from .objectives import Evaluator, Objective, build_evaluators, direction_of, measure
 from .space import Dimension, trial_recipe
 
@@ -66,6 +66,7 @@ class TrialResult:
     values: list[float] | None = None
     error: str | None = None
     seconds: float = 0.0
+    recipe: str | None = None     # the YAML of the recipe the trial merged (stored with the trial)
 
 
 class Backend(Protocol):
@@ -81,18 +82,19 @@ class Scorer:
         """``live_options`` go to the :class:`LiveMerger` (the studio passes its opener, so the models it has open
         are not opened again, and its memory budget)."""
         self.search = search
-        self.layout = search_layout(search.recipe)
         self.live = LiveMerger(search.recipe, device=search.device, **live_options)
+        self.layout = search_layout(search.recipe, self.live.opener)  # the merger's sources, not opened again
         self.evaluators = evaluators or build_evaluators(search.objectives, search.recipe, search.device)
 
     def score(self, values: dict[str, float]) -> TrialResult:
         t0 = time.perf_counter()
         try:
-            self.live.update(trial_recipe(self.search.recipe, self.search.dims, values, self.layout))
+            recipe = trial_recipe(self.search.recipe, self.search.dims, values, self.layout)
+            self.live.update(recipe)
             scores = measure(self.search.objectives, self.evaluators, self.live)
         except StudioError as e:
             return TrialResult(error=str(e), seconds=time.perf_counter() - t0)
-        return TrialResult(scores, seconds=time.perf_counter() - t0)
+        return TrialResult(scores, seconds=time.perf_counter() - t0, recipe=recipe.to_yaml())
 
 
 class LocalBackend:
@@ -108,10 +110,10 @@ class LocalBackend:
         pass
 
 
-def search_layout(recipe: Recipe) -> Layout:
+def search_layout(recipe: Recipe, opener: Callable[[str], TensorSource] = open_source) -> Layout:
     """The layout group names in setting paths refer to: the reference model's."""
     ref = recipe.base_model or recipe.input_models()[0].model
-    return detect_layout(open_source(ref))
+    return detect_layout(opener(ref))
 
 
 def prepare(search: Search) -> dict[str, Evaluator]:
@@ -224,27 +226,28 @@ def run_search(search: Search, study, backend: Backend, *, progress: Callable[[d
     its error. Returns the number of trials run now."""
     optuna = _optuna()
     dist = distributions(search)
-    layout = search_layout(search.recipe)
-    ran = 0
-    while finished(study) < search.trials and not (stop and stop()):
-        size = min(search.batch, search.trials - finished(study))
-        asked = [study.ask(dist) for _ in range(size)]
+    ran, done = 0, finished(study)   # counted here, not read back from the storage after every trial
+    best = best_values(study, search)
+    while done < search.trials and not (stop and stop()):
+        asked = [study.ask(dist) for _ in range(min(search.batch, search.trials - done))]
         results = backend.score([dict(t.params) for t in asked])
         failure = None
         for t, r in zip(asked, results):
             t.set_user_attr("seconds", round(r.seconds, 4))
+            done += 1
             if r.error is not None:
                 t.set_user_attr("error", r.error)
                 study.tell(t, state=optuna.trial.TrialState.FAIL)
                 failure = failure or (t.number, r.error)
                 continue
-            text = trial_recipe(search.recipe, search.dims, t.params, layout).to_yaml()
-            t.set_user_attr("recipe", text)
+            t.set_user_attr("recipe", r.recipe)
             study.tell(t, r.values)
             ran += 1
+            best = [(max if d == "maximize" else min)(v, b) for d, v, b in
+                    zip(search.directions, r.values, best or r.values)]
             if progress:
-                progress({"done": finished(study), "total": search.trials, "trial": t.number, "values": r.values,
-                          "params": dict(t.params), "recipe": text, "best": best_values(study, search)})
+                progress({"done": done, "total": search.trials, "trial": t.number, "values": r.values,
+                          "params": dict(t.params), "recipe": r.recipe, "best": best})
         if failure is not None:
             raise StudioError(f"trial {failure[0]} failed: {failure[1]}", where="search",
                               hint="the trial is stored as failed; fix the evaluator or the ranges and resume")
