@@ -155,22 +155,24 @@ def _entry(m, allowed, where, tol: Tolerance, spec) -> tuple[str, dict]:
     return with_revision(_model_text(m.get("model"), where), m.get("revision"), where), m
 
 
+def _nonempty_list(data: dict, key: str, where: str) -> list:
+    if not isinstance(data[key], list) or not data[key]:
+        raise RecipeError(f"{key} must be a non-empty list", where=where)
+    return data[key]
+
+
 def _inputs(data: dict, where: str, tol: Tolerance, spec) -> tuple[list | None, list | None]:
     """The ``models`` and ``slices`` of a recipe or module (None where absent)."""
     models = slices = None
     if data.get("models") is not None:
-        if not isinstance(data["models"], list) or not data["models"]:
-            raise RecipeError("models must be a non-empty list", where=where)
         models = []
-        for i, m in enumerate(data["models"]):
+        for i, m in enumerate(_nonempty_list(data, "models", where)):
             w = f"{where}: models[{i}]"
             ref, m = _entry(m, MODEL_KEYS, w, tol, spec)
             models.append(InputModel(ref, _params(m.get("parameters"), w)))
     if data.get("slices") is not None:
-        if not isinstance(data["slices"], list) or not data["slices"]:
-            raise RecipeError("slices must be a non-empty list", where=where)
         slices = []
-        for i, s in enumerate(data["slices"]):
+        for i, s in enumerate(_nonempty_list(data, "slices", where)):
             w = f"{where}: slices[{i}]"
             if not isinstance(s, dict):
                 raise RecipeError("each slice must be a mapping with sources", where=w)
