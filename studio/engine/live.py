@@ -49,17 +49,17 @@ class CachedOpener:
 def _signature(plan: Plan, task: TensorTask, seed) -> tuple:
     """What an output tensor is computed from, as a plain tuple: compared for every tensor on every update, so it is
     built from the plan's own values without serialising them (json of ~1100 SD tasks took ~16 ms per slider)."""
-    refs = tuple((source_key(plan.sources[i]), k) for i, k in task.inputs)
-    base = (source_key(plan.sources[task.base[0]]), task.base[1]) if task.base else None
+    refs = tuple((source_key(plan.sources[i], k), k) for i, k in task.inputs)
+    base = (source_key(plan.sources[task.base[0]], task.base[1]), task.base[1]) if task.base else None
     return (plan.spec.name, task.op, refs, base, _frozen(task.params), seed if plan.spec.random else None)
 
 
-def source_key(src: TensorSource) -> tuple:
-    """Which tensors a source gives: its reference, and the vocabulary settings its embedding rows are mapped by (a
-    change of the recipe's tokenizer settings changes those rows under the same reference; the other models they
-    depend on are in every signature already)."""
+def source_key(src: TensorSource, key: str) -> tuple:
+    """What gives the tensor ``key`` of ``src``: its reference, and for a vocabulary tensor (embeddings, head) the
+    settings its rows are mapped by — a change of the recipe's tokenizer settings changes those rows under the same
+    reference, and only those (the other models they depend on are in every signature already)."""
     vocab = getattr(src, "vocabulary", None)
-    return src.ref, None if vocab is None else repr(vocab.settings)
+    return src.ref, vocab.settings_key if vocab is not None and key in src.vocab_keys else None
 
 
 def _frozen(value):
@@ -118,7 +118,7 @@ class LiveMerger:
         (a mapped file's pages)."""
         idx, key = inp
         src = plan.sources[idx]
-        hit = self._resident.get((source_key(src), key))
+        hit = self._resident.get((source_key(src, key), key))
         if hit is not None:
             return hit
         t = src.get(key)
@@ -128,7 +128,7 @@ class LiveMerger:
                 self.resident_bytes += t.nbytes
         if keep:
             t = t.to(self.device, copy=True)
-            self._resident[(source_key(src), key)] = t
+            self._resident[(source_key(src, key), key)] = t
         return t
 
     # ------------------------------------------------------------------------------------------------ merging

@@ -67,9 +67,17 @@ class Vocabulary:
     sizes: dict[str, int]                   # model reference → its vocab_size (rows of its vocabulary tensors)
     settings: TokenizerSettings = field(default_factory=lambda: TokenizerSettings("union"))
 
+    def __post_init__(self):
+        # Built once and cached (build_vocabulary): what every plan of the live engine — one per slider move — would
+        # otherwise recompute over the whole vocabulary
+        self.settings_key = repr(self.settings)   # part of a vocabulary tensor's signature in the live engine
+        self.token_list = sorted(self.ids, key=self.ids.__getitem__)
+        self.default_parts: dict[tuple, tuple[list[int], list]] = {}   # (key, models, base) → ids, their parts
+        self.own_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # model → (output ids, its rows) kept
+
     def tokens(self) -> list[str]:
         """The output tokens in id order."""
-        return sorted(self.ids, key=self.ids.__getitem__)
+        return self.token_list
 
 
 # ------------------------------------------------------------------------------------------------ tokenizers
@@ -203,20 +211,19 @@ def _build(settings, refs, sources, folders) -> Vocabulary:
         if out is None:
             raise StudioError("no tokenizer found for the tokenizer source", where=settings.source,
                               hint=TOKENIZER_HINT)
-    for t in settings.tokens:
-        if t not in out.get_vocab():
-            out.add_tokens(t)
+    have = out.get_vocab()
+    new = [t for t in settings.tokens if t not in have]
+    if new:
+        out.add_tokens(new)   # in the settings' order, as one by one
     ids = out.get_vocab()
     if ids and max(ids.values()) >= len(ids):
         raise StudioError(f"the output tokenizer's ids are not contiguous ({len(ids)} tokens, highest id "
                           f"{max(ids.values())})", where=settings.source, hint="use another tokenizer source")
     pad = settings.pad_to_multiple_of
     size = -(-len(ids) // pad) * pad if pad else len(ids)
-    rows = {}
-    for ref in refs:
-        own = toks.get(ref, base_tok).get_vocab()
-        rows[ref] = {i: own[t] for t, i in ids.items() if t in own and own[t] < sizes[ref]}
     own_ids = {ref: toks.get(ref, base_tok).get_vocab() for ref in refs}
+    rows = {ref: {i: own[t] for t, i in ids.items() if t in own and own[t] < sizes[ref]}
+            for ref, own in own_ids.items()}
     return Vocabulary(out, ids, size, rows, own_ids, sizes, settings)
 
 
@@ -264,15 +271,18 @@ class _Aligner:
         if key in self.defaults:
             return self.defaults[key]
         models, base = self.merged_from(key)
-        rows = self.vocab.rows
-        ids, parts = [], []
-        for token, i in self.vocab.ids.items():
-            has = [m for m in models if i in rows[self.refs[m]]]
-            if len(has) == len(models) and not self.forced(token):
-                continue
-            ids.append(i)
-            parts.append(self._parts(key, token, i, models, has, base))
-        d = self.defaults[key] = _Defaults(ids, parts)
+        known = (key, tuple(self.refs[m] for m in models), base)
+        if known not in self.vocab.default_parts:
+            rows = self.vocab.rows
+            ids, parts = [], []
+            for token, i in self.vocab.ids.items():
+                has = [m for m in models if i in rows[self.refs[m]]]
+                if len(has) == len(models) and not self.forced(token):
+                    continue
+                ids.append(i)
+                parts.append(self._parts(key, token, i, models, has, base))
+            self.vocab.default_parts[known] = (ids, parts)
+        d = self.defaults[key] = _Defaults(*self.vocab.default_parts[known])
         return d
 
     def _parts(self, key, token, i, models, has, base_ref) -> list[tuple[int, int]]:
@@ -341,9 +351,13 @@ class _Aligner:
         own = src.get(key)
         n = len(self.vocab.ids)
         out = torch.zeros((self.vocab.size, *own.shape[1:]), dtype=own.dtype)
-        mine = [(i, r) for i, r in self.vocab.rows[ref].items() if not self.forced(self._token(i))]
-        if mine:
-            out[torch.tensor([i for i, _ in mine])] = own[torch.tensor([r for _, r in mine])]
+        if ref not in self.vocab.own_rows:  # which rows it keeps: the same for each of its vocabulary tensors
+            mine = [(i, r) for i, r in self.vocab.rows[ref].items() if not self.forced(self._token(i))]
+            self.vocab.own_rows[ref] = (torch.tensor([i for i, _ in mine], dtype=torch.long),
+                                        torch.tensor([r for _, r in mine], dtype=torch.long))
+        dst, src_rows = self.vocab.own_rows[ref]
+        if len(dst):
+            out[dst] = own[src_rows]
         d, rows = self.default_rows(key)
         keep = [p for p, i in enumerate(d.ids) if i not in self.vocab.rows[ref] or self.forced(self._token(i))]
         if keep:
@@ -367,8 +381,9 @@ class VocabView(TensorSource):
         self.vocabulary = aligner.vocab
         self._aligner, self._at = aligner, index
         self._index = {k: inner.info(k) for k in inner.keys()}
-        self.vocab_keys = [k for k, info in self._index.items()
-                           if is_vocab_tensor(k, info, aligner.vocab.sizes[aligner.refs[index]])]
+        # ordered (errors name the first) with O(1) membership (asked for every tensor of every live update)
+        self.vocab_keys = dict.fromkeys(k for k, info in self._index.items()
+                                        if is_vocab_tensor(k, info, aligner.vocab.sizes[aligner.refs[index]]))
         for k in self.vocab_keys:
             info = self._index[k]
             self._index[k] = TensorInfo((aligner.vocab.size, *info.shape[1:]), info.dtype)
