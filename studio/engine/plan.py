@@ -20,7 +20,7 @@ from ..methods import MethodSpec
 from ..recipe import InputModel, Recipe
 from ..recipe.resolve import names_matter, resolve_param
 from ..sources import SubsetSource, TensorInfo, TensorSource, open_source
-from .vocab import aligned_sources, config_vocab_size, vocabulary_of
+from .vocab import aligned_sources, config_vocab_size
 
 Input = tuple[int, str]  # (source index, tensor name in that source)
 
@@ -316,10 +316,6 @@ def _plan_modules(recipe: Recipe, spec: MethodSpec, opener) -> Plan:
         tasks += part.tasks
         layouts[name] = part.layout
         warnings += [f"module {name}: {w}" for w in part.warnings]
-        vocab = vocabulary_of(part.sources)
-        if vocab is not None:  # the module holding the embeddings sets the model's vocab size
-            updates["text_config.vocab_size" if _config_value(reference.config, "text_config.vocab_size")
-                    and not _config_value(reference.config, "vocab_size") else "vocab_size"] = vocab.size
         if part.num_layers is not None:
             path = next((f for f in LAYER_COUNT_FIELDS.get(name, ()) if _config_value(reference.config, f)), None)
             if path is None:

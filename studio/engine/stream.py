@@ -17,6 +17,7 @@ from ..devices import dtype_name, parse_dtype, resolve_device
 from ..output import (AtomicTarget, ShardWriter, atomic_files, check_target, copy_non_weight_files, copy_side_files,
                       is_single_file, library_name, model_card, plan_shards, recipe_path, source_paths,
                       write_chat_template, write_index, write_json, write_text)
+from ..layout.modules import LAYER_COUNT_FIELDS
 from ..output.forms import Assembler, OutputEntry, OutputForm, identity_form, in_write_order
 from ..recipe import Recipe
 from ..recipe.chat_templates import resolve_chat_template
@@ -25,7 +26,7 @@ from ..sources import TensorSource, open_source
 from ..sources.resolve import split_reference
 from .execute import run_tasks
 from .plan import Plan, build_plan
-from .vocab import vocabulary_of
+from .vocab import vocabulary_of, with_vocab_size
 
 DEFAULT_SHARD_BYTES = 5 * 1024 ** 3
 
@@ -201,10 +202,12 @@ def write_side_files(plan: Plan, form: OutputForm, tmp: Path) -> None:
             elif item.is_dir():
                 copy_non_weight_files(item, tmp / item.name)
         return
+    vocab = vocabulary_of(plan.sources)
     if ref.config is not None and ref.kind in ("transformers", "diffusers-component"):
-        config = dict(ref.config)
+        # the size of the vocabulary built for the recipe (a module's merge reaches here with the whole reference)
+        config = dict(ref.config) if vocab is None else with_vocab_size(ref.config, vocab.size)
         if plan.num_layers is not None:
-            for field in ("num_hidden_layers", "n_layer", "num_layers"):
+            for field in LAYER_COUNT_FIELDS["default"]:
                 if field in config:
                     config[field] = plan.num_layers
         for path, value in plan.config_updates.items():  # e.g. text_config.num_hidden_layers of a sliced module
@@ -219,7 +222,6 @@ def write_side_files(plan: Plan, form: OutputForm, tmp: Path) -> None:
             key = "dtype" if "dtype" in config or "torch_dtype" not in config else "torch_dtype"
             config[key] = dtype_name(out_dtype)
         write_json(tmp / "config.json", config)
-    vocab = vocabulary_of(plan.sources)
     if vocab is None:
         copy_side_files(ref.folder, tmp)
     else:  # the tokenizer built for the recipe's vocabulary settings (config.json's vocab_size is its size already)

@@ -8,6 +8,8 @@ from .base import Layout
 
 # `<prefix>.<stack>.<index>.` — model.layers.3., transformer.h.3., gpt_neox.layers.3., encoder.layer.3., blocks.3.
 LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|layer|block))\.(?P<idx>\d+)\.")
+# the config fields that hold a layer-stacked model's layer count (transformers' names across architectures)
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 EMBED_HINT = re.compile(r"embed|wte|wpe|tok_emb|pos_emb|patch|cls_token|pos_embed|embeddings")
 
 
@@ -65,7 +67,7 @@ def detect_layer_stack(keys, config: dict | None) -> LayerStackLayout | None:
     prefix = max(counts, key=lambda p: len(counts[p]))
     n = max(counts[prefix]) + 1
     if config:
-        for field in ("num_hidden_layers", "n_layer", "num_layers"):
+        for field in LAYER_COUNT_KEYS:
             if isinstance(config.get(field), int) and config[field] >= n:
                 n = config[field]
                 break

@@ -7,6 +7,7 @@ architecture needs no entry."""
 from __future__ import annotations
 
 from .base import Layout
+from .llm import LAYER_COUNT_KEYS
 
 # module name → the key components that mark its tensors (the name itself always does)
 MODULE_ALIASES: dict[str, tuple[str, ...]] = {
@@ -50,7 +51,7 @@ def module_of(key: str, modules: list[str]) -> str | None:
 
 # where a config keeps a module's layer count (dotted paths, first found wins): updated when slices change it
 LAYER_COUNT_FIELDS: dict[str, tuple[str, ...]] = {
-    "default": ("num_hidden_layers", "n_layer", "num_layers"),
+    "default": LAYER_COUNT_KEYS,
     "text_decoder": ("text_config.num_hidden_layers", "num_hidden_layers"),
     "vision_tower": ("vision_config.num_hidden_layers", "vision_config.depth"),
     "vision_model": ("vision_config.num_hidden_layers", "vision_config.depth"),
