@@ -24,7 +24,8 @@ from ..errors import StudioError
 from ..output import is_single_file, output_error, recipe_path, remove_quietly
 from ..recipe import Recipe
 from ..recipe.multi import MultiRecipe, Step, step_name, substitute
-from ..sources import PrefixedSource, REFERENCE_MODIFIERS, ModelRef, TensorInfo, TensorSource, open_source
+from ..sources import PrefixedSource, ModelRef, TensorInfo, TensorSource, open_source
+from ..sources.resolve import modified_source
 from .plan import Plan, build_plan
 from .stream import DEFAULT_SHARD_BYTES, check_merge_target, merge_to_disk, planned_output, write_side_files
 
@@ -165,21 +166,11 @@ def _opener(multi: MultiRecipe, output_of: Callable[[str], TensorSource]) -> Cal
         src = output_of(name)
         lora = ModelRef.parse(ref).lora
         if lora is not None:
-            src = _modified(src, lora, ref)
+            src = modified_source(src, lora, ref)
         src.ref = ref  # messages name the step as the recipe does, not a temporary path
         return src
 
     return opener
-
-
-def _modified(src: TensorSource, text: str, ref: str) -> TensorSource:
-    """``src`` with what follows ``+`` in ``ref`` applied (a LoRA), as open_source does for files."""
-    for modify in REFERENCE_MODIFIERS:
-        modified = modify(src, text, ref)
-        if modified is not None:
-            return modified
-    raise StudioError(f"nothing understands {'+' + text!r} after the step", where=ref,
-                      hint="write STEP+LORA_FILE[:STRENGTH]")
 
 
 def _intermediate_name(number: int, step: Step, plan: Plan) -> str:

@@ -187,11 +187,15 @@ def open_source(ref: str | ModelRef) -> TensorSource:
     mref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
     path = resolve_path(mref.model)
     src = open_folder(path, ref=mref.model) if paths.is_dir(path) else open_file(path, ref=mref.model, folder=None)
-    if mref.lora is None:
-        return src
+    return src if mref.lora is None else modified_source(src, mref.lora, str(mref))
+
+
+def modified_source(src: TensorSource, text: str, ref: str) -> TensorSource:
+    """``src`` with what follows ``+`` in the reference ``ref`` applied by the first REFERENCE_MODIFIERS that
+    understands ``text`` (a LoRA); SourceError when none does."""
     for modify in REFERENCE_MODIFIERS:
-        modified = modify(src, mref.lora, str(mref))
+        modified = modify(src, text, ref)
         if modified is not None:
             return modified
-    raise SourceError(f"nothing understands {'+' + mref.lora!r} after the model", where=str(mref),
+    raise SourceError(f"nothing understands {'+' + text!r} after the model", where=ref,
                       hint="write MODEL+LORA_FILE[:STRENGTH]")
