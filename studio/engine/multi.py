@@ -110,11 +110,10 @@ def merge_steps(multi: MultiRecipe, out: str | Path, *, device: str = "auto", se
             is_output = sp.target is not None
             target = sp.target if is_output else temp / sp.intermediate
             with _errors_of(sp):
-                recipe = substitute(sp.step.recipe, {n: str(written[n]) for n in _side_reads(sp.step, multi)},
-                                    models=False)
+                recipe, opener = _written_inputs(sp.step, multi, written)
                 summary = merge_to_disk(recipe, target, device=device, seed=seed, overwrite=overwrite and is_output,
                                         progress=progress, shard_bytes=shard_bytes, allow_nonfinite=allow_nonfinite,
-                                        opener=_opener(multi, lambda name: open_source(str(written[name]))))
+                                        opener=opener)
             summaries.append(dict(summary, step=sp.label))
             if sp.step.name:
                 written[sp.step.name] = target
@@ -137,14 +136,12 @@ def merge_intermediates(multi: MultiRecipe, folder: str | Path, *, device: str =
     for sp in steps[:-1]:
         target = folder / sp.intermediate
         with _errors_of(sp):
-            recipe = substitute(sp.step.recipe, {n: str(written[n]) for n in _side_reads(sp.step, multi)},
-                                models=False)
+            recipe, opener = _written_inputs(sp.step, multi, written)
             done = recipe_path(target)
             if not (done.is_file() and done.read_text(encoding="utf-8") == recipe.to_yaml()):
                 if announce:
                     announce(sp.label)
-                merge_to_disk(recipe, target, device=device, overwrite=True, progress=False,
-                              opener=_opener(multi, lambda name: open_source(str(written[name]))))
+                merge_to_disk(recipe, target, device=device, overwrite=True, progress=False, opener=opener)
                 merged.append(sp.step.label)
         written[sp.step.name] = target
     return substitute(multi.final.recipe, {n: str(p) for n, p in written.items()}), merged
@@ -154,6 +151,12 @@ def _side_reads(step: Step, multi: MultiRecipe) -> list[str]:
     """The steps ``step`` names as its tokenizer source or VAE: the engine opens those itself, so they get a path."""
     return [n for n in (step_name(step.recipe.tokenizer_reference(), multi.names),
                         step_name(step.recipe.vae, multi.names)) if n is not None]
+
+
+def _written_inputs(step: Step, multi: MultiRecipe, written: dict[str, Path]):
+    """A step's recipe and opener once the steps it reads are written (``written``: name → where)."""
+    recipe = substitute(step.recipe, {n: str(written[n]) for n in _side_reads(step, multi)}, models=False)
+    return recipe, _opener(multi, lambda name: open_source(str(written[name])))
 
 
 def _opener(multi: MultiRecipe, output_of: Callable[[str], TensorSource]) -> Callable[[str], TensorSource]:
