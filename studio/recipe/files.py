@@ -79,13 +79,12 @@ def read_recipe(path: str | Path, folders: Sequence[Path] = (), strict: bool = F
         return _found(Recipe.from_dict(parse_json(raw, origin), where=origin, strict=strict), origin)
 
     def _yaml(path: Path) -> FoundRecipe:
-        text = read_text(path)
-        count = sum(d is not None for d in parse_yaml_documents(text, str(path)))
-        if count > 1:  # mergekit-multi's steps: merged in turn by the merge command, not one recipe to open
-            raise StudioError(f"this file holds {count} recipes, the steps of a multi-step merge", where=str(path),
-                              hint=f"merge them with `python -m studio merge {paths.shown(path)} OUT`; the studio "
-                                   "opens one recipe at a time")
-        return _found(Recipe.from_yaml(text, where=str(path), strict=strict), str(path))
+        docs = [d for d in parse_yaml_documents(read_text(path), str(path)) if d is not None]  # parsed once
+        if len(docs) > 1:  # mergekit-multi's steps: merged in turn by the merge command, not one recipe to open
+            raise StudioError(f"this file holds {len(docs)} recipes, the steps of a multi-step merge",
+                              where=str(path), hint=f"merge them with `python -m studio merge {paths.shown(path)} "
+                                                    "OUT`; the studio opens one recipe at a time")
+        return _found(Recipe.from_dict(docs[0] if docs else None, where=str(path), strict=strict), str(path))
 
     path = Path(str(path))
     if paths.is_dir(path):
