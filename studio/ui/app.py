@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import traceback
-import uuid
 from typing import Any, Callable, Sequence
 
 import gradio as gr
 
 from ..errors import StudioError
 from ..layout.presets import preset_names
+from .controls import bug_report
 from .env import StudioEnv
 from .browser import places
 from .learning import choices as learned_choices
@@ -257,14 +256,6 @@ def forget_session(s: Session | None) -> None:
     if s:
         s.searching.stop()
         s.close()
-
-
-def bug_report(what: str, exc: BaseException) -> str:
-    """Log a bug with its traceback under a short id, and the one line the page shows for it."""
-    ident = uuid.uuid4().hex[:8]
-    log.error("bug #%s in %s:\n%s", ident, what, traceback.format_exc())
-    return (f"internal error in {what} ({type(exc).__name__}) — logged as #{ident}; please report it with what you "
-            "did")
 
 
 def _update(props: dict):

@@ -7,6 +7,9 @@ YAML view and the controls always describe the same recipe.
 
 from __future__ import annotations
 
+import logging
+import traceback
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,3 +142,11 @@ def controls_view(recipe: dict, layout: Layout, target: SettingPath | None, labe
         targets=path_choices(recipe, label), target=None if target is None else str(target), groups=groups,
         group_labels=dict(layout.labels), group_values=vals, group_range=(lo, hi, step), layout_shape=layout.shape,
         layout_name=layout.name, rules_text=rules)
+
+
+def bug_report(what: str, exc: BaseException) -> str:
+    """Log a bug with its traceback under a short id, and the one line the page shows for it."""
+    ident = uuid.uuid4().hex[:8]
+    logging.getLogger("studio.ui").error("bug #%s in %s:\n%s", ident, what, traceback.format_exc())
+    return (f"internal error in {what} ({type(exc).__name__}) — logged as #{ident}; please report it with what you "
+            "did")

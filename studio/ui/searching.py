@@ -26,11 +26,12 @@ from ..search import SAMPLERS, LocalBackend, Objective, Scorer, Search, open_stu
     search_space, trial_rows
 from ..search.study import best_trials, search_layout
 from ..zoo.search_evaluator import family_of
-from .controls import path_label, slider_range
+from .controls import bug_report, path_label, slider_range
 from .landscapes import whole_number
 from .previewing import PipelineJudge
 
 log = logging.getLogger("studio.ui")
+REFRESH_SECONDS = 1.0   # the page's timer asks once a second
 
 MAX_TRIALS = 1000
 BEST_ROWS = 10
@@ -48,13 +49,14 @@ class SearchRun:
     study: object
     started: float = field(default_factory=time.perf_counter)
     points: list = field(default_factory=list)     # (trial number, values) of every completed trial, in order
-    rows: list = field(default_factory=list)       # studio.search.trial_rows, as of the last completed trial
+    rows: list = field(default_factory=list)       # studio.search.trial_rows, as last read back (REFRESH_SECONDS)
     front: list = field(default_factory=list)      # trial numbers of the best trial (or the Pareto front)
     recipes: dict = field(default_factory=dict)    # trial number → its recipe's YAML
     error: str | None = None
     stopped: bool = False
     finished: bool = False
     seconds: float = 0.0
+    refreshed: float = 0.0                          # when rows and front were last read back from the storage
 
     @property
     def names(self) -> list[str]:
@@ -252,9 +254,7 @@ class SearchController:
         except StudioError as e:
             run.error = str(e)
         except Exception as e:  # noqa: BLE001 — a bug must not kill the tab silently: logged, one line shown
-            ident = uuid.uuid4().hex[:8]
-            log.exception("bug #%s in search %s", ident, run.name)
-            run.error = f"internal error in the search ({type(e).__name__}) — logged as #{ident}"
+            run.error = bug_report(f"search {run.name}", e)
         finally:
             try:
                 self._refresh(run)
@@ -270,7 +270,9 @@ class SearchController:
         with self._lock:
             run.points.append((event["trial"], list(event["values"])))
             run.recipes[event["trial"]] = event["recipe"]
-        self._refresh(run)
+        # the table is read back from the storage (every trial, the Pareto front): at most as often as the page asks
+        if time.perf_counter() - run.refreshed >= REFRESH_SECONDS:
+            self._refresh(run)
 
     def _refresh(self, run: SearchRun) -> None:
         rows = trial_rows(run.study, run.search)
@@ -278,6 +280,7 @@ class SearchController:
         with self._lock:
             run.rows, run.front = rows, front
             run.seconds = time.perf_counter() - run.started
+            run.refreshed = time.perf_counter()
 
     def stop(self) -> bool:
         """Ask the running search to end after its current trial; False when none runs."""

@@ -108,7 +108,7 @@ def wire(ui) -> None:
     def sweep(state, target, points, progress=gr.Progress()):
         s = ui.session(state)
         progress(0.0, desc="sweeping")
-        data, err = ui.attempt(lambda: s.landscapes.sweep(target or None, int(points),
+        data, err = ui.attempt(lambda: s.landscapes.sweep(target or None, points,
                                                           progress=ui.progress(progress, "sweeping")), "sweep")
         return gr.update() if err else gr.update(value=figures.sweep_line(data), visible=True)
 
@@ -118,7 +118,7 @@ def wire(ui) -> None:
     def plane(state, x, y, grid, progress=gr.Progress()):
         s = ui.session(state)
         progress(0.0, desc="task-vector plane")
-        data, err = ui.attempt(lambda: s.landscapes.plane(x or None, y or None, int(grid),
+        data, err = ui.attempt(lambda: s.landscapes.plane(x or None, y or None, grid,
                                                           progress=ui.progress(progress, "task-vector plane")),
                                "task-vector plane")
         if err:
@@ -132,7 +132,7 @@ def wire(ui) -> None:
     def params(state, x, y, grid, progress=gr.Progress()):
         s = ui.session(state)
         progress(0.0, desc="two-settings grid")
-        data, err = ui.attempt(lambda: s.landscapes.params_plane(x, y, int(grid),
+        data, err = ui.attempt(lambda: s.landscapes.params_plane(x, y, grid,
                                                                  progress=ui.progress(progress, "two-settings grid")),
                                "two-settings grid")
         if err:
