@@ -163,12 +163,12 @@ class PreviewController:
         return self.live
 
     def _ensure_judge(self) -> None:
-        """The judge for the models now in the recipe: made again (with a fresh live merger) when the demo family
-        or the reference model changes."""
+        """The judge for the models now in the recipe: made again (with a fresh live merger) when the demo family,
+        the reference model, its vocabulary settings or its layer count change."""
         s = self.s
         family = s.family  # models that do not fit a family start a recipe of their own (Session.start_own)
-        # vocabulary settings change the reference's rows and tokenizer: the pipeline is made again when they do
-        # so do vocabulary settings (the reference's rows and tokenizer) and slices (the model's layer count)
+        # the pipeline is made again when vocabulary settings (the reference's rows and tokenizer) or slices (the
+        # model's layer count) change too
         vocab, layers = E.vocabulary_key(s.recipe), E.output_layers(s.recipe)
         key = (family, E.reference_model(s.recipe), vocab, layers)
         if key == self._judged:
