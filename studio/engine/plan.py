@@ -281,22 +281,26 @@ def _plan_modules(recipe: Recipe, spec: MethodSpec, opener) -> Plan:
     """mergekit's ``modules:``: each module is merged as a recipe of its own over its tensors (its parameters before
     the top-level ones; :mod:`studio.layout.modules` says which tensors are whose), and the plans are joined. Tensors
     of a module the recipe does not name are copied from the reference model."""
-    opened: dict[str, TensorSource] = {}
+    opened: dict[str, tuple[TensorSource, dict[str, list[str]]]] = {}
 
     def open_once(ref: str) -> TensorSource:
+        """The source, opened once, with its keys sorted by module (each key's module found once)."""
         if ref not in opened:
-            opened[ref] = opener(ref)
-        return opened[ref]
+            src, by_module = opener(ref), {}
+            for k in src.keys():
+                by_module.setdefault(module_of(k, names), []).append(k)
+            opened[ref] = src, by_module
+        return opened[ref][0]
 
     names = list(recipe.modules)
-    reference = open_once(recipe.base_model or recipe.input_models()[0].model)
+    reference_ref = recipe.base_model or recipe.input_models()[0].model
+    reference = open_once(reference_ref)
     sources, tasks, layouts, warnings, updates = [reference], [], {}, [], {}
     for name, module in recipe.modules.items():
         def subset(ref: str, name=name) -> TensorSource:
             src = open_once(ref)
             size = config_vocab_size(src.config)  # what vocabulary settings need of the config (not its layers)
-            return SubsetSource(src, [k for k in src.keys() if module_of(k, names) == name],
-                                {"vocab_size": size} if size else None)
+            return SubsetSource(src, opened[ref][1].get(name, []), {"vocab_size": size} if size else None)
 
         sub = Recipe(recipe.merge_method, recipe.base_model, models=module.models, slices=module.slices,
                      parameters={**recipe.parameters, **module.parameters}, dtype=recipe.dtype,
@@ -323,7 +327,7 @@ def _plan_modules(recipe: Recipe, spec: MethodSpec, opener) -> Plan:
                                 f"known here and keeps the old count")
             else:
                 updates[path] = part.num_layers
-    unclaimed = [k for k in reference.keys() if module_of(k, names) is None]
+    unclaimed = opened[reference_ref][1].get(None, [])
     if unclaimed:
         warnings.append(f"{len(unclaimed)} tensor(s) belong to no module of the recipe and are copied from "
                         f"{reference.ref} (e.g. {unclaimed[0]})")
