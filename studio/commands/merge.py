@@ -46,10 +46,16 @@ def print_summary(summary: dict, out=None) -> None:
     print(f"method {summary['method']} · layout {summary['layout']} · {summary['tensors']} tensors "
           f"({summary['merged']} merged, {summary['tensors'] - summary['merged']} copied) · "
           f"output {human_bytes(summary['output_bytes'])}", file=out)
+    if summary.get("layout_description"):
+        print(f"layout: {summary['layout_description']}", file=out)
     if summary.get("num_layers") is not None:
         print(f"output layers: {summary['num_layers']}", file=out)
+    # coverage: every tensor lies in exactly one group, so the rows add up to the totals above
     for g, v in summary["groups"].items():
-        print(f"  {g:>8}: {v['tensors']:5d} tensors  {human_count(v['parameters']):>9} params", file=out)
+        copied = v["tensors"] - v["merged"]
+        label = "" if v.get("label", g) == g else f"  {v['label']}"
+        print(f"  {g:>8}: {v['tensors']:5d} tensors ({v['merged']} merged{f', {copied} copied' if copied else ''})"
+              f"  {human_count(v['parameters']):>9} params{label}", file=out)
     for w in summary["warnings"]:
         print(f"warning: {w}", file=out)
     for scale in summary.get("lora_scales", []):

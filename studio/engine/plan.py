@@ -70,7 +70,10 @@ class Plan:
             g["tensors"] += 1
             g["parameters"] += t.info.numel
             g["merged"] += t.op == "merge"
-        return {"method": self.spec.name, "layout": self.layout.name, "tensors": len(self.tasks),
+        for g, v in groups.items():
+            v["label"] = self.layout.labels.get(g, g)
+        return {"method": self.spec.name, "layout": self.layout.name, "layout_description": self.layout.description,
+                "tensors": len(self.tasks),
                 "merged": sum(t.op == "merge" for t in self.tasks), "output_bytes": self.output_bytes(),
                 "num_layers": self.num_layers, "groups": {g: v for g, v in groups.items() if v["tensors"]}, "warnings": list(self.warnings),
                 "models": list(dict.fromkeys(s.ref for s in self.sources))}

@@ -95,19 +95,34 @@ def preset_names() -> list[str]:
     return sorted(load_presets())
 
 
+def by_depth(row: list[float], n: int) -> list[float]:
+    """A preset's shape over ``n`` groups in forward order: the row's U-Net values (a 26-value row without its BASE
+    slot: x = 0 at IN00, 1 at OUT11) read at each group's depth i / (n − 1), linearly between two values."""
+    shape = row[1:] if len(row) == 26 else row
+    out = []
+    for i in range(n):
+        x = (i / (n - 1) if n > 1 else 0.0) * (len(shape) - 1)
+        lo = min(int(x), len(shape) - 1)
+        hi = min(lo + 1, len(shape) - 1)
+        out.append(round(shape[lo] + (x - lo) * (shape[hi] - shape[lo]), 10))
+    return out
+
+
 def lookup_preset(name: str, num_groups: int) -> list[float] | None:
-    """Values of preset ``name`` for a layout with ``num_groups`` groups (a trailing VAE group is allowed and gets
-    no value: 26/27 → SD1/SD2, 20/21 → SDXL, 61/62 → Flux). None when the name is unknown or has no row of that size."""
+    """Values of preset ``name`` for a layout with ``num_groups`` groups in forward order. SuperMerger's sizes get
+    the row as written (a trailing VAE group is allowed and gets no value: 26/27 → SD1/SD2, 20/21 → SDXL, a 61-value
+    row on 61/62 → Flux); any other layout (DiT blocks, LLM layers, inferred layouts) gets the shape by depth
+    (:func:`by_depth`). None when the name is unknown or there are no groups."""
     row = load_presets().get(str(name).strip().upper())
-    if row is None:
+    if row is None or num_groups < 1:
         return None
-    if num_groups in (26, 27):
-        return list(row) if len(row) == 26 else None
-    if num_groups in (20, 21):
-        return sd1_to_sdxl(row) if len(row) == 26 else list(row) if len(row) == 20 else None
-    if num_groups in (61, 62):
-        return list(row) if len(row) == 61 else None
-    return list(row) if len(row) == num_groups else None
+    if num_groups in (26, 27) and len(row) == 26:
+        return list(row)
+    if num_groups in (20, 21) and len(row) in (20, 26):
+        return sd1_to_sdxl(row) if len(row) == 26 else list(row)
+    if len(row) == num_groups or (num_groups == 62 and len(row) == 61):
+        return list(row)
+    return by_depth(row, num_groups)
 
 
 if __name__ == "__main__":  # pragma: no cover

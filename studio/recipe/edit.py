@@ -32,12 +32,12 @@ from typing import Any, Iterable
 
 from ..errors import RecipeError
 from ..layout import Layout, detect_layout
-from ..layout.presets import load_presets, lookup_preset
+from ..layout.presets import lookup_preset
 from ..methods import MethodSpec, Param, get_method
 from ..sources import open_source
 from .limits import parse_yaml
 from .model import Recipe
-from .resolve import evaluate_setting, interpolate
+from .resolve import evaluate_setting
 
 # --------------------------------------------------------------------------------------------------- setting paths
 
@@ -486,20 +486,15 @@ def curve(shape: str, n: int, lo: float, hi: float) -> list[float]:
 
 
 def preset_values(name: str, groups: list[str]) -> list[float]:
-    """A block-weight preset for these groups: the exact row for SD layouts, else the U-Net shape resampled."""
+    """A block-weight preset for these groups: the exact row for SD layouts, else the U-Net shape by depth."""
     if not isinstance(name, str) or not name.strip():
         raise RecipeError("choose a preset", hint="e.g. GRAD_V, ALL_B, or a row of assets/presets/block_weights.tsv")
     n = len(groups)
     vals = lookup_preset(name, n)
-    if vals is not None:
-        if len(vals) < n:  # the VAE slot gets no preset value: keep 0 (the first model's VAE)
-            vals = list(vals) + [0.0] * (n - len(vals))
-        return [float(v) for v in vals]
-    row = load_presets().get(name.strip().upper())
-    if row is None:
-        raise RecipeError(f"unknown preset {name!r}")
-    shape = row[1:] if len(row) == 26 else row  # the 25 U-Net values, x = 0 … 1
-    return [round(float(interpolate(shape, i / (n - 1) if n > 1 else 0.0)), 4) for i in range(n)]
+    if vals is None:
+        raise RecipeError(f"unknown preset {name!r}", hint="presets are the rows of assets/presets/block_weights.tsv")
+    # the VAE slot gets no preset value: keep 0 (the first model's VAE)
+    return [float(v) for v in vals] + [0.0] * (n - len(vals))
 
 
 def _shaped(layout: Layout, what: str) -> None:

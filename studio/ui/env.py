@@ -14,6 +14,7 @@ from ..engine.live import CachedOpener
 from ..describe import describe
 from ..errors import StudioError
 from ..layout import detect_layout
+from ..layout.inferred import block_map
 from .catalog import Catalog
 from .paths import AllowedRoots
 from .session import Session
@@ -97,3 +98,7 @@ class StudioEnv:
         if hit is None:
             hit = self._layouts[ref] = detect_layout(self.opener(ref))
         return hit
+
+    def block_map(self, ref: str) -> list:
+        """The block map of a model (group → label, tensors, parameters, example keys), from headers."""
+        return block_map(self.layout(ref), self.opener(ref))

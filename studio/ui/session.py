@@ -18,7 +18,7 @@ import yaml
 from ..engine import build_plan
 from ..engine.live import LiveMerger
 from ..errors import StudioError
-from ..describe import compare, human_bytes
+from ..describe import compare, human_bytes, human_count
 from ..layout import FlatLayout
 from ..methods import get_method, list_methods
 from ..recipe import Recipe, effective_lora_scales
@@ -274,6 +274,18 @@ class Session:
             return FlatLayout() if ref is None else self.env.layout(ref)
         except StudioError:
             return FlatLayout()
+
+    def block_map(self) -> tuple[str, list[list]]:
+        """The reference model's block map: (a title naming the model and its layout, one row per group)."""
+        ref = E.reference_model(self.recipe)
+        if ref is None:
+            return "Block map", []
+        try:
+            layout, rows = self.env.layout(ref), self.env.block_map(ref)
+        except StudioError as e:
+            return f"Block map: {e}", []
+        title = f"Block map of {self.label(ref)} — {layout.description or layout.name} ({len(layout.groups)} groups)"
+        return title, [[r.group, r.label, r.tensors, human_count(r.params), ", ".join(r.examples)] for r in rows]
 
     def set_target(self, target: str | SettingPath) -> None:
         path = SettingPath.parse(target)

@@ -183,3 +183,36 @@ def test_inspect_blocks_prints_the_map(tmp_path, capsys):
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("S02 "))
     assert line.split() == ["S02", "single_blocks", "2", str(len(s02)), "tensors", human_count(n), "params",
                             *(k + "," for k in s02[:2]), s02[2]]
+
+
+def unknown_dit(path, seed):
+    """Bare BFL names without the Flux marker keys (no qk norms): a DiT no family table knows."""
+    g = torch.Generator().manual_seed(seed)
+    table = bfl_flux_table(double=N_DOUBLE, single=N_SINGLE, width=8, prefix="")
+    save_file({k: torch.randn(s, generator=g) for k, (s, _) in sorted(table.items()) if "norm" not in k}, str(path))
+
+
+def test_presets_apply_by_depth_on_an_inferred_layout(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    unknown_dit(tmp_path / "a.safetensors", 1)
+    unknown_dit(tmp_path / "b.safetensors", 2)
+    (tmp_path / "r.yml").write_text(f"merge_method: linear\nmodels:\n  - model: {tmp_path / 'a.safetensors'}\n"
+                                    f"    parameters: {{weight: GRAD_V}}\n  - model: {tmp_path / 'b.safetensors'}\n"
+                                    "    parameters: {weight: 1.0}\n")
+    assert main(["merge", str(tmp_path / "r.yml"), str(tmp_path / "out.safetensors"), "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    # the coverage report: the layout named, every group with its tensors, adding up to the whole model
+    assert "layout: inferred from key names: double_blocks × 2, single_blocks × 3" in dry
+    a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
+    layout = infer_layout(sorted(a))
+    counts = {g: len(ks) for g, ks in layout.group_keys(sorted(a)).items()}
+    for g in layout.groups:
+        assert f"{g:>8}: {counts[g]:5d} tensors ({counts[g]} merged)" in dry
+    assert main(["merge", str(tmp_path / "r.yml"), str(tmp_path / "out.safetensors"), "--quiet"]) == 0
+    out = load_file(tmp_path / "out.safetensors")
+    G = len(layout.groups)
+    for k in a:
+        d = layout.groups.index(layout.group_of(k)) / (G - 1)
+        w = abs(1 - 2 * d)  # GRAD_V by depth: IN and OUT 1, the middle block 0
+        torch.testing.assert_close(out[k], (w * a[k] + b[k]) / (w + 1), rtol=1e-6, atol=1e-6)

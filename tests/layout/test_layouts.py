@@ -130,6 +130,10 @@ def test_presets():
     assert xl == sd1_to_sdxl(v) and len(xl) == 20 and xl[10] == 0  # M00 stays the middle
     assert lookup_preset("FLAT_25", 21)[1:] == [0.25] * 19
     assert lookup_preset("no_such_preset", 26) is None
-    assert lookup_preset("GRAD_V", 61) is None
+    # any other layout gets the U-Net shape by depth: GRAD_V is |1 − 2d| at depth d = i / (n − 1)
+    for n in (5, 7, 61):
+        assert lookup_preset("GRAD_V", n) == pytest.approx([abs(1 - 2 * i / (n - 1)) for i in range(n)], abs=1e-9)
+    assert lookup_preset("LINEAR", 3) == pytest.approx([0, 0.5, 1]) and lookup_preset("FLAT_75", 40) == [0.75] * 40
+    assert lookup_preset("GRAD_V", 0) is None
     for name in ("GRAD_A", "FLAT_75", "WRAP08", "SMOOTHSTEP", "COSINE", "ALL_A", "ALL_B"):
         assert lookup_preset(name, 26) is not None

@@ -538,3 +538,17 @@ def test_a_first_preview_tells_its_progress_and_later_ones_stay_quiet(env):
     s.set_value("parameters.lambda", 0.6)
     s.preview(progress=lambda f, msg: heard.append((f, msg)))
     assert heard == []
+
+
+def test_block_map_of_the_reference_model(env, toy_family):
+    s = env.new_session()
+    title, rows = s.block_map()
+    layout = s.layout()
+    src = env.opener(str(toy_family.base))
+    assert title.startswith("Block map of ") and f"({len(layout.groups)} groups)" in title
+    assert [r[0] for r in rows] == layout.groups
+    # every tensor of the model is counted in exactly one row, each row's examples are keys of its group
+    assert sum(r[2] for r in rows) == len(src.keys())
+    for g, _, n, _, examples in rows:
+        keys = [k for k in src.keys() if layout.group_of(k) == g]
+        assert n == len(keys) and examples == ", ".join(keys[:3])

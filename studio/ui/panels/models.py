@@ -9,6 +9,7 @@ import gradio as gr
 
 
 HEADERS = ["model", "role", "kind", "architecture", "params", "dtype", "layout · groups"]
+BLOCK_HEADERS = ["group", "what", "tensors", "params", "example keys"]
 
 
 def build(families: list[str], default_family: str | None, roots_text: str, files=None) -> SimpleNamespace:
@@ -28,6 +29,9 @@ def build(families: list[str], default_family: str | None, roots_text: str, file
     ns.table = gr.Dataframe(headers=HEADERS, label="Sources (read from headers only)", interactive=False,
                             wrap=True, elem_id="models-table",
                             column_widths=["12%", "10%", "18%", "19%", "11%", "12%", "18%"])
+    with gr.Accordion("Block map", open=False, elem_id="block-map-box") as ns.block_box:
+        ns.block_map = gr.Dataframe(headers=BLOCK_HEADERS, interactive=False, wrap=True, elem_id="block-map",
+                                    column_widths=["8%", "22%", "8%", "10%", "52%"], max_height=420)
     with gr.Row():
         ns.include = gr.CheckboxGroup(label="Merge these models", scale=3, elem_id="include-models")
         ns.base = gr.Dropdown(label="Base model", scale=2, info="task-vector methods subtract it; "
@@ -49,16 +53,19 @@ def build(families: list[str], default_family: str | None, roots_text: str, file
 
 
 def rendered(ns) -> list:
-    return [ns.family, ns.about, ns.samples, ns.verdict, ns.table, ns.include, ns.base, ns.lora_model, ns.lora_ref]
+    return [ns.family, ns.about, ns.samples, ns.verdict, ns.table, ns.block_box, ns.block_map, ns.include, ns.base,
+            ns.lora_model, ns.lora_ref]
 
 
 def render(ns, s) -> dict:
     choices = s.shelf.choices()
     base = s.recipe.get("base_model")
     about, sheet = s.env.catalog.about(s.family)  # the models on screen: a demo family's, or the user's own
+    title, blocks = s.block_map()
     return {ns.family: {"value": s.family}, ns.about: {"value": about},
             ns.samples: {"value": sheet, "visible": sheet is not None}, ns.verdict: {"value": s.dry_run()[1]},
             ns.table: {"value": {"headers": HEADERS, "data": s.models_table()}},
+            ns.block_box: {"label": title}, ns.block_map: {"value": {"headers": BLOCK_HEADERS, "data": blocks}},
             ns.include: {"choices": choices, "value": s.included()},
             ns.base: {"choices": [("(none)", "")] + choices, "value": base or ""},
             ns.lora_model: {"choices": choices, "value": base or (choices[0][1] if choices else None)},
