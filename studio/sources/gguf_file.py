@@ -119,7 +119,8 @@ class GGUFFile(TensorSource):
     """A GGUF file's tensors, dequantized to float32 when read (integer tensors keep their type)."""
 
     def __init__(self, path: Path, ref: str | None = None, **kw):
-        super().__init__(ref=ref or str(path), path=Path(path), kind=kw.pop("kind", "gguf"), **kw)
+        kw.pop("kind", None)  # what it is comes from the file: "transformers" for a mapped LLM (its config is written
+        super().__init__(ref=ref or str(path), path=Path(path), kind="gguf", **kw)  # beside a merge), else "gguf"
         try:
             self._reader = gguf.GGUFReader(self.path, "r")
         except Exception as e:  # noqa: BLE001 - the third-party parser raises many types on a damaged file
@@ -152,6 +153,7 @@ class GGUFFile(TensorSource):
         if llm:
             vocab = self._index["model.embed_tokens.weight"].shape[0]
             self.config = self.config or llm_config(self._reader, self.arch, vocab, "lm_head.weight" not in self._index)
+            self.kind = "transformers"
 
     def _shape(self, t) -> tuple[int, ...]:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))

@@ -14,6 +14,7 @@ from . import paths
 from .base import PrefixedSource, TensorSource
 from .gguf_file import GGUFFile
 from .pickle_file import PickleFile
+from .quantized import dequantized
 from .safetensors_file import MultiFileSource, SafetensorsFile
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
@@ -190,6 +191,7 @@ def open_source(ref: str | ModelRef) -> TensorSource:
     mref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
     path = resolve_path(mref.model)
     src = open_folder(path, ref=mref.model) if paths.is_dir(path) else open_file(path, ref=mref.model, folder=None)
+    src = dequantized(src)  # scaled fp8 and bitsandbytes weights read as float32 under their plain names
     return src if mref.lora is None else modified_source(src, mref.lora, str(mref))
 
 
