@@ -101,7 +101,8 @@ def llm_config(reader: gguf.GGUFReader, arch: str, vocab: int | None, tied: bool
         "intermediate_size": value(gguf.Keys.LLM.FEED_FORWARD_LENGTH),
         "vocab_size": value(gguf.Keys.LLM.VOCAB_SIZE, vocab),
         "rms_norm_eps": value(gguf.Keys.Attention.LAYERNORM_RMS_EPS, 1e-6),
-        "rope_theta": value(gguf.Keys.Rope.FREQ_BASE, 10000.0),
+        "rope_theta": value(gguf.Keys.Rope.FREQ_BASE, 10000.0),  # (transformers 5 reads rope_parameters)
+        "rope_parameters": {"rope_theta": value(gguf.Keys.Rope.FREQ_BASE, 10000.0), "rope_type": "default"},
         "max_position_embeddings": value(gguf.Keys.LLM.CONTEXT_LENGTH, 2048),
         "tie_word_embeddings": tied,
     }
@@ -178,7 +179,9 @@ class GGUFFile(TensorSource):
                 out = torch.from_numpy(np.array(t.data)).reshape(info.shape)
             else:
                 values = gguf.quants.dequantize(t.data, t.tensor_type)
-                out = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(info.shape)
+                # F32 comes back as the read-only mapping itself: copied, as torch tensors are writable
+                values = np.array(values, dtype=np.float32, copy=not values.flags.writeable or None, order="C")
+                out = torch.from_numpy(values).reshape(info.shape)
         except (ValueError, OSError, IndexError) as e:  # a truncated file maps short: its last tensors fail here
             raise _damaged(self.path, f"cannot read tensor {t.name!r} ({str(e)[:120]})") from None
         return out if rows is None else rotary_unpermute(out, rows).contiguous()
