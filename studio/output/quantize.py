@@ -115,7 +115,8 @@ def gguf_array(w: torch.Tensor, qtype) -> tuple[np.ndarray, np.ndarray]:
     """(stored blocks as the gguf package lays them out, their dequantization) of a 2+-dim float32 tensor."""
     a = w.detach().cpu().float().numpy()
     q = gguf.quants.quantize(a, qtype)
-    return q, gguf.quants.dequantize(q, qtype)
+    approx = gguf.quants.dequantize(q, qtype)
+    return q.view(np.uint8), approx  # (F16 comes back as float16 values: its bytes are its blocks)
 
 
 # -- the llama.cpp view of a transformers merge ----------------------------------------------------------------------
