@@ -18,7 +18,7 @@ TOP = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head
 
 
 def llama_cpp_name(name: str) -> str:
-    m = re.match(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$", name)
+    m = re.match(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$", name)  # (written apart from studio's own map)
     if m:
         return f"blk.{m.group(1)}.{dict(LAYER)[m.group(2)]}.{m.group(3)}"
     stem, leaf = name.rsplit(".", 1)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ggufmodels import T, llama_gguf, write
+from ggufmodels import T, llama_cpp_name, llama_gguf, write
 from studio.errors import SourceError
 from studio.sources import open_source
 from tinymodels import load_state, make_llama
@@ -136,3 +136,21 @@ def test_corrupt_gguf_through_the_cli_is_exit_2_one_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "GGUF" in lines[0], done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_qwen2_gguf_keeps_row_order_and_maps_biases(tmp_path):
+    hf = make_llama(tmp_path / "hf", 2)
+    state = load_state(hf)
+    torch.manual_seed(0)
+    for i in range(3):  # qwen2 has q/k/v biases; llama.cpp does not permute its rows
+        for p in ("q", "k", "v"):
+            rows = state[f"model.layers.{i}.self_attn.{p}_proj.weight"].shape[0]
+            state[f"model.layers.{i}.self_attn.{p}_proj.bias"] = torch.randn(rows)
+    tensors = {llama_cpp_name(k): (v.numpy(), T.F32) for k, v in state.items()}
+    path = write(tmp_path / "q.gguf", "qwen2", tensors, {"add_block_count": 3, "add_embedding_length": 32,
+                                                          "add_head_count": 4, "add_head_count_kv": 2,
+                                                          "add_feed_forward_length": 64})
+    src = open_source(str(path))
+    assert sorted(src.keys()) == sorted(state)
+    assert all(torch.equal(src.get(k), v) for k, v in state.items())
+    assert src.config["architectures"] == ["Qwen2ForCausalLM"] and src.config["vocab_size"] == 64

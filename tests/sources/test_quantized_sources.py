@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from studio.cli import main
 from studio.errors import SourceError
 from studio.sources import open_source
 
@@ -125,3 +126,22 @@ def test_damaged_4bit_state_is_a_source_error(tmp_path):
     save_file(entries, tmp_path / "m.safetensors")
     with pytest.raises(SourceError, match="not JSON"):
         open_source(str(tmp_path / "m.safetensors"))
+
+
+def test_quantized_inputs_merge_as_their_dequantized_weights(tmp_path):
+    torch.manual_seed(3)
+    w = torch.randn(8, 64)
+    scb = w.abs().amax(1)
+    scale = w.abs().max() / 448
+    save_file(nf4_entries("l.weight", w), tmp_path / "nf4.safetensors")
+    save_file({"l.weight": torch.round(w * 127 / scb[:, None]).to(torch.int8), "l.SCB": scb}, tmp_path / "i8.safetensors")
+    save_file({"l.weight": (w / scale).to(torch.float8_e4m3fn), "l.scale_weight": scale.reshape(())},
+              tmp_path / "f8.safetensors")
+    names = ["nf4", "i8", "f8"]
+    models = "".join(f"  - model: {tmp_path / n}.safetensors\n    parameters: {{weight: 1}}\n" for n in names)
+    (tmp_path / "r.yml").write_text(f"merge_method: linear\nmodels:\n{models}out_dtype: float32\n")
+    assert main(["merge", str(tmp_path / "r.yml"), str(tmp_path / "out.safetensors"), "--quiet"]) == 0
+    expected = sum(open_source(str(tmp_path / f"{n}.safetensors")).get("l.weight") for n in names) / 3
+    merged = open_source(str(tmp_path / "out.safetensors"))
+    assert merged.keys() == ["l.weight"]
+    assert torch.allclose(merged.get("l.weight"), expected, atol=1e-6)
