@@ -181,11 +181,16 @@ class _Spill:
         return llama_cpp_name(name) if self.layout is not None else name
 
     def fetch(self, stored: str) -> torch.Tensor:
+        """The stored form of ``stored`` (a scale comes with its weight, which is fetched first)."""
         if stored in self._pending:
             return self._pending.pop(stored)
         name = self.origin[stored]
-        w = self.src.get(name)
-        self.src.release(name)
+        try:
+            return self._stored_form(stored, name, self.src.get(name))
+        finally:
+            self.src.release(name)  # after its last use: the tensor may view the mapped pages
+
+    def _stored_form(self, stored: str, name: str, w: torch.Tensor) -> torch.Tensor:
         if self.scheme in ("fp8", "fp8-scaled"):
             if self.infos[stored].dtype != torch.float8_e4m3fn:
                 return w
@@ -211,7 +216,7 @@ class _Spill:
 
 
 def _metadata(base: dict, scheme: str, summary: dict) -> dict[str, str]:
-    meta = {k: str(v) for k, v in (base or {}).items() if k != "format"}
+    meta = {k: str(v) for k, v in (base or {}).items()}  # (transformers wants its "format": "pt" kept)
     meta.update({"quantization": scheme, "quantization_error": json.dumps(summary, separators=(",", ":"))})
     return meta
 
