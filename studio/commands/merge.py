@@ -1,11 +1,16 @@
 """python -m studio merge RECIPE.yaml OUT_DIR [--set PATH=VALUE …] [--device auto|cpu|cuda] [--seed N] [--overwrite]
-[--dry-run] [--allow-nonfinite] [--strict]
+[--dry-run] [--allow-nonfinite] [--strict] [--quantize fp8|fp8-scaled|q8_0|q5_1|q5_0|q4_1|q4_0|f16|bf16]
 
 RECIPE.yaml may hold several recipes (mergekit-multi's ``---`` documents, steps reading earlier steps by name): every
-step is merged in turn and the one no step reads is written to OUT_DIR."""
+step is merged in turn and the one no step reads is written to OUT_DIR.
+
+``--quantize``: the merge is computed and written in float32 to a scratch folder beside OUT, then written to OUT
+quantized (fp8 safetensors, or one GGUF file: OUT ends ``.gguf``); the quantization error per tensor family is
+reported (stderr, or ``quantization`` in ``--json``) and kept in the file's metadata (studio.output.quantize)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -16,6 +21,7 @@ from ..describe import human_bytes, human_count
 from ..devices import parse_size
 from ..engine import build_plan, check_merge_target, merge_steps, merge_to_disk, plan_steps, planned_output
 from ..errors import StudioError
+from ..output.quantize import SCHEMES, check_scheme, merge_scratch, quantize_merge, remove_scratch, scratch_target
 from ..recipe import effective_lora_scales
 from ..recipe.edit import with_assignments
 from ..recipe.multi import MultiRecipe, load_multi
@@ -39,6 +45,9 @@ def add_arguments(p):
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="merge input tensors holding NaN/Inf values (refused by default: they spread through a merge)")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.add_argument("--quantize", default=None, metavar="SCHEME",
+                   help=f"write the float32 merge quantized: {', '.join(SCHEMES)} (GGUF types need OUT ending .gguf); "
+                        "the error per tensor family is reported and stored in the file's metadata")
 
 
 def print_summary(summary: dict, out=None) -> None:
@@ -72,14 +81,20 @@ def run(args) -> int:
     if args.dry_run:
         plan = build_plan(recipe)
         check_merge_target(plan, Path(args.out), args.overwrite)
-        planned_output(plan, Path(args.out))  # names what the target has no place for
+        if args.quantize:
+            check_scheme(args.quantize, Path(args.out))
+        else:
+            planned_output(plan, Path(args.out))  # names what the target has no place for
         summary = dict(plan.summary(), lora_scales=lora_scales)
         print_json(summary) if args.json else (print("dry run: headers only, nothing written"), print_summary(summary))
         return 0
     t0 = time.perf_counter()
-    summary = merge_to_disk(recipe, args.out, device=args.device, seed=args.seed, overwrite=args.overwrite,
-                            progress=not args.quiet, shard_bytes=parse_size(args.shard_size),
-                            allow_nonfinite=args.allow_nonfinite)
+    if args.quantize:
+        summary = merge_quantized(recipe, args)
+    else:
+        summary = merge_to_disk(recipe, args.out, device=args.device, seed=args.seed, overwrite=args.overwrite,
+                                progress=not args.quiet, shard_bytes=parse_size(args.shard_size),
+                                allow_nonfinite=args.allow_nonfinite)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["lora_scales"] = lora_scales
     if args.json:
@@ -90,11 +105,44 @@ def run(args) -> int:
     return 0
 
 
+def merge_quantized(recipe, args) -> dict:
+    """The recipe merged in float32 into a scratch folder beside OUT, then written to OUT as ``--quantize`` says;
+    the summary gains ``quantization`` (scheme and errors), also printed to stderr."""
+    target = Path(args.out)
+    scheme = check_scheme(args.quantize, target)
+    check_merge_target(build_plan(recipe), target, args.overwrite)  # refused before anything is computed
+    recipe = dataclasses.replace(recipe, out_dtype="float32")  # the recipe written beside the output says so
+    scratch = merge_scratch(target)
+    try:
+        merged = scratch_target(scratch, target)
+        summary = merge_to_disk(recipe, merged, device=args.device, seed=args.seed, overwrite=False,
+                                progress=not args.quiet, shard_bytes=parse_size(args.shard_size),
+                                allow_nonfinite=args.allow_nonfinite)
+        errors = quantize_merge(merged, target, scheme)
+    finally:
+        remove_scratch(scratch)
+    summary["quantization"] = dict(errors, scheme=scheme)
+    print_quantization(summary["quantization"])
+    return summary
+
+
+def print_quantization(report: dict) -> None:
+    """The quantization error per tensor family on stderr (stdout may carry --json)."""
+    overall = report["overall"]
+    print(f"quantized {report['scheme']}: {overall['tensors']} tensors, relative error "
+          f"{overall['relative_error']:.3e}, max |error| {overall['max_abs_error']:.3e}", file=sys.stderr)
+    for fam, row in report["families"].items():
+        print(f"  {row['relative_error']:.3e}  {row['max_abs_error']:.3e}  {fam}", file=sys.stderr)
+
+
 def run_steps(args, multi: MultiRecipe) -> int:
     """A multi-step recipe: every step planned (``--dry-run``) or merged in turn, each reported under its label."""
     if args.set:
         raise StudioError("--set changes one recipe, and this file holds several", where=args.recipe,
                           hint="edit the step in the file")
+    if args.quantize:
+        raise StudioError("--quantize writes one recipe's merge, and this file holds several", where=args.recipe,
+                          hint="merge the steps, then merge the last one again with --quantize")
     for step in multi.steps:
         for warning in step.recipe.warnings:
             print(f"warning: {warning}", file=sys.stderr)

@@ -12,11 +12,13 @@ from typing import Callable
 from ..errors import SourceError
 from . import paths
 from .base import PrefixedSource, TensorSource
+from .gguf_file import GGUFFile
 from .pickle_file import PickleFile
+from .quantized import dequantized
 from .safetensors_file import MultiFileSource, SafetensorsFile
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
-WEIGHT_SUFFIXES = (".safetensors", *sorted(PICKLE_SUFFIXES))
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", *sorted(PICKLE_SUFFIXES))
 STRENGTH = re.compile(r":-?[\d.]+$")  # the ``:0.8`` after a LoRA in ``base+lora:0.8``
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # weight files, in order of preference, inside a transformers/diffusers model folder
@@ -93,10 +95,12 @@ def _load_json(path: Path) -> dict:
 def open_file(path: Path, ref: str | None = None, **kw) -> TensorSource:
     if path.suffix == ".safetensors":
         return SafetensorsFile(path, ref=ref, **kw)
+    if path.suffix == ".gguf":
+        return GGUFFile(path, ref=ref, **kw)
     if path.suffix in PICKLE_SUFFIXES:
         return PickleFile(path, ref=ref, **kw)
     raise SourceError(f"unsupported file type {path.suffix or '(none)'!r}", where=str(path),
-                      hint="expected .safetensors, or .bin/.pt/.pth/.ckpt")
+                      hint="expected .safetensors, .gguf (dequantized to float32 when read), or .bin/.pt/.pth/.ckpt")
 
 
 def open_folder(path: Path, ref: str | None = None) -> TensorSource:
@@ -187,6 +191,7 @@ def open_source(ref: str | ModelRef) -> TensorSource:
     mref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
     path = resolve_path(mref.model)
     src = open_folder(path, ref=mref.model) if paths.is_dir(path) else open_file(path, ref=mref.model, folder=None)
+    src = dequantized(src)  # scaled fp8 and bitsandbytes weights read as float32 under their plain names
     return src if mref.lora is None else modified_source(src, mref.lora, str(mref))
 
 
