@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from studio.cli import main
 from studio.describe import describe
@@ -383,3 +384,27 @@ def test_inspect_prints_the_family_and_block_map(saved, capsys):
     assert list(rows) == ["IN", "B00", "B01", "B02", "OUT"]
     b01 = [k for k in src.keys() if k.startswith("transformer_blocks.1.")]
     assert rows["B01"][1:4] == ["block", "1", str(len(b01))]
+
+
+@pytest.mark.parametrize("name", ["sd3", "wan2.2-5B", "lumina2"])
+def test_original_single_files_merge_per_block_into_one_file(name, tmp_path):
+    make, family, runs, _ = ORIGINAL[name]
+    paths = []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        paths.append(tmp_path / f"m{seed}.safetensors")
+        save_file({UNET_PREFIX + k: torch.randn(s, generator=g) for k, s in make().items()}, str(paths[-1]))
+    (tmp_path / "r.yaml").write_text(
+        f"merge_method: linear\nmodels:\n  - model: {paths[0]}\n    parameters: {{weight: [1.0, 0.0]}}\n"
+        f"  - model: {paths[1]}\n    parameters: {{weight: [0.0, 1.0]}}\n")
+    assert main(["merge", str(tmp_path / "r.yaml"), str(tmp_path / "out.safetensors")]) == 0
+    a, b, out = (open_source(str(p)) for p in (*paths, tmp_path / "out.safetensors"))
+    assert detect_family(out) == family and out.keys() == a.keys()
+    layout = detect_layout(a)
+    G = len(layout.groups)
+    for k in a.keys():
+        t = layout.groups.index(layout.group_of(k)) / (G - 1)
+        torch.testing.assert_close(out.get(k), (1 - t) * a.get(k) + t * b.get(k), rtol=1e-6, atol=1e-6, msg=k)
+    # modelspec: SD3's architecture; no one training resolution for a video model
+    assert out.metadata.get("modelspec.architecture") == ("stable-diffusion-3-medium" if name == "sd3" else None)
+    assert out.metadata.get("modelspec.resolution") == (None if family.startswith("wan") else "1024x1024")
