@@ -134,9 +134,7 @@ def _family_ldm(source, p: str) -> str:
         return "sdxl-refiner"
     if p + "input_blocks.10.0.skip_connection.bias" in source:
         return "sd-x4-upscaler"
-    for q in (p, UNET_PREFIX, ""):
-        if q + "joint_blocks.0.context_block.adaLN_modulation.1.bias" in source:
-            return "sd3.5-large" if q + "joint_blocks.37.context_block.adaLN_modulation.1.bias" in source else "sd3"
+    for q in (p, UNET_PREFIX, ""):  # SD3 and the other DiTs: dit.py, tried before these
         if q + "double_blocks.0.img_attn.norm.key_norm.scale" in source:
             if q + "guidance_in.in_layer.bias" not in source:
                 return "flux-schnell"
@@ -150,7 +148,7 @@ def _family_ldm(source, p: str) -> str:
         return "sdxl-refiner"
     if p + "output_blocks.11.0.skip_connection.weight" in source:
         return "sd1" + variant
-    raise _unknown(source, "model.diffusion_model.* present, but none of the SD1/SD2/SDXL/SD3/Flux marker keys")
+    raise _unknown(source, "model.diffusion_model.* present, but none of the SD1/SD2/SDXL/Flux/DiT marker keys")
 
 
 def _family_diffusers(source, p: str) -> str:
@@ -162,8 +160,6 @@ def _family_diffusers(source, p: str) -> str:
                 return "flux-schnell"
             x = _shape(source, p + "x_embedder.weight")
             return "flux-dev" + {384: "-fill", 128: "-depth"}.get(x[1] if x else 64, "")
-        if any(k.startswith(p + "transformer_blocks.") and ".attn.add_q_proj." in k for k in keys[:2000]):
-            return "sd3"
         if p == "transformer.":
             raise _unknown(source, "a diffusers transformer of no family this studio knows, without block runs")
     inch = _shape(source, p + "conv_in.weight")
