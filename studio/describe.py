@@ -16,6 +16,7 @@ def describe(src: TensorSource) -> dict:
         "ref": src.ref, "kind": src.kind, "architecture": architecture(src) or family or "unknown", "family": family,
         "parameters": src.num_parameters, "tensors": len(src), "bytes": src.total_bytes,
         "dtypes": src.dtype_counts(), "layout": layout.name, "groups": len(layout.groups),
+        "layout_description": layout.description,
     }
     for field in ("vocab_size", "num_hidden_layers", "hidden_size", "model_type"):
         if field in cfg:

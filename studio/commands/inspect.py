@@ -32,10 +32,13 @@ def run(args) -> int:
         return status
     for i in infos:
         print(f"{i['ref']}")
-        print(f"  kind {i['kind']} · architecture {i['architecture']} · {human_count(i['parameters'])} parameters · "
-              f"{i['tensors']} tensors · {human_bytes(i['bytes'])}")
+        family = f" · family {i['family']}" if i["family"] else ""
+        print(f"  kind {i['kind']} · architecture {i['architecture']}{family} · {human_count(i['parameters'])} "
+              f"parameters · {i['tensors']} tensors · {human_bytes(i['bytes'])}")
         print(f"  dtypes {', '.join(f'{k}×{v}' for k, v in i['dtypes'].items())} · layout {i['layout']} "
               f"({i['groups']} groups)" + (f" · vocab {i['vocab_size']}" if "vocab_size" in i else ""))
+        if "blocks" in i:
+            print(f"  {i['layout_description']}")
         for row in i.get("blocks", []):
             print(f"    {row['group']:<6} {row['label'][:36]:<36} {row['tensors']:>6} tensors "
                   f"{human_count(row['params']):>8} params  {', '.join(row['examples'])}")

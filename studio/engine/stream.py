@@ -101,6 +101,9 @@ def output_form(plan: Plan, single_file: bool) -> OutputForm:
         if form is not None:
             return form
     ref = plan.reference
+    if not single_file and ref.kind == "diffusers-component":
+        # one component's folder (a bare transformer / UNet): its weights keep the stem its loader looks for
+        return identity_form(plan.outputs(), stems={"": _stem(ref)})
     if single_file or ref.kind != "diffusers":
         return identity_form(plan.outputs())
     return identity_form(plan.outputs(), components=True, stems={c: _stem(p) for c, p in ref.parts.items()})
@@ -127,9 +130,11 @@ def _writers(entries: list[OutputEntry], form: OutputForm, tmp: Path, meta: dict
         shards = plan_shards(_entries(entries), 1 << 62, single_name=single_file.name)
         return {"": (ShardWriter(single_file.parent, shards, meta), "")}
     if not form.components:
-        # one shard is named model.safetensors (what loaders look for without an index); more get an index
-        return {"": (ShardWriter(tmp, plan_shards(_entries(entries), shard_bytes, single_name="model.safetensors"),
-                                 meta), "")}
+        # one shard is named model.safetensors (what loaders look for without an index; a diffusers component's
+        # diffusion_pytorch_model.safetensors); more get an index
+        stem = form.stems.get("", "model")
+        return {"": (ShardWriter(tmp, plan_shards(_entries(entries), shard_bytes, prefix=stem,
+                                                  single_name=f"{stem}.safetensors"), meta), "")}
     groups: dict[str, list[OutputEntry]] = {}
     for e in entries:
         groups.setdefault(e.name.partition(".")[0], []).append(e)

@@ -14,6 +14,7 @@ import re
 
 from ..errors import StudioError
 from .base import Layout
+from .dit import UNKNOWN_DIT, DiTMatch, dit_family, dit_layout, unknown_dit
 from .sd_keys import UNET_PREFIX, VAE_PREFIXES, unet_to_ldm
 
 SD1_BLOCKS = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
@@ -22,7 +23,7 @@ FLUX_BLOCKS = ["CLIP", "T5", "IN"] + [f"D{i:02d}" for i in range(19)] + [f"S{i:0
 
 FAMILY_BASES = {"sd1": "sd1", "sd2": "sd2", "sdxl": "sdxl", "sdxl-refiner": "sdxl", "playground-v2.5": "sdxl",
                 "flux-dev": "flux", "flux-schnell": "flux", "sd3": "sd3", "sd3.5-large": "sd3",
-                "sd-x4-upscaler": "sd-x4-upscaler"}
+                "sd-x4-upscaler": "sd-x4-upscaler", "sd3.5-medium": "sd3", "wan2.1": "wan", "wan2.2": "wan"}
 
 ARCHITECTURES = {  # modelspec.architecture (KS sai_model_spec.py)
     "sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base",
@@ -75,27 +76,39 @@ def _naming(keys) -> tuple[str, str] | None:
     return None
 
 
+SUPPORTED_FAMILIES = ("SD1.x, SD2.x, SDXL (base/refiner/inpaint), Flux.1 dev/schnell, Flux.2, Chroma, SD3/SD3.5, "
+                      "Qwen-Image, Wan 2.1/2.2, HiDream, Lumina-Image-2/Z-Image; other DiTs merge with a layout "
+                      "inferred from their block names")
+
+
 def _unknown(source, why: str) -> StudioError:
     return StudioError(f"unknown diffusion family ({why})", where=getattr(source, "ref", None),
-                       hint="supported: SD1.x, SD2.x, SDXL (base/refiner/inpaint), Flux.1 dev/schnell; "
+                       hint=f"supported: {SUPPORTED_FAMILIES}; "
                             "run `python -m studio inspect` to see its keys")
 
 
 def detect_family(source) -> str:
     """Name the diffusion family from keys and shapes (formats.md §1.2). Raises StudioError naming an unknown family."""
+    dit = dit_family(source)  # first: Flux.2 and Chroma carry Flux.1's marker keys, Qwen-Image SD3's
+    if dit is not None:
+        return dit.family
     keys = source.keys()
     naming = _naming(keys)
     if naming is None:
         raise _unknown(source, "no denoiser keys: neither model.diffusion_model.* nor unet.* / transformer.*")
     style, p = naming
-    if style == "ldm":
-        return _family_ldm(source, p)
-    return _family_diffusers(source, p)
+    try:
+        return _family_ldm(source, p) if style == "ldm" else _family_diffusers(source, p)
+    except StudioError:
+        if unknown_dit(source, p) is not None:
+            return UNKNOWN_DIT
+        raise
 
 
 def diffusion_family(source) -> str | None:
-    """detect_family for any model: None when it has no denoiser keys (an LLM, a LoRA) or its family is unknown."""
-    if _naming(source.keys()) is None:
+    """detect_family for any model: None when it has no denoiser keys (an LLM, a LoRA) or its family is unknown;
+    UNKNOWN_DIT ("dit") for a diffusion transformer no family matches (merged with an inferred layout)."""
+    if _naming(source.keys()) is None and dit_family(source) is None:
         return None
     try:
         return detect_family(source)
@@ -121,9 +134,7 @@ def _family_ldm(source, p: str) -> str:
         return "sdxl-refiner"
     if p + "input_blocks.10.0.skip_connection.bias" in source:
         return "sd-x4-upscaler"
-    for q in (p, UNET_PREFIX, ""):
-        if q + "joint_blocks.0.context_block.adaLN_modulation.1.bias" in source:
-            return "sd3.5-large" if q + "joint_blocks.37.context_block.adaLN_modulation.1.bias" in source else "sd3"
+    for q in (p, UNET_PREFIX, ""):  # SD3 and the other DiTs: dit.py, tried before these
         if q + "double_blocks.0.img_attn.norm.key_norm.scale" in source:
             if q + "guidance_in.in_layer.bias" not in source:
                 return "flux-schnell"
@@ -137,7 +148,7 @@ def _family_ldm(source, p: str) -> str:
         return "sdxl-refiner"
     if p + "output_blocks.11.0.skip_connection.weight" in source:
         return "sd1" + variant
-    raise _unknown(source, "model.diffusion_model.* present, but none of the SD1/SD2/SDXL/SD3/Flux marker keys")
+    raise _unknown(source, "model.diffusion_model.* present, but none of the SD1/SD2/SDXL/Flux/DiT marker keys")
 
 
 def _family_diffusers(source, p: str) -> str:
@@ -149,10 +160,8 @@ def _family_diffusers(source, p: str) -> str:
                 return "flux-schnell"
             x = _shape(source, p + "x_embedder.weight")
             return "flux-dev" + {384: "-fill", 128: "-depth"}.get(x[1] if x else 64, "")
-        if any(k.startswith(p + "transformer_blocks.") and ".attn.add_q_proj." in k for k in keys[:2000]):
-            return "sd3"
         if p == "transformer.":
-            raise _unknown(source, "a diffusers transformer that is neither Flux nor SD3")
+            raise _unknown(source, "a diffusers transformer of no family this studio knows, without block runs")
     inch = _shape(source, p + "conv_in.weight")
     variant = {9: "-inpaint", 8: "-pix2pix"}.get(inch[1], "") if inch and len(inch) == 4 else ""
     ctx = None
@@ -269,13 +278,19 @@ class FluxBlockLayout(Layout):
 
 
 def layout_for(source, family: str | None = None) -> Layout | None:
-    """The block layout of a diffusion source (None when it is not SD1/SD2/SDXL/Flux)."""
+    """The block layout of a diffusion source (None when it is not a diffusion model). The hand-written SD and Flux.1
+    tables first; DiT families (and Flux.1 as a bare diffusers transformer) get dit.py's."""
     keys = source.keys()
     naming = _naming(keys)
-    if naming is None:
+    dit = dit_family(source)
+    if naming is None and dit is None:
         return None
-    family = family or detect_family(source)
+    family = family or (dit.family if dit is not None else detect_family(source))
     fam = base_family(family)
+    if dit is not None and (naming is None or fam != "flux"):
+        return dit_layout(source, DiTMatch(family, dit.prefix))
+    if family == UNKNOWN_DIT:
+        return dit_layout(source, unknown_dit(source, naming[1]))
     style, p = naming
     if fam in ("sd1", "sd2", "sdxl"):
         return SDBlockLayout(family, style, p)
@@ -289,8 +304,8 @@ def layout_for(source, family: str | None = None) -> Layout | None:
 
 
 def detect_sd_layout(keys, config, source):
-    """Detector hook for studio.layout.DETECTORS: an SD/Flux block layout, or None for anything else."""
-    if source is None or _naming(keys) is None:
+    """Detector hook for studio.layout.DETECTORS: an SD / Flux / DiT block layout, or None for anything else."""
+    if source is None or (_naming(keys) is None and dit_family(source) is None):
         return None
     try:
         return layout_for(source)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..engine import METADATA_HOOKS
 from ..errors import StudioError
+from ..layout.dit import UNKNOWN_DIT
 from ..layout.sd import ARCHITECTURES, base_family, detect_family
 
 IMPLEMENTATIONS = {"flux": "https://github.com/black-forest-labs/flux"}
@@ -78,7 +79,11 @@ def sd_output_metadata(recipe_dict: dict, sources: list, family: str | None) -> 
     arch = ARCHITECTURES.get(family or "") or ARCHITECTURES.get(fam or "")
     if arch:
         meta["modelspec.architecture"] = arch + ("/inpaint" if family and family.endswith("-inpaint") else "")
-    meta["modelspec.resolution"] = "1024x1024" if fam in ("sdxl", "flux", "sd3") else "512x512"
+    # video models (Wan) and unknown DiTs have no one training resolution to name
+    resolution = "512x512" if fam in ("sd1", "sd2", "sd-x4-upscaler") else \
+        None if fam in ("wan", UNKNOWN_DIT) else "1024x1024"
+    if resolution is not None:
+        meta["modelspec.resolution"] = resolution
     pred = next((s.metadata.get("modelspec.prediction_type") for s in sources
                  if (getattr(s, "metadata", None) or {}).get("modelspec.prediction_type")), None)
     if pred:
