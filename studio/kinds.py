@@ -77,6 +77,8 @@ def what_is(path: str | Path) -> Entry | None:
             return _safetensors(path)
         if suffix in PICKLE_SUFFIXES:
             return Entry(path, MODEL, "checkpoint (pickle, read as weights only)")
+        if suffix == ".gguf":
+            return Entry(path, MODEL, "GGUF checkpoint (dequantized to float32 when read)")
         if suffix in YAML_SUFFIXES:
             return Entry(path, RECIPE, "recipe")
         if suffix == ".png":

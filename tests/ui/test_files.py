@@ -161,3 +161,21 @@ def test_a_reload_comes_back_to_the_recipe_and_history(env, own):
     tampered = dict(kept, history=[{"id": "x"}, {**json.loads(json.dumps(s.snapshot()))["history"][0]}])
     t = env.new_session()
     assert t.resume(tampered) and len(t.history) == 1
+
+
+def test_a_gguf_file_is_a_model_the_studio_opens(env, own):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    folder, _ = own
+    w = gguf.GGUFWriter(str(folder / "tiny.gguf"), "studio")
+    w.add_tensor("blocks.0.proj.weight", np.arange(64, dtype=np.float32).reshape(2, 32),
+                 raw_dtype=gguf.GGMLQuantizationType.F32)
+    for step in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file, w.close):
+        step()
+    s = env.new_session()
+    s.files.go(str(folder))
+    entry = next(e for e in s.files.entries if e.name == "tiny.gguf")
+    assert (entry.action, entry.label) == ("model", "GGUF checkpoint (dequantized to float32 when read)")
+    t = env.opener(str(folder / "tiny.gguf")).get("blocks.0.proj.weight")
+    assert torch.equal(t, torch.arange(64, dtype=torch.float32).reshape(2, 32))
