@@ -10,7 +10,6 @@ reported (stderr, or ``quantization`` in ``--json``) and kept in the file's meta
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,8 @@ from ..describe import human_bytes, human_count
 from ..devices import parse_size
 from ..engine import build_plan, check_merge_target, merge_steps, merge_to_disk, plan_steps, planned_output
 from ..errors import StudioError
-from ..output.quantize import SCHEMES, check_scheme, merge_scratch, quantize_merge, remove_scratch, scratch_target
+from ..engine.quantized import merge_quantized
+from ..output.quantize import SCHEMES, check_scheme
 from ..recipe import effective_lora_scales
 from ..recipe.edit import with_assignments
 from ..recipe.multi import MultiRecipe, load_multi
@@ -90,7 +90,7 @@ def run(args) -> int:
         return 0
     t0 = time.perf_counter()
     if args.quantize:
-        summary = merge_quantized(recipe, args)
+        summary = merge_quantized_cli(recipe, args)
     else:
         summary = merge_to_disk(recipe, args.out, device=args.device, seed=args.seed, overwrite=args.overwrite,
                                 progress=not args.quiet, shard_bytes=parse_size(args.shard_size),
@@ -105,23 +105,10 @@ def run(args) -> int:
     return 0
 
 
-def merge_quantized(recipe, args) -> dict:
-    """The recipe merged in float32 into a scratch folder beside OUT, then written to OUT as ``--quantize`` says;
-    the summary gains ``quantization`` (scheme and errors), also printed to stderr."""
-    target = Path(args.out)
-    scheme = check_scheme(args.quantize, target)
-    check_merge_target(build_plan(recipe), target, args.overwrite)  # refused before anything is computed
-    recipe = dataclasses.replace(recipe, out_dtype="float32")  # the recipe written beside the output says so
-    scratch = merge_scratch(target)
-    try:
-        merged = scratch_target(scratch, target)
-        summary = merge_to_disk(recipe, merged, device=args.device, seed=args.seed, overwrite=False,
-                                progress=not args.quiet, shard_bytes=parse_size(args.shard_size),
-                                allow_nonfinite=args.allow_nonfinite)
-        errors = quantize_merge(merged, target, scheme)
-    finally:
-        remove_scratch(scratch)
-    summary["quantization"] = dict(errors, scheme=scheme)
+def merge_quantized_cli(recipe, args) -> dict:
+    summary = merge_quantized(recipe, args.out, args.quantize, overwrite=args.overwrite, device=args.device,
+                              seed=args.seed, progress=not args.quiet, shard_bytes=parse_size(args.shard_size),
+                              allow_nonfinite=args.allow_nonfinite)
     print_quantization(summary["quantization"])
     return summary
 

@@ -7,7 +7,10 @@ import time
 from typing import Callable
 
 from ..engine import merge_to_disk
+from ..engine.quantized import merge_quantized
 from ..output import is_single_file, model_card, recipe_path
+from ..errors import StudioError
+from ..output.quantize import GGUF_TYPES, SCHEMES, quantized_recipe_path
 
 
 def export_recipe(s, target: str, dtype: str = "float16", overwrite: bool = False,
@@ -16,15 +19,26 @@ def export_recipe(s, target: str, dtype: str = "float16", overwrite: bool = Fals
     files written, their size, the seconds taken, the model card, the recipe YAML and the plan summary."""
     out = s.env.roots.check_write(target)
     recipe = s.recipe_obj()
-    if dtype and dtype != "as input":
+    quantized = dtype in SCHEMES  # fp8 / GGUF types: merged in float32, written quantized, the error reported
+    if out.suffix == ".gguf" and not quantized:
+        raise StudioError(f"a .gguf file holds GGUF types, not {dtype}", where=str(out),
+                          hint=f"choose one of {', '.join(GGUF_TYPES)} as the dtype")
+    if dtype and dtype != "as input" and not quantized:
         recipe.out_dtype = dtype
     t0 = time.perf_counter()
     with s.env.heavy:
-        summary = merge_to_disk(recipe, out, device=s.env.device, overwrite=bool(overwrite), progress=False,
-                                progress_callback=progress)
+        if quantized:
+            summary = merge_quantized(recipe, out, dtype, overwrite=bool(overwrite), device=s.env.device,
+                                      progress=False, progress_callback=progress)
+        else:
+            summary = merge_to_disk(recipe, out, device=s.env.device, overwrite=bool(overwrite), progress=False,
+                                    progress_callback=progress)
     seconds = time.perf_counter() - t0
     recipe_yaml = recipe.to_yaml()
-    if is_single_file(out):
+    if out.suffix == ".gguf":
+        files = [out, quantized_recipe_path(out)]
+        card = model_card(recipe_yaml, s.spec.label or s.spec.name, recipe.referenced_models(), recipe.base_model)
+    elif is_single_file(out):
         files = [out, recipe_path(out)]  # merge_to_disk writes the recipe beside a single file
         card = model_card(recipe_yaml, s.spec.label or s.spec.name, recipe.referenced_models(), recipe.base_model)
     else:

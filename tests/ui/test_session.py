@@ -208,6 +208,26 @@ def test_export_writes_file_and_card(env, tmp_path):
         export_recipe(s, "/tmp/not-allowed-" + tmp_path.name + "/x.safetensors")
 
 
+def test_export_quantized_reports_its_error(env, tmp_path):
+    from studio.sources import open_source
+
+    s = env.new_session()
+    ref = merge_in_memory(s.recipe_obj())
+    res = export_recipe(s, str(tmp_path / "q" / "m.safetensors"), "fp8-scaled")
+    back, q = open_source(res["path"]), res["summary"]["quantization"]
+    # the error the export reports is the one between the float32 merge and the file read back
+    errs = {k: (back.get(k).float() - w).abs().max().item() for k, w in ref.items()}
+    assert q["scheme"] == "fp8-scaled" and q["overall"]["max_abs_error"] > 0
+    assert max(errs.values()) == pytest.approx(q["overall"]["max_abs_error"], rel=1e-5)
+    for k, e in errs.items():  # e4m3 keeps 3 mantissa bits: within 1/16 of the value, scaled so max |w| is 448
+        assert e <= ref[k].abs().max().item() / 16 + 1e-7, k
+    gg = export_recipe(s, str(tmp_path / "q" / "m.gguf"), "q8_0")
+    assert gg["files"] == [gg["path"], str(tmp_path / "q" / "m.recipe.yml")]
+    assert sorted(open_source(gg["path"]).keys()) == sorted(ref)
+    with pytest.raises(StudioError, match="GGUF types"):
+        export_recipe(s, str(tmp_path / "q" / "m16.gguf"), "float16")
+
+
 def test_add_model_respects_allowed_roots(env, toy_family, tmp_path):
     import shutil
 

@@ -8,10 +8,12 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ...describe import human_bytes
+from ...output.quantize import SCHEMES
 from ..exporting import export_recipe
 
-FORMATS = ["single .safetensors file", "folder (weights + config + model card + recipe)"]
-DTYPES = ["float16", "bfloat16", "float32"]
+FORMATS = ["single .safetensors file", "folder (weights + config + model card + recipe)", "single .gguf file"]
+# fp8 and the GGUF types are quantized from the float32 merge; the result says how far they moved the weights
+DTYPES = ["float16", "bfloat16", "float32", *SCHEMES]
 
 
 def build(default_dir: str) -> SimpleNamespace:
@@ -49,14 +51,25 @@ def card_markdown(card: str) -> str:
     return card
 
 
+def quantization_line(summary: dict) -> str:
+    """The quantization error of a quantized export, overall (relative Frobenius and max |error|)."""
+    q = summary.get("quantization")
+    if not q:
+        return ""
+    o = q["overall"]
+    return (f" Quantized **{q['scheme']}**: {o['tensors']} tensors, relative error {o['relative_error']:.2e}, "
+            f"max |error| {o['max_abs_error']:.2e}.")
+
+
 def wire(ui) -> None:
     ns = ui.e
 
     def export(state, fmt, dtype, folder, name, overwrite, progress=gr.Progress()):
         s = ui.session(state)
         name = (name or "merged").strip()
-        if fmt == FORMATS[0] and not name.endswith(".safetensors"):
-            name += ".safetensors"
+        suffix = {FORMATS[0]: ".safetensors", FORMATS[2]: ".gguf"}.get(fmt)
+        if suffix and not name.endswith(suffix):
+            name += suffix
         progress(0.0, desc="planning")
         target = str(Path(folder or ".") / name)
         res, err = ui.attempt(lambda: export_recipe(s, target, dtype, bool(overwrite),
@@ -67,7 +80,7 @@ def wire(ui) -> None:
         files = "\n".join(f"- `{f}`" for f in res["files"][:12])
         gr.Info(f"Exported {human_bytes(res['bytes'])} to {res['path']}")
         return (f"✓ **Exported** to `{res['path']}` — {human_bytes(res['bytes'])} in {res['seconds']:.2f} s, "
-                f"{res['summary'].get('tensors')} tensors.\n\n{files}",
+                f"{res['summary'].get('tensors')} tensors.{quantization_line(res['summary'])}\n\n{files}",
                 card_markdown(res["card"]) or f"```yaml\n{res['recipe']}\n```")
 
     ns.button.click(ui.guard(export, "export"), [ui.state, ns.format, ns.dtype, ns.folder, ns.name, ns.overwrite],
