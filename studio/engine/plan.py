@@ -15,6 +15,7 @@ import torch
 from ..devices import parse_dtype
 from ..errors import RecipeError, StudioError
 from ..layout import LayerStackLayout, Layout, detect_layout, is_mergeable
+from ..layout.llm import layer_stack_for
 from ..layout.modules import LAYER_COUNT_FIELDS, ModulesLayout, module_of
 from ..methods import MethodSpec
 from ..recipe import InputModel, Recipe
@@ -266,12 +267,12 @@ def _plan_slices(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
             for key in layer_keys(src0, a + i):
                 out_key = layout.rename_layer(key, out_layer)
                 pairs = [(s, layout.rename_layer(key, s.layer_range[0] + i)) for s in sl.sources]
-                plan_tensor(out_key, f"L{out_layer:02d}", t, sl, pairs, src0.info(key))
+                plan_tensor(out_key, layout.group_of(out_key), t, sl, pairs, src0.info(key))
             out_layer += 1
     plan_outside("HEAD", recipe.slices[-1])
     plan = Plan(recipe, spec, pool.items, layout, tasks, num_layers=out_layer)
     # the output has a different number of layers: use a layout that matches it for reporting
-    plan.layout = LayerStackLayout(out_layer, stack_prefix=getattr(layout, "stack_prefix", None))
+    plan.layout = layer_stack_for([t.out_key for t in tasks], out_layer, getattr(layout, "stack_prefix", None))
     for t in tasks:
         t.group = plan.layout.group_of(t.out_key)
     return plan

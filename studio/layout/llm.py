@@ -1,4 +1,12 @@
-"""Layer-stacked models (transformers LLMs, encoders, the zoo's vision backbone): EMB, L00…L{n-1}, HEAD."""
+"""Layer-stacked models (transformers LLMs, encoders, the zoo's vision backbone): EMB, L00…L{n-1}, HEAD.
+
+Mixture-of-experts LLMs split each MoE layer further, so that routers and experts can be weighted one by one:
+``L07`` (attention, norms, a dense MLP), ``L07.router`` (the gate/router, DeepSeek's score-correction bias),
+``L07.shared`` (a shared expert and its gate), ``L07.expert03`` (expert 3's projections). Experts stored fused in
+3-D tensors (Llama 4, GPT-OSS: one tensor holds every expert along dim 0) are one group, ``L07.experts``. Every group
+of a layer has the layer's position, so gradient lists give all of them the value the dense layer would get, and a
+per-group mapping's ``L07`` entry covers the layer's sub-groups that have none of their own.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +63,97 @@ class LayerStackLayout(Layout):
         return f"{m.group('prefix')}.{new_index}.{key[m.end():]}"
 
 
+# Inside a layer (the key after ``<stack>.<i>.``): where a MoE block keeps its parts, across transformers' names
+MOE_BLOCK = r"(?:^|\.)(?:block_sparse_moe|mlp|feed_forward|moe)\."
+EXPERT = re.compile(MOE_BLOCK + r"experts\.(?P<expert>\d+)\.")
+FUSED_EXPERTS = re.compile(MOE_BLOCK + r"experts\.[^.]+$")  # experts.gate_up_proj, experts.down_proj_bias
+ROUTER = re.compile(MOE_BLOCK + r"(?:gate|router)\.")
+SHARED = re.compile(MOE_BLOCK + r"(?:shared_experts?|shared_expert_gate)\.")
+
+
+def moe_part(rest: str) -> str | None:
+    """The sub-group suffix of a layer tensor (``rest`` = the key after the layer prefix): ``expert03`` needs the
+    width, so this returns ``expert:3``, ``router``, ``shared``, ``experts`` (fused), or None (the layer's own)."""
+    m = EXPERT.search(rest)
+    if m:
+        return f"expert:{int(m.group('expert'))}"
+    if FUSED_EXPERTS.search(rest):
+        return "experts"
+    if SHARED.search(rest):
+        return "shared"
+    if ROUTER.search(rest):
+        return "router"
+    return None
+
+
+class MoELayerStackLayout(LayerStackLayout):
+    """A layer stack whose MoE layers have router, shared-expert and per-expert groups (see the module docstring).
+    ``parts``: layer index → its sub-group suffixes in order (``router``, ``shared``, ``expert00``…, ``experts``)."""
+
+    def __init__(self, num_layers: int, parts: dict[int, list[str]], expert_width: int = 2,
+                 stack_prefix: str | None = None):
+        super().__init__(num_layers, stack_prefix=stack_prefix, name="moe-layers")
+        self.parts = parts
+        self.expert_width = expert_width
+        groups, labels = ["EMB"], dict(self.labels)
+        for i in range(num_layers):
+            layer = f"L{i:02d}"
+            groups.append(layer)
+            if parts.get(i):
+                labels[layer] = f"layer {i} · attention, norms"
+            for part in parts.get(i, []):
+                groups.append(f"{layer}.{part}")
+                labels[f"{layer}.{part}"] = f"layer {i} · " + _part_label(part)
+        self.groups = groups + ["HEAD"]
+        self.labels = labels
+        n_moe = sum(1 for p in parts.values() if p)
+        self.description = f"{num_layers} layers ({n_moe} mixture-of-experts) plus embeddings and head"
+
+    def group_of(self, key):
+        i = self.layer_index(key)
+        if i is None:
+            return super().group_of(key)
+        part = moe_part(key[LAYER.match(key).end():])
+        if part is None:
+            return f"L{i:02d}"
+        if part.startswith("expert:"):
+            part = f"expert{int(part[7:]):0{self.expert_width}d}"
+        return f"L{i:02d}.{part}"
+
+    def group_position(self, group):
+        return super().group_position(group.split(".", 1)[0])
+
+
+def _part_label(part: str) -> str:
+    if part.startswith("expert") and part[6:].isdigit():
+        return f"expert {int(part[6:])}"
+    return {"router": "router", "shared": "shared expert", "experts": "experts (fused)"}.get(part, part)
+
+
+def layer_stack_for(keys, num_layers: int, stack_prefix: str | None = None) -> LayerStackLayout:
+    """The layout of a stack of ``num_layers`` layers with these keys: a MoE layout when any layer holds experts."""
+    parts: dict[int, set[str]] = {}
+    top = -1
+    for k in keys:
+        m = LAYER.match(k)
+        if not m or (stack_prefix is not None and m.group("prefix") != stack_prefix):
+            continue
+        part = moe_part(k[m.end():])
+        if part is not None:
+            parts.setdefault(int(m.group("idx")), set()).add(part)
+            if part.startswith("expert:"):
+                top = max(top, int(part[7:]))
+    if not any(p.startswith("expert") for ps in parts.values() for p in ps):
+        return LayerStackLayout(num_layers, stack_prefix=stack_prefix)
+    width = max(2, len(str(top)))
+    order = {"router": 0, "shared": 1, "experts": 3}
+    ordered = {}
+    for i, ps in parts.items():
+        named = [p if not p.startswith("expert:") else f"expert{int(p[7:]):0{width}d}" for p in ps]
+        ordered[i] = sorted(named, key=lambda p: (order.get(p, 2), p))
+    return MoELayerStackLayout(num_layers, ordered, expert_width=width, stack_prefix=stack_prefix)
+
+
 def detect_layer_stack(keys, config: dict | None) -> LayerStackLayout | None:
     counts: dict[str, set[int]] = {}
     for k in keys:
@@ -71,4 +170,4 @@ def detect_layer_stack(keys, config: dict | None) -> LayerStackLayout | None:
             if isinstance(config.get(field), int) and config[field] >= n:
                 n = config[field]
                 break
-    return LayerStackLayout(n, stack_prefix=prefix)
+    return layer_stack_for(keys, n, stack_prefix=prefix)

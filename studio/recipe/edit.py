@@ -37,12 +37,13 @@ from ..methods import MethodSpec, Param, get_method
 from ..sources import open_source
 from .limits import parse_yaml
 from .model import Recipe
-from .resolve import evaluate_setting, interpolate
+from .resolve import evaluate_setting, group_entry, interpolate
 
 # --------------------------------------------------------------------------------------------------- setting paths
 
+# a group id may hold single dots (a MoE layer's ``L07.expert03``); ``..`` separates a range's ends
 _PATH = re.compile(r"^(?:(?P<scope>parameters|models)\.)?(?:(?P<index>\d+|\*)\.)?(?P<name>[A-Za-z_][\w]*)"
-                   r"(?:@(?P<first>[^.\s]+?)(?:\.\.(?P<last>[^.\s]+))?)?$")
+                   r"(?:@(?P<first>[^\s]+?)(?:\.\.(?P<last>[^\s]+))?)?$")
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,9 @@ def compress_groups(values: dict[str, float], groups: list[str], default=None):
     mode = default if default is not None else max(counts, key=lambda v: (counts[v], -vals.index(v)))
     out: dict[str, Any] = {"*": mode} if len(vals) == len(groups) else {}
     for g in groups:
-        if g in values and (values[g] != mode or "*" not in out):
+        # a sub-group (L07.expert03) falls back on its parent's entry before "*": written when that would differ
+        inherited = out.get(group_entry(out, g.rpartition(".")[0]) or "*", mode)
+        if g in values and (values[g] != inherited or "*" not in out):
             out[g] = values[g]
     return out
 
