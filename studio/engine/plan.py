@@ -36,6 +36,8 @@ class TensorTask:
     group: str = ""
     info: TensorInfo | None = None   # shape and stored dtype of the output
     out_dtype: torch.dtype | None = None
+    # a fused MoE experts tensor whose experts have different settings: each slice along dim 0 merged with its own
+    expert_params: list[dict] | None = None
 
     @property
     def seed_key(self) -> int:
@@ -195,7 +197,10 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
         tasks.append(TensorTask(
             key, "merge", [(i, key) for i in input_idx],
             base=(ref_idx, key) if base_in else None, params=params, group=group, info=info,
-            out_dtype=_out_dtype(recipe, info)))
+            out_dtype=_out_dtype(recipe, info),
+            expert_params=_expert_params(layout, key, info, params,
+                                         lambda g: _params_for(recipe, spec, key, layout, t, g, [recipe.parameters],
+                                                               model_scopes, f"{key} ({g})"))))
     warnings = []
     for i, src in enumerate(pool.items):
         extra = [k for k in src.keys() if k not in reference]
@@ -203,6 +208,17 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
             warnings.append(f"{src.ref}: {len(extra)} tensor(s) absent from {reference.ref} are not in the output "
                             f"(e.g. {extra[0]})")
     return Plan(recipe, spec, pool.items, layout, tasks, warnings=warnings)
+
+
+def _expert_params(layout: Layout, key: str, info: TensorInfo, params: dict, params_of: Callable[[str], dict]
+                   ) -> list[dict] | None:
+    """Each expert's parameters for a fused experts tensor, when some expert's differ from the tensor's (else None:
+    the tensor is merged whole, as mergekit does — per-slice merging would change methods that rank over a tensor)."""
+    groups = layout.expert_groups(key)
+    if not groups or not info.shape or info.shape[0] != len(groups):
+        return None
+    per = [params_of(g) for g in groups]
+    return per if any(p != params for p in per) else None
 
 
 def _plan_slices(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:

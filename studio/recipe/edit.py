@@ -176,8 +176,9 @@ def compress_groups(values: dict[str, float], groups: list[str], default=None):
     mode = default if default is not None else max(counts, key=lambda v: (counts[v], -vals.index(v)))
     out: dict[str, Any] = {"*": mode} if len(vals) == len(groups) else {}
     for g in groups:
-        # a sub-group (L07.expert03) falls back on its parent's entry before "*": written when that would differ
-        inherited = out.get(group_entry(out, g.rpartition(".")[0]) or "*", mode)
+        # a sub-group (L07.expert03) falls back on its parents' entries (written before it) before "*": it is written
+        # when what it would inherit differs
+        inherited = out.get(group_entry(out, g) or "*", mode)
         if g in values and (values[g] != inherited or "*" not in out):
             out[g] = values[g]
     return out

@@ -15,6 +15,7 @@ Precedence (most specific first): slice source parameters > slice parameters > m
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..errors import RecipeError
@@ -82,11 +83,18 @@ def evaluate_setting(value: Any, key: str, t: float, group: str | None = None, n
     return value
 
 
+EXPERT_GROUP = re.compile(r"^(?P<layer>.+)\.expert\d+$")
+
+
 def group_entry(mapping: dict, group: str | None) -> str | None:
-    """The mapping's entry for ``group``: its own, else its nearest parent's (``L07.expert03``, then ``L07``)."""
+    """The mapping's entry for ``group``: its own, else its nearest parent's (``L07.expert03``, then ``L07``); an
+    expert's own ``L07.experts`` (all of the layer's experts) comes before the layer's."""
     while group:
         if group in mapping:
             return group
+        m = EXPERT_GROUP.match(group)
+        if m and f"{m.group('layer')}.experts" in mapping:
+            return f"{m.group('layer')}.experts"
         group = group.rpartition(".")[0]
     return None
 

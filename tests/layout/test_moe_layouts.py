@@ -53,7 +53,9 @@ PARTS = {"mixtral": ["router", "expert00", "expert01", "expert02", "expert03"],
          "qwen2_moe": ["router", "shared", "expert00", "expert01", "expert02", "expert03"],
          "qwen3_moe": ["router", "expert00", "expert01", "expert02", "expert03"],
          "deepseek_v3": ["router", "shared", "expert00", "expert01", "expert02", "expert03"],
-         "llama4": ["router", "shared", "experts"], "gpt_oss": ["router", "experts"]}
+         # fused: the tensors' group, then one (tensor-less) group per expert slice along dim 0
+         "llama4": ["router", "shared", "experts", "expert00", "expert01", "expert02", "expert03"],
+         "gpt_oss": ["router", "experts", "expert00", "expert01", "expert02", "expert03"]}
 
 
 def save(name, path, seed, base_state=None):
@@ -89,7 +91,8 @@ def test_every_key_lands_in_exactly_one_group(moe_family):
         expected += [f"L{i:02d}"] + ([f"L{i:02d}.{p}" for p in PARTS[name]] if i in moe_layers else [])
     assert layout.groups == expected + ["HEAD"]
     by_group = layout.group_keys(src.keys())
-    assert set(by_group) == set(layout.groups) and all(by_group[g] for g in layout.groups)
+    slices = {g for g in layout.groups if name in FUSED and re.fullmatch(r"L\d\d\.expert\d\d", g)}
+    assert set(by_group) == set(layout.groups) and all(bool(by_group[g]) != (g in slices) for g in layout.groups)
     assert sorted(k for ks in by_group.values() for k in ks) == sorted(src.keys())
     for k in src.keys():
         g = layout.group_of(k)
@@ -97,7 +100,8 @@ def test_every_key_lands_in_exactly_one_group(moe_family):
         if m:
             assert g == f"L{int(k.split('.')[2]):02d}.expert{int(m.group(1)):02d}"
         elif re.search(r"\.experts\.\w+$", k):
-            assert g.endswith(".experts")
+            assert g.endswith(".experts") and src.info(k).shape[0] == 4
+            assert layout.expert_groups(k) == [f"{g[:3]}.expert{e:02d}" for e in range(4)]
         elif re.search(r"\.(gate|router)\.", k):
             assert g.endswith(".router"), k
         elif "shared_expert" in k:
@@ -147,25 +151,61 @@ def merge(tmp_path, recipe, *sets):
 def test_merging_two_moe_finetunes_weights_one_expert_on_its_own(moe_family, tmp_path):
     name, base, a, b = moe_family
     fused = name in FUSED
-    target = "L01.experts" if fused else "L01.expert02"
+    target = "L01.expert02"
     recipe = {"merge_method": "linear", "dtype": "float32",
               "models": [{"model": str(a), "parameters": {"weight": [1.0, 3.0]}},
                          {"model": str(b), "parameters": {"weight": 1.0}}]}
     out = merge(tmp_path, recipe, f"models.0.weight@{target}=0.0", "models.1.weight@L01.router=0.0")
     sa, sb, so = load_state(a), load_state(b), load_state(out)
     layout = detect_layout(open_source(str(out)))
-    for k, v in so.items():
-        g = layout.group_of(k)
+    def expected(k, g):
         # the gradient [1, 3] at the layer's position (0 → 1.0, 1 → 3.0), outside the stack t = 0
         wa = 0.0 if g == target else 3.0 if g.startswith("L01") else 1.0
         wb = 0.0 if g == "L01.router" else 1.0
-        torch.testing.assert_close(v, (wa * sa[k] + wb * sb[k]) / (wa + wb), rtol=0, atol=1e-6, msg=k)
-    assert any(layout.group_of(k) == target for k in so)
+        return (wa * sa[k] + wb * sb[k]) / (wa + wb)
+
+    hit = 0
+    for k, v in so.items():
+        slices = layout.expert_groups(k)
+        if slices:  # a fused experts tensor: expert e's slice along dim 0 with expert e's weights
+            want = torch.stack([expected(k, g)[e] for e, g in enumerate(slices)])
+            if target in slices:  # the one expert's slice differs from what the whole tensor's weights give
+                assert not torch.allclose(want[2], expected(k, layout.group_of(k))[2])
+        else:
+            want = expected(k, layout.group_of(k))
+        hit += layout.group_of(k) == target or target in (slices or [])
+        torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
+    assert hit == (4 if name == "gpt_oss" else 2 if fused else 3)
     cfg, cls = family(name)
     model = cls.from_pretrained(out)
     assert json.loads((out / "config.json").read_text())["model_type"] == cfg.model_type
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[1, 5, 9]])).logits).all()
+
+
+def test_an_experts_entry_covers_every_expert_of_its_layer(moe_family, tmp_path):
+    name, base, a, b = moe_family
+    recipe = {"merge_method": "linear", "dtype": "float32",
+              "models": [{"model": str(a), "parameters": {"weight": {"*": 1.0, "L00.experts": 0.0,
+                                                                      "L00.expert01": 2.0}}},
+                         {"model": str(b), "parameters": {"weight": 1.0}}]}
+    out = merge(tmp_path, recipe)
+    sa, sb, so = load_state(a), load_state(b), load_state(out)
+    layout = detect_layout(open_source(str(out)))
+
+    def weight(g):
+        return 2.0 if g == "L00.expert01" else 0.0 if g.startswith("L00.expert") else 1.0
+
+    checked = 0
+    for k, v in so.items():
+        groups = layout.expert_groups(k) or [layout.group_of(k)] * v.shape[0] if v.dim() else [layout.group_of(k)]
+        for e, g in enumerate(groups):
+            if not g.startswith("L00.expert"):
+                continue
+            w = weight(g)
+            torch.testing.assert_close(v[e], (w * sa[k][e] + sb[k][e]) / (w + 1), rtol=0, atol=1e-6, msg=k)
+            checked += 1
+    assert checked > 0 or name == "deepseek_v3"  # its first layer is dense
 
 
 def test_ties_over_moe_finetunes_with_an_expert_left_at_the_base(moe_family, tmp_path):
@@ -187,3 +227,24 @@ def test_ties_over_moe_finetunes_with_an_expert_left_at_the_base(moe_family, tmp
             keep = [d * (torch.sign(d) == sign) for d in (da, db)]
             count = sum((torch.sign(d) == sign).float() * (d != 0) for d in (da, db)).clamp(min=1)
             torch.testing.assert_close(v, s0[k] + (keep[0] + keep[1]) / count, rtol=0, atol=1e-6, msg=k)
+
+
+def test_a_fused_tensor_is_merged_whole_unless_its_experts_settings_differ(moe_family):
+    from studio.engine import build_plan
+    from studio.recipe import Recipe
+
+    name, base, a, b = moe_family
+    if name not in FUSED:
+        pytest.skip("fused experts only")
+
+    def sliced(weight):
+        recipe = Recipe.from_dict({"merge_method": "linear", "models": [
+            {"model": str(a), "parameters": {"weight": weight}}, {"model": str(b), "parameters": {"weight": 1.0}}]})
+        return {t.out_key: t.expert_params for t in build_plan(recipe).tasks if t.expert_params}
+
+    # every expert of the layer alike (the tensor's own entry, or the layer's): one merge over the whole tensor, as
+    # mergekit does it (a method ranking values over a tensor would rank each slice alone otherwise)
+    assert sliced({"*": 1.0, "L01.experts": 0.5}) == {} and sliced({"*": 1.0, "L01": 0.5}) == {}
+    per = sliced({"*": 1.0, "L01.expert03": 0.5})
+    assert per and all(k.startswith("model.layers.1.") for k in per)
+    assert all([p["weight"][0] for p in ps] == [1.0, 1.0, 1.0, 0.5] for ps in per.values())
