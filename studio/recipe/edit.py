@@ -514,14 +514,22 @@ def _shaped(layout: Layout, what: str) -> None:
                           hint="set the value with the slider; block presets fit SD UNets, curves fit layers too")
 
 
+def _over_layers(layout: Layout, shaped) -> list[float]:
+    """``shaped(groups)`` (one value per group) over the layout's top-level groups, each sub-group taking its
+    parent's value: a MoE layer's router and experts (``L07.expert03``) follow the curve at their layer."""
+    top = [g for g in layout.groups if "." not in g]
+    values = dict(zip(top, shaped(top)))
+    return [values[g.split(".", 1)[0]] for g in layout.groups]
+
+
 def apply_curve(recipe: dict, path: SettingPath, layout: Layout, shape: str, lo: float, hi: float) -> dict:
     _shaped(layout, "curve")
-    return set_group_values(recipe, path, layout, curve(shape, len(layout.groups), lo, hi))
+    return set_group_values(recipe, path, layout, _over_layers(layout, lambda gs: curve(shape, len(gs), lo, hi)))
 
 
 def apply_preset(recipe: dict, path: SettingPath, layout: Layout, name: str) -> dict:
     _shaped(layout, f"preset ({name})")
-    return set_group_values(recipe, path, layout, preset_values(name, list(layout.groups)))
+    return set_group_values(recipe, path, layout, _over_layers(layout, lambda gs: preset_values(name, gs)))
 
 
 def _start_missing(spec: MethodSpec, model: dict, top: dict) -> dict:

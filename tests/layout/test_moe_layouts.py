@@ -248,3 +248,18 @@ def test_a_fused_tensor_is_merged_whole_unless_its_experts_settings_differ(moe_f
     per = sliced({"*": 1.0, "L01.expert03": 0.5})
     assert per and all(k.startswith("model.layers.1.") for k in per)
     assert all([p["weight"][0] for p in ps] == [1.0, 1.0, 1.0, 0.5] for ps in per.values())
+
+
+def test_curves_and_presets_give_a_moe_layers_groups_its_layer_value():
+    from studio.recipe.edit import apply_curve, apply_preset
+
+    moe = MoELayerStackLayout(3, {i: ["router", "expert00", "expert01"] for i in range(3)})
+    dense = LayerStackLayout(3)
+    recipe = {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1.0}}, {"model": "b"}]}
+    path = SettingPath.parse("models.0.weight")
+    for apply in (lambda r, lay: apply_curve(r, path, lay, "ramp up", 0.0, 1.0),
+                  lambda r, lay: apply_preset(r, path, lay, "GRAD_V")):
+        want = dict(zip(dense.groups, group_values(apply(recipe, dense), path, dense)))
+        got = dict(zip(moe.groups, group_values(apply(recipe, moe), path, moe)))
+        assert len(set(want.values())) > 1
+        assert got == {g: want[g.split(".")[0]] for g in moe.groups}

@@ -231,3 +231,29 @@ def test_the_spec_reads_mergekits_defaults():
     spec = moe_spec({"base_model": "b", "gate_mode": "random", "experts_per_token": 1,
                      "experts": [{"source_model": "x"}], "shared_experts": [{"source_model": "s"}]})
     assert spec.architecture == "qwen2_moe" and len(spec.gated) == 2
+
+
+def test_a_sharded_output_has_an_index_and_loads(dense, tmp_path):
+    rc, out = build(tmp_path, config(dense, "random"), "--shard-size", "40K")
+    assert rc == 0
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 2 and (out / "model.safetensors.index.json").is_file()
+    one = tmp_path / "one"
+    one.mkdir()
+    rc, single = build(one, config(dense, "random"))
+    moe = transformers.MixtralForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(logits(moe), logits(transformers.MixtralForCausalLM.from_pretrained(single)),
+                               rtol=0, atol=0)
+
+
+def test_a_missing_config_or_a_moe_expert_is_refused(dense, tmp_path, capsys):
+    assert cli.main(["moe", str(tmp_path / "nope.yaml"), str(tmp_path / "o")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    rc, moe = build(tmp_path, config(dense, "random"))
+    assert rc == 0
+    cfg = config(dense, "random")
+    cfg["experts"][0]["source_model"] = str(moe)
+    (tmp_path / "again").mkdir()
+    rc, _ = build(tmp_path / "again", cfg)
+    err = capsys.readouterr().err
+    assert rc == 2 and "'mixtral' model cannot be an expert" in err and len(err.strip().splitlines()) == 1
