@@ -57,6 +57,7 @@ COMMANDS = {
     "grid": ("studio.commands.grid", "an XY grid of previews over two settings, saved as a PNG"),
     "methods": ("studio.commands.methods", "list merge methods and their parameters"),
     "emr": ("studio.commands.emr", "rebuild one task's model from an EMR merge's masks and rescalers"),
+    "moe": ("studio.commands.moe", "build a mixture-of-experts model from dense experts (mergekit-moe's YAML)"),
 }
 
 

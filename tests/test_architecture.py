@@ -11,7 +11,7 @@ STUDIO = Path(__file__).resolve().parents[1] / "studio"
 
 # a package may import packages at its own level or below (the data flow, bottom to top)
 LEVEL = {"errors": 0, "devices": 0, "sources": 1, "layout": 2, "recipe": 3, "methods": 3, "engine": 4, "output": 4,
-         "lora": 5, "sd": 5, "describe": 5, "kinds": 5, "evaluate": 6, "analysis": 6, "figures": 6, "preview": 6, "learn": 7,
+         "lora": 5, "sd": 5, "describe": 5, "kinds": 5, "evaluate": 6, "analysis": 6, "figures": 6, "preview": 6, "learn": 7, "moe": 7,
          "search": 7, "zoo": 8, "commands": 9, "cli": 9, "ui": 10}
 
 

@@ -100,11 +100,15 @@ def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int |
     base = load(task.base) if task.base is not None else None
     models = [load(i) for i in task.inputs]
     kw = method_kwargs(plan, task, device, seed, context)
-    if out is not None:
+    if out is not None and not task.expert_params:
         kw["out"] = out
         kw.pop("out_dtype", None)
     try:
-        out = plan.spec.fn(base, models, **kw)
+        if task.expert_params:
+            result = by_expert(plan, task, base, models, kw)
+            out = out.copy_(result) if out is not None else result
+        else:
+            out = plan.spec.fn(base, models, **kw)
     except StudioError:
         raise
     except (RuntimeError, ValueError) as e:
@@ -117,6 +121,16 @@ def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int |
         raise StudioError(f"{plan.spec.name} returned shape {list(out.shape)}, expected {list(task.info.shape)}",
                           where=task.out_key)
     return out.to(task.out_dtype or task.info.dtype)
+
+
+def by_expert(plan: Plan, task: TensorTask, base, models, kw: dict) -> torch.Tensor:
+    """A fused MoE experts tensor merged slice by slice along dim 0, each expert with its own parameters."""
+    names = {p.name: p.py_name for p in plan.spec.params}
+    parts = []
+    for e, params in enumerate(task.expert_params):
+        one = {**kw, **{names[n]: v for n, v in params.items() if n in names}}
+        parts.append(plan.spec.fn(base[e] if base is not None else None, [m[e] for m in models], **one))
+    return torch.stack(parts)
 
 
 def _checked(load: Callable, plan: Plan) -> Callable:

@@ -51,7 +51,8 @@ def _signature(plan: Plan, task: TensorTask, seed) -> tuple:
     built from the plan's own values without serialising them (json of ~1100 SD tasks took ~16 ms per slider)."""
     refs = tuple((source_key(plan.sources[i], k), k) for i, k in task.inputs)
     base = (source_key(plan.sources[task.base[0]], task.base[1]), task.base[1]) if task.base else None
-    return (plan.spec.name, task.op, refs, base, _frozen(task.params), seed if plan.spec.random else None)
+    return (plan.spec.name, task.op, refs, base, _frozen(task.params), _frozen(task.expert_params),
+            seed if plan.spec.random else None)
 
 
 def source_key(src: TensorSource, key: str) -> tuple:

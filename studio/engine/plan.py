@@ -15,6 +15,7 @@ import torch
 from ..devices import parse_dtype
 from ..errors import RecipeError, StudioError
 from ..layout import LayerStackLayout, Layout, detect_layout, is_mergeable
+from ..layout.llm import layer_stack_for
 from ..layout.modules import LAYER_COUNT_FIELDS, ModulesLayout, module_of
 from ..methods import MethodSpec
 from ..recipe import InputModel, Recipe
@@ -35,6 +36,8 @@ class TensorTask:
     group: str = ""
     info: TensorInfo | None = None   # shape and stored dtype of the output
     out_dtype: torch.dtype | None = None
+    # a fused MoE experts tensor whose experts have different settings: each slice along dim 0 merged with its own
+    expert_params: list[dict] | None = None
 
     @property
     def seed_key(self) -> int:
@@ -197,7 +200,10 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
         tasks.append(TensorTask(
             key, "merge", [(i, key) for i in input_idx],
             base=(ref_idx, key) if base_in else None, params=params, group=group, info=info,
-            out_dtype=_out_dtype(recipe, info)))
+            out_dtype=_out_dtype(recipe, info),
+            expert_params=_expert_params(layout, key, info, params,
+                                         lambda g: _params_for(recipe, spec, key, layout, t, g, [recipe.parameters],
+                                                               model_scopes, f"{key} ({g})"))))
     warnings = []
     for i, src in enumerate(pool.items):
         extra = [k for k in src.keys() if k not in reference]
@@ -205,6 +211,17 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
             warnings.append(f"{src.ref}: {len(extra)} tensor(s) absent from {reference.ref} are not in the output "
                             f"(e.g. {extra[0]})")
     return Plan(recipe, spec, pool.items, layout, tasks, warnings=warnings)
+
+
+def _expert_params(layout: Layout, key: str, info: TensorInfo, params: dict, params_of: Callable[[str], dict]
+                   ) -> list[dict] | None:
+    """Each expert's parameters for a fused experts tensor, when some expert's differ from the tensor's (else None:
+    the tensor is merged whole, as mergekit does — per-slice merging would change methods that rank over a tensor)."""
+    groups = layout.expert_groups(key)
+    if not groups or not info.shape or info.shape[0] != len(groups):
+        return None
+    per = [params_of(g) for g in groups]
+    return per if any(p != params for p in per) else None
 
 
 def _plan_slices(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
@@ -269,12 +286,12 @@ def _plan_slices(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
             for key in layer_keys(src0, a + i):
                 out_key = layout.rename_layer(key, out_layer)
                 pairs = [(s, layout.rename_layer(key, s.layer_range[0] + i)) for s in sl.sources]
-                plan_tensor(out_key, f"L{out_layer:02d}", t, sl, pairs, src0.info(key))
+                plan_tensor(out_key, layout.group_of(out_key), t, sl, pairs, src0.info(key))
             out_layer += 1
     plan_outside("HEAD", recipe.slices[-1])
     plan = Plan(recipe, spec, pool.items, layout, tasks, num_layers=out_layer)
     # the output has a different number of layers: use a layout that matches it for reporting
-    plan.layout = LayerStackLayout(out_layer, stack_prefix=getattr(layout, "stack_prefix", None))
+    plan.layout = layer_stack_for([t.out_key for t in tasks], out_layer, getattr(layout, "stack_prefix", None))
     for t in tasks:
         t.group = plan.layout.group_of(t.out_key)
     return plan

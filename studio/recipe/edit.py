@@ -37,12 +37,13 @@ from ..methods import MethodSpec, Param, get_method
 from ..sources import open_source
 from .limits import parse_yaml
 from .model import Recipe
-from .resolve import evaluate_setting
+from .resolve import evaluate_setting, group_entry
 
 # --------------------------------------------------------------------------------------------------- setting paths
 
+# a group id may hold single dots (a MoE layer's ``L07.expert03``); ``..`` separates a range's ends
 _PATH = re.compile(r"^(?:(?P<scope>parameters|models)\.)?(?:(?P<index>\d+|\*)\.)?(?P<name>[A-Za-z_][\w]*)"
-                   r"(?:@(?P<first>[^.\s]+?)(?:\.\.(?P<last>[^.\s]+))?)?$")
+                   r"(?:@(?P<first>[^\s]+?)(?:\.\.(?P<last>[^\s]+))?)?$")
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,10 @@ def compress_groups(values: dict[str, float], groups: list[str], default=None):
     mode = default if default is not None else max(counts, key=lambda v: (counts[v], -vals.index(v)))
     out: dict[str, Any] = {"*": mode} if len(vals) == len(groups) else {}
     for g in groups:
-        if g in values and (values[g] != mode or "*" not in out):
+        # a sub-group (L07.expert03) falls back on its parents' entries (written before it) before "*": it is written
+        # when what it would inherit differs
+        inherited = out.get(group_entry(out, g) or "*", mode)
+        if g in values and (values[g] != inherited or "*" not in out):
             out[g] = values[g]
     return out
 
@@ -505,14 +509,22 @@ def _shaped(layout: Layout, what: str) -> None:
                           hint="set the value with the slider; block presets fit SD UNets, curves fit layers too")
 
 
+def _over_layers(layout: Layout, shaped) -> list[float]:
+    """``shaped(groups)`` (one value per group) over the layout's top-level groups, each sub-group taking its
+    parent's value: a MoE layer's router and experts (``L07.expert03``) follow the curve at their layer."""
+    top = [g for g in layout.groups if "." not in g]
+    values = dict(zip(top, shaped(top)))
+    return [values[g.split(".", 1)[0]] for g in layout.groups]
+
+
 def apply_curve(recipe: dict, path: SettingPath, layout: Layout, shape: str, lo: float, hi: float) -> dict:
     _shaped(layout, "curve")
-    return set_group_values(recipe, path, layout, curve(shape, len(layout.groups), lo, hi))
+    return set_group_values(recipe, path, layout, _over_layers(layout, lambda gs: curve(shape, len(gs), lo, hi)))
 
 
 def apply_preset(recipe: dict, path: SettingPath, layout: Layout, name: str) -> dict:
     _shaped(layout, f"preset ({name})")
-    return set_group_values(recipe, path, layout, preset_values(name, list(layout.groups)))
+    return set_group_values(recipe, path, layout, _over_layers(layout, lambda gs: preset_values(name, gs)))
 
 
 def _start_missing(spec: MethodSpec, model: dict, top: dict) -> dict:

@@ -6,13 +6,16 @@ A setting may be:
     linear between the two nearest anchors; a non-numeric list takes s[int(t·(len−1))]);
   * a list of ``{filter, value}`` rules: the first whose filter is absent, "*" or a substring of the tensor name wins;
     each value may itself be any setting;
-  * (ours) a mapping ``{group id: value}`` with optional "*" default — per-block / per-layer values by name;
+  * (ours) a mapping ``{group id: value}`` with optional "*" default — per-block / per-layer values by name; a
+    sub-group without an entry takes its parent's (``L07.expert03`` → ``L07``: a MoE layer's experts follow the
+    layer's value unless given their own);
   * (ours) a string of comma-separated numbers (SuperMerger's block-weight string), or a preset name.
 Precedence (most specific first): slice source parameters > slice parameters > model parameters > top-level.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..errors import RecipeError
@@ -70,13 +73,30 @@ def evaluate_setting(value: Any, key: str, t: float, group: str | None = None, n
             return None
         return interpolate(value, t)
     if isinstance(value, dict):
-        if group is not None and group in value:
-            return evaluate_setting(value[group], key, t, group, num_groups)
+        entry = group_entry(value, group)
+        if entry is not None:
+            return evaluate_setting(value[entry], key, t, group, num_groups)
         for default in ("*", "default"):
             if default in value:
                 return evaluate_setting(value[default], key, t, group, num_groups)
         return None
     return value
+
+
+EXPERT_GROUP = re.compile(r"^(?P<layer>.+)\.expert\d+$")
+
+
+def group_entry(mapping: dict, group: str | None) -> str | None:
+    """The mapping's entry for ``group``: its own, else its nearest parent's (``L07.expert03``, then ``L07``); an
+    expert's own ``L07.experts`` (all of the layer's experts) comes before the layer's."""
+    while group:
+        if group in mapping:
+            return group
+        m = EXPERT_GROUP.match(group)
+        if m and f"{m.group('layer')}.experts" in mapping:
+            return f"{m.group('layer')}.experts"
+        group = group.rpartition(".")[0]
+    return None
 
 
 def names_matter(value: Any) -> bool:
