@@ -151,14 +151,18 @@ class LoraModule:
     def _t(self, src, role) -> torch.Tensor:
         return src.get(self.keys[role]).to(torch.float32)
 
-    def delta(self, src, target_shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        """ΔW (float32) *including* the module's scale (α/r), excluding the user's strength; shaped like the target."""
+    def delta(self, src, target_shape: tuple[int, ...] | None = None, rows: tuple[int, int] | None = None
+              ) -> torch.Tensor:
+        """ΔW (float32) *including* the module's scale (α/r), excluding the user's strength; shaped like the target.
+        ``rows``: only that [start, stop) block of ΔW's rows (a fused module split over several targets)."""
         a = self.algo
         if a in ("lora", "tucker"):
             if "emb_down" in self.keys:  # PEFT embedding: ΔW = (B @ A)ᵀ
                 d = (self._t(src, "emb_up") @ self._t(src, "emb_down")).T
             else:
                 down, up = self._t(src, "down"), self._t(src, "up")
+                if rows is not None and not self.fan_in_fan_out:   # ΔW's rows are up's rows: slice before the product
+                    up, rows = up[rows[0]:rows[1]], None
                 if "mid" in self.keys:
                     mid = self._t(src, "mid")
                     d = torch.einsum("ij...,pi,jr->pr...", mid, up.flatten(1), down.flatten(1))
@@ -191,6 +195,8 @@ class LoraModule:
             d = self._t(src, "w_norm").clone()
         else:  # pragma: no cover
             raise StudioError(f"LoRA module {self.name}: unsupported algorithm {a}")
+        if rows is not None:
+            d = d[rows[0]:rows[1]]
         s = self.scale
         if s != 1.0:
             d = d * s
