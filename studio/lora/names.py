@@ -188,7 +188,7 @@ def _add_dit(source, keys, kset: set[str], out: dict[str, tuple[Target, ...]]) -
                 continue
             for i, name in enumerate(g.parts):
                 mine = rows if g.kind == ADALN else [rows[i]]
-                size = total if g.kind == ADALN else rows[i][1] - rows[i][0]   # the part's own ΔW rows
+                size = total if g.kind == ADALN else rows[i][1][1] - rows[i][1][0]   # the part's own ΔW rows
                 ts = tuple(target(g.orig, None if o == (0, total) else o, None if d == (0, size) else d)
                            for o, d in mine)
                 for a in dit_aliases(name):
@@ -196,7 +196,7 @@ def _add_dit(source, keys, kset: set[str], out: dict[str, tuple[Target, ...]]) -
         elif all(d + ".weight" in rel for d in g.parts):   # diffusers spelling: an original name spans the parts
             total = sum(rows_of(d) for d in g.parts)
             rows = part_rows(g, total, hidden)
-            if rows is None or (g.kind != ADALN and [b - a for a, b in rows] != [rows_of(d) for d in g.parts]):
+            if rows is None or (g.kind != ADALN and [b - a for _, (a, b) in rows] != [rows_of(d) for d in g.parts]):
                 continue
             parts = g.parts if g.kind != ADALN else g.parts * len(rows)
             ts = tuple(target(d, None if dr == (0, rows_of(d)) else dr, None if o == (0, total) else o)
