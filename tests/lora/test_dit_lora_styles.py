@@ -428,3 +428,41 @@ def test_qwen_image_kohya_and_diffusers_names(tmp_path):
     got = baked(str(tmp_path / "qwen.safetensors"), lora, tmp_path / "l.safetensors", 1.5)
     for k, w in sd.items():
         torch.testing.assert_close(got[k], w + 1.5 * want[k] if k in want else w, rtol=0, atol=1e-5)
+
+
+# ---- lora convert: re-spelling a LoRA exactly --------------------------------------------------------------------
+
+
+def test_convert_diffusers_flux_lora_to_kohya_bfl_and_back(flux, tmp_path):
+    from studio.cli import main
+    from studio.lora.convert import convert
+    lora, _ = peft_lora(flux["sd"], "transformer.", seed=500)
+    save_file(lora, tmp_path / "d.safetensors")
+    assert main(["lora", "convert", str(tmp_path / "d.safetensors"), str(tmp_path / "k.safetensors"),
+                 "--base", flux["bfl_path"]]) == 0
+    k = load_file(tmp_path / "k.safetensors")
+    # split q/k/v (rank 3 each) fused into one BFL module of rank 9; linear1 from q/k/v/proj_mlp: rank 12
+    assert k["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"].shape == (9, D)
+    assert k["lora_unet_single_blocks_1_linear1.lora_up.weight"].shape == (3 * D + 4 * D, 12)
+    assert not any(n.startswith("lora_unet_transformer_blocks") for n in k)
+    # the converted kohya LoRA bakes to the same BFL model as the original
+    a = baked(flux["bfl_path"], lora, tmp_path / "x.safetensors", 0.9)
+    b = baked(flux["bfl_path"], k, tmp_path / "y.safetensors", 0.9)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
+    # back to diffusers names: the same diffusers model as the original LoRA baked there
+    convert(str(tmp_path / "k.safetensors"), flux["diffusers"], tmp_path / "d2.safetensors", fmt="diffusers")
+    d2 = load_file(tmp_path / "d2.safetensors")
+    assert "transformer.transformer_blocks.0.attn.to_q.lora_A.weight" in d2
+    c = baked(flux["diffusers"], lora, tmp_path / "x.safetensors", 0.9)
+    e = baked(flux["diffusers"], d2, tmp_path / "y.safetensors", 0.9)
+    for key in c:
+        torch.testing.assert_close(e[key], c[key], rtol=0, atol=1e-5)
+
+
+def test_convert_refuses_what_has_no_exact_low_rank_form(flux, tmp_path):
+    from studio.lora.convert import convert
+    n = "lora_unet_double_blocks_0_img_attn_qkv"
+    save_file({f"{n}.lokr_w1": rnd(3, 2, seed=1), f"{n}.lokr_w2": rnd(16, 8, seed=2)}, tmp_path / "l.safetensors")
+    with pytest.raises(StudioError, match="not plain linear LoRAs"):
+        convert(str(tmp_path / "l.safetensors"), flux["diffusers"], tmp_path / "o.safetensors")
