@@ -101,6 +101,9 @@ def flux(tmp_path_factory):
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)   # the test's mapping is right
     save_file(sd, root / "flux_diffusers.safetensors")
     save_file(bfl, root / "flux_bfl.safetensors")
+    # as found in a diffusers pipeline folder's transformer and in a single-file (ComfyUI / Forge) checkpoint
+    save_file({"transformer." + k: v for k, v in sd.items()}, root / "flux_diffusers_prefixed.safetensors")
+    save_file({"model.diffusion_model." + k: v for k, v in bfl.items()}, root / "flux_bfl_prefixed.safetensors")
     return {"root": root, "model": model, "sd": sd, "bfl": bfl,
             "diffusers": str(root / "flux_diffusers.safetensors"), "bfl_path": str(root / "flux_bfl.safetensors")}
 
@@ -136,10 +139,20 @@ def flux_kohya_lora(bfl: dict) -> dict:
     return lora
 
 
-def test_kohya_flux_onto_bfl_and_diffusers_names(flux, tmp_path):
+def unprefixed(state: dict, prefix: str) -> dict:
+    assert all(k.startswith(prefix) for k in state)
+    return {k[len(prefix):]: v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("bfl_prefix,diff_prefix", [("", ""), ("model.diffusion_model.", "transformer.")])
+def test_kohya_flux_onto_bfl_and_diffusers_names(flux, tmp_path, bfl_prefix, diff_prefix):
     lora = flux_kohya_lora(flux["bfl"])
     m = 0.8
-    on_bfl = baked(flux["bfl_path"], lora, tmp_path / "k.safetensors", m)
+    bfl_file, diff_file = flux["bfl_path"], flux["diffusers"]
+    if bfl_prefix:
+        bfl_file, diff_file = (str(flux["root"] / "flux_bfl_prefixed.safetensors"),
+                               str(flux["root"] / "flux_diffusers_prefixed.safetensors"))
+    on_bfl = unprefixed(baked(bfl_file, lora, tmp_path / "k.safetensors", m), bfl_prefix)
     # (a) closed form per BFL tensor: W + m·α/r·U·D, the fused qkv / linear1 / modulation whole
     for k, w in flux["bfl"].items():
         name = "lora_unet_" + k[:-7].replace(".", "_")
@@ -147,7 +160,7 @@ def test_kohya_flux_onto_bfl_and_diffusers_names(flux, tmp_path):
         torch.testing.assert_close(on_bfl[k], want, rtol=0, atol=1e-5)
     # the same LoRA on the diffusers-named model: split rows (q/k/v, proj_mlp), swapped final modulation — equal to
     # diffusers' own converter run on the BFL result
-    on_diff = baked(flux["diffusers"], lora, tmp_path / "k.safetensors", m)
+    on_diff = unprefixed(baked(diff_file, lora, tmp_path / "k.safetensors", m), diff_prefix)
     want = bfl_to_diffusers(on_bfl)
     assert set(on_diff) == set(want)
     for k in want:
@@ -271,15 +284,19 @@ def test_bias_deltas_follow_the_row_split(flux, tmp_path):
         torch.testing.assert_close(on_diff[s + mod + ".bias"], flux["sd"][s + mod + ".bias"] + diff_b[a:b])
 
 
-@pytest.mark.parametrize("base", ["bfl_path", "diffusers"])
-def test_block_weights_scale_exactly_one_block(flux, tmp_path, base):
+@pytest.mark.parametrize("file,state,prefix", [("flux_bfl", "bfl", ""), ("flux_diffusers", "sd", ""),
+                                               ("flux_bfl_prefixed", "bfl", "model.diffusion_model."),
+                                               ("flux_diffusers_prefixed", "sd", "transformer.")])
+def test_block_weights_scale_exactly_one_block(flux, tmp_path, file, state, prefix):
+    """``D01=0`` on a Flux LoRA: whatever layout the model gets (the 61-id Flux one, or one inferred from a bare
+    diffusers transformer's keys), that block keeps the base's weights and every other gets its full ΔW."""
     lora = flux_kohya_lora(flux["bfl"])
-    src = open_source(flux[base])
-    layout = detect_layout(src)
+    base = str(flux["root"] / f"{file}.safetensors")
+    layout = detect_layout(open_source(base))
     assert "D01" in layout.groups
-    full = baked(flux[base], lora, tmp_path / "b.safetensors")
-    zero = baked(flux[base], lora, tmp_path / "b.safetensors", blocks="D01=0")
-    orig = flux["bfl"] if base == "bfl_path" else flux["sd"]
+    full = baked(base, lora, tmp_path / "b.safetensors")
+    zero = baked(base, lora, tmp_path / "b.safetensors", blocks="D01=0")
+    orig = {prefix + k: v for k, v in flux[state].items()}
     in_d01 = [k for k in orig if layout.group_of(k) == "D01"]
     assert in_d01 and any(not torch.equal(full[k], orig[k]) for k in in_d01)
     for k in orig:
@@ -287,7 +304,7 @@ def test_block_weights_scale_exactly_one_block(flux, tmp_path, base):
             assert torch.equal(zero[k], orig[k]), k
         else:
             assert torch.equal(zero[k], full[k]), k
-    half = baked(flux[base], lora, tmp_path / "b.safetensors", blocks="D01=0.5")
+    half = baked(base, lora, tmp_path / "b.safetensors", blocks="D01=0.5")
     for k in in_d01:
         torch.testing.assert_close(half[k], orig[k] + 0.5 * (full[k] - orig[k]), rtol=0, atol=1e-5)
 
@@ -384,6 +401,13 @@ def test_wan_original_and_diffusers_names(tmp_path):
     got = baked(str(tmp_path / "wan.safetensors"), lora, tmp_path / "l.safetensors")
     for k, w in sd.items():
         torch.testing.assert_close(got[k], w + want[k] if k in want else w, rtol=0, atol=1e-5)
+    # block weights use whatever ids the layout gives this model (here not Flux's D/S ids)
+    layout = detect_layout(open_source(str(tmp_path / "wan.safetensors")))
+    block1 = layout.group_of("blocks.1.attn2.to_out.0.weight")
+    assert block1 != layout.group_of("blocks.0.attn1.to_q.weight")
+    zero = baked(str(tmp_path / "wan.safetensors"), lora, tmp_path / "l.safetensors", blocks=f"{block1}=0")
+    for k, w in sd.items():
+        assert torch.equal(zero[k], w if layout.group_of(k) == block1 else got[k]), k
 
 
 def test_wan_ai_toolkit_lora_equals_diffusers_conversion_and_fuse(tmp_path):
@@ -466,3 +490,44 @@ def test_convert_refuses_what_has_no_exact_low_rank_form(flux, tmp_path):
     save_file({f"{n}.lokr_w1": rnd(3, 2, seed=1), f"{n}.lokr_w2": rnd(16, 8, seed=2)}, tmp_path / "l.safetensors")
     with pytest.raises(StudioError, match="not plain linear LoRAs"):
         convert(str(tmp_path / "l.safetensors"), flux["diffusers"], tmp_path / "o.safetensors")
+
+
+def wan_original_names(sd: dict) -> dict:
+    """The test's own diffusers → original Wan names (checked against diffusers' converter, original → diffusers)."""
+    ren = [("condition_embedder.time_embedder.linear_", "time_embedding.L"),
+           ("condition_embedder.text_embedder.linear_", "text_embedding.L"),
+           ("condition_embedder.time_proj", "time_projection.1"), ("attn1.", "self_attn."), ("attn2.", "cross_attn."),
+           (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."), ("ffn.net.0.proj", "ffn.0"),
+           ("ffn.net.2", "ffn.2"), ("proj_out", "head.head"), (".norm2.", ".norm3.")]
+    out = {}
+    for k, v in sd.items():
+        n = k
+        for a, b in ren:
+            n = n.replace(a, b)
+        n = n.replace("embedding.L1", "embedding.0").replace("embedding.L2", "embedding.2")
+        n = "head.modulation" if n == "scale_shift_table" else n.replace(".scale_shift_table", ".modulation")
+        out[n] = v
+    return out
+
+
+def test_wan_lora_onto_original_names_equals_diffusers_converter(tmp_path):
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    sd = save_model(tiny_wan(), tmp_path / "wan.safetensors")
+    orig = wan_original_names(sd)
+    back = convert_wan_transformer_to_diffusers(dict(orig))
+    assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+    save_file(orig, tmp_path / "wan_orig.safetensors")
+    lora = {}
+    for i, mod in enumerate(("blocks.0.attn1.to_q", "blocks.1.attn2.to_out.0", "blocks.1.ffn.net.2", "proj_out",
+                             "condition_embedder.time_proj")):
+        out, inp = sd[mod + ".weight"].shape
+        lora[f"transformer.{mod}.lora_A.weight"] = rnd(2, inp, seed=600 + 2 * i)
+        lora[f"transformer.{mod}.lora_B.weight"] = rnd(out, 2, seed=601 + 2 * i)
+    lora.update(kohya("lora_unet_blocks_0_attn1_to_v", 16, 16, 2, seed=700, alpha=1.0))
+    on_orig = baked(str(tmp_path / "wan_orig.safetensors"), lora, tmp_path / "l.safetensors")
+    on_diff = baked(str(tmp_path / "wan.safetensors"), lora, tmp_path / "l.safetensors")
+    want = convert_wan_transformer_to_diffusers(dict(on_orig))
+    changed = [k for k in sd if not torch.equal(on_diff[k], sd[k])]
+    assert len(changed) == 6
+    for k in sd:
+        torch.testing.assert_close(want[k], on_diff[k], rtol=0, atol=1e-5)
