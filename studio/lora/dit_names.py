@@ -111,7 +111,8 @@ def _wan(keys) -> list[Group]:
               for p, q in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"))]
         g += [Group(o + "cross_attn.k_img", (d + "attn2.add_k_proj",)),
               Group(o + "cross_attn.v_img", (d + "attn2.add_v_proj",)),
-              Group(o + "ffn.0", (d + "ffn.net.0.proj",)), Group(o + "ffn.2", (d + "ffn.net.2",))]
+              Group(o + "ffn.0", (d + "ffn.net.0.proj",)), Group(o + "ffn.2", (d + "ffn.net.2",)),
+              Group(o + "norm3", (d + "norm2",))]        # the cross-attention norm (the other two have no weights)
     return g
 
 

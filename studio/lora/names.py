@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from ..layout.sd_keys import UNET_PREFIX, openclip_to_hf, unet_from_ldm, unet_to_ldm
-from .dit_names import ADALN, part_rows, spelling_groups
+from .dit_names import ADALN, QKV_MLP, part_rows, spelling_groups
 
 Rows = tuple[int, int]
 
@@ -195,7 +195,7 @@ def _add_dit(source, keys, kset: set[str], out: dict[str, tuple[Target, ...]]) -
                     out.setdefault(a, ts)
         elif all(d + ".weight" in rel for d in g.parts):   # diffusers spelling: an original name spans the parts
             total = sum(rows_of(d) for d in g.parts)
-            rows = part_rows(g, total, hidden)
+            rows = part_rows(g, total, rows_of(g.parts[0]) if g.kind == QKV_MLP else hidden)
             if rows is None or (g.kind != ADALN and [b - a for _, (a, b) in rows] != [rows_of(d) for d in g.parts]):
                 continue
             parts = g.parts if g.kind != ADALN else g.parts * len(rows)

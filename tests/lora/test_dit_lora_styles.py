@@ -524,10 +524,11 @@ def test_wan_lora_onto_original_names_equals_diffusers_converter(tmp_path):
         lora[f"transformer.{mod}.lora_A.weight"] = rnd(2, inp, seed=600 + 2 * i)
         lora[f"transformer.{mod}.lora_B.weight"] = rnd(out, 2, seed=601 + 2 * i)
     lora.update(kohya("lora_unet_blocks_0_attn1_to_v", 16, 16, 2, seed=700, alpha=1.0))
+    lora["lora_unet_blocks_1_norm2.w_norm"] = rnd(16, seed=710)      # diffusers norm2 is the original norm3
     on_orig = baked(str(tmp_path / "wan_orig.safetensors"), lora, tmp_path / "l.safetensors")
     on_diff = baked(str(tmp_path / "wan.safetensors"), lora, tmp_path / "l.safetensors")
     want = convert_wan_transformer_to_diffusers(dict(on_orig))
     changed = [k for k in sd if not torch.equal(on_diff[k], sd[k])]
-    assert len(changed) == 6
+    assert len(changed) == 7 and "blocks.1.norm2.weight" in changed
     for k in sd:
         torch.testing.assert_close(want[k], on_diff[k], rtol=0, atol=1e-5)
