@@ -429,8 +429,10 @@ def read_lora(src) -> LoraNetwork:
 
 
 def detect_lora_family(net: LoraNetwork) -> str | None:
-    """sd1 / sd2 / sdxl / flux from names and widths, or None when the LoRA does not say (e.g. LLM adapters)."""
+    """sd1 / sd2 / sdxl / sd3 / flux from names and widths, or None when the LoRA does not say (e.g. LLM adapters)."""
     names = list(net.modules)
+    if any(n.startswith(("lora_unet_joint_blocks_", "diffusion_model.joint_blocks.")) for n in names):
+        return "sd3"        # kohya SD3 also names CLIP-L/G/T5 lora_te1_/te2_/te3_, as Flux and SDXL do in part
     if any(n.startswith(("lora_te3_", "lora_unet_double_blocks_", "lora_unet_single_blocks_",
                          "transformer.single_transformer_blocks.")) for n in names):
         return "flux"

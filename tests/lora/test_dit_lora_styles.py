@@ -532,3 +532,13 @@ def test_wan_lora_onto_original_names_equals_diffusers_converter(tmp_path):
     assert len(changed) == 7 and "blocks.1.norm2.weight" in changed
     for k in sd:
         torch.testing.assert_close(want[k], on_diff[k], rtol=0, atol=1e-5)
+
+
+def test_sd3_lora_with_text_encoders_is_an_sd3_lora(tmp_path):
+    """kohya SD3 LoRAs name CLIP-L/G and T5 lora_te1_/te2_/te3_ like SDXL and Flux do: the MMDiT names decide."""
+    from studio.lora import detect_lora_family, read_lora
+    lora = kohya("lora_unet_joint_blocks_0_x_block_attn_qkv", 48, 16, 2, seed=1)
+    lora.update(kohya("lora_te3_encoder_block_0_layer_0_SelfAttention_q", 8, 8, 2, seed=2))
+    lora.update(kohya("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 8, 8, 2, seed=3))
+    save_file(lora, tmp_path / "l.safetensors")
+    assert detect_lora_family(read_lora(open_source(str(tmp_path / "l.safetensors")))) == "sd3"
