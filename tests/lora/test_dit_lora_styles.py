@@ -342,12 +342,65 @@ def save_model(model, path) -> dict:
     return sd
 
 
-def test_sd3_kohya_mmdit_names_onto_diffusers(tmp_path):
+def tiny_sd3():
     torch.manual_seed(1)
-    model = diffusers.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2,
-                                            attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12,
-                                            caption_projection_dim=16, pooled_projection_dim=10, out_channels=4,
-                                            pos_embed_max_size=8)
+    return diffusers.SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2,
+                                           attention_head_dim=8, num_attention_heads=2, joint_attention_dim=12,
+                                           caption_projection_dim=16, pooled_projection_dim=10, out_channels=4,
+                                           pos_embed_max_size=8)
+
+
+def sd3_original_names(sd: dict, layers: int = 2) -> dict:
+    """The test's own diffusers → SD3 MMDiT names (checked against diffusers' converter, MMDiT → diffusers)."""
+    def swap(t):
+        a, b = t.chunk(2)
+        return torch.cat([b, a])
+    ren = {"pos_embed.proj": "x_embedder.proj", "context_embedder": "context_embedder", "proj_out": "final_layer.linear",
+           "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+           "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+           "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+           "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2"}
+    for i in range(layers):
+        d, x, c = f"transformer_blocks.{i}.", f"joint_blocks.{i}.x_block.", f"joint_blocks.{i}.context_block."
+        ren.update({d + "attn.to_out.0": x + "attn.proj", d + "attn.to_add_out": c + "attn.proj",
+                    d + "norm1.linear": x + "adaLN_modulation.1", d + "ff.net.0.proj": x + "mlp.fc1",
+                    d + "ff.net.2": x + "mlp.fc2", d + "ff_context.net.0.proj": c + "mlp.fc1",
+                    d + "ff_context.net.2": c + "mlp.fc2"})
+    out = {"pos_embed": sd["pos_embed.pos_embed"]}
+    for suf in ("weight", "bias"):
+        for d, o in ren.items():
+            if f"{d}.{suf}" in sd:
+                out[f"{o}.{suf}"] = sd[f"{d}.{suf}"]
+        for i in range(layers):
+            d = f"transformer_blocks.{i}."
+            out[f"joint_blocks.{i}.x_block.attn.qkv.{suf}"] = torch.cat([sd[f"{d}attn.to_{c}.{suf}"] for c in "qkv"])
+            out[f"joint_blocks.{i}.context_block.attn.qkv.{suf}"] = torch.cat(
+                [sd[f"{d}attn.add_{c}_proj.{suf}"] for c in "qkv"])
+            ctx = sd[f"{d}norm1_context.linear.{suf}"]
+            out[f"joint_blocks.{i}.context_block.adaLN_modulation.1.{suf}"] = swap(ctx) if i == layers - 1 else ctx
+        out[f"final_layer.adaLN_modulation.1.{suf}"] = swap(sd[f"norm_out.linear.{suf}"])
+    return out
+
+
+def test_sd3_diffusers_lora_onto_mmdit_names_equals_diffusers_converter(tmp_path):
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers as to_diffusers
+    sd = save_model(tiny_sd3(), tmp_path / "sd3.safetensors")
+    orig = sd3_original_names(sd)
+    back = to_diffusers(dict(orig))
+    assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+    save_file(orig, tmp_path / "sd3_mmdit.safetensors")
+    lora, _ = peft_lora(sd, "transformer.", seed=800)             # every linear, split names
+    on_orig = baked(str(tmp_path / "sd3_mmdit.safetensors"), lora, tmp_path / "l.safetensors")
+    on_diff = baked(str(tmp_path / "sd3.safetensors"), lora, tmp_path / "l.safetensors")
+    want = to_diffusers(dict(on_orig))
+    for k in sd:
+        torch.testing.assert_close(want[k], on_diff[k], rtol=0, atol=1e-5)
+    assert not torch.equal(on_diff["transformer_blocks.1.norm1_context.linear.weight"],
+                           sd["transformer_blocks.1.norm1_context.linear.weight"])
+
+
+def test_sd3_kohya_mmdit_names_onto_diffusers(tmp_path):
+    model = tiny_sd3()
     sd = save_model(model, tmp_path / "sd3.safetensors")
     lora = {}
     names = {"x": "lora_unet_joint_blocks_0_x_block_attn_qkv", "c": "lora_unet_joint_blocks_1_context_block_attn_qkv",
