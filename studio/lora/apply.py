@@ -59,6 +59,9 @@ def _fits(mod: LoraModule, t: Target, base) -> str | None:
         ds = mod.delta_shape()
         if ds is not None and t.delta_rows is not None and t.delta_rows[1] > ds[0]:
             return f"ΔW {tuple(ds)} has no rows {t.delta_rows[0]}:{t.delta_rows[1]}"
+        if ds is not None and t.delta_rows is not None and "dora" in mod.shapes and \
+                math.prod(mod.shapes["dora"]) != ds[0]:
+            return "a DoRA with per-column magnitudes cannot be split into row blocks"
         if ds is not None:
             ds = (_extent(t.delta_rows, ds[0]), *ds[1:])
         if ds is not None and (math.prod(ds) != math.prod(shape) or ds[0] != shape[0]):

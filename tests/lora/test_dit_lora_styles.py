@@ -595,3 +595,22 @@ def test_sd3_lora_with_text_encoders_is_an_sd3_lora(tmp_path):
     lora.update(kohya("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 8, 8, 2, seed=3))
     save_file(lora, tmp_path / "l.safetensors")
     assert detect_lora_family(read_lora(open_source(str(tmp_path / "l.safetensors")))) == "sd3"
+
+
+def test_dora_on_a_fused_module_splits_per_row(flux, tmp_path):
+    """DoRA norms each output row (PEFT, LyCORIS wd_on_out), so a fused qkv DoRA on split q/k/v targets is exact:
+    the diffusers bake equals diffusers' converter run on the BFL bake. Per-column magnitudes are refused."""
+    n = "lora_unet_double_blocks_1_txt_attn_qkv"
+    lora = kohya(n, 48, 16, 2, seed=900, alpha=1.0)
+    lora[f"{n}.dora_scale"] = rnd(48, 1, seed=901).abs() + 0.5
+    on_bfl = baked(flux["bfl_path"], lora, tmp_path / "d.safetensors", 0.6)
+    on_diff = baked(flux["diffusers"], lora, tmp_path / "d.safetensors", 0.6)
+    want = bfl_to_diffusers(on_bfl)
+    for k in want:
+        torch.testing.assert_close(on_diff[k], want[k], rtol=0, atol=1e-5)
+    assert not torch.equal(on_diff["transformer_blocks.1.attn.add_v_proj.weight"],
+                           flux["sd"]["transformer_blocks.1.attn.add_v_proj.weight"])
+    lora[f"{n}.dora_scale"] = rnd(1, 16, seed=902).abs() + 0.5
+    save_file(lora, tmp_path / "c.safetensors")
+    with pytest.raises(StudioError, match="per-column"):
+        apply_lora_source(open_source(flux["diffusers"]), open_source(str(tmp_path / "c.safetensors")))
