@@ -1,4 +1,4 @@
-"""``python -m studio lora bake | combine | extract | inspect``."""
+"""``python -m studio lora bake | combine | convert | extract | inspect``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from ..layout import detect_layout
 from ..lora.apply import LoraAppliedSource
 from ..lora.bake import LoraSpec, bake
 from ..lora.combine import combine
+from ..lora.convert import FORMATS, convert
 from ..lora.extract import extract
 from ..lora.network import detect_lora_family, read_lora
 from ..sources import open_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="lora_command", metavar="{bake,combine,extract,inspect}")
+    sub = parser.add_subparsers(dest="lora_command", metavar="{bake,combine,convert,extract,inspect}")
     sub.required = True
 
     b = sub.add_parser("bake", help="bake LoRAs into a checkpoint (exact, float32 ΔW)")
@@ -38,6 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--json", action="store_true", help="print the full report as JSON")
+
+    v = sub.add_parser("convert", help="re-spell a LoRA for a diffusion transformer's module names, exactly (e.g. a "
+                                       "diffusers Flux LoRA → kohya on BFL names: split q/k/v fused)")
+    v.add_argument("lora", metavar="LORA")
+    v.add_argument("out", metavar="OUT", help="output .safetensors")
+    v.add_argument("--base", required=True, help="a model in the spelling to write (BFL or diffusers Flux, …)")
+    v.add_argument("--format", choices=sorted(FORMATS), default="kohya",
+                   help="kohya: lora_unet_<module>; diffusers: transformer.<module>.lora_A/lora_B")
+    v.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    v.add_argument("--overwrite", action="store_true")
 
     e = sub.add_parser("extract", help="extract a LoRA from (TUNED − BASE) by SVD")
     e.add_argument("base", metavar="BASE")
@@ -81,6 +92,12 @@ def _cmd_combine(args) -> int:
         print(f"relative Frobenius error overall: {s['overall_rel_error']:.4g}")
         for name, err in s["worst"]:
             print(f"  {err:.4g}  {name}")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    s = convert(args.lora, args.base, args.out, fmt=args.format, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"{s['modules_in']} modules → {s['modules_out']} ({s['format']}, ranks {s['ranks']}) → {s['output']}")
     return 0
 
 
@@ -137,5 +154,5 @@ def _cmd_inspect(args) -> int:
 
 
 def run(args) -> int:
-    cmd = {"bake": _cmd_bake, "combine": _cmd_combine, "extract": _cmd_extract, "inspect": _cmd_inspect}
+    cmd = {"bake": _cmd_bake, "combine": _cmd_combine, "convert": _cmd_convert, "extract": _cmd_extract, "inspect": _cmd_inspect}
     return cmd[args.lora_command](args)

@@ -47,13 +47,23 @@ def check_family(net: LoraNetwork, base, target_family: str | None = None) -> No
             where=net.ref, hint=f"use a {FAMILY_NAMES.get(tf, tf)} LoRA with this checkpoint (or the matching base model)")
 
 
+def _extent(rows, n: int) -> int:
+    return n if rows is None else rows[1] - rows[0]
+
+
 def _fits(mod: LoraModule, t: Target, base) -> str | None:
-    """None when ΔW fits the target, else a short reason."""
+    """None when ΔW (its ``delta_rows`` block) fits the target (its ``rows`` block), else a short reason."""
     shape = tuple(base.info(t.weight).shape)
-    if t.part is not None:
-        shape = (shape[0] // 3, *shape[1:])
+    shape = (_extent(t.rows, shape[0]), *shape[1:])
     if mod.has_weight:
         ds = mod.delta_shape()
+        if ds is not None and t.delta_rows is not None and t.delta_rows[1] > ds[0]:
+            return f"ΔW {tuple(ds)} has no rows {t.delta_rows[0]}:{t.delta_rows[1]}"
+        if ds is not None and t.delta_rows is not None and "dora" in mod.shapes and \
+                math.prod(mod.shapes["dora"]) != ds[0]:
+            return "a DoRA with per-column magnitudes cannot be split into row blocks"
+        if ds is not None:
+            ds = (_extent(t.delta_rows, ds[0]), *ds[1:])
         if ds is not None and (math.prod(ds) != math.prod(shape) or ds[0] != shape[0]):
             return f"ΔW {tuple(ds)} vs {shape}"
     if mod.has_bias and t.bias is None:
@@ -61,20 +71,38 @@ def _fits(mod: LoraModule, t: Target, base) -> str | None:
     return None
 
 
-def match_network(net: LoraNetwork, base, index: dict[str, Target] | None = None) -> list[tuple[LoraModule, Target]]:
-    """Match every LoRA module to a target tensor; raise listing the unmatched / misfitting ones."""
+def _uncovered(mod: LoraModule, targets: tuple[Target, ...]) -> str | None:
+    """A fused module split over several targets must be used whole: why not, or None."""
+    split = [t.delta_rows for t in targets if t.delta_rows is not None]
+    ds = mod.delta_shape() if split else None
+    if not split or ds is None:
+        return None
+    taken = sorted(split)
+    if len(split) != len(targets) or taken[0][0] != 0 or taken[-1][1] != ds[0] or \
+            any(a[1] != b[0] for a, b in zip(taken, taken[1:])):
+        return f"ΔW has {ds[0]} rows, the targets take {', '.join(f'{a}:{b}' for a, b in taken)}"
+    return None
+
+
+def match_network(net: LoraNetwork, base, index: dict[str, tuple[Target, ...]] | None = None
+                  ) -> list[tuple[LoraModule, Target]]:
+    """Match every LoRA module to its target tensor(s) (a fused module may feed several row blocks); raise listing
+    the unmatched / misfitting ones."""
     index = index if index is not None else target_index(base)
     matched, unmatched, misfit = [], [], []
     for name, mod in net.modules.items():
-        t = index.get(name)
-        if t is None:
+        ts = index.get(name)
+        if ts is None:
             unmatched.append(name)
             continue
-        why = _fits(mod, t, base)
-        if why:
+        whys = [(t, why) for t in ts if (why := _fits(mod, t, base))]
+        if not whys and (why := _uncovered(mod, ts)):
+            whys = [(ts[0], why)]
+        if whys:
+            t, why = whys[0]
             misfit.append(f"{name} → {t.weight} ({why})")
             continue
-        matched.append((mod, t))
+        matched.extend((mod, t) for t in ts)
     if unmatched:
         show = ", ".join(unmatched[:12]) + (f", … ({len(unmatched)} in all)" if len(unmatched) > 12 else "")
         raise StudioError(f"{len(unmatched)} of {len(net.modules)} LoRA modules match no tensor of the model: {show}",
@@ -104,6 +132,23 @@ def apply_dora(w: torch.Tensor, delta: torch.Tensor, mag: torch.Tensor, strength
         raise StudioError(f"DoRA magnitude of shape {tuple(mag.shape)} fits neither rows nor columns of {tuple(merged.shape)}")
     res = wl + strength * (new - wl)
     return res.T if fan_in_fan_out else res
+
+
+def _rows(t: torch.Tensor, rows) -> torch.Tensor:
+    return t if rows is None else t[rows[0]:rows[1]]
+
+
+def _dora_rows(mag: torch.Tensor, rows, p: Patch) -> torch.Tensor:
+    """The magnitudes of a row block: exact when DoRA norms each output row (PEFT, LyCORIS); a per-column norm
+    spans the whole fused matrix and cannot be split."""
+    if rows is None:
+        return mag
+    full = (p.module.delta_shape() or (0,))[0]
+    if mag.dim() >= 1 and mag.shape[0] == full and mag.numel() == full:
+        return mag.reshape(-1)[rows[0]:rows[1]]
+    raise StudioError(f"LoRA module {p.module.name}: a DoRA with per-column magnitudes cannot be split over "
+                      f"{p.target.weight}'s row blocks", where=p.net.ref,
+                      hint="apply it to a model in the LoRA's own spelling (fused or split as it was trained)")
 
 
 class LoraAppliedSource(TensorSource):
@@ -137,24 +182,25 @@ class LoraAppliedSource(TensorSource):
         orig = self.base.get(key)
         w = orig.to(torch.float32, copy=True)
         for p in plist:
-            n = w.shape[0] // 3 if p.target.part is not None else None
-            view = w if n is None else w[p.target.part * n:(p.target.part + 1) * n]
+            rows, drows = p.target.rows, p.target.delta_rows
+            view = w if rows is None else w[rows[0]:rows[1]]
             src = p.net.source
             keys = p.module.keys
             if p.bias:
                 if "replace_b" in keys:  # whole tensor saved by PEFT: move toward it by the strength
-                    view.add_(src.get(keys["replace_b"]).to(torch.float32) - view, alpha=p.strength)
+                    view.add_(_rows(src.get(keys["replace_b"]).to(torch.float32), drows) - view, alpha=p.strength)
                 else:
-                    view.add_(p.module.bias_delta(src).reshape(view.shape), alpha=p.strength)
+                    view.add_(_rows(p.module.bias_delta(src), drows).reshape(view.shape), alpha=p.strength)
                 continue
             if "replace" in keys:
-                view.add_(src.get(keys["replace"]).to(torch.float32).reshape(view.shape) - view, alpha=p.strength)
+                whole = _rows(src.get(keys["replace"]).to(torch.float32), drows)
+                view.add_(whole.reshape(view.shape) - view, alpha=p.strength)
                 if p.module.algo == "replace":
                     continue
-            d = p.module.delta(src, tuple(view.shape))
+            d = p.module.delta(src, tuple(view.shape), drows)
             mag = p.module.magnitude(src)
             if mag is not None:
-                view.copy_(apply_dora(view, d, mag, p.strength, p.module.fan_in_fan_out))
+                view.copy_(apply_dora(view, d, _dora_rows(mag, drows, p), p.strength, p.module.fan_in_fan_out))
             else:
                 view.add_(d, alpha=p.strength)
         return w.to(orig.dtype)

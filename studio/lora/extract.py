@@ -31,7 +31,10 @@ def _kohya_names(base, family: str | None) -> dict[tuple[str, int | None], str]:
     up_attn = frozenset(int(m[1]) for k in base.keys() if (m := re.match(r"^unet\.up_blocks\.(\d+)\.attentions\.", k)))
     xl = family == "sdxl"
     names: dict[tuple[str, int | None], str] = {}
-    for alias, t in index.items():
+    for alias, ts in index.items():
+        t = ts[0]
+        if len(ts) != 1 or t.delta_rows is not None:
+            continue                    # a fused name spread over split targets: the split ones have names of their own
         key = (t.weight, t.part)
         if not alias.startswith("lora_") or key in names:
             if alias.startswith("lora_te_") and key in names and not xl and names[key].startswith("lora_te1_"):

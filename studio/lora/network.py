@@ -151,14 +151,18 @@ class LoraModule:
     def _t(self, src, role) -> torch.Tensor:
         return src.get(self.keys[role]).to(torch.float32)
 
-    def delta(self, src, target_shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        """ΔW (float32) *including* the module's scale (α/r), excluding the user's strength; shaped like the target."""
+    def delta(self, src, target_shape: tuple[int, ...] | None = None, rows: tuple[int, int] | None = None
+              ) -> torch.Tensor:
+        """ΔW (float32) *including* the module's scale (α/r), excluding the user's strength; shaped like the target.
+        ``rows``: only that [start, stop) block of ΔW's rows (a fused module split over several targets)."""
         a = self.algo
         if a in ("lora", "tucker"):
             if "emb_down" in self.keys:  # PEFT embedding: ΔW = (B @ A)ᵀ
                 d = (self._t(src, "emb_up") @ self._t(src, "emb_down")).T
             else:
                 down, up = self._t(src, "down"), self._t(src, "up")
+                if rows is not None and not self.fan_in_fan_out:   # ΔW's rows are up's rows: slice before the product
+                    up, rows = up[rows[0]:rows[1]], None
                 if "mid" in self.keys:
                     mid = self._t(src, "mid")
                     d = torch.einsum("ij...,pi,jr->pr...", mid, up.flatten(1), down.flatten(1))
@@ -191,6 +195,8 @@ class LoraModule:
             d = self._t(src, "w_norm").clone()
         else:  # pragma: no cover
             raise StudioError(f"LoRA module {self.name}: unsupported algorithm {a}")
+        if rows is not None:
+            d = d[rows[0]:rows[1]]
         s = self.scale
         if s != 1.0:
             d = d * s
@@ -423,8 +429,10 @@ def read_lora(src) -> LoraNetwork:
 
 
 def detect_lora_family(net: LoraNetwork) -> str | None:
-    """sd1 / sd2 / sdxl / flux from names and widths, or None when the LoRA does not say (e.g. LLM adapters)."""
+    """sd1 / sd2 / sdxl / sd3 / flux from names and widths, or None when the LoRA does not say (e.g. LLM adapters)."""
     names = list(net.modules)
+    if any(n.startswith(("lora_unet_joint_blocks_", "diffusion_model.joint_blocks.")) for n in names):
+        return "sd3"        # kohya SD3 also names CLIP-L/G/T5 lora_te1_/te2_/te3_, as Flux and SDXL do in part
     if any(n.startswith(("lora_te3_", "lora_unet_double_blocks_", "lora_unet_single_blocks_",
                          "transformer.single_transformer_blocks.")) for n in names):
         return "flux"
