@@ -23,6 +23,9 @@ from .names import Target, target_index
 from .network import LoraModule, LoraNetwork, detect_lora_family, read_lora
 
 FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd": "SD1.x/SD2.x", "sd3": "SD3"}
+# DiT families whose LoRAs use Flux.1's module names (kohya ``lora_unet_double_blocks_…``): a LoRA read as "flux" may
+# be theirs, and the modules' shapes decide (a misfit is reported module by module)
+FLUX_NAMED = {"chroma": "flux", "flux2": "flux"}
 
 
 @dataclass
@@ -38,8 +41,9 @@ def check_family(net: LoraNetwork, base, target_family: str | None = None) -> No
     """Refuse a LoRA made for another diffusion family than ``base``'s (``target_family``: its base family, known)."""
     lf = detect_lora_family(net)
     tf = target_family if target_family is not None else base_family(diffusion_family(base))
-    if lf is None or tf is None:
-        return
+    tf = FLUX_NAMED.get(tf, tf)
+    if lf is None or tf not in FAMILY_NAMES:
+        return  # other DiTs: a LoRA's names alone do not tell their families apart; unmatched modules are reported
     ok = lf == tf or (lf == "sd" and tf in ("sd1", "sd2"))
     if not ok:
         raise StudioError(

@@ -614,3 +614,16 @@ def test_dora_on_a_fused_module_splits_per_row(flux, tmp_path):
     save_file(lora, tmp_path / "c.safetensors")
     with pytest.raises(StudioError, match="per-column"):
         apply_lora_source(open_source(flux["diffusers"]), open_source(str(tmp_path / "c.safetensors")))
+
+
+def test_flux_named_loras_are_not_refused_by_family_on_flux_derived_dits():
+    from studio.lora.apply import check_family
+    from studio.lora.network import read_lora
+    from studio.sources import DictSource
+
+    net = read_lora(DictSource({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(2, 8),
+                                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(24, 2)}))
+    for family in ("flux", "chroma", "flux2", "qwen-image", "wan"):  # Chroma's and Flux.2's LoRAs use Flux.1's names
+        check_family(net, None, family)
+    with pytest.raises(StudioError, match=r"made for Flux\.1 but the model is SDXL"):
+        check_family(net, None, "sdxl")
