@@ -120,10 +120,16 @@ def fits_unet(groups: list[str]) -> bool:
             and sum(g.startswith("M") and not g.startswith("OUT") for g in groups) <= UNET_MID)
 
 
+def top_groups(groups: list[str]) -> list[str]:
+    """The groups that get a slider: a MoE layer's router, shared expert and experts (``L07.expert03``) follow their
+    layer's slider (``L07``); the YAML, the rules and ``--set`` address them one by one."""
+    return [g for g in groups if "." not in g]
+
+
 def slot_groups(groups: list[str], shape: str) -> tuple[bool, list[str | None], list[str | None]]:
     """(U shape?, the group of each strip slot, the group of each U slot)."""
     use_unet = shape == "unet" and fits_unet(groups)
-    strip = [] if use_unet else groups[:STRIP_SLOTS]
+    strip = [] if use_unet else top_groups(groups)[:STRIP_SLOTS]
     strip = strip + [None] * (STRIP_SLOTS - len(strip))
     unet = unet_assignment(groups) if use_unet else [None] * (UNET_TOP + 2 * UNET_SIDE + UNET_MID)
     return use_unet, strip, unet
@@ -186,7 +192,11 @@ def render(ns, s) -> dict:
     out[ns.unet_box] = {"visible": use_unet}
     note = (f"Layout **{cv.layout_name}** · {len(cv.groups)} groups · "
             + ("U-Net blocks (IN down the left, OUT up the right)" if use_unet else "layers in order"))
-    if len(cv.groups) > STRIP_SLOTS and not use_unet:
+    shown = len(top_groups(cv.groups))
+    if shown < len(cv.groups):
+        note += (f" · {shown} layers; each layer's slider sets its router and experts too — set one expert in the "
+                 f"YAML (`L07.expert03: 0.5`)")
+    if shown > STRIP_SLOTS and not use_unet:
         note += f" · first {STRIP_SLOTS} shown; use curves, presets or YAML for the rest"
     if cv.target:
         label = dict((t, lab) for lab, t in cv.targets).get(cv.target, cv.target)
