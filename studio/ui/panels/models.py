@@ -31,7 +31,7 @@ def build(families: list[str], default_family: str | None, roots_text: str, file
                             column_widths=["12%", "10%", "18%", "19%", "11%", "12%", "18%"])
     with gr.Accordion("Block map", open=False, elem_id="block-map-box") as ns.block_box:
         ns.block_map = gr.Dataframe(headers=BLOCK_HEADERS, interactive=False, wrap=True, elem_id="block-map",
-                                    column_widths=["8%", "22%", "8%", "10%", "52%"], max_height=420)
+                                    column_widths=["12%", "20%", "8%", "9%", "51%"], max_height=420)
     with gr.Row():
         ns.include = gr.CheckboxGroup(label="Merge these models", scale=3, elem_id="include-models")
         ns.base = gr.Dropdown(label="Base model", scale=2, info="task-vector methods subtract it; "

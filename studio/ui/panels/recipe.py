@@ -194,7 +194,7 @@ def render(ns, s) -> dict:
             + ("U-Net blocks (IN down the left, OUT up the right)" if use_unet else "layers in order"))
     shown = len(top_groups(cv.groups))
     if shown < len(cv.groups):
-        note += (f" · {shown} layers; each layer's slider sets its router and experts too — set one expert in the "
+        note += (f" · {shown} sliders: each layer's sets its router and experts too — set one expert in the "
                  f"YAML (`L07.expert03: 0.5`)")
     if shown > STRIP_SLOTS and not use_unet:
         note += f" · first {STRIP_SLOTS} shown; use curves, presets or YAML for the rest"
