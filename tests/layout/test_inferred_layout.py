@@ -216,3 +216,27 @@ def test_presets_apply_by_depth_on_an_inferred_layout(tmp_path, capsys):
         d = layout.groups.index(layout.group_of(k)) / (G - 1)
         w = abs(1 - 2 * d)  # GRAD_V by depth: IN and OUT 1, the middle block 0
         torch.testing.assert_close(out[k], (w * a[k] + b[k]) / (w + 1), rtol=1e-6, atol=1e-6)
+
+
+def test_diagnostics_per_inferred_block(tmp_path, capsys):
+    """analyze on an unknown DiT: one row per inferred group in forward order; an expert that is twice the other's
+    task vector agrees with it everywhere (cosine 1, no sign conflict)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    unknown_dit(tmp_path / "base.safetensors", 1)
+    unknown_dit(tmp_path / "x.safetensors", 2)
+    a, x = load_file(tmp_path / "base.safetensors"), load_file(tmp_path / "x.safetensors")
+    save_file({k: a[k] + 2 * (x[k] - a[k]) for k in a}, str(tmp_path / "y.safetensors"))
+    (tmp_path / "t.yml").write_text(
+        f"merge_method: task_arithmetic\nbase_model: {tmp_path / 'base.safetensors'}\nmodels:\n"
+        f"  - model: {tmp_path / 'x.safetensors'}\n  - model: {tmp_path / 'y.safetensors'}\n")
+    assert main(["analyze", str(tmp_path / "t.yml"), "--json", "--density", "none"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    layout = infer_layout(sorted(a))
+    counts = {g: len(ks) for g, ks in layout.group_keys(sorted(a)).items()}
+    assert [g["group"] for g in report["groups"]] == layout.groups
+    for g in report["groups"]:
+        assert g["tensors"] == counts[g["group"]]
+        assert g["cosine"][0][1] == pytest.approx(1.0, abs=1e-6) and g["sign_conflict"] == 0
