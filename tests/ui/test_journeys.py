@@ -158,7 +158,7 @@ def test_artist(journey_server):
 
         _export(page, expect, "folder", "artist-mix")
         _shot(page, "artist-3-export")
-        _export(page, expect, "single", "artist-mix")
+        _export(page, expect, "single .safetensors", "artist-mix")
     folder, single = ws / "exports" / "artist-mix", ws / "exports" / "artist-mix.safetensors"
     recipe = Recipe.load(folder / "mergekit_config.yml")
     assert recipe.merge_method == "linear" and "IN00" in str(recipe.to_dict())
