@@ -101,8 +101,9 @@ def moe_spec(data, where: str = "moe config") -> MoESpec:
     spec.dtype = data.get("dtype")
     k = data.get("experts_per_token", 2)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(spec.experts):
-        raise StudioError(f"experts_per_token {k!r} must be a whole number from 1 to the {len(spec.experts)} experts",
-                          where="experts_per_token")
+        n = len(spec.experts)
+        raise StudioError(f"experts_per_token is {k!r}, and this config has {n} expert{'s' * (n != 1)}",
+                          where="experts_per_token", hint=f"give a whole number from 1 to {n} (the default is 2)")
     spec.experts_per_token = k
     arch = data.get("architecture") or ("qwen2_moe" if spec.shared_experts else "mixtral")
     arch = {"qwen": "qwen2_moe", "qwen2moe": "qwen2_moe"}.get(str(arch).lower(), str(arch).lower())

@@ -512,7 +512,7 @@ def _shaped(layout: Layout, what: str) -> None:
     if len(layout.groups) < 2:
         raise RecipeError(f"the {layout.name} layout has one group ({layout.groups[0] if layout.groups else '—'}): "
                           f"a {what} needs per-block or per-layer groups",
-                          hint="set the value with the slider; block presets fit SD UNets, curves fit layers too")
+                          hint="set the value with the slider; presets and curves shape models with blocks or layers")
 
 
 def _over_layers(layout: Layout, shaped) -> list[float]:
