@@ -208,10 +208,9 @@ def test_an_experts_entry_covers_every_expert_of_its_layer(moe_family, tmp_path)
     assert checked > 0 or name == "deepseek_v3"  # its first layer is dense
 
 
+@pytest.mark.parametrize("moe_family", ["mixtral"], indirect=True)  # one family is enough for the task-vector path
 def test_ties_over_moe_finetunes_with_an_expert_left_at_the_base(moe_family, tmp_path):
     name, base, a, b = moe_family
-    if name != "mixtral":
-        pytest.skip("one family is enough for the task-vector path")
     recipe = {"merge_method": "ties", "base_model": str(base), "dtype": "float32",
               "parameters": {"density": 1.0, "weight": {"*": 1.0, "L00.expert01": 0.0}},
               "models": [{"model": str(a)}, {"model": str(b)}]}
@@ -229,13 +228,12 @@ def test_ties_over_moe_finetunes_with_an_expert_left_at_the_base(moe_family, tmp
             torch.testing.assert_close(v, s0[k] + (keep[0] + keep[1]) / count, rtol=0, atol=1e-6, msg=k)
 
 
+@pytest.mark.parametrize("moe_family", sorted(FUSED), indirect=True)
 def test_a_fused_tensor_is_merged_whole_unless_its_experts_settings_differ(moe_family):
     from studio.engine import build_plan
     from studio.recipe import Recipe
 
     name, base, a, b = moe_family
-    if name not in FUSED:
-        pytest.skip("fused experts only")
 
     def sliced(weight):
         recipe = Recipe.from_dict({"merge_method": "linear", "models": [
