@@ -10,7 +10,9 @@ biases and other vectors stay float32, as llama.cpp's converter keeps them; inte
   e4m3fn, plus the empty ``scaled_fp8`` marker tensor ComfyUI looks for; ``w ≈ X.weight.float() * X.scale_weight``.
 * GGUF: a llama-family transformers merge (config ``model_type`` llama, mistral, qwen2, qwen3) is written with
   llama.cpp's tensor names, its q/k rows permuted as llama.cpp's converter does and its hyperparameters as GGUF
-  metadata (no tokenizer: llama.cpp itself needs one added); any other model keeps its tensor names. Tensors of more
+  metadata (no tokenizer: llama.cpp itself needs one added); any other model keeps its tensor names, and a diffusion
+  model's ``general.architecture`` is the name city96's ComfyUI-GGUF loader accepts for its family (``flux``,
+  ``sdxl``, ``sd3``, ``wan``, ``qwen_image`` …; "studio" for a model it has no name for). Tensors of more
   than 4 dims (ggml's limit) are stored flattened with ``comfy.gguf.orig_shape.NAME``, as city96's ComfyUI-GGUF does.
 
 Errors, per tensor family (the name with its layer numbers replaced by ``*``) and overall: the relative Frobenius
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import StudioError
+from ..layout.sd import base_family, diffusion_family
 from ..sources import TensorInfo, TensorSource, open_source
 from ..sources.gguf_file import MODEL_TYPE_ARCH, ORIG_SHAPE, llama_cpp_name, rotary_permute
 from ..sources.safetensors_file import SafetensorsFile
@@ -269,6 +272,19 @@ def write_fp8(merged: Path, tmp: Path, scheme: str) -> dict:
     return tally.summary()
 
 
+# our diffusion family (its base) → the architecture names ComfyUI-GGUF's loader accepts (its IMG_ARCH_LIST); it
+# tells the models apart by their keys, so Flux.1's relatives load as "flux" and SD2 as "sd1"
+COMFY_GGUF_ARCH = {"sd1": "sd1", "sd2": "sd1", "sdxl": "sdxl", "flux": "flux", "chroma": "flux", "flux2": "flux",
+                   "sd3": "sd3", "hidream": "hidream", "wan": "wan", "lumina2": "lumina2", "z-image": "lumina2",
+                   "qwen-image": "qwen_image"}
+
+
+def gguf_architecture(src: TensorSource) -> str:
+    """``general.architecture`` of a GGUF that is not a llama.cpp LLM: the ComfyUI-GGUF name of its diffusion
+    family, else "studio"."""
+    return COMFY_GGUF_ARCH.get(base_family(diffusion_family(src)) or "", "studio")
+
+
 def write_gguf(src: TensorSource, path: Path, scheme: str) -> dict:
     """``src`` (float32) written to the GGUF file ``path`` as ``scheme``; returns the error summary. The caller makes
     it atomic; the spill goes beside ``path`` and is removed either way."""
@@ -280,7 +296,7 @@ def write_gguf(src: TensorSource, path: Path, scheme: str) -> dict:
         write_safetensors(scratch, spill.infos, spill.fetch)
         stored = SafetensorsFile(scratch)
         summary = tally.summary()
-        writer = gguf.GGUFWriter(None, layout[0] if layout else "studio")
+        writer = gguf.GGUFWriter(None, layout[0] if layout else gguf_architecture(src))
         for setter, value in (layout[1] if layout else {}).items():
             getattr(writer, setter)(value)
         writer.add_string("studio.quantization", scheme)

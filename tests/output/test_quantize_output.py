@@ -190,3 +190,16 @@ def test_existing_target_refused_before_merging(merge, tmp_path, pair):
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert (tmp_path / "o.gguf").read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.gguf", "r.yml"]
+
+
+@pytest.mark.parametrize("keep_norms, arch", [(True, "flux"), (False, "studio")])
+def test_a_diffusion_gguf_names_the_architecture_comfyui_gguf_loads(tmp_path, keep_norms, arch):
+    from studio.sd.synth import bfl_flux_table
+
+    # BFL Flux names with the qk-norm marker keys are Flux.1; without them an unknown DiT
+    table = bfl_flux_table(double=2, single=2, width=32, prefix="")
+    src = DictSource({k: torch.randn(s) for k, (s, _) in table.items() if keep_norms or "norm" not in k})
+    write_gguf(src, tmp_path / "m.gguf", "q8_0")
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    field = reader.fields["general.architecture"]
+    assert bytes(field.parts[field.data[0]]).decode() == arch
