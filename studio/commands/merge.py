@@ -120,6 +120,9 @@ def print_quantization(report: dict) -> None:
           f"{overall['relative_error']:.3e}, max |error| {overall['max_abs_error']:.3e}", file=sys.stderr)
     for fam, row in report["families"].items():
         print(f"  {row['relative_error']:.3e}  {row['max_abs_error']:.3e}  {fam}", file=sys.stderr)
+    if "tokenizer" in report and report["tokenizer"] is None:
+        print("note: no tokenizer embedded (the model folder has none the gguf package reads: a Llama tokenizer.json, "
+              "a byte-level BPE or a SentencePiece tokenizer.model); llama.cpp needs one", file=sys.stderr)
 
 
 def run_steps(args, multi: MultiRecipe) -> int:

@@ -10,7 +10,10 @@ biases and other vectors stay float32, as llama.cpp's converter keeps them; inte
   e4m3fn, plus the empty ``scaled_fp8`` marker tensor ComfyUI looks for; ``w ≈ X.weight.float() * X.scale_weight``.
 * GGUF: a llama-family transformers merge (config ``model_type`` llama, mistral, qwen2, qwen3) is written with
   llama.cpp's tensor names, its q/k rows permuted as llama.cpp's converter does and its hyperparameters as GGUF
-  metadata (no tokenizer: llama.cpp itself needs one added); any other model keeps its tensor names, and a diffusion
+  metadata, and its tokenizer embedded as llama.cpp reads it (the gguf package's vocabulary readers: a Llama
+  byte-fallback ``tokenizer.json``, a GPT-2-style byte-level BPE, or a SentencePiece ``tokenizer.model``; merges,
+  special tokens and the chat template; rows beyond the tokenizer padded with unused ``[PADn]`` tokens, as llama.cpp's
+  converter does; a tokenizer none of them reads is reported, not guessed); any other model keeps its tensor names, and a diffusion
   model's ``general.architecture`` is the name city96's ComfyUI-GGUF loader accepts for its family (``flux``,
   ``sdxl``, ``sd3``, ``wan``, ``qwen_image`` …; "studio" for a model it has no name for). Tensors of more
   than 4 dims (ggml's limit) are stored flattened with ``comfy.gguf.orig_shape.NAME``, as city96's ComfyUI-GGUF does.
@@ -139,6 +142,39 @@ def llama_cpp_layout(config: dict | None) -> tuple[str, dict] | None:
     if config.get("head_dim"):
         kv["add_key_length"] = kv["add_value_length"] = config["head_dim"]
     return MODEL_TYPE_ARCH[config["model_type"]], kv
+
+
+# the gguf package's readers of a transformers tokenizer folder, in the order llama.cpp's converter tries them; each
+# raises FileNotFoundError when the folder holds another kind
+VOCABS = (gguf.vocab.LlamaHfVocab, gguf.vocab.BpeVocab, gguf.vocab.SentencePieceVocab)
+
+
+def add_tokenizer(writer: "gguf.GGUFWriter", folder: Path | None, n_vocab: int) -> str | None:
+    """Embed the tokenizer of a transformers folder; returns its kind, or None when there is none it can read."""
+    if folder is None:
+        return None
+    for reader in VOCABS:
+        try:
+            vocab = reader(Path(folder))
+        except (FileNotFoundError, ValueError, KeyError):
+            continue
+        tokens, scores, types = [], [], []
+        for text, score, kind in vocab.all_tokens():
+            tokens.append(text)
+            scores.append(score)
+            types.append(kind)
+        for i in range(len(tokens), n_vocab):  # embedding rows no token uses (a padded vocabulary)
+            tokens.append(f"[PAD{i}]".encode())
+            scores.append(-1000.0)
+            types.append(gguf.TokenType.UNUSED)
+        writer.add_tokenizer_model(vocab.tokenizer_model)
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        gguf.vocab.SpecialVocab(Path(folder), load_merges=reader is gguf.vocab.BpeVocab,
+                                n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        return vocab.name
+    return None
 
 
 class _Spill:
@@ -299,6 +335,8 @@ def write_gguf(src: TensorSource, path: Path, scheme: str) -> dict:
         writer = gguf.GGUFWriter(None, layout[0] if layout else gguf_architecture(src))
         for setter, value in (layout[1] if layout else {}).items():
             getattr(writer, setter)(value)
+        if layout:
+            summary["tokenizer"] = add_tokenizer(writer, src.folder, src.config["vocab_size"])
         writer.add_string("studio.quantization", scheme)
         writer.add_string("studio.quantization_error", json.dumps(summary, separators=(",", ":")))
         for name, (qtype, shape) in spill.gguf.items():

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 
 import gguf
+import numpy as np
 import pytest
 import torch
 
@@ -203,3 +204,52 @@ def test_a_diffusion_gguf_names_the_architecture_comfyui_gguf_loads(tmp_path, ke
     reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
     field = reader.fields["general.architecture"]
     assert bytes(field.parts[field.data[0]]).decode() == arch
+
+
+def byte_level_bpe(folder, vocab_size: int):
+    """A GPT-2-style byte-level BPE (Llama 3 / Qwen2 kind) trained here on a few sentences, saved as transformers
+    does, with a BOS/EOS pair and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["the cat sat on the mat", "a merge of two models", "the models sat"] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    fast.save_pretrained(folder)
+    return fast
+
+
+def field_value(reader, name):
+    f = reader.fields[name]
+    values = [f.parts[i] for i in f.data]
+    as_text = [bytes(v).decode() if v.dtype == np.uint8 else v.tolist()[0] for v in values]
+    return as_text if len(as_text) > 1 or name.endswith(("tokens", "merges")) else as_text[0]
+
+
+def test_an_llm_gguf_carries_its_tokenizer_for_llama_cpp(merge, tmp_path):
+    base = make_llama(tmp_path / "base", 0, vocab=320)
+    tuned = make_llama(tmp_path / "tuned", 1, vocab=320, base_state=load_state(base))
+    fast = byte_level_bpe(base, 300)                     # 300 tokens for 320 embedding rows: 20 padding tokens
+    done = merge(tmp_path, base, tuned, tmp_path / "m.gguf", "--quantize", "q8_0", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["quantization"]["tokenizer"] == "bpe"
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    tokens = field_value(reader, "tokenizer.ggml.tokens")
+    by_id = sorted(fast.get_vocab().items(), key=lambda kv: kv[1])
+    assert len(tokens) == 320 and tokens[:len(by_id)] == [t for t, _ in by_id]
+    assert tokens[len(by_id):] == [f"[PAD{i}]" for i in range(len(by_id), 320)]
+    assert field_value(reader, "tokenizer.ggml.model") == "gpt2"
+    merges = json.loads((base / "tokenizer.json").read_text())["model"]["merges"]
+    assert field_value(reader, "tokenizer.ggml.merges") == [m if isinstance(m, str) else " ".join(m) for m in merges]
+    assert field_value(reader, "tokenizer.ggml.bos_token_id") == fast.bos_token_id
+    assert field_value(reader, "tokenizer.chat_template") == fast.chat_template
+
+
+def test_an_llm_gguf_without_a_tokenizer_it_can_read_says_so(merge, tmp_path, pair):
+    done = merge(tmp_path, *pair, tmp_path / "m.gguf", "--quantize", "q8_0", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["quantization"]["tokenizer"] is None
+    assert "no tokenizer embedded" in done.stderr
