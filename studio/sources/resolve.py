@@ -136,9 +136,12 @@ def open_folder(path: Path, ref: str | None = None) -> TensorSource:
     for name in WEIGHT_FILES:
         if paths.is_file(path / name):
             return open_file(path / name, ref=ref, kind=kind, config=config, folder=path)
-    singles = sorted(path.glob("*.safetensors"))
+    singles = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.gguf"))
     if len(singles) == 1:
         return open_file(singles[0], ref=ref, kind=kind, config=config, folder=path)
+    if len(singles) > 1 and singles[0].suffix == ".gguf":  # a GGUF repository: one file per quantization
+        raise SourceError(f"the folder holds {len(singles)} GGUF files", where=ref,
+                          hint="give one of them: " + ", ".join(p.name for p in singles[:6]))
     raise SourceError("no model weights found in folder", where=ref,
                       hint="expected model.safetensors, a sharded index, diffusion_pytorch_model.safetensors or a single .safetensors")
 

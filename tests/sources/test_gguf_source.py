@@ -154,3 +154,14 @@ def test_qwen2_gguf_keeps_row_order_and_maps_biases(tmp_path):
     assert sorted(src.keys()) == sorted(state)
     assert all(torch.equal(src.get(k), v) for k, v in state.items())
     assert src.config["architectures"] == ["Qwen2ForCausalLM"] and src.config["vocab_size"] == 64
+
+
+def test_a_folder_of_one_gguf_opens_it_and_of_several_names_them(tmp_path):
+    a = np.arange(64, dtype=np.float32).reshape(2, 32)
+    (tmp_path / "repo").mkdir()
+    write(tmp_path / "repo" / "m-Q8_0.gguf", "sd1", {"blocks.0.w.weight": (a, T.F32)})
+    assert torch.equal(open_source(str(tmp_path / "repo")).get("blocks.0.w.weight"), torch.from_numpy(a))
+    write(tmp_path / "repo" / "m-F16.gguf", "sd1", {"blocks.0.w.weight": (a, T.F16)})
+    with pytest.raises(SourceError, match="holds 2 GGUF files") as e:
+        open_source(str(tmp_path / "repo"))
+    assert "m-F16.gguf, m-Q8_0.gguf" in e.value.hint
