@@ -36,6 +36,9 @@ def _kohya_names(base, family: str | None) -> dict[tuple[str, int | None], str]:
         if len(ts) != 1 or t.delta_rows is not None:
             continue                    # a fused name spread over split targets: the split ones have names of their own
         key = (t.weight, t.part)
+        if family is not None and alias.startswith("lora_unet_") and names.get(key, "").startswith("lora_te_"):
+            names[key] = alias          # a DiT's own modules outside its blocks (time_in, guidance_in …): the denoiser's
+            continue
         if not alias.startswith("lora_") or key in names:
             if alias.startswith("lora_te_") and key in names and not xl and names[key].startswith("lora_te1_"):
                 names[key] = alias      # SD1/SD2 diffusers: lora_te_, not lora_te1_

@@ -627,3 +627,18 @@ def test_flux_named_loras_are_not_refused_by_family_on_flux_derived_dits():
         check_family(net, None, family)
     with pytest.raises(StudioError, match=r"made for Flux\.1 but the model is SDXL"):
         check_family(net, None, "sdxl")
+
+
+def test_extract_from_a_bfl_flux_names_every_denoiser_module_as_kohya_does(tmp_path):
+    from studio.lora.extract import extract
+    from studio.sd.synth import bfl_flux_table
+
+    table = bfl_flux_table(double=1, single=1, width=32, prefix="")
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        save_file({k: torch.randn(s, generator=g) for k, (s, _) in table.items()}, tmp_path / f"f{seed}.safetensors")
+    extract(str(tmp_path / "f1.safetensors"), str(tmp_path / "f2.safetensors"), tmp_path / "x.safetensors", rank=4)
+    modules = {k.split(".")[0] for k in load_file(tmp_path / "x.safetensors")}
+    # time_in, vector_in, guidance_in sit outside the blocks: kohya's Flux LoRAs still call them lora_unet_
+    assert {"lora_unet_time_in_in_layer", "lora_unet_vector_in_out_layer", "lora_unet_guidance_in_in_layer"} <= modules
+    assert all(m.startswith("lora_unet_") for m in modules)
