@@ -15,7 +15,7 @@ from ..cli import print_json
 from . import STRICT_HELP, load_recipe
 from ..errors import StudioError
 from ..output import write_text
-from ..zoo import get_family, list_families
+from ..zoo import family_holding, get_family
 
 
 def add_arguments(p):
@@ -58,18 +58,8 @@ def _zoo_evaluator(arg: str, recipe, device: str):
     if arg != "auto":
         fam = get_family(arg)
         return fam, fam.evaluator("preview", device)
-    base = recipe.base_model
-    if not base:
-        return None, None
-    try:
-        names = list_families()
-    except Exception:  # noqa: BLE001 - no zoo built: no landscapes
-        return None, None
-    for name in names:
-        fam = get_family(name)
-        if Path(fam.base).resolve() == Path(base).resolve():
-            return fam, fam.evaluator("preview", device)
-    return None, None
+    fam = family_holding([recipe.base_model] if recipe.base_model else [])
+    return (fam, fam.evaluator("preview", device)) if fam is not None else (None, None)
 
 
 @contextlib.contextmanager

@@ -15,10 +15,11 @@ from . import STRICT_HELP, load_recipe
 from ..errors import StudioError
 from ..preview import previewer_for
 from ..preview.grid import Axis, render_grid, save_grid
+from ..recipe import Recipe
 from ..recipe.edit import reference_model, with_assignments
 from ..sources import open_source
 from ..sources.resolve import split_reference
-from ..zoo import get_family, list_families
+from ..zoo import family_holding
 
 
 def add_arguments(p):
@@ -40,14 +41,11 @@ def add_arguments(p):
 
 def _zoo_judge(recipe: Recipe, device: str):
     """A demo family's evaluator when every model of the recipe is the family's, else None."""
-    refs = [part for ref in recipe.input_references() for part in split_reference(ref)]
-    for name in list_families():
-        fam = get_family(name)
-        files = {str(fam.base), *map(str, fam.experts.values()), *map(str, (fam.loras or {}).values())}
-        if all(r in files for r in refs):
-            ev = fam.evaluator(budget="preview", device=device)
-            return (lambda live, changed: ev.evaluate(live.state)), None
-    return None
+    fam = family_holding([part for ref in recipe.input_references() for part in split_reference(ref)], every=True)
+    if fam is None:
+        return None
+    ev = fam.evaluator(budget="preview", device=device)
+    return (lambda live, changed: ev.evaluate(live.state)), None
 
 
 def _request(cls, prompts: list[str], fields: list[str]):

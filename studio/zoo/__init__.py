@@ -131,6 +131,20 @@ def list_families(root: str | Path | None = None) -> list[str]:
     return [n for n in FAMILIES if _built(describe_family(n, root))]
 
 
+def family_holding(refs, every: bool = False) -> ZooFamily | None:
+    """The built family whose files (base, experts, LoRAs) hold the model references ``refs``: one of them, or with
+    ``every`` all of them; None when no family does."""
+    wanted = {Path(r).resolve() for r in refs}
+    if not wanted:
+        return None
+    for name in list_families():
+        fam = get_family(name)
+        files = {Path(p).resolve() for p in (fam.base, *fam.experts.values(), *(fam.loras or {}).values())}
+        if (wanted <= files) if every else (wanted & files):
+            return fam
+    return None
+
+
 def get_family(name: str, root: str | Path | None = None) -> ZooFamily:
     """The catalogue entry of family ``name``; raises ``StudioError`` if unknown or not built."""
     fam = describe_family(name, Path(root) if root else assets_root())

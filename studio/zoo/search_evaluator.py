@@ -5,24 +5,21 @@ search leaves the test split untouched for the report). This module registers it
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from ..engine.live import LiveMerger
 from ..errors import StudioError
 from ..recipe import Recipe
 from ..search.objectives import EVALUATORS
-from . import get_family, list_families
+from . import family_holding
 
 SPLITS = {"": "test", "test": "test", "validation": "train"}
 
 
 def family_of(recipe: Recipe):
     """The built demo family whose base (or one of whose models) the recipe merges."""
-    refs = {Path(r).resolve() for r in recipe.referenced_models() if Path(r).exists()}
-    for name in list_families():
-        fam = get_family(name)
-        if Path(fam.base).resolve() in refs or any(Path(p).resolve() in refs for p in fam.experts.values()):
-            return fam
+    fam = family_holding(recipe.referenced_models())
+    if fam is not None:
+        return fam
     raise StudioError("the zoo evaluator scores merges of the demo zoo, and this recipe merges none of its models",
                       where="objective zoo", hint="use python:MODULE:FUNCTION, text:FILE or eval:FILE.jsonl for your own")
 

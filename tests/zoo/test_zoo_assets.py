@@ -181,3 +181,16 @@ def test_committed_vision_zoo_reproduces_the_learned_merge_bar():
     for m in ("samerging", "regmean"):
         assert rows[m]["normalized"] >= 95.0, (m, rows[m]["normalized"])
         assert rows[m]["normalized"] >= ta + 5.0, (m, rows[m]["normalized"], ta)
+
+
+def test_the_family_holding_a_recipes_models():
+    from studio.zoo import family_holding
+
+    vision, text = get_family("vision"), get_family("text")
+    expert = next(iter(vision.experts.values()))
+    assert family_holding([vision.base]).name == "vision" and family_holding([expert]).name == "vision"
+    assert family_holding([expert, "/elsewhere/mine.safetensors"]).name == "vision"  # one of them is enough …
+    assert family_holding([expert, "/elsewhere/mine.safetensors"], every=True) is None  # … unless every one must be
+    assert family_holding([vision.base, expert], every=True).name == "vision"
+    assert family_holding([vision.base, text.base], every=True) is None
+    assert family_holding([]) is None and family_holding(["/elsewhere/mine.safetensors"]) is None
