@@ -9,9 +9,9 @@
 Figures are drawn from these numbers by :mod:`studio.figures`; ``python -m studio analyze`` writes both.
 """
 
-from .landscape import (Plane, as_scorer, filter_normalized_direction, landscape_1d, landscape_2d, landscape_params,
+from .landscape import (Plane, as_scorer, axis_values, filter_normalized_direction, landscape_1d, landscape_2d, landscape_params,
                         landscape_random_plane, landscape_task_plane)
 from .stats import KINDS, kind_of, task_vector_stats
 
-__all__ = ["KINDS", "Plane", "as_scorer", "filter_normalized_direction", "kind_of", "landscape_1d",
+__all__ = ["KINDS", "Plane", "as_scorer", "axis_values", "filter_normalized_direction", "kind_of", "landscape_1d",
            "landscape_2d", "landscape_params", "landscape_random_plane", "landscape_task_plane", "task_vector_stats"]

@@ -51,6 +51,13 @@ Scorer = Callable[[dict], float]
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
+def axis_values(lo: float, hi: float, points: int, integer: bool = False) -> list[float]:
+    """``points`` evenly spaced values from ``lo`` to ``hi`` (both included); for a whole-number setting the distinct
+    whole numbers they round to. The axes of landscapes, sweeps and grid searches."""
+    xs = [lo + (hi - lo) * i / (points - 1) for i in range(points)] if points > 1 else [lo]
+    return sorted({int(round(x)) for x in xs}) if integer else xs
+
+
 def as_scorer(scorer, key: str = "average") -> Scorer:
     """A callable ``state_dict -> float`` from a callable or an evaluator with ``evaluate(state_dict)``."""
     fn = scorer.evaluate if hasattr(scorer, "evaluate") else scorer

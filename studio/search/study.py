@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from ..analysis import axis_values
 from ..engine.live import LiveMerger
 from ..errors import StudioError
 from ..layout import Layout, detect_layout
@@ -165,9 +166,7 @@ def grid_points(search: Search) -> list[dict[str, float]]:
 
 
 def grid_values(d: Dimension, points: int) -> list[float]:
-    step = (d.high - d.low) / (points - 1)
-    values = [d.low + i * step for i in range(points)]
-    return sorted({int(round(v)) for v in values}) if d.integer else values
+    return axis_values(d.low, d.high, points, integer=d.integer)
 
 
 def distributions(search: Search) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from ..analysis import landscape_1d, landscape_2d, task_vector_stats
+from ..analysis import axis_values, landscape_1d, landscape_2d, task_vector_stats
 from ..errors import StudioError
 from ..recipe import edit as E
 from ..recipe.edit import SettingPath
@@ -56,9 +56,7 @@ class LandscapeController:
         lo = r_lo if lo is None else float(lo)
         hi = r_hi if hi is None else float(hi)
         points = whole_number(points, "points", 2, MAX_POINTS)
-        xs = [lo + (hi - lo) * i / (points - 1) for i in range(points)]
-        if E.param_of(s.recipe, path).kind is int:
-            xs = sorted({int(round(x)) for x in xs})
+        xs = axis_values(lo, hi, points, integer=E.param_of(s.recipe, path).kind is int)
         rows: list[dict] = []
 
         pv = s.previewing
@@ -152,8 +150,7 @@ class LandscapeController:
             lo, hi, _ = slider_range(param, E.plain_value(s.recipe, path, layout))
             if trajectory is not None:
                 lo, hi = min(lo, trajectory["bounds"][axis][0]), max(hi, trajectory["bounds"][axis][1])
-            xs = [lo + (hi - lo) * i / (steps - 1) for i in range(steps)]
-            values.append(sorted({int(round(x)) for x in xs}) if param.kind is int else xs)
+            values.append(axis_values(lo, hi, steps, integer=param.kind is int))
         pv = s.previewing
         with s.env.heavy, pv.lock:
             live = pv.sync_live()

@@ -220,3 +220,12 @@ def test_durations_read_as_a_person_says_them():
     from studio.analysis.landscape import _duration
 
     assert [_duration(s) for s in (0.4, 59.4, 71, 3600 + 125)] == ["0 s", "59 s", "1 min 11 s", "1 h 02 min"]
+
+
+def test_axis_values_are_evenly_spaced_and_whole_for_whole_settings():
+    from studio.analysis import axis_values
+
+    assert axis_values(0.0, 1.0, 5) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert axis_values(-1.0, 1.0, 3) == [-1.0, 0.0, 1.0]
+    assert axis_values(0, 3, 7, integer=True) == [0, 1, 2, 3]   # 0, .5, 1, … rounded, each whole number once
+    assert axis_values(2.0, 4.0, 1) == [2.0]
