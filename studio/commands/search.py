@@ -28,7 +28,7 @@ from ..output import AtomicTarget, check_target, write_json, write_text
 from ..search import (SAMPLERS, LocalBackend, Objective, Scorer, Search, best_trials, finished, open_study, prepare,
                       run_search, search_space, trial_rows)
 from ..search.report import build_search_report
-from ..search.study import INTERRUPTED, search_layout
+from ..search.study import search_layout
 
 BACKENDS = ("local", "ray")
 RAY_BACKEND = "studio.search.ray_backend"
@@ -135,9 +135,8 @@ def run(args) -> int:
         ran = run_search(search, study, backend, progress=progress)
     except StudioError as e:  # a failed trial: stored as failed; what finished before it is still written out
         failure = e
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # run_search stored the trials it had asked as failed
         interrupted = True
-        abandon_running(study)
     finally:
         if bar is not None:
             bar.close()
@@ -157,17 +156,6 @@ def run(args) -> int:
               f"the same command: {resume_command(args, url)}", file=sys.stderr)
         return 130
     return 0
-
-
-def abandon_running(study) -> None:
-    """Trials asked but not scored when the search was stopped: stored as failed, so the storage holds no trial
-    that will never end (a resume counts them as run)."""
-    # optuna is optional: loaded only by a search, which has it by now
-    from optuna.trial import Trial, TrialState
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial = Trial(study, t._trial_id)
-        trial.set_user_attr("error", INTERRUPTED)
-        study.tell(trial, state=TrialState.FAIL)
 
 
 def resume_command(args, url: str) -> str:

@@ -229,7 +229,11 @@ def run_search(search: Search, study, backend: Backend, *, progress: Callable[[d
     best = best_values(study, search)
     while done < search.trials and not (stop and stop()):
         asked = [study.ask(dist) for _ in range(min(search.batch, search.trials - done))]
-        results = backend.score([dict(t.params) for t in asked])
+        try:
+            results = backend.score([dict(t.params) for t in asked])
+        except KeyboardInterrupt:
+            abandon(study, asked)
+            raise
         failure = None
         for t, r in zip(asked, results):
             t.set_user_attr("seconds", round(r.seconds, 4))
@@ -253,6 +257,14 @@ def run_search(search: Search, study, backend: Backend, *, progress: Callable[[d
         if search.sampler == "grid" and not _waiting(study):
             break  # the whole grid is scored
     return ran
+
+
+def abandon(study, trials) -> None:
+    """Trials asked but not scored when the search was stopped (Ctrl-C): stored as failed with the error
+    INTERRUPTED, so the storage holds no trial that will never end and a resume does not count them as run."""
+    for t in trials:
+        t.set_user_attr("error", INTERRUPTED)
+        study.tell(t, state=_optuna().trial.TrialState.FAIL)
 
 
 def _waiting(study) -> bool:
