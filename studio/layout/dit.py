@@ -243,10 +243,9 @@ class DiTLayout(InferredLayout):
             return slot if slot in self.groups else "IN"
         rel = key[len(self.prefix):]
         hit = self._split(rel)
-        if hit is not None and any(r.prefix == self.prefix + hit[0].name for r in self.runs):
-            run = next(r for r in self.runs if r.prefix == self.prefix + hit[0].name)
-            # an index this layout was not built with: the run's nearest block
-            return self._block_id[(run.prefix, min(run.indices, key=lambda i: abs(i - hit[1])))]
+        block = self.block_at(self.prefix + hit[0].name, hit[1]) if hit is not None else None
+        if block is not None:
+            return block
         return "OUT" if rel.startswith(self.table.out) else "IN"
 
     def group_position(self, group: str) -> float:

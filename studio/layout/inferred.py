@@ -135,6 +135,7 @@ class InferredLayout(Layout):
 
     def __init__(self, runs: list[Run], has_in: bool, has_out: bool):
         self.runs = runs
+        self._run_of = {r.prefix: r for r in runs}
         self._block_id: dict[tuple[str, int], str] = {}
         groups, labels = [], {}
         if has_in:
@@ -154,14 +155,20 @@ class InferredLayout(Layout):
         super().__init__(name="inferred", groups=groups, labels=labels, shape="strip",
                          description=f"inferred from key names: {desc}")
 
+    def block_at(self, prefix: str, index: int) -> str | None:
+        """The block id of ``<prefix>.<index>.``: its own, or for an index this layout was not built with the run's
+        nearest block; None when no run has that prefix."""
+        block = self._block_id.get((prefix, index))
+        run = self._run_of.get(prefix)
+        if block is None and run is not None:
+            block = self._block_id[(prefix, min(run.indices, key=lambda i: abs(i - index)))]
+        return block
+
     def group_of(self, key: str) -> str:
         hit = split_run(key)
-        if hit is not None and (hit[0], hit[1]) in self._block_id:
-            return self._block_id[hit]
-        if hit is not None and any(r.prefix == hit[0] for r in self.runs):
-            # an index this layout was not built with: the run's nearest block
-            run = next(r for r in self.runs if r.prefix == hit[0])
-            return self._block_id[(run.prefix, min(run.indices, key=lambda i: abs(i - hit[1])))]
+        block = self.block_at(*hit) if hit is not None else None
+        if block is not None:
+            return block
         if is_output(key, [r.prefix for r in self.runs]):
             return "OUT" if "OUT" in self.groups else self.groups[-1]
         return "IN" if "IN" in self.groups else self.groups[0]
