@@ -8,7 +8,7 @@ from typing import Callable
 
 from ..engine import merge_to_disk
 from ..engine.quantized import merge_quantized
-from ..output import is_single_file, model_card, recipe_path
+from ..output import is_single_file, model_card
 from ..errors import StudioError
 from ..output.quantize import GGUF_TYPES, SCHEMES, quantized_recipe_path
 
@@ -35,11 +35,8 @@ def export_recipe(s, target: str, dtype: str = "float16", overwrite: bool = Fals
                                     progress_callback=progress)
     seconds = time.perf_counter() - t0
     recipe_yaml = recipe.to_yaml()
-    if out.suffix == ".gguf":
-        files = [out, quantized_recipe_path(out)]
-        card = model_card(recipe_yaml, s.spec.label or s.spec.name, recipe.referenced_models(), recipe.base_model)
-    elif is_single_file(out):
-        files = [out, recipe_path(out)]  # merge_to_disk writes the recipe beside a single file
+    if out.suffix == ".gguf" or is_single_file(out):
+        files = [out, quantized_recipe_path(out)]  # a single file has its recipe beside it (<stem>.recipe.yml)
         card = model_card(recipe_yaml, s.spec.label or s.spec.name, recipe.referenced_models(), recipe.base_model)
     else:
         files = sorted(p for p in out.rglob("*") if p.is_file())
