@@ -44,7 +44,7 @@ import torch
 from ..errors import StudioError
 from ..layout.sd import base_family, diffusion_family
 from ..sources import TensorInfo, TensorSource, open_source
-from ..sources.gguf_file import MODEL_TYPE_ARCH, ORIG_SHAPE, llama_cpp_name, rotary_permute
+from ..sources.gguf_file import LLM_ARCHES, MODEL_TYPE_ARCH, ORIG_SHAPE, llama_cpp_name, rotary_permute
 from ..sources.safetensors_file import SafetensorsFile
 from .safetensors_writer import write_safetensors
 from .side_files import copy_non_weight_files, is_single_file, recipe_path
@@ -242,7 +242,10 @@ class _Spill:
         if qtype is None:
             return w
         w = w.float()
-        if self.layout is not None and stored.endswith((".attn_q.weight", ".attn_k.weight")):
+        # llama.cpp interleaves the rotary halves of llama's q/k rows only (qwen2/qwen3 keep the HF order): the
+        # reader's table says which architectures, so writing and reading undo each other
+        if self.layout is not None and LLM_ARCHES[self.layout[0]][2] and \
+                stored.endswith((".attn_q.weight", ".attn_k.weight")):
             cfg = self.src.config
             heads = cfg["num_attention_heads"]
             w = rotary_permute(w, heads if ".attn_q." in stored else cfg.get("num_key_value_heads") or heads)

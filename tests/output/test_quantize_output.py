@@ -253,3 +253,23 @@ def test_an_llm_gguf_without_a_tokenizer_it_can_read_says_so(merge, tmp_path, pa
     done = merge(tmp_path, *pair, tmp_path / "m.gguf", "--quantize", "q8_0", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["quantization"]["tokenizer"] is None
     assert "no tokenizer embedded" in done.stderr
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_an_llm_gguf_written_reads_back_as_the_model(tmp_path, model_type):
+    """llama.cpp permutes llama's q/k rows only: a qwen2 GGUF keeps them in the HF order, and our reader undoes
+    exactly what our writer did (F16: every tensor within half-precision rounding)."""
+    transformers = pytest.importorskip("transformers")
+    if model_type == "llama":
+        folder = make_llama(tmp_path / "m", 0)
+    else:
+        cfg = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        torch.manual_seed(0)
+        transformers.Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / "m")
+        folder = tmp_path / "m"
+    write_gguf(open_source(str(folder)), tmp_path / "m.gguf", "f16")
+    back, want = open_source(str(tmp_path / "m.gguf")), load_state(folder)
+    assert back.config["model_type"] == model_type
+    for k, w in want.items():
+        torch.testing.assert_close(back.get(k), w.half().float(), rtol=0, atol=0, msg=k)
