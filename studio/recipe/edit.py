@@ -333,11 +333,11 @@ def set_group_values(recipe: dict, path: SettingPath, layout: Layout, values: di
         raise RecipeError(f"{path}: no group {unknown[0]!r} in the {layout.name} layout",
                           hint=f"its groups: {', '.join(groups)}")
     if len(values) < len(groups):  # a layer's value covers its router and experts (L07 → L07.expert03) unless named
-        values = dict(values)
-        for sub in groups:
-            parent = sub.split(".", 1)[0]
-            if sub not in values and parent != sub and parent in values:
-                values[sub] = values[parent]
+        named, values = values, dict(values)
+        for sub in groups:  # the entry the resolver would read for it: its own, L07.experts, then L07
+            entry = group_entry(named, sub)
+            if entry is not None and entry != sub:
+                values[sub] = named[entry]
     merged = dict(zip(groups, group_values(recipe, path, layout)))
     merged.update(values)
     clean = {}

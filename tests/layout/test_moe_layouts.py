@@ -138,6 +138,20 @@ def test_sliders_per_expert_round_trip_and_a_layer_entry_covers_its_experts():
                                                                          for g in layout.groups}
 
 
+def test_an_experts_slider_moves_every_fused_expert_and_a_layer_slider_its_whole_layer():
+    parts = ["router", "experts", "expert00", "expert01"]
+    layout = MoELayerStackLayout(2, {0: parts, 1: parts}, fused_experts=2)
+    recipe = {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 0.5}}, {"model": "b"}]}
+    path = SettingPath.parse("models.0.weight")
+    experts = set_group_values(recipe, path, layout, {"L01.experts": 0.9})
+    got = dict(zip(layout.groups, group_values(experts, path, layout)))
+    assert got == {g: 0.9 if g.startswith("L01.expert") else 0.5 for g in layout.groups}
+    layer = set_group_values(experts, path, layout, {"L00": 0.3})
+    got = dict(zip(layout.groups, group_values(layer, path, layout)))
+    assert got == {g: 0.3 if g.startswith("L00") else 0.9 if g.startswith("L01.expert") else 0.5
+                   for g in layout.groups}
+
+
 def merge(tmp_path, recipe, *sets):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     out = tmp_path / "out"
