@@ -125,10 +125,9 @@ def compute_task(plan: Plan, task: TensorTask, device: torch.device, seed: int |
 
 def by_expert(plan: Plan, task: TensorTask, base, models, kw: dict) -> torch.Tensor:
     """A fused MoE experts tensor merged slice by slice along dim 0, each expert with its own parameters."""
-    names = {p.name: p.py_name for p in plan.spec.params}
     parts = []
     for e, params in enumerate(task.expert_params):
-        one = {**kw, **{names[n]: v for n, v in params.items() if n in names}}
+        one = {**kw, **{p.py_name: params[p.name] for p in plan.spec.params}}  # as method_kwargs, per expert
         parts.append(plan.spec.fn(base[e] if base is not None else None, [m[e] for m in models], **one))
     return torch.stack(parts)
 

@@ -181,6 +181,15 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
     # (group, position) instead of once per tensor (the live engine re-plans on every slider; ~1100 SD tensors)
     by_place = None if any(names_matter(scope) for _, scopes in model_scopes for scope in scopes) else {}
     tasks = []
+
+    def params_at(key: str, t: float, group: str, where: str) -> dict:
+        if by_place is None:
+            return _params_for(recipe, spec, key, layout, t, group, [recipe.parameters], model_scopes, where)
+        if (group, t) not in by_place:
+            by_place[group, t] = _params_for(recipe, spec, key, layout, t, group, [recipe.parameters], model_scopes,
+                                             where)
+        return {k: list(v) if isinstance(v, list) else v for k, v in by_place[group, t].items()}
+
     for key in reference.keys():
         info = reference.info(key)
         group = layout.group_of(key)
@@ -190,20 +199,13 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
         srcs = [(pool.items[i], key) for i in input_idx]
         _check_inputs(key, srcs, info)
         t = layout.position(key)
-        if by_place is None:
-            params = _params_for(recipe, spec, key, layout, t, group, [recipe.parameters], model_scopes, key)
-        else:
-            if (group, t) not in by_place:
-                by_place[group, t] = _params_for(recipe, spec, key, layout, t, group, [recipe.parameters],
-                                                 model_scopes, key)
-            params = {k: list(v) if isinstance(v, list) else v for k, v in by_place[group, t].items()}
+        params = params_at(key, t, group, key)
         tasks.append(TensorTask(
             key, "merge", [(i, key) for i in input_idx],
             base=(ref_idx, key) if base_in else None, params=params, group=group, info=info,
             out_dtype=_out_dtype(recipe, info),
-            expert_params=_expert_params(layout, key, info, params,
-                                         lambda g: _params_for(recipe, spec, key, layout, t, g, [recipe.parameters],
-                                                               model_scopes, f"{key} ({g})"))))
+            expert_params=_expert_params(layout, group, info, params,
+                                         lambda g: params_at(key, t, g, f"{key} ({g})"))))
     warnings = []
     for i, src in enumerate(pool.items):
         extra = [k for k in src.keys() if k not in reference]
@@ -213,11 +215,11 @@ def _plan_models(recipe: Recipe, spec: MethodSpec, pool: _Sources) -> Plan:
     return Plan(recipe, spec, pool.items, layout, tasks, warnings=warnings)
 
 
-def _expert_params(layout: Layout, key: str, info: TensorInfo, params: dict, params_of: Callable[[str], dict]
+def _expert_params(layout: Layout, group: str, info: TensorInfo, params: dict, params_of: Callable[[str], dict]
                    ) -> list[dict] | None:
     """Each expert's parameters for a fused experts tensor, when some expert's differ from the tensor's (else None:
     the tensor is merged whole, as mergekit does — per-slice merging would change methods that rank over a tensor)."""
-    groups = layout.expert_groups(key)
+    groups = layout.expert_groups(group)
     if not groups or not info.shape or info.shape[0] != len(groups):
         return None
     per = [params_of(g) for g in groups]

@@ -53,8 +53,9 @@ class Layout:
         """For layer-stacked models: the layer number inside the key, else None."""
         return None
 
-    def expert_groups(self, key: str) -> list[str] | None:
-        """For a tensor holding several experts along dim 0 (a MoE's fused experts): each slice's group, else None."""
+    def expert_groups(self, group: str) -> list[str] | None:
+        """For the group of tensors holding several experts along dim 0 (a MoE's fused experts): each slice's group,
+        else None."""
         return None
 
     def rename_layer(self, key: str, new_index: int) -> str:

@@ -129,9 +129,9 @@ class MoELayerStackLayout(LayerStackLayout):
     def group_position(self, group):
         return super().group_position(group.split(".", 1)[0])
 
-    def expert_groups(self, key: str) -> list[str] | None:
-        """For a fused experts tensor: the group of each slice along dim 0 (``L07.expert00``…), else None."""
-        group = self.group_of(key)
+    def expert_groups(self, group: str) -> list[str] | None:
+        """For the group of a fused experts tensor (``L07.experts``): the group of each slice along dim 0
+        (``L07.expert00``…), else None."""
         if not self.fused_experts or not group.endswith(".experts"):
             return None
         layer = group[:-len(".experts")]
