@@ -36,13 +36,6 @@ from .base import TensorInfo, TensorSource
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 BNB4_STATE = ".quant_state.bitsandbytes__"
 BNB4_PARTS = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map")
-STORED_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _float_dtype(name) -> torch.dtype:
-    return STORED_DTYPES.get(str(name).replace("torch.", ""), torch.float32)
-
-
 def unpack_state(blob: torch.Tensor, where: str) -> dict:
     """The JSON object bitsandbytes packs into a uint8 tensor beside a 4-bit weight."""
     try:
