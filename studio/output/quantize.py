@@ -88,12 +88,23 @@ class ErrorTally:
     def add(self, name: str, exact: torch.Tensor, approx: torch.Tensor) -> None:
         exact = exact.float().reshape(-1)
         diff = approx.float().reshape(-1) - exact
-        row = self.families.setdefault(family(name), [0.0, 0.0, 0.0, 0])
         if diff.numel():  # float32 norms (pairwise sums): a report's precision, at a fraction of float64's cost
-            row[0] += float(torch.linalg.vector_norm(diff)) ** 2
-            row[1] += float(torch.linalg.vector_norm(exact)) ** 2
-            row[2] = max(row[2], float(diff.abs().max()))
-        row[3] += 1
+            self._count(family(name), float(torch.linalg.vector_norm(diff)) ** 2,
+                        float(torch.linalg.vector_norm(exact)) ** 2, float(diff.abs().max()), 1)
+        else:
+            self._count(family(name), 0.0, 0.0, 0.0, 1)
+
+    def absorb(self, other: "ErrorTally") -> None:
+        """Add another tally's sums (one shard's) to this one."""
+        for fam, row in other.families.items():
+            self._count(fam, *row)
+
+    def _count(self, fam: str, sq_err: float, sq_ref: float, max_abs: float, tensors: int) -> None:
+        row = self.families.setdefault(fam, [0.0, 0.0, 0.0, 0])
+        row[0] += sq_err
+        row[1] += sq_ref
+        row[2] = max(row[2], max_abs)
+        row[3] += tensors
 
     @staticmethod
     def _entry(sq_err, sq_ref, max_abs, count) -> dict:
@@ -272,12 +283,7 @@ def quantize_safetensors_file(src_path: Path, dst: Path, scheme: str, tally: Err
     scratch = dst.with_name(f".{dst.name}.spill")
     try:
         write_safetensors(scratch, spill.infos, spill.fetch)
-        for fam, row in own.families.items():  # the caller's tally sums over all shards
-            acc = tally.families.setdefault(fam, [0.0, 0.0, 0.0, 0])
-            acc[0] += row[0]
-            acc[1] += row[1]
-            acc[2] = max(acc[2], row[2])
-            acc[3] += row[3]
+        tally.absorb(own)  # the caller's tally sums over all shards
         stored = SafetensorsFile(scratch)
         meta = dict(src.metadata, **({"scaled_fp8": "e4m3fn"} if scheme == "fp8-scaled" else {}))
         infos = dict(spill.infos)
